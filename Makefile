@@ -1,0 +1,57 @@
+# Nexus developer commands. `make run` starts the stack, `make test` runs every check CI runs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+PROTO_SRC := $(shell find protos/nexus -name '*.proto' | sort)
+GOOGLE_PROTOS := $(shell $(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))' 2>/dev/null)
+PROTOC := $(PY) -m grpc_tools.protoc -Iprotos -Iprotos/third_party -I$(GOOGLE_PROTOS)
+
+.PHONY: install run test protos check-protos lint lint-protos validate-envoy pytest clean
+
+install: $(VENV)/.installed node_modules/.installed tests/support/oidc/node_modules/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --silent --no-audit --no-fund
+	touch $@
+
+tests/support/oidc/node_modules/.installed: tests/support/oidc/package.json tests/support/oidc/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix tests/support/oidc
+	touch $@
+
+run: install
+	$(PY) tools/devstack.py
+
+# Generated code is committed; `check-protos` fails when it is stale.
+protos: $(VENV)/.installed
+	$(PY) tools/genprotos.py gen/python envoy/nexus.pb
+
+check-protos: $(VENV)/.installed
+	rm -rf .build/protos && mkdir -p .build/protos
+	$(PY) tools/genprotos.py .build/protos/python .build/protos/nexus.pb
+	diff -r gen/python .build/protos/python -x __pycache__ || (echo "generated code is stale: run make protos" && exit 1)
+	cmp envoy/nexus.pb .build/protos/nexus.pb || (echo "envoy/nexus.pb is stale: run make protos" && exit 1)
+
+lint-protos: node_modules/.installed
+	node_modules/.bin/buf lint
+
+lint: install lint-protos
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy libs services tools
+
+validate-envoy: $(VENV)/.installed
+	$(VENV)/bin/envoy --mode validate -c envoy/envoy.yaml --log-level warn
+
+pytest: install
+	$(PY) -m pytest -q
+
+test: check-protos lint validate-envoy pytest
+
+clean:
+	rm -rf .build .nexus-data

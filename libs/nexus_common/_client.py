@@ -1,0 +1,58 @@
+"""Calling another Nexus service: the internal token, the caller, and errors.
+
+An error status from the callee is passed on unchanged (same code, reason and
+message), so a fault reads the same whichever service raised it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from ._auth import CALLER_HEADER, INTERNAL_TOKEN_HEADER, current_caller
+from ._errors import DependencyUnavailable, Internal, NexusError, RemoteError
+
+__all__ = ["InternalClient"]
+
+Response = TypeVar("Response")
+
+_UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+class InternalClient:
+    """A channel to one internal service, with the token every call needs."""
+
+    def __init__(self, service: str, target: str, token: str, timeout: float = 10.0) -> None:
+        self.service = service
+        self.channel = grpc.aio.insecure_channel(target)
+        self._token = token
+        self._timeout = timeout
+
+    async def call(
+        self, method: Callable[..., Awaitable[Response]], request: Any
+    ) -> Response:
+        metadata = [(INTERNAL_TOKEN_HEADER, self._token)]
+        caller = current_caller.get()
+        if caller is not None:
+            metadata.append((CALLER_HEADER, str(caller)))
+        try:
+            return await method(request, metadata=metadata, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: grpc.aio.AioRpcError) -> NexusError:
+        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        for detail in status.details if status is not None else ():
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return RemoteError(exc.code().name, info.reason, status.message, **info.metadata)
+        if exc.code() in _UNREACHABLE:
+            return DependencyUnavailable(f"the {self.service} service is unavailable; try again")
+        return Internal(f"the {self.service} service failed")
+
+    async def close(self) -> None:
+        await self.channel.close()

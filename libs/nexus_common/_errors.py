@@ -1,0 +1,152 @@
+"""The one error tree of Nexus. Each leaf has a stable AIP-193 ``reason``.
+
+    NexusError
+    ├── InvalidArgument                 INVALID_ARGUMENT
+    │   ├── ValidationFailed            reason VALIDATION_FAILED
+    │   ├── InvalidPageToken            reason INVALID_PAGE_TOKEN
+    │   ├── MalformedJson               reason MALFORMED_JSON
+    │   ├── UnknownField                reason UNKNOWN_FIELD
+    │   └── DiscoveryDocumentInvalid    reason DISCOVERY_DOCUMENT_INVALID
+    ├── Unauthenticated                 UNAUTHENTICATED, reason UNAUTHENTICATED
+    ├── PermissionDenied                PERMISSION_DENIED, reason PERMISSION_DENIED
+    ├── NotFound                        NOT_FOUND
+    │   └── ProviderNotFound            reason PROVIDER_NOT_FOUND
+    ├── AlreadyExists                   ALREADY_EXISTS
+    │   └── ProviderAlreadyExists       reason PROVIDER_ALREADY_EXISTS
+    ├── FailedPrecondition              FAILED_PRECONDITION
+    │   └── ProviderDeleted             reason PROVIDER_DELETED
+    ├── Unavailable                     UNAVAILABLE
+    │   └── DependencyUnavailable       reason DEPENDENCY_UNAVAILABLE
+    ├── Internal                        INTERNAL, reason INTERNAL
+    └── RemoteError                     whatever another Nexus service answered
+
+Messages are written for a person and must never contain a secret or an
+upstream response body. ``metadata`` carries machine-readable specifics such
+as the offending field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+__all__ = [
+    "ERROR_DOMAIN",
+    "AlreadyExists",
+    "DependencyUnavailable",
+    "DiscoveryDocumentInvalid",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "InvalidPageToken",
+    "MalformedJson",
+    "NexusError",
+    "NotFound",
+    "PermissionDenied",
+    "ProviderAlreadyExists",
+    "ProviderDeleted",
+    "ProviderNotFound",
+    "RemoteError",
+    "Unauthenticated",
+    "UnknownField",
+    "Unavailable",
+    "ValidationFailed",
+]
+
+ERROR_DOMAIN = "nexus.dev"
+
+
+class NexusError(Exception):
+    """Base of every error that a Nexus API may return."""
+
+    reason: str = "UNKNOWN"
+    # A grpc.StatusCode name; kept a string so the domain never imports grpc.
+    grpc_status: str = "UNKNOWN"
+
+    def __init__(self, message: str, **metadata: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata: Mapping[str, str] = metadata
+
+
+class RemoteError(NexusError):
+    """An error another Nexus service returned, passed on unchanged."""
+
+    def __init__(self, grpc_status: str, reason: str, message: str, **metadata: str) -> None:
+        super().__init__(message, **metadata)
+        self.grpc_status = grpc_status
+        self.reason = reason
+
+
+class InvalidArgument(NexusError):
+    reason = "INVALID_ARGUMENT"
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class ValidationFailed(InvalidArgument):
+    reason = "VALIDATION_FAILED"
+
+
+class InvalidPageToken(InvalidArgument):
+    reason = "INVALID_PAGE_TOKEN"
+
+
+class MalformedJson(InvalidArgument):
+    reason = "MALFORMED_JSON"
+
+
+class UnknownField(InvalidArgument):
+    reason = "UNKNOWN_FIELD"
+
+
+class DiscoveryDocumentInvalid(InvalidArgument):
+    reason = "DISCOVERY_DOCUMENT_INVALID"
+
+
+class Unauthenticated(NexusError):
+    reason = "UNAUTHENTICATED"
+    grpc_status = "UNAUTHENTICATED"
+
+
+class PermissionDenied(NexusError):
+    reason = "PERMISSION_DENIED"
+    grpc_status = "PERMISSION_DENIED"
+
+
+class NotFound(NexusError):
+    reason = "NOT_FOUND"
+    grpc_status = "NOT_FOUND"
+
+
+class ProviderNotFound(NotFound):
+    reason = "PROVIDER_NOT_FOUND"
+
+
+class AlreadyExists(NexusError):
+    reason = "ALREADY_EXISTS"
+    grpc_status = "ALREADY_EXISTS"
+
+
+class ProviderAlreadyExists(AlreadyExists):
+    reason = "PROVIDER_ALREADY_EXISTS"
+
+
+class FailedPrecondition(NexusError):
+    reason = "FAILED_PRECONDITION"
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class ProviderDeleted(FailedPrecondition):
+    reason = "PROVIDER_DELETED"
+
+
+class Unavailable(NexusError):
+    reason = "UNAVAILABLE"
+    grpc_status = "UNAVAILABLE"
+
+
+class DependencyUnavailable(Unavailable):
+    reason = "DEPENDENCY_UNAVAILABLE"
+
+
+class Internal(NexusError):
+    reason = "INTERNAL"
+    grpc_status = "INTERNAL"

@@ -1,0 +1,142 @@
+"""Cross-cutting gRPC concerns: request logging, error mapping, authentication.
+
+Errors become a gRPC status in exactly one place, ``ErrorMappingInterceptor``:
+a ``NexusError`` aborts with a ``google.rpc.Status`` holding one ``ErrorInfo``;
+anything else is logged and answered ``INTERNAL`` without detail.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ._auth import Caller, current_caller
+from ._errors import ERROR_DOMAIN, Internal, NexusError
+
+__all__ = [
+    "PUBLIC_METHOD_PREFIXES",
+    "AuthInterceptor",
+    "Authenticator",
+    "ErrorMappingInterceptor",
+    "LoggingInterceptor",
+    "to_grpc_status",
+]
+
+log = logging.getLogger("nexus.rpc")
+
+# Probes and tooling must reach these without a credential.
+PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Authenticator = Callable[[str, Mapping[str, str]], Caller]
+
+
+def to_grpc_status(error: NexusError) -> grpc.Status:
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=dict(error.metadata)
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    code = grpc.StatusCode[error.grpc_status]
+    status = status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
+    return rpc_status.to_status(status)
+
+
+class _UnaryInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps the behaviour of unary-unary methods; streams pass through."""
+
+    def wrap(self, method: str, behavior: Behavior) -> Behavior:
+        raise NotImplementedError
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            self.wrap(handler_call_details.method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class LoggingInterceptor(_UnaryInterceptor):
+    """One line per call: method, outcome, duration and caller; never payloads."""
+
+    def wrap(self, method: str, behavior: Behavior) -> Behavior:
+        if method.startswith(PUBLIC_METHOD_PREFIXES):
+            return behavior  # probes would drown the log
+
+        async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            current_caller.set(None)
+            outcome = "OK"
+            try:
+                return await behavior(request, context)
+            except BaseException:
+                outcome = "ABORTED"
+                raise
+            finally:
+                code = context.code()
+                if code is not None and code != grpc.StatusCode.OK:
+                    outcome = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                log.info(
+                    "rpc method=%s outcome=%s ms=%.1f caller=%s",
+                    method,
+                    outcome,
+                    (time.perf_counter() - started) * 1000,
+                    current_caller.get() or "-",
+                )
+
+        return logged
+
+
+class ErrorMappingInterceptor(_UnaryInterceptor):
+    def wrap(self, method: str, behavior: Behavior) -> Behavior:
+        async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behavior(request, context)
+            except NexusError as error:
+                status = to_grpc_status(error)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                log.exception("unhandled error in %s", method)
+                status = to_grpc_status(Internal("internal error"))
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+        return mapped
+
+
+class AuthInterceptor(_UnaryInterceptor):
+    """Establishes the caller for every non-public method, or refuses the call."""
+
+    def __init__(self, authenticate: Authenticator) -> None:
+        self._authenticate = authenticate
+
+    def wrap(self, method: str, behavior: Behavior) -> Behavior:
+        if method.startswith(PUBLIC_METHOD_PREFIXES):
+            return behavior
+
+        async def authenticated(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            metadata = {
+                key: value
+                for key, value in (context.invocation_metadata() or ())
+                if isinstance(value, str)
+            }
+            # Each RPC runs in its own task, so the caller stays set for the
+            # outer interceptors (logging) and never leaks into another call.
+            current_caller.set(self._authenticate(method, metadata))
+            return await behavior(request, context)
+
+        return authenticated

@@ -1,0 +1,98 @@
+"""gRPC server bootstrap: interceptors, health, reflection and graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ._interceptors import (
+    AuthInterceptor,
+    Authenticator,
+    ErrorMappingInterceptor,
+    LoggingInterceptor,
+)
+
+__all__ = ["MAX_MESSAGE_BYTES", "NexusServer", "build_server", "run_until_signalled"]
+
+log = logging.getLogger("nexus.server")
+
+# Requests beyond this are refused with RESOURCE_EXHAUSTED before any handler runs.
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+Registrar = Callable[[grpc.aio.Server], None]
+
+
+class NexusServer:
+    """A started-or-startable gRPC server together with its health servicer."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, health_servicer: health.HealthServicer,
+                 service_names: Sequence[str]) -> None:
+        self.server = server
+        self.port = port
+        self.health = health_servicer
+        self._service_names = service_names
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in (*self._service_names, ""):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        # Fail readiness first so load balancers drain us, then finish in-flight calls.
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def build_server(
+    *,
+    address: str,
+    registrars: Iterable[Registrar],
+    service_names: Sequence[str],
+    authenticate: Authenticator,
+) -> NexusServer:
+    """Build a server with the shared interceptor chain; port 0 picks a free port."""
+    server = grpc.aio.server(
+        interceptors=[
+            LoggingInterceptor(),
+            ErrorMappingInterceptor(),
+            AuthInterceptor(authenticate),
+        ],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    for register in registrars:
+        register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"could not listen on {address}")
+    return NexusServer(server, port, health_servicer, service_names)
+
+
+async def run_until_signalled(
+    server: NexusServer, grace: float, on_stop: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    log.info("listening on port %d", server.port)
+    await stop.wait()
+    log.info("stopping (grace %.1fs)", grace)
+    await server.stop(grace)
+    if on_stop is not None:
+        await on_stop()

@@ -1,0 +1,66 @@
+"""Reading ``NEXUS_*`` settings from the environment with clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = ["ConfigError", "Env"]
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class Env:
+    """Typed access to an environment mapping (``os.environ`` in production)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def str(self, name: str, default: str | None = None) -> str:
+        value = self._environ.get(name, "").strip()
+        if value:
+            return value
+        if default is None:
+            raise ConfigError(f"{name} must be set")
+        return default
+
+    def int(self, name: str, default: int) -> int:
+        raw = self._environ.get(name, "").strip()
+        try:
+            return int(raw) if raw else default
+        except ValueError as exc:
+            raise ConfigError(f"{name} must be an integer") from exc
+
+    def float(self, name: str, default: float) -> float:
+        raw = self._environ.get(name, "").strip()
+        try:
+            return float(raw) if raw else default
+        except ValueError as exc:
+            raise ConfigError(f"{name} must be a number") from exc
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self._environ.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in {"1", "true", "yes", "on"}:
+            return True
+        if raw in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{name} must be true or false")
+
+    def internal_tokens(self) -> tuple[str, dict[str, str]]:
+        """The token this service sends, and every token it accepts by name.
+
+        ``NEXUS_INTERNAL_TOKEN_PREVIOUS`` keeps old tokens valid while a new
+        one rolls out to every service."""
+        current = self.str("NEXUS_INTERNAL_TOKEN")
+        previous = self._environ.get("NEXUS_INTERNAL_TOKEN_PREVIOUS", "")
+        accepted = {"internal": current}
+        for index, token in enumerate(filter(None, (t.strip() for t in previous.split(","))), 1):
+            accepted[f"internal-previous-{index}"] = token
+        return current, accepted
+
+    def database_url(self, name: str) -> str:
+        """The service's own URL setting, else ``DATABASE_URL`` shared by all."""
+        return self.str(name, self._environ.get("DATABASE_URL", "").strip() or None)

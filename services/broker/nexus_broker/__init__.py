@@ -1,0 +1,1 @@
+"""Nexus broker: providers, connections, the token vault and sessions."""

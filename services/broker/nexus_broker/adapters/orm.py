@@ -1,0 +1,67 @@
+"""The broker's tables. Rows never leave the adapters: repositories convert."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+__all__ = ["audit_events", "metadata", "providers"]
+
+metadata = MetaData()
+
+providers = Table(
+    "providers",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(63), nullable=False),
+    Column("auth_type", String(16), nullable=False),
+    Column("category", String(63), nullable=False, default=""),
+    Column("description", Text, nullable=False, default=""),
+    Column("client_id", Text, nullable=False, default=""),
+    # AES-256-GCM, bound to the row by AAD "providers/<id>/client_secret".
+    Column("client_secret_sealed", LargeBinary, nullable=True),
+    Column("auth_url", Text, nullable=False, default=""),
+    Column("token_url", Text, nullable=False, default=""),
+    Column("issuer", Text, nullable=False, default=""),
+    Column("enable_discovery", Boolean, nullable=False, default=False),
+    Column("scopes", JSON, nullable=False),
+    Column("api_base_url", Text, nullable=False, default=""),
+    Column("user_info_endpoint", Text, nullable=False, default=""),
+    Column("jwks_uri", Text, nullable=False, default=""),
+    Column("revocation_url", Text, nullable=False, default=""),
+    Column("params", JSON, nullable=False),
+    Column("discovery", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("deleted_at", DateTime(timezone=True), nullable=True),
+    # Names are unique among live providers only; a deleted name can be reused.
+    Index(
+        "uq_providers_live_name",
+        "name",
+        unique=True,
+        sqlite_where=Column("deleted_at").is_(None),
+        postgresql_where=Column("deleted_at").is_(None),
+    ),
+    Index("ix_providers_auth_type_category", "auth_type", "category"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("event_time", DateTime(timezone=True), nullable=False, index=True),
+    Column("actor", String(255), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("resource", String(255), nullable=False, index=True),
+    Column("details", JSON, nullable=False),
+)

@@ -1,0 +1,242 @@
+"""Provider registry use cases: one function per use case."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from nexus_common import (
+    ProviderDeleted,
+    ProviderNotFound,
+    ValidationFailed,
+    current_caller,
+    decode_page_token,
+    encode_page_token,
+    page_size,
+)
+
+from ..adapters.oidc_discovery import DiscoveryClient, IssuerUnreachable
+from ..adapters.repository import ProviderQuery
+from ..domain.audit import AuditEvent
+from ..domain.discovery import Discovery, parse_discovery_document
+from ..domain.providers import (
+    AUTH_TYPES,
+    SETTABLE_FIELDS,
+    Provider,
+    ProviderSpec,
+    validate_spec,
+)
+from .unit_of_work import BrokerUnitOfWork
+
+__all__ = [
+    "ProviderPage",
+    "RegistryDeps",
+    "create_provider",
+    "delete_provider",
+    "get_provider",
+    "list_providers",
+    "providers_by_auth_type",
+    "update_provider",
+]
+
+
+@dataclass(frozen=True)
+class RegistryDeps:
+    uow: Callable[[], BrokerUnitOfWork]
+    discovery: DiscoveryClient
+    clock: Callable[[], datetime]
+    discovery_retry_seconds: float
+    discovery_max_age_seconds: float
+
+
+@dataclass(frozen=True)
+class ProviderPage:
+    providers: list[Provider]
+    next_page_token: str
+
+
+def _actor() -> str:
+    return str(current_caller.get() or "unknown")
+
+
+def _resource(provider: Provider) -> str:
+    return f"providers/{provider.id}"
+
+
+def _audit_view(spec: ProviderSpec) -> dict[str, Any]:
+    # The secret itself is never recorded, only whether one was written.
+    view = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in vars(spec).items()
+        if k != "client_secret" and v not in ("", (), {})
+    }
+    view["client_secret_set"] = bool(spec.client_secret)
+    return view
+
+
+async def _discover(spec: ProviderSpec, now: datetime, deps: RegistryDeps) -> Discovery:
+    if not spec.enable_discovery:
+        return Discovery()
+    try:
+        document = await deps.discovery.fetch(spec.issuer)
+    except IssuerUnreachable as exc:
+        return Discovery.pending(
+            f"{exc.reason}; discovery will be retried when the provider is next used", now
+        )
+    return parse_discovery_document(spec.issuer, document, now)
+
+
+async def create_provider(spec: ProviderSpec, deps: RegistryDeps) -> Provider:
+    spec = validate_spec(spec, has_secret=bool(spec.client_secret))
+    now = deps.clock()
+    # Discovery runs before the transaction so no row lock waits on the network.
+    discovery = await _discover(spec, now, deps)
+    provider = Provider(
+        id=str(uuid.uuid4()),
+        spec=replace(spec, client_secret=None),
+        has_client_secret=bool(spec.client_secret),
+        discovery=discovery,
+        created_at=now,
+        updated_at=now,
+    )
+    async with deps.uow() as uow:
+        await uow.providers.add(provider, spec.client_secret)
+        await uow.audit.add(
+            AuditEvent.record(_actor(), "provider.create", _resource(provider), now,
+                              **_audit_view(spec))
+        )
+        await uow.commit()
+    return provider
+
+
+async def _load(uow: BrokerUnitOfWork, id_or_name: str) -> Provider:
+    if not id_or_name:
+        raise ValidationFailed("id is required: a provider id or name", field="id")
+    provider = await uow.providers.get(id_or_name)
+    if provider is None:
+        raise ProviderNotFound(f"no provider has the id or name {id_or_name!r}", id=id_or_name)
+    return provider
+
+
+async def get_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
+    """Read a provider; a due discovery (pending, or stale) is retried first."""
+    async with deps.uow() as uow:
+        provider = await _load(uow, id_or_name)
+    now = deps.clock()
+    if provider.deleted_at or not provider.discovery_due(
+        now, deps.discovery_retry_seconds, deps.discovery_max_age_seconds
+    ):
+        return provider
+    discovery = await _discover(provider.spec, now, deps)
+    if discovery.status != "complete" and provider.discovery.status == "complete":
+        # A failed re-fetch keeps the last good document rather than breaking the provider.
+        return provider
+    refreshed = replace(provider, discovery=discovery)
+    async with deps.uow() as uow:
+        await uow.providers.update(refreshed, client_secret=None)
+        await uow.commit()
+    return refreshed
+
+
+async def list_providers(
+    *, category: str, auth_type: str, show_deleted: bool, requested_size: int, page_token: str,
+    deps: RegistryDeps,
+) -> ProviderPage:
+    if auth_type and auth_type not in AUTH_TYPES:
+        raise ValidationFailed(
+            f"auth_type must be one of {', '.join(AUTH_TYPES)}", field="auth_type"
+        )
+    filters = {"category": category, "auth_type": auth_type, "show_deleted": show_deleted}
+    after = decode_page_token(page_token, filters)
+    limit = page_size(requested_size)
+    async with deps.uow() as uow:
+        found = await uow.providers.list(
+            ProviderQuery(
+                category=category, auth_type=auth_type, show_deleted=show_deleted,
+                after=(after[0], after[1]) if after else None, limit=limit + 1,
+            )
+        )
+    page, more = found[:limit], len(found) > limit
+    token = encode_page_token([page[-1].name, page[-1].id], filters) if more else ""
+    return ProviderPage(page, token)
+
+
+def _changed_fields(patch: ProviderSpec, mask: Iterable[str]) -> set[str]:
+    paths = set(mask)
+    if not paths:
+        # Without a mask, every field given a non-default value changes (AIP-134).
+        defaults = ProviderSpec()
+        return {f for f in SETTABLE_FIELDS if getattr(patch, f) != getattr(defaults, f)}
+    unknown = paths - SETTABLE_FIELDS
+    if unknown:
+        raise ValidationFailed(
+            f"update_mask names fields that cannot be updated: {', '.join(sorted(unknown))}",
+            field="update_mask",
+        )
+    return paths
+
+
+async def update_provider(
+    id_or_name: str, patch: ProviderSpec, mask: Iterable[str], deps: RegistryDeps
+) -> Provider:
+    changed = _changed_fields(patch, mask)
+    async with deps.uow() as uow:
+        current = await _load(uow, id_or_name)
+    if current.deleted_at:
+        raise ProviderDeleted(f"provider {current.name!r} is deleted and cannot be changed")
+    if "auth_type" in changed and patch.auth_type != current.spec.auth_type:
+        raise ValidationFailed("auth_type cannot be changed; create a new provider", field="auth_type")
+    merged = replace(current.spec, **{f: getattr(patch, f) for f in changed})
+    has_secret = bool(patch.client_secret) if "client_secret" in changed else current.has_client_secret
+    merged = validate_spec(merged, has_secret=has_secret)
+    now = deps.clock()
+    discovery = current.discovery
+    if {"issuer", "enable_discovery"} & changed:
+        discovery = await _discover(merged, now, deps)
+    # An update with a mask but no secret path keeps the stored secret (None).
+    secret = (patch.client_secret or "") if "client_secret" in changed else None
+    updated = replace(
+        current, spec=replace(merged, client_secret=None), has_client_secret=has_secret,
+        discovery=discovery, updated_at=now,
+    )
+    async with deps.uow() as uow:
+        await uow.providers.update(updated, secret)
+        await uow.audit.add(
+            AuditEvent.record(_actor(), "provider.update", _resource(updated), now,
+                              fields=sorted(changed), **_audit_view(patch))
+        )
+        await uow.commit()
+    return updated
+
+
+async def delete_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
+    now = deps.clock()
+    async with deps.uow() as uow:
+        provider = await _load(uow, id_or_name)
+        if provider.deleted_at:
+            raise ProviderNotFound(f"provider {provider.name!r} is already deleted", id=id_or_name)
+        deleted = replace(provider, deleted_at=now, updated_at=now)
+        await uow.providers.update(deleted, client_secret=None)
+        await uow.audit.add(
+            AuditEvent.record(_actor(), "provider.delete", _resource(deleted), now,
+                              name=deleted.name)
+        )
+        await uow.commit()
+    return deleted
+
+
+async def providers_by_auth_type(deps: RegistryDeps) -> dict[str, list[Provider]]:
+    """Every live provider, grouped by auth type in a stable order."""
+    grouped: dict[str, list[Provider]] = {auth_type: [] for auth_type in AUTH_TYPES}
+    async with deps.uow() as uow:
+        after: tuple[str, str] | None = None
+        while True:
+            batch = await uow.providers.list(ProviderQuery(after=after, limit=500))
+            for provider in batch:
+                grouped[provider.spec.auth_type].append(provider)
+            if len(batch) < 500:
+                return grouped
+            after = (batch[-1].name, batch[-1].id)

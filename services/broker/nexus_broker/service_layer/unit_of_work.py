@@ -1,0 +1,27 @@
+"""The broker's unit of work: one transaction, its repositories."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from nexus_common import Keyring, SqlUnitOfWork
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ..adapters.repository import AuditRepository, ProviderRepository
+
+__all__ = ["BrokerUnitOfWork"]
+
+
+class BrokerUnitOfWork(SqlUnitOfWork):
+    providers: ProviderRepository
+    audit: AuditRepository
+
+    def __init__(self, session_factory: async_sessionmaker[AsyncSession], keyring: Keyring) -> None:
+        super().__init__(session_factory)
+        self._keyring = keyring
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        self.providers = ProviderRepository(self.session, self._keyring)
+        self.audit = AuditRepository(self.session)
+        return self

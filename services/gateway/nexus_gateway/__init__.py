@@ -1,0 +1,1 @@
+"""Nexus gateway: the public API; authenticates callers and routes to the broker."""

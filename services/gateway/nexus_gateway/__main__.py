@@ -1,0 +1,26 @@
+"""``python -m nexus_gateway``: serve the public gRPC API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from nexus_common import configure_logging, run_until_signalled
+
+from .server import create_gateway
+from .settings import GatewaySettings
+
+
+async def _serve(settings: GatewaySettings) -> None:
+    gateway = create_gateway(settings)
+    await run_until_signalled(gateway.server, settings.shutdown_grace_seconds, gateway.close)
+
+
+def main() -> None:
+    settings = GatewaySettings.from_env(os.environ)
+    configure_logging("gateway", settings.log_level)
+    asyncio.run(_serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Strict parsing of REST JSON bodies into request messages.
+
+Envoy hands bodies over raw (``google.api.HttpBody``) because its transcoder
+drops unknown fields silently. Here an unknown field, malformed JSON or a
+wrongly typed value is an error that names the field. Values are never
+quoted back: a misplaced value may be a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, TypeVar
+
+from google.api import httpbody_pb2
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from nexus_common import InvalidArgument, MalformedJson, UnknownField, ValidationFailed
+
+__all__ = ["parse_json_body", "resolve_body"]
+
+M = TypeVar("M", bound=Message)
+
+_FAILED_FIELD = re.compile(r"Failed to parse (\w+) field")
+
+
+def _known_names(message: Message) -> set[str]:
+    names = set()
+    for field in message.DESCRIPTOR.fields:
+        names.update((field.name, field.json_name))
+    return names
+
+
+def parse_json_body(body: httpbody_pb2.HttpBody, message: M) -> M:
+    """Fill ``message`` from a JSON object body, whatever content type was declared
+    (curl -d sends JSON as a form by default)."""
+    if not body.data.strip():
+        raise InvalidArgument("the request body is empty: send a JSON object", field="body")
+    try:
+        document: Any = json.loads(body.data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        position = f" (line {exc.lineno}, column {exc.colno})" if isinstance(
+            exc, json.JSONDecodeError) else ""
+        raise MalformedJson(f"the request body is not valid JSON{position}") from exc
+    if not isinstance(document, dict):
+        raise MalformedJson("the request body must be a JSON object")
+    unknown = sorted(set(document) - _known_names(message))
+    if unknown:
+        raise UnknownField(
+            f"unknown field{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
+            field=unknown[0],
+        )
+    try:
+        json_format.ParseDict(document, message, ignore_unknown_fields=False)
+    except json_format.ParseError as exc:
+        match = _FAILED_FIELD.search(str(exc))
+        field = match.group(1) if match else "body"
+        raise ValidationFailed(f"field {field} has a value of the wrong type", field=field) from exc
+    return message
+
+
+def resolve_body(typed: M, has_typed: bool, body: httpbody_pb2.HttpBody, has_body: bool) -> M:
+    """The message a caller sent: the typed field (gRPC) or the JSON body (REST)."""
+    if has_typed and has_body:
+        raise InvalidArgument("set either the typed message or http_body, not both")
+    if has_body:
+        return parse_json_body(body, type(typed)())
+    if not has_typed:
+        raise InvalidArgument("the request carries no provider", field="provider")
+    return typed

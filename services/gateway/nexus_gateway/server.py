@@ -1,0 +1,43 @@
+"""Wiring: build the gateway from settings. Nothing is built at import time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from nexus_common import InternalClient, NexusServer, admin_authenticator, build_server
+
+from .servicers import AuditServicer, ProviderServicer
+from .settings import GatewaySettings
+
+__all__ = ["Gateway", "create_gateway"]
+
+SERVICE_NAMES = tuple(s.full_name for s in gateway_pb2.DESCRIPTOR.services_by_name.values())
+
+
+@dataclass
+class Gateway:
+    server: NexusServer
+    broker: InternalClient
+
+    async def close(self) -> None:
+        await self.broker.close()
+
+
+def create_gateway(settings: GatewaySettings) -> Gateway:
+    broker = InternalClient(
+        "broker", settings.broker_target, settings.internal_token,
+        settings.upstream_timeout_seconds,
+    )
+    providers = ProviderServicer(broker)
+    audit = AuditServicer(broker)
+    server = build_server(
+        address=settings.listen,
+        registrars=[
+            lambda s: gateway_pb2_grpc.add_ProviderServiceServicer_to_server(providers, s),
+            lambda s: gateway_pb2_grpc.add_AuditServiceServicer_to_server(audit, s),
+        ],
+        service_names=SERVICE_NAMES,
+        authenticate=admin_authenticator(settings.admin_keys),
+    )
+    return Gateway(server, broker)

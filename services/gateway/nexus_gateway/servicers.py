@@ -1,0 +1,81 @@
+"""The public API. The gateway authenticates callers (in an interceptor) and
+passes each call to the service that owns the resource; it keeps no state."""
+
+from __future__ import annotations
+
+import grpc
+from nexus.broker.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    providers_pb2,
+    providers_pb2_grpc,
+)
+from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from nexus_common import InternalClient
+
+from .rest_body import resolve_body
+
+__all__ = ["AuditServicer", "ProviderServicer"]
+
+Context = grpc.aio.ServicerContext
+
+
+class ProviderServicer(gateway_pb2_grpc.ProviderServiceServicer):
+    def __init__(self, broker: InternalClient) -> None:
+        self._broker = broker
+        self._stub = providers_pb2_grpc.ProviderRegistryServiceStub(broker.channel)
+
+    async def CreateProvider(
+        self, request: gateway_pb2.CreateProviderRequest, context: Context
+    ) -> providers_pb2.Provider:
+        provider = resolve_body(
+            request.provider, request.HasField("provider"),
+            request.http_body, request.HasField("http_body"),
+        )
+        return await self._broker.call(
+            self._stub.CreateProvider, providers_pb2.CreateProviderRequest(provider=provider)
+        )
+
+    async def ListProviders(
+        self, request: providers_pb2.ListProvidersRequest, context: Context
+    ) -> providers_pb2.ListProvidersResponse:
+        return await self._broker.call(self._stub.ListProviders, request)
+
+    async def ListProviderMetadata(
+        self, request: providers_pb2.ListProviderMetadataRequest, context: Context
+    ) -> providers_pb2.ListProviderMetadataResponse:
+        return await self._broker.call(self._stub.ListProviderMetadata, request)
+
+    async def GetProvider(
+        self, request: providers_pb2.GetProviderRequest, context: Context
+    ) -> providers_pb2.Provider:
+        return await self._broker.call(self._stub.GetProvider, request)
+
+    async def UpdateProvider(
+        self, request: gateway_pb2.UpdateProviderRequest, context: Context
+    ) -> providers_pb2.Provider:
+        provider = resolve_body(
+            request.provider, request.HasField("provider"),
+            request.http_body, request.HasField("http_body"),
+        )
+        provider.id = request.id
+        forwarded = providers_pb2.UpdateProviderRequest(
+            provider=provider, update_mask=request.update_mask
+        )
+        return await self._broker.call(self._stub.UpdateProvider, forwarded)
+
+    async def DeleteProvider(
+        self, request: providers_pb2.DeleteProviderRequest, context: Context
+    ) -> providers_pb2.Provider:
+        return await self._broker.call(self._stub.DeleteProvider, request)
+
+
+class AuditServicer(gateway_pb2_grpc.AuditServiceServicer):
+    def __init__(self, broker: InternalClient) -> None:
+        self._broker = broker
+        self._stub = audit_pb2_grpc.AuditLogServiceStub(broker.channel)
+
+    async def ListAuditEvents(
+        self, request: audit_pb2.ListAuditEventsRequest, context: Context
+    ) -> audit_pb2.ListAuditEventsResponse:
+        return await self._broker.call(self._stub.ListAuditEvents, request)

@@ -1,0 +1,37 @@
+"""Gateway settings, read from ``NEXUS_*`` environment variables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from nexus_common import ApiKeySet, ConfigError, Env
+
+__all__ = ["GatewaySettings"]
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    listen: str
+    admin_keys: ApiKeySet
+    internal_token: str
+    broker_target: str
+    upstream_timeout_seconds: float
+    shutdown_grace_seconds: float
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
+        env = Env(environ)
+        admin_keys = ApiKeySet.from_spec(env.str("NEXUS_ADMIN_API_KEYS"))
+        if not admin_keys:
+            raise ConfigError("NEXUS_ADMIN_API_KEYS must name at least one key")
+        return cls(
+            listen=env.str("NEXUS_GATEWAY_LISTEN", "127.0.0.1:50051"),
+            admin_keys=admin_keys,
+            internal_token=env.internal_tokens()[0],
+            broker_target=env.str("NEXUS_BROKER_TARGET", "127.0.0.1:50061"),
+            upstream_timeout_seconds=env.float("NEXUS_UPSTREAM_TIMEOUT_SECONDS", 30.0),
+            shutdown_grace_seconds=env.float("NEXUS_SHUTDOWN_GRACE_SECONDS", 10.0),
+            log_level=env.str("NEXUS_LOG_LEVEL", "INFO"),
+        )

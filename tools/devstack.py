@@ -1,0 +1,219 @@
+"""Run the whole Nexus stack on loopback: policy, broker, gateway and Envoy.
+
+``make run`` calls this with fixed ports; the end-to-end tests call
+``Stack`` with free ports. Dev secrets (admin key, internal token, keyring)
+are generated once into the data directory, which git ignores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+ENVOY_CONFIG = ROOT / "envoy" / "envoy.yaml"
+# The committed config's ports, rewritten for a run with other ports.
+ENVOY_PORTS = {"rest": 8080, "envoy_admin": 9901, "gateway": 50051, "gateway_http": 8081}
+DEV_PORTS = {**ENVOY_PORTS, "broker": 50061, "policy": 50071}
+STARTUP_TIMEOUT = 60.0
+
+__all__ = ["DEV_PORTS", "Stack", "dev_secrets", "free_port", "render_envoy_config"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def dev_secrets(data_dir: Path) -> dict[str, str]:
+    """Load the data directory's secrets, generating them on first use."""
+    path = data_dir / "secrets.json"
+    if path.exists():
+        loaded: dict[str, str] = json.loads(path.read_text())
+        return loaded
+    from nexus_common import generate_key_spec
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    values = {
+        "NEXUS_ADMIN_API_KEYS": f"dev:nxa_{secrets.token_urlsafe(24)}",
+        "NEXUS_INTERNAL_TOKEN": secrets.token_urlsafe(32),
+        "NEXUS_KEYRING": generate_key_spec(1),
+    }
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(values, indent=2))
+    return values
+
+
+def render_envoy_config(ports: Mapping[str, int]) -> str:
+    text = ENVOY_CONFIG.read_text()
+    for name, default in ENVOY_PORTS.items():
+        marker = f"port_value: {default}"
+        if text.count(marker) != 1:
+            raise RuntimeError(f"envoy.yaml must contain {marker!r} exactly once")
+        text = text.replace(marker, f"port_value: {ports[name]}")
+    return text
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    ports: dict[str, int]
+    env: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def admin_key(self) -> str:
+        return self.env["NEXUS_ADMIN_API_KEYS"].split(",")[0].partition(":")[2]
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['rest']}"
+
+    @property
+    def gateway_target(self) -> str:
+        return f"127.0.0.1:{self.ports['gateway']}"
+
+    def _service_env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "NEXUS_BROKER_DATABASE_URL": f"sqlite:///{self.data_dir / 'broker.db'}",
+            **dev_secrets(self.data_dir),
+            "NEXUS_POLICY_LISTEN": f"127.0.0.1:{self.ports['policy']}",
+            "NEXUS_BROKER_LISTEN": f"127.0.0.1:{self.ports['broker']}",
+            "NEXUS_BROKER_TARGET": f"127.0.0.1:{self.ports['broker']}",
+            "NEXUS_GATEWAY_LISTEN": f"127.0.0.1:{self.ports['gateway']}",
+            **self.env,
+        }
+
+    def _spawn(self, name: str, args: list[str], env: Mapping[str, str]) -> None:
+        log_dir = self.data_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / f"{name}.log", "ab") as log:
+            self.processes[name] = subprocess.Popen(
+                args, cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.data_dir / "logs" / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _wait(self, name: str, ready: callable) -> None:  # type: ignore[valid-type]
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.processes[name].poll() is not None:
+                raise RuntimeError(f"{name} exited during start-up:\n{self.log_tail(name)}")
+            if ready():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} did not become ready:\n{self.log_tail(name)}")
+
+    def _grpc_ready(self, port: int) -> bool:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+            except grpc.RpcError:
+                return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def _envoy_ready(self) -> bool:
+        import urllib.request
+
+        try:
+            url = f"http://127.0.0.1:{self.ports['envoy_admin']}/ready"
+            with urllib.request.urlopen(url, timeout=1) as reply:  # noqa: S310 - loopback
+                return bool(reply.status == 200)
+        except OSError:
+            return False
+
+    def start(self) -> Stack:
+        env = self._service_env()
+        self.env = {key: env[key] for key in env if key.startswith("NEXUS_")}
+        python = sys.executable
+        try:
+            for name in ("policy", "broker", "gateway"):
+                self._spawn(name, [python, "-m", f"nexus_{name}"], env)
+                self._wait(name, lambda n=name: self._grpc_ready(self.ports[n]))
+            config = self.data_dir / "envoy.yaml"
+            config.write_text(render_envoy_config(self.ports))
+            envoy = str(Path(python).parent / "envoy")
+            self._spawn(
+                "envoy",
+                [envoy, "-c", str(config), "--use-dynamic-base-id", "--log-level", "warn"],
+                env,
+            )
+            self._wait("envoy", self._envoy_ready)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+
+def main() -> None:
+    data_dir = Path(os.environ.get("NEXUS_DATA_DIR", ROOT / ".nexus-data"))
+    stack = Stack(data_dir, dict(DEV_PORTS))
+    stack.start()
+    print(
+        f"""
+Nexus is running (SQLite in {data_dir}, logs in {data_dir / 'logs'}).
+  REST (Envoy):     {stack.rest_url}
+  gRPC (gateway):   {stack.gateway_target}
+  Envoy admin:      http://127.0.0.1:{stack.ports['envoy_admin']}
+  Admin API key:    {stack.admin_key}
+
+Try:
+  curl -H 'X-API-Key: {stack.admin_key}' {stack.rest_url}/v1/providers
+
+Press Ctrl-C to stop.""",
+        flush=True,
+    )
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stopping:
+            for name, process in stack.processes.items():
+                if process.poll() is not None:
+                    print(f"{name} exited:\n{stack.log_tail(name)}", file=sys.stderr)
+                    stopping = True
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("\nStopping Nexus...", flush=True)
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()
