@@ -67,8 +67,8 @@ class OidcServer:
         self.stop()
 
 
-def start_oidc_server(*, bad_issuer: bool = False) -> OidcServer:
-    """Start a provider on a free 127.0.0.1 port with a fresh RS256 key."""
+def start_oidc_server(*, bad_issuer: bool = False, port: int = 0) -> OidcServer:
+    """Start a provider on 127.0.0.1 (a free port unless given) with a fresh RS256 key."""
     if not (OIDC_DIR / "node_modules" / "oauth2-mock-server").is_dir():
         raise RuntimeError(
             "the test OIDC server is not installed: run "
@@ -78,7 +78,7 @@ def start_oidc_server(*, bad_issuer: bool = False) -> OidcServer:
     if node is None:
         raise RuntimeError("`node` is not on PATH; the test OIDC server needs Node.js 20 or newer")
 
-    cmd = [node, str(OIDC_DIR / "server.mjs"), "0", "--exit-on-stdin-eof"]
+    cmd = [node, str(OIDC_DIR / "server.mjs"), str(port), "--exit-on-stdin-eof"]
     if bad_issuer:
         cmd += ["--issuer-override", BAD_ISSUER]
     # stdin stays open for the server's lifetime: if this process dies without

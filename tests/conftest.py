@@ -1,0 +1,96 @@
+"""Fixtures shared by the integration and end-to-end tests: real PostgreSQL,
+SQLite files, the real OIDC server from npm, and Nexus services on real sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from nexus_common import generate_key_spec
+
+from tests.support.oidc_server import OidcServer, start_oidc_server
+from tests.support.postgres import fresh_database, postgres_url
+
+ADMIN_KEY = "nxa_test_admin_key_0123456789"
+INTERNAL_TOKEN = "internal-test-token-0123456789"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'broker.db'}"
+        return
+    url, drop = fresh_database(postgres_url())
+    try:
+        yield url
+    finally:
+        drop()
+
+
+@pytest.fixture(scope="session")
+def oidc() -> Iterator[OidcServer]:
+    with start_oidc_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def keyring_spec() -> str:
+    return generate_key_spec(1)
+
+
+def service_env(database_url: str, keyring_spec: str, **extra: str) -> dict[str, str]:
+    return {
+        "NEXUS_BROKER_DATABASE_URL": database_url,
+        "NEXUS_KEYRING": keyring_spec,
+        "NEXUS_INTERNAL_TOKEN": INTERNAL_TOKEN,
+        "NEXUS_ADMIN_API_KEYS": f"tests:{ADMIN_KEY}",
+        "NEXUS_DISCOVERY_TIMEOUT_SECONDS": "3",
+        "NEXUS_DISCOVERY_RETRY_SECONDS": "0",
+        "NEXUS_BROKER_LISTEN": "127.0.0.1:0",
+        "NEXUS_GATEWAY_LISTEN": "127.0.0.1:0",
+        "NEXUS_POLICY_LISTEN": "127.0.0.1:0",
+        **extra,
+    }
+
+
+@dataclass
+class Services:
+    """Broker, gateway and policy running in this process on real sockets."""
+
+    gateway: grpc.aio.Channel
+    broker_port: int
+    policy_port: int
+    env: dict[str, str]
+
+
+@pytest.fixture
+async def services(database_url: str, keyring_spec: str) -> AsyncIterator[Services]:
+    from nexus_broker.server import create_broker, migrate_database
+    from nexus_broker.settings import BrokerSettings
+    from nexus_gateway.server import create_gateway
+    from nexus_gateway.settings import GatewaySettings
+    from nexus_policy.server import create_policy_server
+    from nexus_policy.settings import PolicySettings
+
+    env = service_env(database_url, keyring_spec)
+    migrate_database(database_url)
+    broker = create_broker(BrokerSettings.from_env(env))
+    await broker.server.start()
+    policy = create_policy_server(PolicySettings.from_env(env))
+    await policy.start()
+    env["NEXUS_BROKER_TARGET"] = f"127.0.0.1:{broker.server.port}"
+    gateway = create_gateway(GatewaySettings.from_env(env))
+    await gateway.server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.server.port}")
+    try:
+        yield Services(channel, broker.server.port, policy.port, env)
+    finally:
+        await channel.close()
+        await gateway.server.stop(0)
+        await gateway.close()
+        await policy.stop(0)
+        await broker.server.stop(0)
+        await broker.close()

@@ -1,0 +1,29 @@
+"""Helpers for calling Nexus over gRPC in tests."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from tests.conftest import ADMIN_KEY
+
+ADMIN = (("x-api-key", ADMIN_KEY),)
+
+
+async def expect_error(call: Awaitable[Any], code: grpc.StatusCode, reason: str) -> str:
+    """Await a call that must fail; return its message after checking the ErrorInfo."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    error = caught.value
+    assert error.code() == code, error.details()
+    status = rpc_status.from_call(error)
+    assert status is not None and len(status.details) == 1
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.reason == reason, info
+    return str(error.details())
