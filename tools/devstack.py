@@ -7,6 +7,7 @@ are generated once into the data directory, which git ignores.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -15,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,7 +104,11 @@ class Stack:
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / f"{name}.log", "ab") as log:
             self.processes[name] = subprocess.Popen(
-                args, cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
+                args,
+                cwd=ROOT,
+                env=dict(env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
 
@@ -111,7 +116,7 @@ class Stack:
         path = self.data_dir / "logs" / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
-    def _wait(self, name: str, ready: callable) -> None:  # type: ignore[valid-type]
+    def _wait(self, name: str, ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.processes[name].poll() is not None:
@@ -136,7 +141,7 @@ class Stack:
 
         try:
             url = f"http://127.0.0.1:{self.ports['envoy_admin']}/ready"
-            with urllib.request.urlopen(url, timeout=1) as reply:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=1) as reply:
                 return bool(reply.status == 200)
         except OSError:
             return False
@@ -148,7 +153,7 @@ class Stack:
         try:
             for name in ("policy", "broker", "gateway"):
                 self._spawn(name, [python, "-m", f"nexus_{name}"], env)
-                self._wait(name, lambda n=name: self._grpc_ready(self.ports[n]))
+                self._wait(name, functools.partial(self._grpc_ready, self.ports[name]))
             config = self.data_dir / "envoy.yaml"
             config.write_text(render_envoy_config(self.ports))
             envoy = str(Path(python).parent / "envoy")
@@ -182,10 +187,10 @@ def main() -> None:
     stack.start()
     print(
         f"""
-Nexus is running (SQLite in {data_dir}, logs in {data_dir / 'logs'}).
+Nexus is running (SQLite in {data_dir}, logs in {data_dir / "logs"}).
   REST (Envoy):     {stack.rest_url}
   gRPC (gateway):   {stack.gateway_target}
-  Envoy admin:      http://127.0.0.1:{stack.ports['envoy_admin']}
+  Envoy admin:      http://127.0.0.1:{stack.ports["envoy_admin"]}
   Admin API key:    {stack.admin_key}
 
 Try:

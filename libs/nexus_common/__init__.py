@@ -32,14 +32,14 @@ from ._errors import (
     ProviderNotFound,
     RemoteError,
     Unauthenticated,
-    UnknownField,
     Unavailable,
+    UnknownField,
     ValidationFailed,
 )
 from ._interceptors import PUBLIC_METHOD_PREFIXES, to_grpc_status
 from ._keyring import Keyring, KeyringError, generate_key_spec
-from ._paging import decode_page_token, encode_page_token, page_size
 from ._logging import configure_logging, redact
+from ._paging import decode_page_token, encode_page_token, page_size
 from ._server import MAX_MESSAGE_BYTES, NexusServer, build_server, run_until_signalled
 from ._settings import ConfigError, Env
 
@@ -62,9 +62,9 @@ __all__ = [
     "InternalClient",
     "InvalidArgument",
     "InvalidPageToken",
-    "MalformedJson",
     "Keyring",
     "KeyringError",
+    "MalformedJson",
     "NexusError",
     "NexusServer",
     "NotFound",
@@ -75,8 +75,8 @@ __all__ = [
     "RemoteError",
     "SqlUnitOfWork",
     "Unauthenticated",
-    "UnknownField",
     "Unavailable",
+    "UnknownField",
     "ValidationFailed",
     "admin_authenticator",
     "build_server",

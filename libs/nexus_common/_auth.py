@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 API_KEY_HEADER = "x-api-key"
-INTERNAL_TOKEN_HEADER = "x-nexus-internal-token"
+INTERNAL_TOKEN_HEADER = "x-nexus-internal-token"  # noqa: S105 - a header name
 # Set by the gateway on internal calls so the broker can audit who acted.
 CALLER_HEADER = "x-nexus-caller"
 

@@ -32,9 +32,7 @@ class InternalClient:
         self._token = token
         self._timeout = timeout
 
-    async def call(
-        self, method: Callable[..., Awaitable[Response]], request: Any
-    ) -> Response:
+    async def call(self, method: Callable[..., Awaitable[Response]], request: Any) -> Response:
         metadata = [(INTERNAL_TOKEN_HEADER, self._token)]
         caller = current_caller.get()
         if caller is not None:
@@ -45,7 +43,7 @@ class InternalClient:
             raise self._translate(exc) from exc
 
     def _translate(self, exc: grpc.aio.AioRpcError) -> NexusError:
-        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        status = rpc_status.from_call(exc)
         for detail in status.details if status is not None else ():
             info = error_details_pb2.ErrorInfo()
             if detail.Unpack(info):

@@ -28,6 +28,7 @@ as the offending field.
 from __future__ import annotations
 
 from collections.abc import Mapping
+
 __all__ = [
     "ERROR_DOMAIN",
     "AlreadyExists",
@@ -46,8 +47,8 @@ __all__ = [
     "ProviderNotFound",
     "RemoteError",
     "Unauthenticated",
-    "UnknownField",
     "Unavailable",
+    "UnknownField",
     "ValidationFailed",
 ]
 

@@ -49,7 +49,7 @@ def to_grpc_status(error: NexusError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-class _UnaryInterceptor(grpc.aio.ServerInterceptor):
+class _UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Wraps the behaviour of unary-unary methods; streams pass through."""
 
     def wrap(self, method: str, behavior: Behavior) -> Behavior:

@@ -78,7 +78,8 @@ class Keyring:
 
     def needs_reseal(self, sealed: bytes) -> bool:
         """True when a value was sealed under a key other than the primary."""
-        return _HEADER.unpack_from(sealed)[1] != self.primary
+        version: int = _HEADER.unpack_from(sealed)[1]
+        return version != self.primary
 
 
 def generate_key_spec(version: int = 1) -> str:

@@ -17,7 +17,9 @@ def redact(value: Any) -> Any:
     """A copy of a JSON-like value with every secret-named field's value hidden."""
     if isinstance(value, dict):
         return {
-            key: REDACTED if _SECRET_NAME.search(str(key)) and item not in ("", None) else redact(item)
+            key: REDACTED
+            if _SECRET_NAME.search(str(key)) and item not in ("", None)
+            else redact(item)
             for key, item in value.items()
         }
     if isinstance(value, list):

@@ -12,8 +12,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ._interceptors import (
-    AuthInterceptor,
     Authenticator,
+    AuthInterceptor,
     ErrorMappingInterceptor,
     LoggingInterceptor,
 )
@@ -31,8 +31,13 @@ Registrar = Callable[[grpc.aio.Server], None]
 class NexusServer:
     """A started-or-startable gRPC server together with its health servicer."""
 
-    def __init__(self, server: grpc.aio.Server, port: int, health_servicer: health.HealthServicer,
-                 service_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        health_servicer: health.HealthServicer,
+        service_names: Sequence[str],
+    ) -> None:
         self.server = server
         self.port = port
         self.health = health_servicer

@@ -17,7 +17,7 @@ class Env:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
 
-    def str(self, name: str, default: str | None = None) -> str:
+    def text(self, name: str, default: str | None = None) -> str:
         value = self._environ.get(name, "").strip()
         if value:
             return value
@@ -25,21 +25,21 @@ class Env:
             raise ConfigError(f"{name} must be set")
         return default
 
-    def int(self, name: str, default: int) -> int:
+    def integer(self, name: str, default: int) -> int:
         raw = self._environ.get(name, "").strip()
         try:
             return int(raw) if raw else default
         except ValueError as exc:
             raise ConfigError(f"{name} must be an integer") from exc
 
-    def float(self, name: str, default: float) -> float:
+    def number(self, name: str, default: float) -> float:
         raw = self._environ.get(name, "").strip()
         try:
             return float(raw) if raw else default
         except ValueError as exc:
             raise ConfigError(f"{name} must be a number") from exc
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         raw = self._environ.get(name, "").strip().lower()
         if not raw:
             return default
@@ -54,7 +54,7 @@ class Env:
 
         ``NEXUS_INTERNAL_TOKEN_PREVIOUS`` keeps old tokens valid while a new
         one rolls out to every service."""
-        current = self.str("NEXUS_INTERNAL_TOKEN")
+        current = self.text("NEXUS_INTERNAL_TOKEN")
         previous = self._environ.get("NEXUS_INTERNAL_TOKEN_PREVIOUS", "")
         accepted = {"internal": current}
         for index, token in enumerate(filter(None, (t.strip() for t in previous.split(","))), 1):
@@ -63,4 +63,4 @@ class Env:
 
     def database_url(self, name: str) -> str:
         """The service's own URL setting, else ``DATABASE_URL`` shared by all."""
-        return self.str(name, self._environ.get("DATABASE_URL", "").strip() or None)
+        return self.text(name, self._environ.get("DATABASE_URL", "").strip() or None)

@@ -13,7 +13,7 @@ from nexus_common import Keyring, sync_url
 from tests.conftest import INTERNAL_TOKEN, Services
 from tests.integration.helpers import ADMIN, expect_error
 from tests.support.oidc_server import OidcServer, start_oidc_server
-from tests.support.postgres import _free_port  # noqa: PLC2701 - a free loopback port
+from tests.support.postgres import _free_port
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -41,11 +41,15 @@ def salesforce(**changes: object) -> providers_pb2.Provider:
 
 def api_key_provider(name: str, category: str = "weather") -> providers_pb2.Provider:
     params = struct_pb2.Struct()
-    params.update({"credential_schema": {"fields": [{"name": "api_key", "in": "query", "key": "appid"}]}})
+    params.update(
+        {"credential_schema": {"fields": [{"name": "api_key", "in": "query", "key": "appid"}]}}
+    )
     return providers_pb2.Provider(name=name, auth_type="api_key", category=category, params=params)
 
 
-def stubs(services: Services) -> tuple[gateway_pb2_grpc.ProviderServiceStub, gateway_pb2_grpc.AuditServiceStub]:
+def stubs(
+    services: Services,
+) -> tuple[gateway_pb2_grpc.ProviderServiceStub, gateway_pb2_grpc.AuditServiceStub]:
     return (
         gateway_pb2_grpc.ProviderServiceStub(services.gateway),
         gateway_pb2_grpc.AuditServiceStub(services.gateway),
@@ -70,7 +74,9 @@ async def count_rows(services: Services) -> tuple[int, int]:
     return int(providers or 0), int(events or 0)
 
 
-async def test_registration_returns_the_provider_and_id_but_never_the_secret(services: Services) -> None:
+async def test_registration_returns_the_provider_and_id_but_never_the_secret(
+    services: Services,
+) -> None:
     created = await create(services, salesforce())
     assert created.id and created.name == "salesforce"
     assert not created.HasField("client_secret")
@@ -80,7 +86,9 @@ async def test_registration_returns_the_provider_and_id_but_never_the_secret(ser
     assert dict(created.params) == {"skip_scope_on_exchange": True}
     registry, _ = stubs(services)
     for key in (created.id, "salesforce"):
-        fetched = await registry.GetProvider(providers_pb2.GetProviderRequest(id=key), metadata=ADMIN)
+        fetched = await registry.GetProvider(
+            providers_pb2.GetProviderRequest(id=key), metadata=ADMIN
+        )
         assert fetched == created
 
 
@@ -113,15 +121,23 @@ async def test_list_pages_and_filters(services: Services) -> None:
         if not token:
             break
     assert seen == ["weather-a", "weather-b", "weather-c"]
-    crm = await registry.ListProviders(providers_pb2.ListProvidersRequest(category="crm"), metadata=ADMIN)
+    crm = await registry.ListProviders(
+        providers_pb2.ListProvidersRequest(category="crm"), metadata=ADMIN
+    )
     assert [p.name for p in crm.providers] == ["salesforce"]
     await expect_error(
-        registry.ListProviders(providers_pb2.ListProvidersRequest(page_token="nope"), metadata=ADMIN),
-        INVALID, "INVALID_PAGE_TOKEN",
+        registry.ListProviders(
+            providers_pb2.ListProvidersRequest(page_token="nope"), metadata=ADMIN
+        ),
+        INVALID,
+        "INVALID_PAGE_TOKEN",
     )
     await expect_error(
-        registry.ListProviders(providers_pb2.ListProvidersRequest(auth_type="saml"), metadata=ADMIN),
-        INVALID, "VALIDATION_FAILED",
+        registry.ListProviders(
+            providers_pb2.ListProvidersRequest(auth_type="saml"), metadata=ADMIN
+        ),
+        INVALID,
+        "VALIDATION_FAILED",
     )
 
 
@@ -141,61 +157,78 @@ async def test_update_changes_only_masked_fields_and_keeps_the_secret(services: 
     await expect_error(
         registry.UpdateProvider(
             gateway_pb2.UpdateProviderRequest(
-                id=created.id, provider=providers_pb2.Provider(auth_type="api_key"),
+                id=created.id,
+                provider=providers_pb2.Provider(auth_type="api_key"),
                 update_mask=field_mask_pb2.FieldMask(paths=["auth_type"]),
             ),
             metadata=ADMIN,
         ),
-        INVALID, "VALIDATION_FAILED",
+        INVALID,
+        "VALIDATION_FAILED",
     )
     await expect_error(
         registry.UpdateProvider(
             gateway_pb2.UpdateProviderRequest(
-                id=created.id, provider=providers_pb2.Provider(),
+                id=created.id,
+                provider=providers_pb2.Provider(),
                 update_mask=field_mask_pb2.FieldMask(paths=["id"]),
             ),
             metadata=ADMIN,
         ),
-        INVALID, "VALIDATION_FAILED",
+        INVALID,
+        "VALIDATION_FAILED",
     )
     # Removing the secret of a confidential client would break it, so it is refused.
     await expect_error(
         registry.UpdateProvider(
             gateway_pb2.UpdateProviderRequest(
-                id=created.id, provider=providers_pb2.Provider(client_secret=""),
+                id=created.id,
+                provider=providers_pb2.Provider(client_secret=""),
                 update_mask=field_mask_pb2.FieldMask(paths=["client_secret"]),
             ),
             metadata=ADMIN,
         ),
-        INVALID, "VALIDATION_FAILED",
+        INVALID,
+        "VALIDATION_FAILED",
     )
 
 
 async def test_delete_is_soft_and_frees_the_name(services: Services) -> None:
     created = await create(services, salesforce())
     registry, _ = stubs(services)
-    deleted = await registry.DeleteProvider(providers_pb2.DeleteProviderRequest(id="salesforce"), metadata=ADMIN)
+    deleted = await registry.DeleteProvider(
+        providers_pb2.DeleteProviderRequest(id="salesforce"), metadata=ADMIN
+    )
     assert deleted.state == "deleted" and deleted.HasField("delete_time")
-    by_id = await registry.GetProvider(providers_pb2.GetProviderRequest(id=created.id), metadata=ADMIN)
+    by_id = await registry.GetProvider(
+        providers_pb2.GetProviderRequest(id=created.id), metadata=ADMIN
+    )
     assert by_id.state == "deleted"
     await expect_error(
         registry.GetProvider(providers_pb2.GetProviderRequest(id="salesforce"), metadata=ADMIN),
-        grpc.StatusCode.NOT_FOUND, "PROVIDER_NOT_FOUND",
+        grpc.StatusCode.NOT_FOUND,
+        "PROVIDER_NOT_FOUND",
     )
     await expect_error(
         registry.UpdateProvider(
-            gateway_pb2.UpdateProviderRequest(id=created.id, provider=providers_pb2.Provider(description="x")),
+            gateway_pb2.UpdateProviderRequest(
+                id=created.id, provider=providers_pb2.Provider(description="x")
+            ),
             metadata=ADMIN,
         ),
-        grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_DELETED",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "PROVIDER_DELETED",
     )
     await expect_error(
         registry.DeleteProvider(providers_pb2.DeleteProviderRequest(id=created.id), metadata=ADMIN),
-        grpc.StatusCode.NOT_FOUND, "PROVIDER_NOT_FOUND",
+        grpc.StatusCode.NOT_FOUND,
+        "PROVIDER_NOT_FOUND",
     )
     listed = await registry.ListProviders(providers_pb2.ListProvidersRequest(), metadata=ADMIN)
     assert list(listed.providers) == []
-    everything = await registry.ListProviders(providers_pb2.ListProvidersRequest(show_deleted=True), metadata=ADMIN)
+    everything = await registry.ListProviders(
+        providers_pb2.ListProvidersRequest(show_deleted=True), metadata=ADMIN
+    )
     assert [p.id for p in everything.providers] == [created.id]
     again = await create(services, salesforce())
     assert again.id != created.id
@@ -206,7 +239,8 @@ async def test_duplicate_live_name_conflicts_and_writes_nothing(services: Servic
     before = await count_rows(services)
     message = await expect_error(
         create(services, salesforce(client_id="other")),
-        grpc.StatusCode.ALREADY_EXISTS, "PROVIDER_ALREADY_EXISTS",
+        grpc.StatusCode.ALREADY_EXISTS,
+        "PROVIDER_ALREADY_EXISTS",
     )
     assert "salesforce" in message
     assert await count_rows(services) == before
@@ -239,17 +273,23 @@ async def test_invalid_providers_are_refused_and_nothing_is_written(
 async def test_missing_or_wrong_admin_key_is_unauthenticated(services: Services) -> None:
     registry, _ = stubs(services)
     request = providers_pb2.ListProvidersRequest()
-    missing = await expect_error(registry.ListProviders(request), grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+    missing = await expect_error(
+        registry.ListProviders(request), grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"
+    )
     wrong = await expect_error(
         registry.ListProviders(request, metadata=(("x-api-key", "nxa_wrong"),)),
-        grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED",
+        grpc.StatusCode.UNAUTHENTICATED,
+        "UNAUTHENTICATED",
     )
     assert missing == wrong
     before = await count_rows(services)
     await expect_error(
-        registry.CreateProvider(gateway_pb2.CreateProviderRequest(provider=salesforce()),
-                                metadata=(("x-api-key", "nxa_wrong"),)),
-        grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED",
+        registry.CreateProvider(
+            gateway_pb2.CreateProviderRequest(provider=salesforce()),
+            metadata=(("x-api-key", "nxa_wrong"),),
+        ),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "UNAUTHENTICATED",
     )
     assert await count_rows(services) == before
 
@@ -258,18 +298,26 @@ async def test_broker_refuses_calls_without_the_internal_token(services: Service
     async with grpc.aio.insecure_channel(f"127.0.0.1:{services.broker_port}") as channel:
         broker = providers_pb2_grpc.ProviderRegistryServiceStub(channel)
         request = providers_pb2.ListProvidersRequest()
-        await expect_error(broker.ListProviders(request), grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
         await expect_error(
-            broker.ListProviders(request, metadata=ADMIN), grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"
+            broker.ListProviders(request), grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"
         )
-        reply = await broker.ListProviders(request, metadata=(("x-nexus-internal-token", INTERNAL_TOKEN),))
+        await expect_error(
+            broker.ListProviders(request, metadata=ADMIN),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "UNAUTHENTICATED",
+        )
+        reply = await broker.ListProviders(
+            request, metadata=(("x-nexus-internal-token", INTERNAL_TOKEN),)
+        )
         assert list(reply.providers) == []
 
 
 async def test_audit_trail_records_who_changed_what_without_secrets(services: Services) -> None:
     created = await create(services, salesforce())
     registry, audit = stubs(services)
-    await registry.DeleteProvider(providers_pb2.DeleteProviderRequest(id=created.id), metadata=ADMIN)
+    await registry.DeleteProvider(
+        providers_pb2.DeleteProviderRequest(id=created.id), metadata=ADMIN
+    )
     events = await audit.ListAuditEvents(
         audit_pb2.ListAuditEventsRequest(resource=f"providers/{created.id}"), metadata=ADMIN
     )
@@ -283,8 +331,13 @@ async def test_metadata_groups_live_providers_by_auth_type(services: Services) -
     await create(services, salesforce())
     await create(services, api_key_provider("weather"))
     registry, _ = stubs(services)
-    reply = await registry.ListProviderMetadata(providers_pb2.ListProviderMetadataRequest(), metadata=ADMIN)
-    grouped = {g.auth_type: [(p.name, list(p.credential_fields)) for p in g.providers] for g in reply.auth_types}
+    reply = await registry.ListProviderMetadata(
+        providers_pb2.ListProviderMetadataRequest(), metadata=ADMIN
+    )
+    grouped = {
+        g.auth_type: [(p.name, list(p.credential_fields)) for p in g.providers]
+        for g in reply.auth_types
+    }
     assert grouped == {
         "oauth2": [("salesforce", [])],
         "api_key": [("weather", ["api_key"])],
@@ -293,12 +346,19 @@ async def test_metadata_groups_live_providers_by_auth_type(services: Services) -
     }
 
 
-async def test_discovery_fills_in_a_provider_given_only_an_issuer(services: Services, oidc: OidcServer) -> None:
+async def test_discovery_fills_in_a_provider_given_only_an_issuer(
+    services: Services, oidc: OidcServer
+) -> None:
     created = await create(
         services,
         providers_pb2.Provider(
-            name="mock-idp", auth_type="oauth2", client_id="c", client_secret="s",
-            issuer=oidc.issuer, enable_discovery=True, scopes=["openid"],
+            name="mock-idp",
+            auth_type="oauth2",
+            client_id="c",
+            client_secret="s",
+            issuer=oidc.issuer,
+            enable_discovery=True,
+            scopes=["openid"],
         ),
     )
     assert created.discovery.status == "complete"
@@ -313,11 +373,19 @@ async def test_a_discovery_document_for_another_issuer_is_refused(services: Serv
     before = await count_rows(services)
     with start_oidc_server(bad_issuer=True) as impostor:
         message = await expect_error(
-            create(services, providers_pb2.Provider(
-                name="impostor", auth_type="oauth2", client_id="c", client_secret="s",
-                issuer=impostor.issuer, enable_discovery=True,
-            )),
-            INVALID, "DISCOVERY_DOCUMENT_INVALID",
+            create(
+                services,
+                providers_pb2.Provider(
+                    name="impostor",
+                    auth_type="oauth2",
+                    client_id="c",
+                    client_secret="s",
+                    issuer=impostor.issuer,
+                    enable_discovery=True,
+                ),
+            ),
+            INVALID,
+            "DISCOVERY_DOCUMENT_INVALID",
         )
     assert "issuer does not match" in message
     assert await count_rows(services) == before
@@ -328,8 +396,12 @@ async def test_unreachable_issuer_is_pending_and_retried_on_use(services: Servic
     created = await create(
         services,
         providers_pb2.Provider(
-            name="later-idp", auth_type="oauth2", client_id="c", client_secret="s",
-            issuer=f"http://127.0.0.1:{port}", enable_discovery=True,
+            name="later-idp",
+            auth_type="oauth2",
+            client_id="c",
+            client_secret="s",
+            issuer=f"http://127.0.0.1:{port}",
+            enable_discovery=True,
         ),
     )
     assert created.discovery.status == "pending"
@@ -337,6 +409,8 @@ async def test_unreachable_issuer_is_pending_and_retried_on_use(services: Servic
     assert created.auth_url == ""
     registry, _ = stubs(services)
     with start_oidc_server(port=port):
-        fetched = await registry.GetProvider(providers_pb2.GetProviderRequest(id=created.id), metadata=ADMIN)
+        fetched = await registry.GetProvider(
+            providers_pb2.GetProviderRequest(id=created.id), metadata=ADMIN
+        )
     assert fetched.discovery.status == "complete" and fetched.discovery.reason == ""
     assert fetched.token_url == f"http://127.0.0.1:{port}/token"

@@ -39,7 +39,8 @@ def test_every_error_maps_to_a_grpc_status_with_one_error_info(
 
 def test_every_leaf_error_has_its_own_reason() -> None:
     leaves = [
-        cls for cls in _error_classes()
+        cls
+        for cls in _error_classes()
         if not cls.__subclasses__() and cls is not nexus_common.RemoteError
     ]
     reasons = [cls.reason for cls in leaves]

@@ -48,6 +48,9 @@ def test_redaction_hides_secret_named_values_at_any_depth() -> None:
     assert redacted == {
         "client_secret": "[REDACTED]",
         "token_url": "https://x/token",
-        "params": {"api_key": "[REDACTED]", "fields": [{"password": "[REDACTED]", "label": "Password"}]},
+        "params": {
+            "api_key": "[REDACTED]",
+            "fields": [{"password": "[REDACTED]", "label": "Password"}],
+        },
         "access_token": "[REDACTED]",
     }

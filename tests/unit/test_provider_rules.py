@@ -20,7 +20,9 @@ SALESFORCE = ProviderSpec(
     scopes=("crm:contacts:read", "crm:contacts:write"),
     params={"skip_scope_on_exchange": True},
 )
-API_KEY_SCHEMA = {"credential_schema": {"fields": [{"name": "api_key", "in": "header", "key": "X-Api-Key"}]}}
+API_KEY_SCHEMA = {
+    "credential_schema": {"fields": [{"name": "api_key", "in": "header", "key": "X-Api-Key"}]}
+}
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 
 
@@ -65,8 +67,13 @@ def test_oauth2_needs_a_client_secret_unless_it_is_a_public_client() -> None:
 
 
 def test_discovery_alone_is_enough_for_oauth2() -> None:
-    spec = replace(SALESFORCE, auth_url="", token_url="", issuer="https://accounts.google.com",
-                   enable_discovery=True)
+    spec = replace(
+        SALESFORCE,
+        auth_url="",
+        token_url="",
+        issuer="https://accounts.google.com",
+        enable_discovery=True,
+    )
     validate_spec(spec, has_secret=True)
 
 
@@ -80,8 +87,12 @@ def test_api_key_providers_need_a_credential_schema() -> None:
     assert _field_of(spec, has_secret=False) == "params.credential_schema"
     valid = validate_spec(replace(spec, params=API_KEY_SCHEMA), has_secret=False)
     assert valid.params["credential_schema"]["fields"][0] == {
-        "name": "api_key", "in": "header", "key": "X-Api-Key", "label": "Api key",
-        "required": True, "secret": True,
+        "name": "api_key",
+        "in": "header",
+        "key": "X-Api-Key",
+        "label": "Api key",
+        "required": True,
+        "secret": True,
     }
 
 

@@ -25,7 +25,7 @@ _FAILED_FIELD = re.compile(r"Failed to parse (\w+) field")
 
 
 def _known_names(message: Message) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for field in message.DESCRIPTOR.fields:
         names.update((field.name, field.json_name))
     return names
@@ -39,8 +39,11 @@ def parse_json_body(body: httpbody_pb2.HttpBody, message: M) -> M:
     try:
         document: Any = json.loads(body.data)
     except (UnicodeDecodeError, ValueError) as exc:
-        position = f" (line {exc.lineno}, column {exc.colno})" if isinstance(
-            exc, json.JSONDecodeError) else ""
+        position = (
+            f" (line {exc.lineno}, column {exc.colno})"
+            if isinstance(exc, json.JSONDecodeError)
+            else ""
+        )
         raise MalformedJson(f"the request body is not valid JSON{position}") from exc
     if not isinstance(document, dict):
         raise MalformedJson("the request body must be a JSON object")

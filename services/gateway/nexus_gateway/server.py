@@ -26,7 +26,9 @@ class Gateway:
 
 def create_gateway(settings: GatewaySettings) -> Gateway:
     broker = InternalClient(
-        "broker", settings.broker_target, settings.internal_token,
+        "broker",
+        settings.broker_target,
+        settings.internal_token,
         settings.upstream_timeout_seconds,
     )
     providers = ProviderServicer(broker)

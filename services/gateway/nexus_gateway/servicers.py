@@ -3,7 +3,7 @@ passes each call to the service that owns the resource; it keeps no state."""
 
 from __future__ import annotations
 
-import grpc
+from grpc.aio import ServicerContext as Context
 from nexus.broker.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -17,8 +17,6 @@ from .rest_body import resolve_body
 
 __all__ = ["AuditServicer", "ProviderServicer"]
 
-Context = grpc.aio.ServicerContext
-
 
 class ProviderServicer(gateway_pb2_grpc.ProviderServiceServicer):
     def __init__(self, broker: InternalClient) -> None:
@@ -29,8 +27,10 @@ class ProviderServicer(gateway_pb2_grpc.ProviderServiceServicer):
         self, request: gateway_pb2.CreateProviderRequest, context: Context
     ) -> providers_pb2.Provider:
         provider = resolve_body(
-            request.provider, request.HasField("provider"),
-            request.http_body, request.HasField("http_body"),
+            request.provider,
+            request.HasField("provider"),
+            request.http_body,
+            request.HasField("http_body"),
         )
         return await self._broker.call(
             self._stub.CreateProvider, providers_pb2.CreateProviderRequest(provider=provider)
@@ -55,8 +55,10 @@ class ProviderServicer(gateway_pb2_grpc.ProviderServiceServicer):
         self, request: gateway_pb2.UpdateProviderRequest, context: Context
     ) -> providers_pb2.Provider:
         provider = resolve_body(
-            request.provider, request.HasField("provider"),
-            request.http_body, request.HasField("http_body"),
+            request.provider,
+            request.HasField("provider"),
+            request.http_body,
+            request.HasField("http_body"),
         )
         provider.id = request.id
         forwarded = providers_pb2.UpdateProviderRequest(

@@ -23,15 +23,15 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
         env = Env(environ)
-        admin_keys = ApiKeySet.from_spec(env.str("NEXUS_ADMIN_API_KEYS"))
+        admin_keys = ApiKeySet.from_spec(env.text("NEXUS_ADMIN_API_KEYS"))
         if not admin_keys:
             raise ConfigError("NEXUS_ADMIN_API_KEYS must name at least one key")
         return cls(
-            listen=env.str("NEXUS_GATEWAY_LISTEN", "127.0.0.1:50051"),
+            listen=env.text("NEXUS_GATEWAY_LISTEN", "127.0.0.1:50051"),
             admin_keys=admin_keys,
             internal_token=env.internal_tokens()[0],
-            broker_target=env.str("NEXUS_BROKER_TARGET", "127.0.0.1:50061"),
-            upstream_timeout_seconds=env.float("NEXUS_UPSTREAM_TIMEOUT_SECONDS", 30.0),
-            shutdown_grace_seconds=env.float("NEXUS_SHUTDOWN_GRACE_SECONDS", 10.0),
-            log_level=env.str("NEXUS_LOG_LEVEL", "INFO"),
+            broker_target=env.text("NEXUS_BROKER_TARGET", "127.0.0.1:50061"),
+            upstream_timeout_seconds=env.number("NEXUS_UPSTREAM_TIMEOUT_SECONDS", 30.0),
+            shutdown_grace_seconds=env.number("NEXUS_SHUTDOWN_GRACE_SECONDS", 10.0),
+            log_level=env.text("NEXUS_LOG_LEVEL", "INFO"),
         )

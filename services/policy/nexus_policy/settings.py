@@ -21,8 +21,8 @@ class PolicySettings:
     def from_env(cls, environ: Mapping[str, str]) -> PolicySettings:
         env = Env(environ)
         return cls(
-            listen=env.str("NEXUS_POLICY_LISTEN", "127.0.0.1:50071"),
+            listen=env.text("NEXUS_POLICY_LISTEN", "127.0.0.1:50071"),
             internal_tokens=ApiKeySet(env.internal_tokens()[1]),
-            shutdown_grace_seconds=env.float("NEXUS_SHUTDOWN_GRACE_SECONDS", 10.0),
-            log_level=env.str("NEXUS_LOG_LEVEL", "INFO"),
+            shutdown_grace_seconds=env.number("NEXUS_SHUTDOWN_GRACE_SECONDS", 10.0),
+            log_level=env.text("NEXUS_LOG_LEVEL", "INFO"),
         )

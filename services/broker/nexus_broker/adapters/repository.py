@@ -53,8 +53,13 @@ class ProviderQuery:
     """Filters and a keyset position for listing providers, ordered by name."""
 
     def __init__(
-        self, *, category: str = "", auth_type: str = "", show_deleted: bool = False,
-        after: tuple[str, str] | None = None, limit: int = 50,
+        self,
+        *,
+        category: str = "",
+        auth_type: str = "",
+        show_deleted: bool = False,
+        after: tuple[str, str] | None = None,
+        limit: int = 50,
     ) -> None:
         self.category = category
         self.auth_type = auth_type
@@ -181,9 +186,12 @@ class AuditRepository:
         rows = await self._session.execute(statement.limit(limit))
         return [
             AuditEvent(
-                actor=row.actor, action=row.action, resource=row.resource,
+                actor=row.actor,
+                action=row.action,
+                resource=row.resource,
                 event_time=_utc(row.event_time),  # type: ignore[arg-type]
-                details=row.details, id=row.id,
+                details=row.details,
+                id=row.id,
             )
             for row in rows
         ]

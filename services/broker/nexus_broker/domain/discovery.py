@@ -79,9 +79,7 @@ def parse_discovery_document(issuer: str, document: Any, fetched_at: datetime) -
             raise DiscoveryDocumentInvalid(f"the discovery document lacks {key}", field=key)
         problem = url_problem(value)
         if problem is not None:
-            raise DiscoveryDocumentInvalid(
-                f"the discovery document's {key} {problem}", field=key
-            )
+            raise DiscoveryDocumentInvalid(f"the discovery document's {key} {problem}", field=key)
         endpoints[key] = value
     if "code" not in _string_list(document, "response_types_supported") and (
         "response_types_supported" in document

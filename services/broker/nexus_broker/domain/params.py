@@ -19,12 +19,25 @@ __all__ = ["CORE_OAUTH_PARAMS", "CredentialField", "ProviderParams", "parse_para
 
 CORE_OAUTH_PARAMS = frozenset(
     {
-        "client_id", "client_secret", "redirect_uri", "response_type", "scope", "state",
-        "code", "code_challenge", "code_challenge_method", "code_verifier", "nonce",
-        "grant_type", "refresh_token", "response_mode",
+        "client_id",
+        "client_secret",
+        "redirect_uri",
+        "response_type",
+        "scope",
+        "state",
+        "code",
+        "code_challenge",
+        "code_challenge_method",
+        "code_verifier",
+        "nonce",
+        "grant_type",
+        "refresh_token",
+        "response_mode",
     }
 )
-TOKEN_ENDPOINT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+# RFC 7591 §2 token endpoint authentication methods (names, not secrets).
+CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105
+TOKEN_ENDPOINT_AUTH_METHODS = (CLIENT_SECRET_BASIC, "client_secret_post", "none")
 LOCATIONS = ("header", "query", "body")
 _FLAGS = ("skip_scope_on_auth", "skip_scope_on_exchange", "supports_scope_narrowing")
 _FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -50,8 +63,12 @@ class CredentialField:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "in": self.location, "key": self.key, "label": self.label,
-            "required": self.required, "secret": self.secret,
+            "name": self.name,
+            "in": self.location,
+            "key": self.key,
+            "label": self.label,
+            "required": self.required,
+            "secret": self.secret,
         }
 
 
@@ -61,10 +78,8 @@ class ProviderParams:
     skip_scope_on_exchange: bool = False
     # Whether the provider can issue a token with fewer scopes on refresh.
     supports_scope_narrowing: bool = False
-    token_endpoint_auth_method: str = "client_secret_basic"
-    auth_params: MappingProxyType[str, str] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    token_endpoint_auth_method: str = CLIENT_SECRET_BASIC
+    auth_params: MappingProxyType[str, str] = field(default_factory=lambda: MappingProxyType({}))
     credential_schema: tuple[CredentialField, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
@@ -72,7 +87,7 @@ class ProviderParams:
         for flag in _FLAGS:
             if getattr(self, flag):
                 out[flag] = True
-        if self.token_endpoint_auth_method != "client_secret_basic":
+        if self.token_endpoint_auth_method != CLIENT_SECRET_BASIC:
             out["token_endpoint_auth_method"] = self.token_endpoint_auth_method
         if self.credential_schema:
             out["credential_schema"] = {"fields": [f.as_dict() for f in self.credential_schema]}
@@ -124,9 +139,11 @@ def _parse_field(raw: Any, index: int) -> CredentialField:
 
 
 def _parse_schema(raw: Any) -> tuple[CredentialField, ...]:
-    if not isinstance(raw, dict) or not isinstance(raw.get("fields"), list) or set(raw) != {
-        "fields"
-    }:
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("fields"), list)
+        or set(raw) != {"fields"}
+    ):
         raise _fail("credential_schema", 'params.credential_schema must be {"fields": [...]}')
     items = raw["fields"]
     if not 1 <= len(items) <= _MAX_FIELDS:
@@ -155,12 +172,14 @@ def parse_params(auth_type: str, raw: dict[str, Any]) -> ProviderParams:
         extras[key] = value
     if len(extras) > _MAX_EXTRA:
         raise _fail("", f"at most {_MAX_EXTRA} extra authorization parameters are allowed")
-    method = _text(raw, "token_endpoint_auth_method", "token_endpoint_auth_method",
-                   "client_secret_basic")
+    method = _text(
+        raw, "token_endpoint_auth_method", "token_endpoint_auth_method", "client_secret_basic"
+    )
     if method not in TOKEN_ENDPOINT_AUTH_METHODS:
         raise _fail(
             "token_endpoint_auth_method",
-            f"params.token_endpoint_auth_method must be one of {', '.join(TOKEN_ENDPOINT_AUTH_METHODS)}",
+            "params.token_endpoint_auth_method must be one of "
+            + ", ".join(TOKEN_ENDPOINT_AUTH_METHODS),
         )
     schema = _parse_schema(raw["credential_schema"]) if "credential_schema" in raw else ()
     if auth_type == "api_key" and not schema:
@@ -170,12 +189,16 @@ def parse_params(auth_type: str, raw: dict[str, Any]) -> ProviderParams:
             "and where it is injected (header, query or body)",
         )
     if auth_type != "api_key" and schema:
-        raise _fail("credential_schema", f"a credential schema does not apply to {auth_type} providers")
+        raise _fail(
+            "credential_schema", f"a credential schema does not apply to {auth_type} providers"
+        )
     if auth_type != "oauth2" and (extras or any(raw.get(flag) for flag in _FLAGS)):
         raise _fail("", f"OAuth parameters do not apply to {auth_type} providers")
     return ProviderParams(
         skip_scope_on_auth=_flag(raw, "skip_scope_on_auth", "skip_scope_on_auth", False),
-        skip_scope_on_exchange=_flag(raw, "skip_scope_on_exchange", "skip_scope_on_exchange", False),
+        skip_scope_on_exchange=_flag(
+            raw, "skip_scope_on_exchange", "skip_scope_on_exchange", False
+        ),
         supports_scope_narrowing=_flag(
             raw, "supports_scope_narrowing", "supports_scope_narrowing", False
         ),

@@ -120,7 +120,9 @@ class Provider:
     def user_info_endpoint(self) -> str:
         return self.spec.user_info_endpoint or self.discovery.userinfo_endpoint
 
-    def discovery_due(self, now: datetime, retry_after_seconds: float, max_age_seconds: float) -> bool:
+    def discovery_due(
+        self, now: datetime, retry_after_seconds: float, max_age_seconds: float
+    ) -> bool:
         """Whether using this provider now should (re)fetch its discovery document."""
         if not self.spec.enable_discovery:
             return False
@@ -158,24 +160,33 @@ def _check_scopes(scopes: tuple[str, ...]) -> None:
         raise _fail("scopes", "scopes must not repeat")
     for scope in scopes:
         # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-        if not scope or len(scope) > _MAX_SCOPE or any(
-            ch in ' "\\' or not 0x21 <= ord(ch) <= 0x7E for ch in scope
+        if (
+            not scope
+            or len(scope) > _MAX_SCOPE
+            or any(ch in ' "\\' or not 0x21 <= ord(ch) <= 0x7E for ch in scope)
         ):
             raise _fail("scopes", f"scope {scope!r} is not a valid OAuth scope token")
 
 
-_OAUTH_ONLY = ("client_id", "client_secret", "auth_url", "token_url", "issuer", "jwks_uri",
-               "revocation_url")
+_OAUTH_ONLY = (
+    "client_id",
+    "client_secret",
+    "auth_url",
+    "token_url",
+    "issuer",
+    "jwks_uri",
+    "revocation_url",
+)
 
 
 def _check_oauth2(spec: ProviderSpec, has_secret: bool, params: ProviderParams) -> None:
     if not spec.client_id:
         raise _fail("client_id", "client_id is required for oauth2 providers")
-    if not has_secret and params.token_endpoint_auth_method != "none":
+    if not has_secret and params.token_endpoint_auth_method != "none":  # noqa: S105
         raise _fail(
             "client_secret",
             "client_secret is required for oauth2 providers "
-            "(set params.token_endpoint_auth_method to \"none\" for a public client)",
+            '(set params.token_endpoint_auth_method to "none" for a public client)',
         )
     if spec.enable_discovery:
         if not spec.issuer:
@@ -183,7 +194,9 @@ def _check_oauth2(spec: ProviderSpec, has_secret: bool, params: ProviderParams) 
         return
     for name in ("auth_url", "token_url"):
         if not getattr(spec, name):
-            raise _fail(name, f"{name} is required for oauth2 providers unless discovery is enabled")
+            raise _fail(
+                name, f"{name} is required for oauth2 providers unless discovery is enabled"
+            )
 
 
 def _check_not_oauth(spec: ProviderSpec, has_secret: bool) -> None:
@@ -203,7 +216,8 @@ def validate_spec(spec: ProviderSpec, *, has_secret: bool) -> ProviderSpec:
     if len(spec.name) > _MAX_NAME or not NAME_PATTERN.match(spec.name):
         raise _fail(
             "name",
-            f"name must be 1-{_MAX_NAME} lower-case letters, digits or dashes (e.g. \"google-calendar\")",
+            f"name must be 1-{_MAX_NAME} lower-case letters, digits or dashes "
+            '(e.g. "google-calendar")',
         )
     if not spec.auth_type:
         raise _fail("auth_type", f"auth_type is required: one of {', '.join(AUTH_TYPES)}")

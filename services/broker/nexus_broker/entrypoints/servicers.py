@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import grpc
+from grpc.aio import ServicerContext as Context
 from nexus.broker.v1 import audit_pb2, audit_pb2_grpc, providers_pb2, providers_pb2_grpc
 
 from ..service_layer import audit, providers
@@ -10,8 +10,6 @@ from ..service_layer.providers import RegistryDeps
 from .convert import audit_event_to_proto, provider_summary, provider_to_proto, spec_from_proto
 
 __all__ = ["AuditLogServicer", "ProviderRegistryServicer"]
-
-Context = grpc.aio.ServicerContext
 
 
 class ProviderRegistryServicer(providers_pb2_grpc.ProviderRegistryServiceServicer):

@@ -21,7 +21,10 @@ class AuditPage:
 
 
 async def list_audit_events(
-    *, resource: str, requested_size: int, page_token: str,
+    *,
+    resource: str,
+    requested_size: int,
+    page_token: str,
     uow: Callable[[], BrokerUnitOfWork],
 ) -> AuditPage:
     filters = {"resource": resource}

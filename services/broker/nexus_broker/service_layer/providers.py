@@ -105,8 +105,9 @@ async def create_provider(spec: ProviderSpec, deps: RegistryDeps) -> Provider:
     async with deps.uow() as uow:
         await uow.providers.add(provider, spec.client_secret)
         await uow.audit.add(
-            AuditEvent.record(_actor(), "provider.create", _resource(provider), now,
-                              **_audit_view(spec))
+            AuditEvent.record(
+                _actor(), "provider.create", _resource(provider), now, **_audit_view(spec)
+            )
         )
         await uow.commit()
     return provider
@@ -142,7 +143,12 @@ async def get_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
 
 
 async def list_providers(
-    *, category: str, auth_type: str, show_deleted: bool, requested_size: int, page_token: str,
+    *,
+    category: str,
+    auth_type: str,
+    show_deleted: bool,
+    requested_size: int,
+    page_token: str,
     deps: RegistryDeps,
 ) -> ProviderPage:
     if auth_type and auth_type not in AUTH_TYPES:
@@ -155,8 +161,11 @@ async def list_providers(
     async with deps.uow() as uow:
         found = await uow.providers.list(
             ProviderQuery(
-                category=category, auth_type=auth_type, show_deleted=show_deleted,
-                after=(after[0], after[1]) if after else None, limit=limit + 1,
+                category=category,
+                auth_type=auth_type,
+                show_deleted=show_deleted,
+                after=(after[0], after[1]) if after else None,
+                limit=limit + 1,
             )
         )
     page, more = found[:limit], len(found) > limit
@@ -188,9 +197,13 @@ async def update_provider(
     if current.deleted_at:
         raise ProviderDeleted(f"provider {current.name!r} is deleted and cannot be changed")
     if "auth_type" in changed and patch.auth_type != current.spec.auth_type:
-        raise ValidationFailed("auth_type cannot be changed; create a new provider", field="auth_type")
+        raise ValidationFailed(
+            "auth_type cannot be changed; create a new provider", field="auth_type"
+        )
     merged = replace(current.spec, **{f: getattr(patch, f) for f in changed})
-    has_secret = bool(patch.client_secret) if "client_secret" in changed else current.has_client_secret
+    has_secret = (
+        bool(patch.client_secret) if "client_secret" in changed else current.has_client_secret
+    )
     merged = validate_spec(merged, has_secret=has_secret)
     now = deps.clock()
     discovery = current.discovery
@@ -199,14 +212,23 @@ async def update_provider(
     # An update with a mask but no secret path keeps the stored secret (None).
     secret = (patch.client_secret or "") if "client_secret" in changed else None
     updated = replace(
-        current, spec=replace(merged, client_secret=None), has_client_secret=has_secret,
-        discovery=discovery, updated_at=now,
+        current,
+        spec=replace(merged, client_secret=None),
+        has_client_secret=has_secret,
+        discovery=discovery,
+        updated_at=now,
     )
     async with deps.uow() as uow:
         await uow.providers.update(updated, secret)
         await uow.audit.add(
-            AuditEvent.record(_actor(), "provider.update", _resource(updated), now,
-                              fields=sorted(changed), **_audit_view(patch))
+            AuditEvent.record(
+                _actor(),
+                "provider.update",
+                _resource(updated),
+                now,
+                fields=sorted(changed),
+                **_audit_view(patch),
+            )
         )
         await uow.commit()
     return updated
@@ -221,8 +243,9 @@ async def delete_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
         deleted = replace(provider, deleted_at=now, updated_at=now)
         await uow.providers.update(deleted, client_secret=None)
         await uow.audit.add(
-            AuditEvent.record(_actor(), "provider.delete", _resource(deleted), now,
-                              name=deleted.name)
+            AuditEvent.record(
+                _actor(), "provider.delete", _resource(deleted), now, name=deleted.name
+            )
         )
         await uow.commit()
     return deleted

@@ -19,7 +19,8 @@ class ScopeDecision:
 def check_scopes(requested: Iterable[str], allowed: Iterable[str]) -> ScopeDecision:
     wanted = set(requested)
     if not wanted or "" in wanted:
-        raise ValidationFailed("requested_scopes must name at least one non-empty scope",
-                               field="requested_scopes")
+        raise ValidationFailed(
+            "requested_scopes must name at least one non-empty scope", field="requested_scopes"
+        )
     denied = tuple(sorted(wanted - set(allowed)))
     return ScopeDecision(allowed=not denied, denied=denied)

@@ -1,0 +1,39 @@
+"""The whole stack as users run it: policy, broker and gateway processes behind
+the real Envoy binary, with the broker on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.postgres import fresh_database, postgres_url
+from tools.devstack import ENVOY_PORTS, Stack, free_port
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    url, drop = fresh_database(postgres_url())
+    ports = {name: free_port() for name in (*ENVOY_PORTS, "broker", "policy")}
+    running = Stack(
+        Path(tmp_path_factory.mktemp("stack")),
+        ports,
+        env={
+            "NEXUS_BROKER_DATABASE_URL": url,
+            "NEXUS_DISCOVERY_TIMEOUT_SECONDS": "3",
+            "NEXUS_DISCOVERY_RETRY_SECONDS": "0",
+        },
+    ).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        drop()
+
+
+@pytest.fixture
+def rest(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.rest_url, timeout=30) as client:
+        yield client
