@@ -15,6 +15,7 @@
     │   └── ProviderAlreadyExists       reason PROVIDER_ALREADY_EXISTS
     ├── FailedPrecondition              FAILED_PRECONDITION
     │   └── ProviderDeleted             reason PROVIDER_DELETED
+    ├── RequestTooLarge                 RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE
     ├── Unavailable                     UNAVAILABLE
     │   └── DependencyUnavailable       reason DEPENDENCY_UNAVAILABLE
     ├── Internal                        INTERNAL, reason INTERNAL
@@ -46,6 +47,7 @@ __all__ = [
     "ProviderDeleted",
     "ProviderNotFound",
     "RemoteError",
+    "RequestTooLarge",
     "Unauthenticated",
     "Unavailable",
     "UnknownField",
@@ -137,6 +139,11 @@ class FailedPrecondition(NexusError):
 
 class ProviderDeleted(FailedPrecondition):
     reason = "PROVIDER_DELETED"
+
+
+class RequestTooLarge(NexusError):
+    reason = "REQUEST_TOO_LARGE"
+    grpc_status = "RESOURCE_EXHAUSTED"
 
 
 class Unavailable(NexusError):

@@ -16,14 +16,17 @@ from ._interceptors import (
     AuthInterceptor,
     ErrorMappingInterceptor,
     LoggingInterceptor,
+    SizeLimitInterceptor,
 )
 
 __all__ = ["MAX_MESSAGE_BYTES", "NexusServer", "build_server", "run_until_signalled"]
 
 log = logging.getLogger("nexus.server")
 
-# Requests beyond this are refused with RESOURCE_EXHAUSTED before any handler runs.
+# Requests beyond this are refused with REQUEST_TOO_LARGE, like Envoy's body limit.
 MAX_MESSAGE_BYTES = 1024 * 1024
+# gRPC drops anything larger before it is even parsed.
+_HARD_RECEIVE_LIMIT = 4 * MAX_MESSAGE_BYTES
 
 Registrar = Callable[[grpc.aio.Server], None]
 
@@ -67,9 +70,10 @@ def build_server(
             LoggingInterceptor(),
             ErrorMappingInterceptor(),
             AuthInterceptor(authenticate),
+            SizeLimitInterceptor(MAX_MESSAGE_BYTES),
         ],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", _HARD_RECEIVE_LIMIT),
             ("grpc.so_reuseport", 0),
         ],
     )

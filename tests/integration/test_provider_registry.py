@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 import pytest
 import sqlalchemy as sa
@@ -414,3 +416,28 @@ async def test_unreachable_issuer_is_pending_and_retried_on_use(services: Servic
         )
     assert fetched.discovery.status == "complete" and fetched.discovery.reason == ""
     assert fetched.token_url == f"http://127.0.0.1:{port}/token"
+
+
+async def test_an_oversized_request_is_refused_with_an_error_info(services: Services) -> None:
+    before = await count_rows(services)
+    await expect_error(
+        create(services, salesforce(description="x" * (2 * 1024 * 1024))),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "REQUEST_TOO_LARGE",
+    )
+    assert await count_rows(services) == before
+
+
+async def test_secrets_never_reach_the_logs(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await create(services, salesforce())
+    await expect_error(
+        create(services, salesforce(client_id="other")),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "PROVIDER_ALREADY_EXISTS",
+    )
+    logged = "\n".join(r.getMessage() + str(r.exc_info or "") for r in caplog.records)
+    assert "method=/nexus.gateway.v1.ProviderService/CreateProvider" in logged
+    assert "SF_CLIENT_SECRET" not in logged

@@ -1,0 +1,109 @@
+"""Each service as a process: health, reflection, policy decisions, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from nexus.policy.v1 import policy_pb2, policy_pb2_grpc
+
+from tests.conftest import INTERNAL_TOKEN, service_env
+from tests.integration.helpers import expect_error
+from tools.devstack import free_port
+
+INTERNAL = (("x-nexus-internal-token", INTERNAL_TOKEN),)
+
+
+@pytest.fixture
+def policy_process(keyring_spec: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        **service_env("sqlite://", keyring_spec, NEXUS_POLICY_LISTEN=f"127.0.0.1:{port}"),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nexus_policy"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        while True:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+                break
+            except grpc.RpcError:
+                assert process.poll() is None and time.monotonic() < deadline, (
+                    "policy did not start"
+                )
+                time.sleep(0.1)
+    try:
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+async def test_health_and_reflection_need_no_credential(
+    policy_process: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    _, port = policy_process
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="nexus.policy.v1.PolicyService")
+        )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        services = [s.name async for r in stream for s in r.list_services_response.service]
+        assert "nexus.policy.v1.PolicyService" in services
+
+
+async def test_policy_decides_scopes_for_internal_callers_only(
+    policy_process: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    _, port = policy_process
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        policy = policy_pb2_grpc.PolicyServiceStub(channel)
+        request = policy_pb2.CheckScopesRequest(
+            requested_scopes=["crm:contacts:read", "crm:contacts:write"],
+            allowed_scopes=["crm:contacts:read"],
+        )
+        await expect_error(
+            policy.CheckScopes(request), grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"
+        )
+        denied = await policy.CheckScopes(request, metadata=INTERNAL)
+        assert not denied.allowed and list(denied.denied_scopes) == ["crm:contacts:write"]
+        del request.requested_scopes[1]
+        allowed = await policy.CheckScopes(request, metadata=INTERNAL)
+        assert allowed.allowed and not allowed.denied_scopes
+        await expect_error(
+            policy.CheckScopes(policy_pb2.CheckScopesRequest(), metadata=INTERNAL),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "VALIDATION_FAILED",
+        )
+
+
+def test_sigterm_stops_a_service_gracefully(
+    policy_process: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    process, _ = policy_process
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0
+    assert process.stdout is not None
+    assert b"stopping" in process.stdout.read()
