@@ -183,7 +183,12 @@ class Stack:
 
 def main() -> None:
     data_dir = Path(os.environ.get("NEXUS_DATA_DIR", ROOT / ".nexus-data"))
-    stack = Stack(data_dir, dict(DEV_PORTS))
+    # e.g. NEXUS_DEV_REST_PORT=9080 when 8080 is taken.
+    ports = {
+        name: int(os.environ.get(f"NEXUS_DEV_{name.upper()}_PORT", default))
+        for name, default in DEV_PORTS.items()
+    }
+    stack = Stack(data_dir, ports)
     stack.start()
     print(
         f"""

@@ -27,7 +27,8 @@ __all__ = ["SqlUnitOfWork", "create_engine", "migrate", "sync_url"]
 
 def _normalise(url: str, *, asynchronous: bool) -> str:
     parsed = make_url(url)
-    backend = parsed.get_backend_name()
+    # Heroku-style "postgres://" URLs are common in DATABASE_URL.
+    backend = {"postgres": "postgresql"}.get(parsed.get_backend_name(), parsed.get_backend_name())
     if backend == "sqlite":
         driver = "aiosqlite" if asynchronous else "pysqlite"
     elif backend == "postgresql":
