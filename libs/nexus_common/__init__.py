@@ -17,6 +17,7 @@ from ._db import SqlUnitOfWork, create_engine, migrate, sync_url
 from ._errors import (
     ERROR_DOMAIN,
     AlreadyExists,
+    ConcurrentModification,
     DependencyUnavailable,
     DiscoveryDocumentInvalid,
     FailedPrecondition,
@@ -54,6 +55,7 @@ __all__ = [
     "AlreadyExists",
     "ApiKeySet",
     "Caller",
+    "ConcurrentModification",
     "ConfigError",
     "DependencyUnavailable",
     "DiscoveryDocumentInvalid",

@@ -13,6 +13,7 @@
     │   └── ProviderNotFound            reason PROVIDER_NOT_FOUND
     ├── AlreadyExists                   ALREADY_EXISTS
     │   └── ProviderAlreadyExists       reason PROVIDER_ALREADY_EXISTS
+    ├── ConcurrentModification          ABORTED, reason CONCURRENT_MODIFICATION
     ├── FailedPrecondition              FAILED_PRECONDITION
     │   └── ProviderDeleted             reason PROVIDER_DELETED
     ├── RequestTooLarge                 RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE
@@ -33,6 +34,7 @@ from collections.abc import Mapping
 __all__ = [
     "ERROR_DOMAIN",
     "AlreadyExists",
+    "ConcurrentModification",
     "DependencyUnavailable",
     "DiscoveryDocumentInvalid",
     "FailedPrecondition",
@@ -130,6 +132,11 @@ class AlreadyExists(NexusError):
 
 class ProviderAlreadyExists(AlreadyExists):
     reason = "PROVIDER_ALREADY_EXISTS"
+
+
+class ConcurrentModification(NexusError):
+    reason = "CONCURRENT_MODIFICATION"
+    grpc_status = "ABORTED"
 
 
 class FailedPrecondition(NexusError):

@@ -65,6 +65,18 @@ async def create(services: Services, provider: providers_pb2.Provider) -> provid
     )
 
 
+async def update(
+    services: Services, id_or_name: str, provider: providers_pb2.Provider, *paths: str
+) -> providers_pb2.Provider:
+    registry, _ = stubs(services)
+    return await registry.UpdateProvider(
+        gateway_pb2.UpdateProviderRequest(
+            id=id_or_name, provider=provider, update_mask=field_mask_pb2.FieldMask(paths=paths)
+        ),
+        metadata=ADMIN,
+    )
+
+
 async def count_rows(services: Services) -> tuple[int, int]:
     engine = sa.create_engine(sync_url(services.env["NEXUS_BROKER_DATABASE_URL"]))
     try:
@@ -145,51 +157,27 @@ async def test_list_pages_and_filters(services: Services) -> None:
 
 async def test_update_changes_only_masked_fields_and_keeps_the_secret(services: Services) -> None:
     created = await create(services, salesforce())
-    registry, _ = stubs(services)
-    updated = await registry.UpdateProvider(
-        gateway_pb2.UpdateProviderRequest(
-            id="salesforce",
-            provider=providers_pb2.Provider(description="CRM", category="ignored-not-in-mask"),
-            update_mask=field_mask_pb2.FieldMask(paths=["description"]),
-        ),
-        metadata=ADMIN,
+    updated = await update(
+        services,
+        "salesforce",
+        providers_pb2.Provider(description="CRM", category="ignored-not-in-mask"),
+        "description",
     )
     assert updated.description == "CRM" and updated.category == "crm"
     assert updated.has_client_secret and updated.create_time == created.create_time
     await expect_error(
-        registry.UpdateProvider(
-            gateway_pb2.UpdateProviderRequest(
-                id=created.id,
-                provider=providers_pb2.Provider(auth_type="api_key"),
-                update_mask=field_mask_pb2.FieldMask(paths=["auth_type"]),
-            ),
-            metadata=ADMIN,
-        ),
+        update(services, created.id, providers_pb2.Provider(auth_type="api_key"), "auth_type"),
         INVALID,
         "VALIDATION_FAILED",
     )
     await expect_error(
-        registry.UpdateProvider(
-            gateway_pb2.UpdateProviderRequest(
-                id=created.id,
-                provider=providers_pb2.Provider(),
-                update_mask=field_mask_pb2.FieldMask(paths=["id"]),
-            ),
-            metadata=ADMIN,
-        ),
+        update(services, created.id, providers_pb2.Provider(), "id"),
         INVALID,
         "VALIDATION_FAILED",
     )
     # Removing the secret of a confidential client would break it, so it is refused.
     await expect_error(
-        registry.UpdateProvider(
-            gateway_pb2.UpdateProviderRequest(
-                id=created.id,
-                provider=providers_pb2.Provider(client_secret=""),
-                update_mask=field_mask_pb2.FieldMask(paths=["client_secret"]),
-            ),
-            metadata=ADMIN,
-        ),
+        update(services, created.id, providers_pb2.Provider(client_secret=""), "client_secret"),
         INVALID,
         "VALIDATION_FAILED",
     )
@@ -212,12 +200,7 @@ async def test_delete_is_soft_and_frees_the_name(services: Services) -> None:
         "PROVIDER_NOT_FOUND",
     )
     await expect_error(
-        registry.UpdateProvider(
-            gateway_pb2.UpdateProviderRequest(
-                id=created.id, provider=providers_pb2.Provider(description="x")
-            ),
-            metadata=ADMIN,
-        ),
+        update(services, created.id, providers_pb2.Provider(description="x")),
         grpc.StatusCode.FAILED_PRECONDITION,
         "PROVIDER_DELETED",
     )

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from nexus.policy.v1 import policy_pb2, policy_pb2_grpc
 
 from tests.conftest import INTERNAL_TOKEN, service_env
-from tests.integration.helpers import expect_error
+from tests.integration.helpers import ADMIN, expect_error
 from tools.devstack import free_port
 
 INTERNAL = (("x-nexus-internal-token", INTERNAL_TOKEN),)
@@ -107,3 +107,31 @@ def test_sigterm_stops_a_service_gracefully(
     assert process.wait(timeout=20) == 0
     assert process.stdout is not None
     assert b"stopping" in process.stdout.read()
+
+
+async def test_gateway_reports_an_unreachable_broker_as_unavailable(keyring_spec: str) -> None:
+    from nexus.broker.v1 import providers_pb2
+    from nexus.gateway.v1 import gateway_pb2_grpc
+    from nexus_gateway.server import create_gateway
+    from nexus_gateway.settings import GatewaySettings
+
+    env = service_env(
+        "sqlite://",
+        keyring_spec,
+        NEXUS_BROKER_TARGET=f"127.0.0.1:{free_port()}",
+        NEXUS_UPSTREAM_TIMEOUT_SECONDS="2",
+    )
+    gateway = create_gateway(GatewaySettings.from_env(env))
+    await gateway.server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.server.port}") as channel:
+            registry = gateway_pb2_grpc.ProviderServiceStub(channel)
+            message = await expect_error(
+                registry.ListProviders(providers_pb2.ListProvidersRequest(), metadata=ADMIN),
+                grpc.StatusCode.UNAVAILABLE,
+                "DEPENDENCY_UNAVAILABLE",
+            )
+            assert "broker" in message
+    finally:
+        await gateway.server.stop(0)
+        await gateway.close()

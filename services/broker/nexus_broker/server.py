@@ -17,7 +17,7 @@ from .service_layer.providers import RegistryDeps
 from .service_layer.unit_of_work import BrokerUnitOfWork
 from .settings import BrokerSettings
 
-__all__ = ["Broker", "create_broker", "migrate_database"]
+__all__ = ["Broker", "BrokerCore", "create_broker", "create_core", "migrate_database"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAMES = (
@@ -31,8 +31,10 @@ def migrate_database(url: str) -> None:
 
 
 @dataclass
-class Broker:
-    server: NexusServer
+class BrokerCore:
+    """What the use cases need: storage, outbound HTTP and settings-derived rules."""
+
+    deps: RegistryDeps
     engine: AsyncEngine
     http: httpx.AsyncClient
 
@@ -41,11 +43,20 @@ class Broker:
         await self.engine.dispose()
 
 
+@dataclass
+class Broker:
+    server: NexusServer
+    core: BrokerCore
+
+    async def close(self) -> None:
+        await self.core.close()
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def create_broker(settings: BrokerSettings) -> Broker:
+def create_core(settings: BrokerSettings) -> BrokerCore:
     engine = create_engine(settings.database_url)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.discovery_timeout_seconds))
@@ -56,8 +67,13 @@ def create_broker(settings: BrokerSettings) -> Broker:
         discovery_retry_seconds=settings.discovery_retry_seconds,
         discovery_max_age_seconds=settings.discovery_max_age_seconds,
     )
-    registry = ProviderRegistryServicer(deps)
-    audit_log = AuditLogServicer(deps)
+    return BrokerCore(deps, engine, http)
+
+
+def create_broker(settings: BrokerSettings) -> Broker:
+    core = create_core(settings)
+    registry = ProviderRegistryServicer(core.deps)
+    audit_log = AuditLogServicer(core.deps)
     server = build_server(
         address=settings.listen,
         registrars=[
@@ -67,4 +83,4 @@ def create_broker(settings: BrokerSettings) -> Broker:
         service_names=SERVICE_NAMES,
         authenticate=internal_authenticator(settings.internal_tokens),
     )
-    return Broker(server, engine, http)
+    return Broker(server, core)

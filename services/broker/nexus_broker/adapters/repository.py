@@ -97,14 +97,15 @@ class ProviderRepository:
         )
         return values
 
-    async def _write(self, statement: Any, name: str) -> None:
+    async def _write(self, statement: Any, name: str) -> int:
         # The use case aborts on this error, so its whole unit of work rolls back.
         try:
-            await self._session.execute(statement)
+            result = await self._session.execute(statement)
         except IntegrityError as exc:
             raise ProviderAlreadyExists(
                 f"a provider named {name!r} already exists", name=name
             ) from exc
+        return int(getattr(result, "rowcount", 0))
 
     async def add(self, provider: Provider, client_secret: str | None) -> None:
         values = self._row_values(provider)
@@ -112,13 +113,21 @@ class ProviderRepository:
         values["client_secret_sealed"] = self._seal(provider.id, client_secret)
         await self._write(providers.insert().values(**values), provider.name)
 
-    async def update(self, provider: Provider, client_secret: str | None) -> None:
-        """Store ``provider``; a client secret of None keeps the stored one."""
+    async def update(
+        self, provider: Provider, client_secret: str | None, *, read_at: datetime
+    ) -> bool:
+        """Store ``provider`` if the row is still as it was read (its ``updated_at``
+        equals ``read_at``); False means someone else changed it first. A client
+        secret of None keeps the stored one; "" removes it."""
         values = self._row_values(provider)
         if client_secret is not None:
             values["client_secret_sealed"] = self._seal(provider.id, client_secret)
-        statement = providers.update().where(providers.c.id == provider.id).values(**values)
-        await self._write(statement, provider.name)
+        statement = (
+            providers.update()
+            .where(providers.c.id == provider.id, providers.c.updated_at == read_at)
+            .values(**values)
+        )
+        return await self._write(statement, provider.name) == 1
 
     def _seal(self, provider_id: str, client_secret: str | None) -> bytes | None:
         if not client_secret:
@@ -157,6 +166,26 @@ class ProviderRepository:
         if sealed is None:
             return None
         return self._keyring.open(sealed, _secret_aad(provider_id)).decode()
+
+    async def reseal_secrets(self) -> int:
+        """Re-seal every client secret not sealed under the primary key, so an
+        old key can then leave the keyring. Returns how many were re-sealed."""
+        rows = await self._session.execute(
+            select(providers.c.id, providers.c.client_secret_sealed).where(
+                providers.c.client_secret_sealed.is_not(None)
+            )
+        )
+        stale = [(pid, sealed) for pid, sealed in rows if self._keyring.needs_reseal(sealed)]
+        for provider_id, sealed in stale:
+            plaintext = self._keyring.open(sealed, _secret_aad(provider_id))
+            await self._session.execute(
+                providers.update()
+                .where(providers.c.id == provider_id)
+                .values(
+                    client_secret_sealed=self._keyring.seal(plaintext, _secret_aad(provider_id))
+                )
+            )
+        return len(stale)
 
 
 class AuditRepository:

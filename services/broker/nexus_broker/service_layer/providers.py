@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from nexus_common import (
+    ConcurrentModification,
     ProviderDeleted,
     ProviderNotFound,
     ValidationFailed,
@@ -39,6 +40,7 @@ __all__ = [
     "get_provider",
     "list_providers",
     "providers_by_auth_type",
+    "reseal_secrets",
     "update_provider",
 ]
 
@@ -122,6 +124,13 @@ async def _load(uow: BrokerUnitOfWork, id_or_name: str) -> Provider:
     return provider
 
 
+def _changed_meanwhile(provider: Provider) -> ConcurrentModification:
+    return ConcurrentModification(
+        f"provider {provider.name!r} was changed by another request; read it again and retry",
+        id=provider.id,
+    )
+
+
 async def get_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
     """Read a provider; a due discovery (pending, or stale) is retried first."""
     async with deps.uow() as uow:
@@ -137,7 +146,9 @@ async def get_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
         return provider
     refreshed = replace(provider, discovery=discovery)
     async with deps.uow() as uow:
-        await uow.providers.update(refreshed, client_secret=None)
+        # If an admin changed the provider meanwhile, their version wins.
+        if not await uow.providers.update(refreshed, None, read_at=provider.updated_at):
+            return await _load(uow, provider.id)
         await uow.commit()
     return refreshed
 
@@ -219,7 +230,8 @@ async def update_provider(
         updated_at=now,
     )
     async with deps.uow() as uow:
-        await uow.providers.update(updated, secret)
+        if not await uow.providers.update(updated, secret, read_at=current.updated_at):
+            raise _changed_meanwhile(current)
         await uow.audit.add(
             AuditEvent.record(
                 _actor(),
@@ -241,7 +253,8 @@ async def delete_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
         if provider.deleted_at:
             raise ProviderNotFound(f"provider {provider.name!r} is already deleted", id=id_or_name)
         deleted = replace(provider, deleted_at=now, updated_at=now)
-        await uow.providers.update(deleted, client_secret=None)
+        if not await uow.providers.update(deleted, None, read_at=provider.updated_at):
+            raise _changed_meanwhile(provider)
         await uow.audit.add(
             AuditEvent.record(
                 _actor(), "provider.delete", _resource(deleted), now, name=deleted.name
@@ -263,3 +276,14 @@ async def providers_by_auth_type(deps: RegistryDeps) -> dict[str, list[Provider]
             if len(batch) < 500:
                 return grouped
             after = (batch[-1].name, batch[-1].id)
+
+
+async def reseal_secrets(uow: Callable[[], BrokerUnitOfWork], now: datetime) -> int:
+    """After a new key joins the keyring: move every stored secret onto it."""
+    async with uow() as work:
+        count = await work.providers.reseal_secrets()
+        await work.audit.add(
+            AuditEvent.record(_actor(), "keyring.reseal", "providers", now, resealed=count)
+        )
+        await work.commit()
+    return count
