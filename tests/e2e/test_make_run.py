@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.processes import reap
 from tools.devstack import DEV_PORTS, ROOT, free_port
 
 
@@ -66,10 +67,6 @@ def test_run_prints_addresses_and_key_then_stops_everything_on_ctrl_c(tmp_path: 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        reap(process)
     for name in ("rest", "gateway", "broker", "policy", "envoy_admin"):
         assert not _listening(ports[name]), f"{name} still listening after Ctrl-C"

@@ -10,22 +10,13 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
-from nexus_broker.domain.providers import ProviderSpec
 from nexus_broker.server import create_core, migrate_database
 from nexus_broker.service_layer.providers import create_provider
 from nexus_broker.settings import BrokerSettings
 from nexus_common import Keyring, generate_key_spec, sync_url
 
 from tests.conftest import service_env
-
-SPEC = ProviderSpec(
-    name="salesforce",
-    auth_type="oauth2",
-    client_id="id",
-    client_secret="SF_CLIENT_SECRET",
-    auth_url="https://login.salesforce.com/authorize",
-    token_url="https://login.salesforce.com/token",
-)
+from tests.samples import SALESFORCE_SPEC
 
 
 def _sealed_secret(database_url: str) -> bytes:
@@ -43,7 +34,7 @@ async def test_migrations_are_idempotent_and_a_stale_write_is_refused(
     migrate_database(database_url)
     core = create_core(BrokerSettings.from_env(service_env(database_url, keyring_spec)))
     try:
-        provider = await create_provider(SPEC, core.deps)
+        provider = await create_provider(SALESFORCE_SPEC, core.deps)
         async with core.deps.uow() as uow:
             stale_read = provider.updated_at - timedelta(seconds=1)
             changed = replace(provider, updated_at=datetime.now(UTC))
@@ -63,7 +54,7 @@ async def test_reseal_moves_secrets_to_the_newest_key(database_url: str) -> None
     migrate_database(database_url)
     core = create_core(BrokerSettings.from_env(service_env(database_url, old_key)))
     try:
-        provider = await create_provider(SPEC, core.deps)
+        provider = await create_provider(SALESFORCE_SPEC, core.deps)
     finally:
         await core.close()
     new_key = generate_key_spec(2)

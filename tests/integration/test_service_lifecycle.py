@@ -17,6 +17,7 @@ from nexus.policy.v1 import policy_pb2, policy_pb2_grpc
 
 from tests.conftest import INTERNAL_TOKEN, service_env
 from tests.integration.helpers import ADMIN, expect_error
+from tests.support.processes import reap
 from tools.devstack import free_port
 
 INTERNAL = (("x-nexus-internal-token", INTERNAL_TOKEN),)
@@ -51,11 +52,7 @@ def policy_process(keyring_spec: str) -> Iterator[tuple[subprocess.Popen[bytes],
     try:
         yield process, port
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        reap(process)
 
 
 async def test_health_and_reflection_need_no_credential(

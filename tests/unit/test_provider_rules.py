@@ -10,16 +10,9 @@ from nexus_broker.domain.params import parse_params
 from nexus_broker.domain.providers import ProviderSpec, validate_spec
 from nexus_common import DiscoveryDocumentInvalid, ValidationFailed
 
-SALESFORCE = ProviderSpec(
-    name="salesforce",
-    auth_type="oauth2",
-    client_id="id",
-    client_secret="secret",
-    auth_url="https://login.salesforce.com/services/oauth2/authorize",
-    token_url="https://login.salesforce.com/services/oauth2/token",
-    scopes=("crm:contacts:read", "crm:contacts:write"),
-    params={"skip_scope_on_exchange": True},
-)
+from tests.samples import SALESFORCE_SPEC
+
+SALESFORCE = SALESFORCE_SPEC
 API_KEY_SCHEMA = {
     "credential_schema": {"fields": [{"name": "api_key", "in": "header", "key": "X-Api-Key"}]}
 }
