@@ -7,6 +7,7 @@ anything else is logged and answered ``INTERNAL`` without detail.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -84,8 +85,8 @@ class LoggingInterceptor(_UnaryInterceptor):
             outcome = "OK"
             try:
                 return await behavior(request, context)
-            except BaseException:
-                outcome = "ABORTED"
+            except asyncio.CancelledError:
+                outcome = "CANCELLED"
                 raise
             finally:
                 code = context.code()

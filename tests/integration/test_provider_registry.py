@@ -422,5 +422,28 @@ async def test_secrets_never_reach_the_logs(
         "PROVIDER_ALREADY_EXISTS",
     )
     logged = "\n".join(r.getMessage() + str(r.exc_info or "") for r in caplog.records)
-    assert "method=/nexus.gateway.v1.ProviderService/CreateProvider" in logged
+    assert "method=/nexus.gateway.v1.ProviderService/CreateProvider outcome=OK" in logged
+    assert "outcome=ALREADY_EXISTS" in logged and "caller=admin:tests" in logged
     assert "SF_CLIENT_SECRET" not in logged
+
+
+async def test_reading_a_provider_survives_an_issuer_that_turns_bad(services: Services) -> None:
+    port = _free_port()
+    created = await create(
+        services,
+        providers_pb2.Provider(
+            name="flaky-idp",
+            auth_type="oauth2",
+            client_id="c",
+            client_secret="s",
+            issuer=f"http://127.0.0.1:{port}",
+            enable_discovery=True,
+        ),
+    )
+    registry, _ = stubs(services)
+    with start_oidc_server(bad_issuer=True, port=port):
+        fetched = await registry.GetProvider(
+            providers_pb2.GetProviderRequest(id=created.id), metadata=ADMIN
+        )
+    assert fetched.discovery.status == "pending"
+    assert "issuer does not match" in fetched.discovery.reason

@@ -43,6 +43,10 @@ class Discovery:
     scopes_supported: tuple[str, ...] = ()
     token_endpoint_auth_methods_supported: tuple[str, ...] = field(default=())
 
+    @property
+    def is_complete(self) -> bool:
+        return self.status == DiscoveryStatus.COMPLETE
+
     @classmethod
     def pending(cls, reason: str, attempted_at: datetime | None) -> Discovery:
         return cls(status=DiscoveryStatus.PENDING, reason=reason, attempted_at=attempted_at)

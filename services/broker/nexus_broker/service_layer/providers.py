@@ -10,6 +10,7 @@ from typing import Any
 
 from nexus_common import (
     ConcurrentModification,
+    DiscoveryDocumentInvalid,
     ProviderDeleted,
     ProviderNotFound,
     ValidationFailed,
@@ -22,7 +23,7 @@ from nexus_common import (
 from ..adapters.oidc_discovery import DiscoveryClient, IssuerUnreachable
 from ..adapters.repository import ProviderQuery
 from ..domain.audit import AuditEvent
-from ..domain.discovery import Discovery, parse_discovery_document
+from ..domain.discovery import Discovery, DiscoveryStatus, parse_discovery_document
 from ..domain.providers import (
     AUTH_TYPES,
     SETTABLE_FIELDS,
@@ -140,8 +141,12 @@ async def get_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
         now, deps.discovery_retry_seconds, deps.discovery_max_age_seconds
     ):
         return provider
-    discovery = await _discover(provider.spec, now, deps)
-    if discovery.status != "complete" and provider.discovery.status == "complete":
+    try:
+        discovery = await _discover(provider.spec, now, deps)
+    except DiscoveryDocumentInvalid as exc:
+        # Reading must not fail because the issuer misbehaves now; say so instead.
+        discovery = Discovery.pending(f"{exc.message}; discovery will be retried", now)
+    if discovery.status != DiscoveryStatus.COMPLETE and provider.discovery.is_complete:
         # A failed re-fetch keeps the last good document rather than breaking the provider.
         return provider
     refreshed = replace(provider, discovery=discovery)
