@@ -40,21 +40,22 @@ def free_port() -> int:
 
 
 def dev_secrets(data_dir: Path) -> dict[str, str]:
-    """Load the data directory's secrets, generating them on first use."""
-    path = data_dir / "secrets.json"
-    if path.exists():
-        loaded: dict[str, str] = json.loads(path.read_text())
-        return loaded
+    """The data directory's secrets; any missing one is generated and kept."""
     from nexus_common import generate_key_spec
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    values = {
-        "NEXUS_ADMIN_API_KEYS": f"dev:nxa_{secrets.token_urlsafe(24)}",
-        "NEXUS_INTERNAL_TOKEN": secrets.token_urlsafe(32),
-        "NEXUS_KEYRING": generate_key_spec(1),
+    path = data_dir / "secrets.json"
+    values: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    defaults: dict[str, Callable[[], str]] = {
+        "NEXUS_ADMIN_API_KEYS": lambda: f"dev:nxa_{secrets.token_urlsafe(24)}",
+        "NEXUS_INTERNAL_TOKEN": lambda: secrets.token_urlsafe(32),
+        "NEXUS_KEYRING": lambda: generate_key_spec(1),
     }
-    path.touch(mode=0o600)
-    path.write_text(json.dumps(values, indent=2))
+    missing = {name: make() for name, make in defaults.items() if name not in values}
+    if missing:
+        values.update(missing)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(values, indent=2))
     return values
 
 
