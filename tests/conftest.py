@@ -3,6 +3,7 @@ SQLite files, the real OIDC server from npm, and Nexus services on real sockets.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.support.postgres import fresh_database, postgres_url
 
 ADMIN_KEY = "nxa_test_admin_key_0123456789"
 INTERNAL_TOKEN = "internal-test-token-0123456789"
+STATE_KEY = "state-signing-key-for-tests-0123456789abcdef"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -52,6 +54,9 @@ def service_env(database_url: str, keyring_spec: str, **extra: str) -> dict[str,
         "NEXUS_BROKER_LISTEN": "127.0.0.1:0",
         "NEXUS_GATEWAY_LISTEN": "127.0.0.1:0",
         "NEXUS_POLICY_LISTEN": "127.0.0.1:0",
+        "NEXUS_GATEWAY_HTTP_LISTEN": "127.0.0.1:0",
+        "NEXUS_STATE_KEY": STATE_KEY,
+        "NEXUS_REFRESH_LOOP": "false",
         **extra,
     }
 
@@ -63,6 +68,7 @@ class Services:
     gateway: grpc.aio.Channel
     broker_port: int
     policy_port: int
+    browser_url: str
     env: dict[str, str]
 
 
@@ -75,7 +81,14 @@ async def services(database_url: str, keyring_spec: str) -> AsyncIterator[Servic
     from nexus_policy.server import create_policy_server
     from nexus_policy.settings import PolicySettings
 
-    env = service_env(database_url, keyring_spec)
+    from tools.devstack import free_port
+
+    browser_port = free_port()
+    browser_url = f"http://127.0.0.1:{browser_port}"
+    env = service_env(
+        database_url, keyring_spec,
+        NEXUS_GATEWAY_HTTP_LISTEN=f"127.0.0.1:{browser_port}", NEXUS_PUBLIC_BASE_URL=browser_url,
+    )
     migrate_database(database_url)
     broker = create_broker(BrokerSettings.from_env(env))
     await broker.server.start()
@@ -84,11 +97,14 @@ async def services(database_url: str, keyring_spec: str) -> AsyncIterator[Servic
     env["NEXUS_BROKER_TARGET"] = f"127.0.0.1:{broker.server.port}"
     gateway = create_gateway(GatewaySettings.from_env(env))
     await gateway.server.start()
+    browser = asyncio.create_task(gateway.browser.serve())
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.server.port}")
     try:
-        yield Services(channel, broker.server.port, policy.port, env)
+        yield Services(channel, broker.server.port, policy.port, browser_url, env)
     finally:
         await channel.close()
+        gateway.browser.stop()
+        await browser
         await gateway.server.stop(0)
         await gateway.close()
         await policy.stop(0)

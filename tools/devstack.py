@@ -49,6 +49,7 @@ def dev_secrets(data_dir: Path) -> dict[str, str]:
         "NEXUS_ADMIN_API_KEYS": lambda: f"dev:nxa_{secrets.token_urlsafe(24)}",
         "NEXUS_INTERNAL_TOKEN": lambda: secrets.token_urlsafe(32),
         "NEXUS_KEYRING": lambda: generate_key_spec(1),
+        "NEXUS_STATE_KEY": lambda: secrets.token_urlsafe(48),
     }
     missing = {name: make() for name, make in defaults.items() if name not in values}
     if missing:
@@ -97,6 +98,8 @@ class Stack:
             "NEXUS_BROKER_LISTEN": f"127.0.0.1:{self.ports['broker']}",
             "NEXUS_BROKER_TARGET": f"127.0.0.1:{self.ports['broker']}",
             "NEXUS_GATEWAY_LISTEN": f"127.0.0.1:{self.ports['gateway']}",
+            "NEXUS_GATEWAY_HTTP_LISTEN": f"127.0.0.1:{self.ports['gateway_http']}",
+            "NEXUS_PUBLIC_BASE_URL": self.rest_url,
             **self.env,
         }
 

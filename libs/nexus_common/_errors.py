@@ -6,19 +6,27 @@
     │   ├── InvalidPageToken            reason INVALID_PAGE_TOKEN
     │   ├── MalformedJson               reason MALFORMED_JSON
     │   ├── UnknownField                reason UNKNOWN_FIELD
-    │   └── DiscoveryDocumentInvalid    reason DISCOVERY_DOCUMENT_INVALID
+    │   ├── DiscoveryDocumentInvalid    reason DISCOVERY_DOCUMENT_INVALID
+    │   ├── StateInvalid                reason STATE_INVALID
+    │   ├── ReturnUrlNotAllowed         reason RETURN_URL_NOT_ALLOWED
+    │   ├── ScopeNotOffered             reason SCOPE_NOT_OFFERED
+    │   └── CredentialsRejected         reason CREDENTIALS_REJECTED
     ├── Unauthenticated                 UNAUTHENTICATED, reason UNAUTHENTICATED
     ├── PermissionDenied                PERMISSION_DENIED, reason PERMISSION_DENIED
     ├── NotFound                        NOT_FOUND
-    │   └── ProviderNotFound            reason PROVIDER_NOT_FOUND
+    │   ├── ProviderNotFound            reason PROVIDER_NOT_FOUND
+    │   └── ConnectionNotFound          reason CONNECTION_NOT_FOUND
     ├── AlreadyExists                   ALREADY_EXISTS
     │   └── ProviderAlreadyExists       reason PROVIDER_ALREADY_EXISTS
     ├── ConcurrentModification          ABORTED, reason CONCURRENT_MODIFICATION
     ├── FailedPrecondition              FAILED_PRECONDITION
-    │   └── ProviderDeleted             reason PROVIDER_DELETED
+    │   ├── ProviderDeleted             reason PROVIDER_DELETED
+    │   ├── ConnectionNotActive         reason CONNECTION_NOT_ACTIVE (metadata: status)
+    │   └── ConnectionReauthRequired    reason CONNECTION_REAUTH_REQUIRED
     ├── RequestTooLarge                 RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE
     ├── Unavailable                     UNAVAILABLE
-    │   └── DependencyUnavailable       reason DEPENDENCY_UNAVAILABLE
+    │   ├── DependencyUnavailable       reason DEPENDENCY_UNAVAILABLE
+    │   └── ProviderUnavailable         reason PROVIDER_UNAVAILABLE
     ├── Internal                        INTERNAL, reason INTERNAL
     └── RemoteError                     whatever another Nexus service answered
 
@@ -32,11 +40,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 __all__ = [
-    "ERROR_DOMAIN",
     "AlreadyExists",
     "ConcurrentModification",
+    "ConnectionNotActive",
+    "ConnectionNotFound",
+    "ConnectionReauthRequired",
+    "CredentialsRejected",
     "DependencyUnavailable",
     "DiscoveryDocumentInvalid",
+    "ERROR_DOMAIN",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
@@ -48,8 +60,12 @@ __all__ = [
     "ProviderAlreadyExists",
     "ProviderDeleted",
     "ProviderNotFound",
+    "ProviderUnavailable",
     "RemoteError",
     "RequestTooLarge",
+    "ReturnUrlNotAllowed",
+    "ScopeNotOffered",
+    "StateInvalid",
     "Unauthenticated",
     "Unavailable",
     "UnknownField",
@@ -106,6 +122,22 @@ class DiscoveryDocumentInvalid(InvalidArgument):
     reason = "DISCOVERY_DOCUMENT_INVALID"
 
 
+class StateInvalid(InvalidArgument):
+    reason = "STATE_INVALID"
+
+
+class ReturnUrlNotAllowed(InvalidArgument):
+    reason = "RETURN_URL_NOT_ALLOWED"
+
+
+class ScopeNotOffered(InvalidArgument):
+    reason = "SCOPE_NOT_OFFERED"
+
+
+class CredentialsRejected(InvalidArgument):
+    reason = "CREDENTIALS_REJECTED"
+
+
 class Unauthenticated(NexusError):
     reason = "UNAUTHENTICATED"
     grpc_status = "UNAUTHENTICATED"
@@ -123,6 +155,10 @@ class NotFound(NexusError):
 
 class ProviderNotFound(NotFound):
     reason = "PROVIDER_NOT_FOUND"
+
+
+class ConnectionNotFound(NotFound):
+    reason = "CONNECTION_NOT_FOUND"
 
 
 class AlreadyExists(NexusError):
@@ -153,6 +189,14 @@ class RequestTooLarge(NexusError):
     grpc_status = "RESOURCE_EXHAUSTED"
 
 
+class ConnectionNotActive(FailedPrecondition):
+    reason = "CONNECTION_NOT_ACTIVE"
+
+
+class ConnectionReauthRequired(FailedPrecondition):
+    reason = "CONNECTION_REAUTH_REQUIRED"
+
+
 class Unavailable(NexusError):
     reason = "UNAVAILABLE"
     grpc_status = "UNAVAILABLE"
@@ -165,3 +209,7 @@ class DependencyUnavailable(Unavailable):
 class Internal(NexusError):
     reason = "INTERNAL"
     grpc_status = "INTERNAL"
+
+
+class ProviderUnavailable(Unavailable):
+    reason = "PROVIDER_UNAVAILABLE"

@@ -118,3 +118,20 @@ def _read_ready_line(process: subprocess.Popen[bytes]) -> str:
                     raise RuntimeError(f"server exited with code {process.wait()}")
                 received += chunk
     return received.partition(b"\n")[0].decode()
+
+
+def behave(server: OidcServer, **behaviour: object) -> None:
+    """Change how the token endpoint answers (see server.mjs)."""
+    import httpx
+
+    httpx.post(f"{server.issuer}/__control/behaviour", json=behaviour, timeout=5).raise_for_status()
+
+
+def stats(server: OidcServer) -> dict[str, object]:
+    """What the provider has seen: token calls per grant type, client auth, revocations."""
+    import httpx
+
+    reply = httpx.get(f"{server.issuer}/__control/stats", timeout=5)
+    reply.raise_for_status()
+    result: dict[str, object] = reply.json()
+    return result

@@ -8,6 +8,7 @@ removing an old one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 
@@ -20,7 +21,20 @@ from .settings import BrokerSettings
 
 async def _serve(settings: BrokerSettings) -> None:
     broker = create_broker(settings)
-    await run_until_signalled(broker.server, settings.shutdown_grace_seconds, broker.close)
+    refresh_loop = (
+        asyncio.create_task(broker.core.refresher.run(settings.refresh_interval_seconds))
+        if settings.refresh_loop
+        else None
+    )
+
+    async def stop() -> None:
+        if refresh_loop is not None:
+            refresh_loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresh_loop
+        await broker.close()
+
+    await run_until_signalled(broker.server, settings.shutdown_grace_seconds, stop)
 
 
 async def _reseal(settings: BrokerSettings) -> int:

@@ -7,13 +7,31 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from nexus.broker.v1 import audit_pb2, audit_pb2_grpc, providers_pb2, providers_pb2_grpc
+from nexus.broker.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    connections_pb2,
+    connections_pb2_grpc,
+    providers_pb2,
+    providers_pb2_grpc,
+)
 from nexus_common import NexusServer, build_server, create_engine, internal_authenticator, migrate
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+import random
+from datetime import timedelta
+
+from .adapters.credential_check import CredentialChecker
 from .adapters.oidc_discovery import DiscoveryClient
+from .adapters.oidc_id_token import IdTokenVerifier
+from .adapters.rfc6749 import TokenEndpoint
+from .domain.return_urls import ReturnUrlPolicy
+from .domain.state import StateSigner
+from .entrypoints.connection_servicer import ConnectionServicer
 from .entrypoints.servicers import AuditLogServicer, ProviderRegistryServicer
+from .service_layer.connections import ConnectionDeps
 from .service_layer.providers import RegistryDeps
+from .service_layer.tokens import Refresher
 from .service_layer.unit_of_work import BrokerUnitOfWork
 from .settings import BrokerSettings
 
@@ -23,6 +41,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAMES = (
     providers_pb2.DESCRIPTOR.services_by_name["ProviderRegistryService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditLogService"].full_name,
+    connections_pb2.DESCRIPTOR.services_by_name["ConnectionService"].full_name,
 )
 
 
@@ -35,6 +54,8 @@ class BrokerCore:
     """What the use cases need: storage, outbound HTTP and settings-derived rules."""
 
     deps: RegistryDeps
+    connections: ConnectionDeps
+    refresher: Refresher
     engine: AsyncEngine
     http: httpx.AsyncClient
 
@@ -59,26 +80,42 @@ def _now() -> datetime:
 def create_core(settings: BrokerSettings) -> BrokerCore:
     engine = create_engine(settings.database_url)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
-    http = httpx.AsyncClient(timeout=httpx.Timeout(settings.discovery_timeout_seconds))
+    http = httpx.AsyncClient(timeout=httpx.Timeout(settings.provider_timeout_seconds))
     deps = RegistryDeps(
         uow=lambda: BrokerUnitOfWork(sessions, settings.keyring),
-        discovery=DiscoveryClient(http),
+        discovery=DiscoveryClient(http, settings.discovery_timeout_seconds),
         clock=_now,
         discovery_retry_seconds=settings.discovery_retry_seconds,
         discovery_max_age_seconds=settings.discovery_max_age_seconds,
     )
-    return BrokerCore(deps, engine, http)
+    connections = ConnectionDeps(
+        registry=deps,
+        tokens=TokenEndpoint(http),
+        id_tokens=IdTokenVerifier(http),
+        checker=CredentialChecker(http),
+        signer=StateSigner(settings.state_key),
+        return_urls=ReturnUrlPolicy(settings.return_url_allowlist),
+        public_base_url=settings.public_base_url,
+        pending_ttl=timedelta(seconds=settings.connection_ttl_seconds),
+        refresh=settings.refresh,
+        random=random.random,
+    )
+    return BrokerCore(deps, connections, Refresher(connections), engine, http)
 
 
 def create_broker(settings: BrokerSettings) -> Broker:
     core = create_core(settings)
     registry = ProviderRegistryServicer(core.deps)
     audit_log = AuditLogServicer(core.deps)
+    connection_service = ConnectionServicer(core.connections, core.refresher)
     server = build_server(
         address=settings.listen,
         registrars=[
             lambda s: providers_pb2_grpc.add_ProviderRegistryServiceServicer_to_server(registry, s),
             lambda s: audit_pb2_grpc.add_AuditLogServiceServicer_to_server(audit_log, s),
+            lambda s: connections_pb2_grpc.add_ConnectionServiceServicer_to_server(
+                connection_service, s
+            ),
         ],
         service_names=SERVICE_NAMES,
         authenticate=internal_authenticator(settings.internal_tokens),

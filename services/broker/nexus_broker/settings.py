@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nexus_common import ApiKeySet, Env, Keyring
+from nexus_common import ApiKeySet, ConfigError, Env, Keyring
+
+from .domain.connections import RefreshPolicy
 
 __all__ = ["BrokerSettings"]
 
@@ -22,6 +24,14 @@ class BrokerSettings:
     auto_migrate: bool
     shutdown_grace_seconds: float
     log_level: str
+    public_base_url: str
+    state_key: bytes
+    return_url_allowlist: tuple[str, ...]
+    connection_ttl_seconds: float
+    provider_timeout_seconds: float
+    refresh: RefreshPolicy
+    refresh_loop: bool
+    refresh_interval_seconds: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> BrokerSettings:
@@ -37,4 +47,30 @@ class BrokerSettings:
             auto_migrate=env.flag("NEXUS_AUTO_MIGRATE", True),
             shutdown_grace_seconds=env.number("NEXUS_SHUTDOWN_GRACE_SECONDS", 10.0),
             log_level=env.text("NEXUS_LOG_LEVEL", "INFO"),
+            public_base_url=env.text("NEXUS_PUBLIC_BASE_URL", "http://127.0.0.1:8080"),
+            state_key=_state_key(env.text("NEXUS_STATE_KEY")),
+            return_url_allowlist=tuple(
+                entry.strip()
+                for entry in env.text(
+                    "NEXUS_RETURN_URL_ALLOWLIST", "http://localhost:*,http://127.0.0.1:*"
+                ).split(",")
+                if entry.strip()
+            ),
+            connection_ttl_seconds=env.number("NEXUS_CONNECTION_TTL_SECONDS", 600.0),
+            provider_timeout_seconds=env.number("NEXUS_PROVIDER_TIMEOUT_SECONDS", 10.0),
+            refresh=RefreshPolicy(
+                lead_seconds=env.number("NEXUS_REFRESH_LEAD_SECONDS", 300.0),
+                jitter_seconds=env.number("NEXUS_REFRESH_JITTER_SECONDS", 30.0),
+                min_backoff_seconds=env.number("NEXUS_REFRESH_MIN_BACKOFF_SECONDS", 5.0),
+                max_backoff_seconds=env.number("NEXUS_REFRESH_MAX_BACKOFF_SECONDS", 900.0),
+            ),
+            refresh_loop=env.flag("NEXUS_REFRESH_LOOP", True),
+            refresh_interval_seconds=env.number("NEXUS_REFRESH_INTERVAL_SECONDS", 5.0),
         )
+
+
+def _state_key(value: str) -> bytes:
+    key = value.encode()
+    if len(key) < 32:
+        raise ConfigError("NEXUS_STATE_KEY must be at least 32 characters")
+    return key

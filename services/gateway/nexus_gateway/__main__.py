@@ -13,7 +13,14 @@ from .settings import GatewaySettings
 
 async def _serve(settings: GatewaySettings) -> None:
     gateway = create_gateway(settings)
-    await run_until_signalled(gateway.server, settings.shutdown_grace_seconds, gateway.close)
+    browser = asyncio.create_task(gateway.browser.serve())
+
+    async def stop() -> None:
+        gateway.browser.stop()
+        await browser
+        await gateway.close()
+
+    await run_until_signalled(gateway.server, settings.shutdown_grace_seconds, stop)
 
 
 def main() -> None:

@@ -69,5 +69,5 @@ def resolve_body(typed: M, has_typed: bool, body: httpbody_pb2.HttpBody, has_bod
     if has_body:
         return parse_json_body(body, type(typed)())
     if not has_typed:
-        raise InvalidArgument("the request carries no provider", field="provider")
+        raise InvalidArgument("the request has no body", field="body")
     return typed

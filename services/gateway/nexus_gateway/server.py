@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from nexus_common import InternalClient, NexusServer, admin_authenticator, build_server
 
-from .servicers import AuditServicer, ProviderServicer
+from .browser import BrowserServer, create_browser_app
+from .servicers import AuditServicer, ConnectionServicer, ProviderServicer
 from .settings import GatewaySettings
 
 __all__ = ["Gateway", "create_gateway"]
@@ -18,9 +19,11 @@ SERVICE_NAMES = tuple(s.full_name for s in gateway_pb2.DESCRIPTOR.services_by_na
 @dataclass
 class Gateway:
     server: NexusServer
+    browser: BrowserServer
     broker: InternalClient
 
     async def close(self) -> None:
+        self.browser.stop()
         await self.broker.close()
 
 
@@ -33,13 +36,16 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
     )
     providers = ProviderServicer(broker)
     audit = AuditServicer(broker)
+    connections = ConnectionServicer(broker)
     server = build_server(
         address=settings.listen,
         registrars=[
             lambda s: gateway_pb2_grpc.add_ProviderServiceServicer_to_server(providers, s),
             lambda s: gateway_pb2_grpc.add_AuditServiceServicer_to_server(audit, s),
+            lambda s: gateway_pb2_grpc.add_ConnectionServiceServicer_to_server(connections, s),
         ],
         service_names=SERVICE_NAMES,
         authenticate=admin_authenticator(settings.admin_keys),
     )
-    return Gateway(server, broker)
+    browser = BrowserServer(create_browser_app(broker), settings.http_listen)
+    return Gateway(server, browser, broker)

@@ -4,9 +4,12 @@ passes each call to the service that owns the resource; it keeps no state."""
 from __future__ import annotations
 
 from grpc.aio import ServicerContext as Context
+from google.protobuf import empty_pb2
 from nexus.broker.v1 import (
     audit_pb2,
     audit_pb2_grpc,
+    connections_pb2,
+    connections_pb2_grpc,
     providers_pb2,
     providers_pb2_grpc,
 )
@@ -15,7 +18,7 @@ from nexus_common import InternalClient
 
 from .rest_body import resolve_body
 
-__all__ = ["AuditServicer", "ProviderServicer"]
+__all__ = ["AuditServicer", "ConnectionServicer", "ProviderServicer"]
 
 
 class ProviderServicer(gateway_pb2_grpc.ProviderServiceServicer):
@@ -81,3 +84,57 @@ class AuditServicer(gateway_pb2_grpc.AuditServiceServicer):
         self, request: audit_pb2.ListAuditEventsRequest, context: Context
     ) -> audit_pb2.ListAuditEventsResponse:
         return await self._broker.call(self._stub.ListAuditEvents, request)
+
+
+class ConnectionServicer(gateway_pb2_grpc.ConnectionServiceServicer):
+    def __init__(self, broker: InternalClient) -> None:
+        self._broker = broker
+        self._stub = connections_pb2_grpc.ConnectionServiceStub(broker.channel)
+
+    async def RequestConnection(
+        self, request: gateway_pb2.RequestConnectionRequest, context: Context
+    ) -> connections_pb2.RequestConnectionResponse:
+        started = resolve_body(
+            request.connection, request.HasField("connection"),
+            request.http_body, request.HasField("http_body"),
+        )
+        return await self._broker.call(self._stub.RequestConnection, started)
+
+    async def CheckConnection(
+        self, request: connections_pb2.CheckConnectionRequest, context: Context
+    ) -> connections_pb2.Connection:
+        return await self._broker.call(self._stub.CheckConnection, request)
+
+    async def GetToken(
+        self, request: connections_pb2.GetTokenRequest, context: Context
+    ) -> connections_pb2.TokenPayload:
+        return await self._broker.call(self._stub.GetToken, request)
+
+    async def RefreshConnection(
+        self, request: connections_pb2.RefreshConnectionRequest, context: Context
+    ) -> connections_pb2.Connection:
+        return await self._broker.call(self._stub.RefreshConnection, request)
+
+    async def ListConnections(
+        self, request: connections_pb2.ListConnectionsRequest, context: Context
+    ) -> connections_pb2.ListConnectionsResponse:
+        return await self._broker.call(self._stub.ListConnections, request)
+
+    async def RevokeConnection(
+        self, request: connections_pb2.RevokeConnectionRequest, context: Context
+    ) -> connections_pb2.Connection:
+        return await self._broker.call(self._stub.RevokeConnection, request)
+
+    async def DeleteConnection(
+        self, request: connections_pb2.DeleteConnectionRequest, context: Context
+    ) -> empty_pb2.Empty:
+        return await self._broker.call(self._stub.DeleteConnection, request)
+
+    async def CaptureCredentials(
+        self, request: gateway_pb2.CaptureCredentialsRequest, context: Context
+    ) -> connections_pb2.CaptureCredentialsResponse:
+        capture = resolve_body(
+            request.capture, request.HasField("capture"),
+            request.http_body, request.HasField("http_body"),
+        )
+        return await self._broker.call(self._stub.CaptureCredentials, capture)

@@ -13,6 +13,7 @@ __all__ = ["GatewaySettings"]
 @dataclass(frozen=True)
 class GatewaySettings:
     listen: str
+    http_listen: str
     admin_keys: ApiKeySet
     internal_token: str
     broker_target: str
@@ -28,6 +29,7 @@ class GatewaySettings:
             raise ConfigError("NEXUS_ADMIN_API_KEYS must name at least one key")
         return cls(
             listen=env.text("NEXUS_GATEWAY_LISTEN", "127.0.0.1:50051"),
+            http_listen=env.text("NEXUS_GATEWAY_HTTP_LISTEN", "127.0.0.1:8081"),
             admin_keys=admin_keys,
             internal_token=env.internal_tokens()[0],
             broker_target=env.text("NEXUS_BROKER_TARGET", "127.0.0.1:50061"),

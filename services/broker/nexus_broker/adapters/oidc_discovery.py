@@ -30,14 +30,16 @@ class IssuerUnreachable(Exception):
 
 
 class DiscoveryClient:
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, http: httpx.AsyncClient, timeout_seconds: float) -> None:
         self._http = http
+        self._timeout = httpx.Timeout(timeout_seconds)
 
     async def fetch(self, issuer: str) -> Any:
         url = discovery_path(issuer)
         try:
             async with self._http.stream(
-                "GET", url, headers={"Accept": "application/json"}, follow_redirects=False
+                "GET", url, headers={"Accept": "application/json"}, follow_redirects=False,
+                timeout=self._timeout,
             ) as response:
                 if response.status_code == 429 or response.status_code >= 500:
                     raise IssuerUnreachable(

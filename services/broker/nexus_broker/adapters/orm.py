@@ -7,7 +7,9 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    ForeignKey,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     String,
@@ -15,7 +17,7 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["audit_events", "metadata", "providers"]
+__all__ = ["audit_events", "authorization_attempts", "connections", "metadata", "providers"]
 
 metadata = MetaData()
 
@@ -64,4 +66,44 @@ audit_events = Table(
     Column("action", String(64), nullable=False),
     Column("resource", String(255), nullable=False, index=True),
     Column("details", JSON, nullable=False),
+)
+
+connections = Table(
+    "connections",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("workspace_id", String(255), nullable=False),
+    Column("provider_id", String(36), ForeignKey("providers.id"), nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("return_url", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("pending_until", DateTime(timezone=True), nullable=True),
+    # AES-256-GCM of the token set or static credentials (JSON), bound to the
+    # row by AAD "connections/<id>/credentials".
+    Column("credentials_sealed", LargeBinary, nullable=True),
+    Column("token_expires_at", DateTime(timezone=True), nullable=True),
+    Column("last_refreshed_at", DateTime(timezone=True), nullable=True),
+    Column("next_refresh_at", DateTime(timezone=True), nullable=True),
+    Column("refresh_failures", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=False, default=""),
+    # A refresh in progress: whoever holds an unexpired lease refreshes; others wait.
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Index("ix_connections_workspace", "workspace_id", "created_at"),
+    Index("ix_connections_due", "status", "next_refresh_at"),
+)
+
+authorization_attempts = Table(
+    "authorization_attempts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("connection_id", String(36), ForeignKey("connections.id", ondelete="CASCADE"),
+           nullable=False, index=True),
+    # AAD "authorization_attempts/<id>/code_verifier"; absent for static credentials.
+    Column("code_verifier_sealed", LargeBinary, nullable=True),
+    Column("nonce", String(128), nullable=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True), nullable=True),
 )

@@ -17,12 +17,12 @@ from ..domain.discovery import Discovery
 from ..domain.providers import Provider, ProviderSpec
 from .orm import audit_events, providers
 
-__all__ = ["AuditRepository", "ProviderQuery", "ProviderRepository"]
+__all__ = ["AuditRepository", "ProviderQuery", "ProviderRepository", "utc"]
 
 _SPEC_COLUMNS = [f.name for f in fields(ProviderSpec) if f.name != "client_secret"]
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def utc(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; everything Nexus stores is UTC.
     if value is None or value.tzinfo is not None:
         return value
@@ -81,9 +81,9 @@ class ProviderRepository:
             spec=ProviderSpec(**values),
             has_client_secret=row.client_secret_sealed is not None,
             discovery=_discovery_from_json(row.discovery),
-            created_at=_utc(row.created_at),  # type: ignore[arg-type]
-            updated_at=_utc(row.updated_at),  # type: ignore[arg-type]
-            deleted_at=_utc(row.deleted_at),
+            created_at=utc(row.created_at),  # type: ignore[arg-type]
+            updated_at=utc(row.updated_at),  # type: ignore[arg-type]
+            deleted_at=utc(row.deleted_at),
         )
 
     def _row_values(self, provider: Provider) -> dict[str, Any]:
@@ -218,7 +218,7 @@ class AuditRepository:
                 actor=row.actor,
                 action=row.action,
                 resource=row.resource,
-                event_time=_utc(row.event_time),  # type: ignore[arg-type]
+                event_time=utc(row.event_time),  # type: ignore[arg-type]
                 details=row.details,
                 id=row.id,
             )

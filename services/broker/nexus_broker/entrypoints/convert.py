@@ -6,14 +6,23 @@ from datetime import datetime
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from nexus.broker.v1 import audit_pb2, providers_pb2
+from nexus.broker.v1 import audit_pb2, connections_pb2, providers_pb2
 
 from ..domain.audit import AuditEvent
+from ..domain.connections import Connection
+from ..domain.credentials import TokenPayload
 from ..domain.discovery import Discovery
 from ..domain.params import BASIC_AUTH_FIELDS
 from ..domain.providers import AuthType, Provider, ProviderSpec
 
-__all__ = ["audit_event_to_proto", "provider_summary", "provider_to_proto", "spec_from_proto"]
+__all__ = [
+    "audit_event_to_proto",
+    "connection_to_proto",
+    "provider_summary",
+    "provider_to_proto",
+    "spec_from_proto",
+    "token_payload_to_proto",
+]
 
 
 def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -118,3 +127,27 @@ def audit_event_to_proto(event: AuditEvent) -> audit_pb2.AuditEvent:
         resource=event.resource,
         details=_struct(event.details),
     )
+
+
+def connection_to_proto(connection: Connection, provider: Provider) -> connections_pb2.Connection:
+    return connections_pb2.Connection(
+        connection_id=connection.id,
+        workspace_id=connection.workspace_id,
+        provider_id=connection.provider_id,
+        provider_name=provider.name,
+        status=connection.status,
+        scopes=connection.scopes,
+        create_time=_timestamp(connection.created_at),
+        last_refreshed_at=_timestamp(connection.last_refreshed_at),
+        next_refresh_at=_timestamp(connection.next_refresh_at),
+        last_error=connection.last_error,
+        expire_time=_timestamp(connection.pending_until),
+    )
+
+
+def token_payload_to_proto(payload: TokenPayload) -> connections_pb2.TokenPayload:
+    strategy, credentials, expires_at = payload
+    message = connections_pb2.TokenPayload(strategy=_struct(strategy), credentials=_struct(credentials))
+    if expires_at is not None:
+        message.expires_at = max(0, int(expires_at.timestamp()))
+    return message

@@ -7,6 +7,7 @@ from typing import Self
 from nexus_common import Keyring, SqlUnitOfWork
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ..adapters.connection_repository import AttemptRepository, ConnectionRepository
 from ..adapters.repository import AuditRepository, ProviderRepository
 
 __all__ = ["BrokerUnitOfWork"]
@@ -14,6 +15,8 @@ __all__ = ["BrokerUnitOfWork"]
 
 class BrokerUnitOfWork(SqlUnitOfWork):
     providers: ProviderRepository
+    connections: ConnectionRepository
+    attempts: AttemptRepository
     audit: AuditRepository
 
     def __init__(self, session_factory: async_sessionmaker[AsyncSession], keyring: Keyring) -> None:
@@ -23,5 +26,7 @@ class BrokerUnitOfWork(SqlUnitOfWork):
     async def __aenter__(self) -> Self:
         await super().__aenter__()
         self.providers = ProviderRepository(self.session, self._keyring)
+        self.connections = ConnectionRepository(self.session, self._keyring)
+        self.attempts = AttemptRepository(self.session, self._keyring)
         self.audit = AuditRepository(self.session)
         return self

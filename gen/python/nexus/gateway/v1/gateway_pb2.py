@@ -26,11 +26,13 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from nexus.broker.v1 import audit_pb2 as nexus_dot_broker_dot_v1_dot_audit__pb2
+from nexus.broker.v1 import connections_pb2 as nexus_dot_broker_dot_v1_dot_connections__pb2
 from nexus.broker.v1 import providers_pb2 as nexus_dot_broker_dot_v1_dot_providers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enexus/gateway/v1/gateway.proto\x12\x10nexus.gateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a google/protobuf/field_mask.proto\x1a\x1bnexus/broker/v1/audit.proto\x1a\x1fnexus/broker/v1/providers.proto\"y\n\x15\x43reateProviderRequest\x12\x31\n\x08provider\x18\x01 \x01(\x0b\x32\x19.nexus.broker.v1.ProviderB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\"\xc2\x01\n\x15UpdateProviderRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x31\n\x08provider\x18\x02 \x01(\x0b\x32\x19.nexus.broker.v1.ProviderB\x04\xe2\x41\x01\x01\x12\x35\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x04 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\x32\xef\x05\n\x0fProviderService\x12v\n\x0e\x43reateProvider\x12\'.nexus.gateway.v1.CreateProviderRequest\x1a\x19.nexus.broker.v1.Provider\" \x82\xd3\xe4\x93\x02\x1a\"\r/v1/providers:\thttp_body\x12u\n\rListProviders\x12%.nexus.broker.v1.ListProvidersRequest\x1a&.nexus.broker.v1.ListProvidersResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/providers\x12\x93\x01\n\x14ListProviderMetadata\x12,.nexus.broker.v1.ListProviderMetadataRequest\x1a-.nexus.broker.v1.ListProviderMetadataResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/providers:metadata\x12i\n\x0bGetProvider\x12#.nexus.broker.v1.GetProviderRequest\x1a\x19.nexus.broker.v1.Provider\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/providers/{id}\x12{\n\x0eUpdateProvider\x12\'.nexus.gateway.v1.UpdateProviderRequest\x1a\x19.nexus.broker.v1.Provider\"%\x82\xd3\xe4\x93\x02\x1f\x32\x12/v1/providers/{id}:\thttp_body\x12o\n\x0e\x44\x65leteProvider\x12&.nexus.broker.v1.DeleteProviderRequest\x1a\x19.nexus.broker.v1.Provider\"\x1a\x82\xd3\xe4\x93\x02\x14*\x12/v1/providers/{id}2\x8e\x01\n\x0c\x41uditService\x12~\n\x0fListAuditEvents\x12\'.nexus.broker.v1.ListAuditEventsRequest\x1a(.nexus.broker.v1.ListAuditEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit-eventsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enexus/gateway/v1/gateway.proto\x12\x10nexus.gateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a google/protobuf/field_mask.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1bnexus/broker/v1/audit.proto\x1a!nexus/broker/v1/connections.proto\x1a\x1fnexus/broker/v1/providers.proto\"y\n\x15\x43reateProviderRequest\x12\x31\n\x08provider\x18\x01 \x01(\x0b\x32\x19.nexus.broker.v1.ProviderB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\"\xc2\x01\n\x15UpdateProviderRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x31\n\x08provider\x18\x02 \x01(\x0b\x32\x19.nexus.broker.v1.ProviderB\x04\xe2\x41\x01\x01\x12\x35\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x04 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\"\x8e\x01\n\x18RequestConnectionRequest\x12\x43\n\nconnection\x18\x01 \x01(\x0b\x32).nexus.broker.v1.RequestConnectionRequestB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\"\x8d\x01\n\x19\x43\x61ptureCredentialsRequest\x12\x41\n\x07\x63\x61pture\x18\x01 \x01(\x0b\x32*.nexus.broker.v1.CaptureCredentialsRequestB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\x32\xef\x05\n\x0fProviderService\x12v\n\x0e\x43reateProvider\x12\'.nexus.gateway.v1.CreateProviderRequest\x1a\x19.nexus.broker.v1.Provider\" \x82\xd3\xe4\x93\x02\x1a\"\r/v1/providers:\thttp_body\x12u\n\rListProviders\x12%.nexus.broker.v1.ListProvidersRequest\x1a&.nexus.broker.v1.ListProvidersResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/providers\x12\x93\x01\n\x14ListProviderMetadata\x12,.nexus.broker.v1.ListProviderMetadataRequest\x1a-.nexus.broker.v1.ListProviderMetadataResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/providers:metadata\x12i\n\x0bGetProvider\x12#.nexus.broker.v1.GetProviderRequest\x1a\x19.nexus.broker.v1.Provider\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/providers/{id}\x12{\n\x0eUpdateProvider\x12\'.nexus.gateway.v1.UpdateProviderRequest\x1a\x19.nexus.broker.v1.Provider\"%\x82\xd3\xe4\x93\x02\x1f\x32\x12/v1/providers/{id}:\thttp_body\x12o\n\x0e\x44\x65leteProvider\x12&.nexus.broker.v1.DeleteProviderRequest\x1a\x19.nexus.broker.v1.Provider\"\x1a\x82\xd3\xe4\x93\x02\x14*\x12/v1/providers/{id}2\xce\x08\n\x11\x43onnectionService\x12\x96\x01\n\x11RequestConnection\x12*.nexus.gateway.v1.RequestConnectionRequest\x1a*.nexus.broker.v1.RequestConnectionResponse\")\x82\xd3\xe4\x93\x02#\"\x16/v1/request-connection:\thttp_body\x12\x85\x01\n\x0f\x43heckConnection\x12\'.nexus.broker.v1.CheckConnectionRequest\x1a\x1b.nexus.broker.v1.Connection\",\x82\xd3\xe4\x93\x02&\x12$/v1/check-connection/{connection_id}\x12n\n\x08GetToken\x12 .nexus.broker.v1.GetTokenRequest\x1a\x1d.nexus.broker.v1.TokenPayload\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/token/{connection_id}\x12\x80\x01\n\x11RefreshConnection\x12).nexus.broker.v1.RefreshConnectionRequest\x1a\x1b.nexus.broker.v1.Connection\"#\x82\xd3\xe4\x93\x02\x1d\"\x1b/v1/refresh/{connection_id}\x12}\n\x0fListConnections\x12\'.nexus.broker.v1.ListConnectionsRequest\x1a(.nexus.broker.v1.ListConnectionsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/connections\x12\x89\x01\n\x10RevokeConnection\x12(.nexus.broker.v1.RevokeConnectionRequest\x1a\x1b.nexus.broker.v1.Connection\".\x82\xd3\xe4\x93\x02(\"&/v1/connections/{connection_id}:revoke\x12}\n\x10\x44\x65leteConnection\x12(.nexus.broker.v1.DeleteConnectionRequest\x1a\x16.google.protobuf.Empty\"\'\x82\xd3\xe4\x93\x02!*\x1f/v1/connections/{connection_id}\x12\x9a\x01\n\x12\x43\x61ptureCredentials\x12+.nexus.gateway.v1.CaptureCredentialsRequest\x1a+.nexus.broker.v1.CaptureCredentialsResponse\"*\x82\xd3\xe4\x93\x02$\"\x17/v1/capture-credentials:\thttp_body2\x8e\x01\n\x0c\x41uditService\x12~\n\x0fListAuditEvents\x12\'.nexus.broker.v1.ListAuditEventsRequest\x1a(.nexus.broker.v1.ListAuditEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit-eventsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,6 +51,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEPROVIDERREQUEST'].fields_by_name['update_mask']._serialized_options = b'\342A\001\001'
   _globals['_UPDATEPROVIDERREQUEST'].fields_by_name['http_body']._loaded_options = None
   _globals['_UPDATEPROVIDERREQUEST'].fields_by_name['http_body']._serialized_options = b'\342A\001\001'
+  _globals['_REQUESTCONNECTIONREQUEST'].fields_by_name['connection']._loaded_options = None
+  _globals['_REQUESTCONNECTIONREQUEST'].fields_by_name['connection']._serialized_options = b'\342A\001\001'
+  _globals['_REQUESTCONNECTIONREQUEST'].fields_by_name['http_body']._loaded_options = None
+  _globals['_REQUESTCONNECTIONREQUEST'].fields_by_name['http_body']._serialized_options = b'\342A\001\001'
+  _globals['_CAPTURECREDENTIALSREQUEST'].fields_by_name['capture']._loaded_options = None
+  _globals['_CAPTURECREDENTIALSREQUEST'].fields_by_name['capture']._serialized_options = b'\342A\001\001'
+  _globals['_CAPTURECREDENTIALSREQUEST'].fields_by_name['http_body']._loaded_options = None
+  _globals['_CAPTURECREDENTIALSREQUEST'].fields_by_name['http_body']._serialized_options = b'\342A\001\001'
   _globals['_PROVIDERSERVICE'].methods_by_name['CreateProvider']._loaded_options = None
   _globals['_PROVIDERSERVICE'].methods_by_name['CreateProvider']._serialized_options = b'\202\323\344\223\002\032\"\r/v1/providers:\thttp_body'
   _globals['_PROVIDERSERVICE'].methods_by_name['ListProviders']._loaded_options = None
@@ -61,14 +71,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVIDERSERVICE'].methods_by_name['UpdateProvider']._serialized_options = b'\202\323\344\223\002\0372\022/v1/providers/{id}:\thttp_body'
   _globals['_PROVIDERSERVICE'].methods_by_name['DeleteProvider']._loaded_options = None
   _globals['_PROVIDERSERVICE'].methods_by_name['DeleteProvider']._serialized_options = b'\202\323\344\223\002\024*\022/v1/providers/{id}'
+  _globals['_CONNECTIONSERVICE'].methods_by_name['RequestConnection']._loaded_options = None
+  _globals['_CONNECTIONSERVICE'].methods_by_name['RequestConnection']._serialized_options = b'\202\323\344\223\002#\"\026/v1/request-connection:\thttp_body'
+  _globals['_CONNECTIONSERVICE'].methods_by_name['CheckConnection']._loaded_options = None
+  _globals['_CONNECTIONSERVICE'].methods_by_name['CheckConnection']._serialized_options = b'\202\323\344\223\002&\022$/v1/check-connection/{connection_id}'
+  _globals['_CONNECTIONSERVICE'].methods_by_name['GetToken']._loaded_options = None
+  _globals['_CONNECTIONSERVICE'].methods_by_name['GetToken']._serialized_options = b'\202\323\344\223\002\033\022\031/v1/token/{connection_id}'
+  _globals['_CONNECTIONSERVICE'].methods_by_name['RefreshConnection']._loaded_options = None
+  _globals['_CONNECTIONSERVICE'].methods_by_name['RefreshConnection']._serialized_options = b'\202\323\344\223\002\035\"\033/v1/refresh/{connection_id}'
+  _globals['_CONNECTIONSERVICE'].methods_by_name['ListConnections']._loaded_options = None
+  _globals['_CONNECTIONSERVICE'].methods_by_name['ListConnections']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/connections'
+  _globals['_CONNECTIONSERVICE'].methods_by_name['RevokeConnection']._loaded_options = None
+  _globals['_CONNECTIONSERVICE'].methods_by_name['RevokeConnection']._serialized_options = b'\202\323\344\223\002(\"&/v1/connections/{connection_id}:revoke'
+  _globals['_CONNECTIONSERVICE'].methods_by_name['DeleteConnection']._loaded_options = None
+  _globals['_CONNECTIONSERVICE'].methods_by_name['DeleteConnection']._serialized_options = b'\202\323\344\223\002!*\037/v1/connections/{connection_id}'
+  _globals['_CONNECTIONSERVICE'].methods_by_name['CaptureCredentials']._loaded_options = None
+  _globals['_CONNECTIONSERVICE'].methods_by_name['CaptureCredentials']._serialized_options = b'\202\323\344\223\002$\"\027/v1/capture-credentials:\thttp_body'
   _globals['_AUDITSERVICE'].methods_by_name['ListAuditEvents']._loaded_options = None
   _globals['_AUDITSERVICE'].methods_by_name['ListAuditEvents']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/audit-events'
-  _globals['_CREATEPROVIDERREQUEST']._serialized_start=238
-  _globals['_CREATEPROVIDERREQUEST']._serialized_end=359
-  _globals['_UPDATEPROVIDERREQUEST']._serialized_start=362
-  _globals['_UPDATEPROVIDERREQUEST']._serialized_end=556
-  _globals['_PROVIDERSERVICE']._serialized_start=559
-  _globals['_PROVIDERSERVICE']._serialized_end=1310
-  _globals['_AUDITSERVICE']._serialized_start=1313
-  _globals['_AUDITSERVICE']._serialized_end=1455
+  _globals['_CREATEPROVIDERREQUEST']._serialized_start=302
+  _globals['_CREATEPROVIDERREQUEST']._serialized_end=423
+  _globals['_UPDATEPROVIDERREQUEST']._serialized_start=426
+  _globals['_UPDATEPROVIDERREQUEST']._serialized_end=620
+  _globals['_REQUESTCONNECTIONREQUEST']._serialized_start=623
+  _globals['_REQUESTCONNECTIONREQUEST']._serialized_end=765
+  _globals['_CAPTURECREDENTIALSREQUEST']._serialized_start=768
+  _globals['_CAPTURECREDENTIALSREQUEST']._serialized_end=909
+  _globals['_PROVIDERSERVICE']._serialized_start=912
+  _globals['_PROVIDERSERVICE']._serialized_end=1663
+  _globals['_CONNECTIONSERVICE']._serialized_start=1666
+  _globals['_CONNECTIONSERVICE']._serialized_end=2768
+  _globals['_AUDITSERVICE']._serialized_start=2771
+  _globals['_AUDITSERVICE']._serialized_end=2913
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from nexus.broker.v1 import connections_pb2 as _connections_pb2
 from nexus.broker.v1 import providers_pb2 as _providers_pb2
 import builtins as _builtins
 import sys
@@ -84,3 +85,59 @@ class UpdateProviderRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateProviderRequest: _TypeAlias = UpdateProviderRequest  # noqa: Y015
+
+@_typing.final
+class RequestConnectionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_FIELD_NUMBER: _builtins.int
+    HTTP_BODY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def connection(self) -> _connections_pb2.RequestConnectionRequest:
+        """gRPC callers set connection."""
+
+    @_builtins.property
+    def http_body(self) -> _httpbody_pb2.HttpBody:
+        """REST callers' JSON body; exactly one of the two is set."""
+
+    def __init__(
+        self,
+        *,
+        connection: _connections_pb2.RequestConnectionRequest | None = ...,
+        http_body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "http_body", b"http_body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "http_body", b"http_body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestConnectionRequest: _TypeAlias = RequestConnectionRequest  # noqa: Y015
+
+@_typing.final
+class CaptureCredentialsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAPTURE_FIELD_NUMBER: _builtins.int
+    HTTP_BODY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def capture(self) -> _connections_pb2.CaptureCredentialsRequest:
+        """gRPC callers set capture."""
+
+    @_builtins.property
+    def http_body(self) -> _httpbody_pb2.HttpBody:
+        """REST callers' JSON body; exactly one of the two is set."""
+
+    def __init__(
+        self,
+        *,
+        capture: _connections_pb2.CaptureCredentialsRequest | None = ...,
+        http_body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capture", b"capture", "http_body", b"http_body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture", b"capture", "http_body", b"http_body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaptureCredentialsRequest: _TypeAlias = CaptureCredentialsRequest  # noqa: Y015

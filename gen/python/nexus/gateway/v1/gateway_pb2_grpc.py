@@ -3,7 +3,9 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from nexus.broker.v1 import audit_pb2 as nexus_dot_broker_dot_v1_dot_audit__pb2
+from nexus.broker.v1 import connections_pb2 as nexus_dot_broker_dot_v1_dot_connections__pb2
 from nexus.broker.v1 import providers_pb2 as nexus_dot_broker_dot_v1_dot_providers__pb2
 from nexus.gateway.v1 import gateway_pb2 as nexus_dot_gateway_dot_v1_dot_gateway__pb2
 
@@ -327,6 +329,388 @@ class ProviderService:
             '/nexus.gateway.v1.ProviderService/DeleteProvider',
             nexus_dot_broker_dot_v1_dot_providers__pb2.DeleteProviderRequest.SerializeToString,
             nexus_dot_broker_dot_v1_dot_providers__pb2.Provider.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ConnectionServiceStub:
+    """Connections and credentials. Managing connections needs an admin key;
+    reading tokens needs a caller credential (an admin key, later agent keys).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RequestConnection = channel.unary_unary(
+                '/nexus.gateway.v1.ConnectionService/RequestConnection',
+                request_serializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.RequestConnectionRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.RequestConnectionResponse.FromString,
+                _registered_method=True)
+        self.CheckConnection = channel.unary_unary(
+                '/nexus.gateway.v1.ConnectionService/CheckConnection',
+                request_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.CheckConnectionRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.Connection.FromString,
+                _registered_method=True)
+        self.GetToken = channel.unary_unary(
+                '/nexus.gateway.v1.ConnectionService/GetToken',
+                request_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.GetTokenRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.TokenPayload.FromString,
+                _registered_method=True)
+        self.RefreshConnection = channel.unary_unary(
+                '/nexus.gateway.v1.ConnectionService/RefreshConnection',
+                request_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.RefreshConnectionRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.Connection.FromString,
+                _registered_method=True)
+        self.ListConnections = channel.unary_unary(
+                '/nexus.gateway.v1.ConnectionService/ListConnections',
+                request_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.ListConnectionsRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.ListConnectionsResponse.FromString,
+                _registered_method=True)
+        self.RevokeConnection = channel.unary_unary(
+                '/nexus.gateway.v1.ConnectionService/RevokeConnection',
+                request_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.RevokeConnectionRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.Connection.FromString,
+                _registered_method=True)
+        self.DeleteConnection = channel.unary_unary(
+                '/nexus.gateway.v1.ConnectionService/DeleteConnection',
+                request_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.DeleteConnectionRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.CaptureCredentials = channel.unary_unary(
+                '/nexus.gateway.v1.ConnectionService/CaptureCredentials',
+                request_serializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.CaptureCredentialsRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.CaptureCredentialsResponse.FromString,
+                _registered_method=True)
+
+
+class ConnectionServiceServicer:
+    """Connections and credentials. Managing connections needs an admin key;
+    reading tokens needs a caller credential (an admin key, later agent keys).
+    """
+
+    def RequestConnection(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckConnection(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefreshConnection(self, request, context):
+        """Refresh now, whatever the token's expiry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConnections(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeConnection(self, request, context):
+        """Revokes at the provider too (RFC 7009) when it has a revocation endpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteConnection(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CaptureCredentials(self, request, context):
+        """The JSON twin of the hosted capture page, for backends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ConnectionServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RequestConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestConnection,
+                    request_deserializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.RequestConnectionRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.RequestConnectionResponse.SerializeToString,
+            ),
+            'CheckConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckConnection,
+                    request_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.CheckConnectionRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.Connection.SerializeToString,
+            ),
+            'GetToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetToken,
+                    request_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.GetTokenRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.TokenPayload.SerializeToString,
+            ),
+            'RefreshConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshConnection,
+                    request_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.RefreshConnectionRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.Connection.SerializeToString,
+            ),
+            'ListConnections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConnections,
+                    request_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.ListConnectionsRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.ListConnectionsResponse.SerializeToString,
+            ),
+            'RevokeConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeConnection,
+                    request_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.RevokeConnectionRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.Connection.SerializeToString,
+            ),
+            'DeleteConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteConnection,
+                    request_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.DeleteConnectionRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'CaptureCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.CaptureCredentials,
+                    request_deserializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.CaptureCredentialsRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.CaptureCredentialsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'nexus.gateway.v1.ConnectionService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('nexus.gateway.v1.ConnectionService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ConnectionService:
+    """Connections and credentials. Managing connections needs an admin key;
+    reading tokens needs a caller credential (an admin key, later agent keys).
+    """
+
+    @staticmethod
+    def RequestConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.ConnectionService/RequestConnection',
+            nexus_dot_gateway_dot_v1_dot_gateway__pb2.RequestConnectionRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_connections__pb2.RequestConnectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.ConnectionService/CheckConnection',
+            nexus_dot_broker_dot_v1_dot_connections__pb2.CheckConnectionRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_connections__pb2.Connection.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.ConnectionService/GetToken',
+            nexus_dot_broker_dot_v1_dot_connections__pb2.GetTokenRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_connections__pb2.TokenPayload.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.ConnectionService/RefreshConnection',
+            nexus_dot_broker_dot_v1_dot_connections__pb2.RefreshConnectionRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_connections__pb2.Connection.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConnections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.ConnectionService/ListConnections',
+            nexus_dot_broker_dot_v1_dot_connections__pb2.ListConnectionsRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_connections__pb2.ListConnectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.ConnectionService/RevokeConnection',
+            nexus_dot_broker_dot_v1_dot_connections__pb2.RevokeConnectionRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_connections__pb2.Connection.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.ConnectionService/DeleteConnection',
+            nexus_dot_broker_dot_v1_dot_connections__pb2.DeleteConnectionRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CaptureCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.ConnectionService/CaptureCredentials',
+            nexus_dot_gateway_dot_v1_dot_gateway__pb2.CaptureCredentialsRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_connections__pb2.CaptureCredentialsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,8 +4,10 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from nexus.broker.v1 import audit_pb2 as _audit_pb2
+from nexus.broker.v1 import connections_pb2 as _connections_pb2
 from nexus.broker.v1 import providers_pb2 as _providers_pb2
 from nexus.gateway.v1 import gateway_pb2 as _gateway_pb2
 import abc as _abc_1
@@ -130,6 +132,112 @@ class ProviderServiceServicer(metaclass=_abc_1.ABCMeta):
         """Soft delete: the provider stays readable by id but cannot start new connections."""
 
 def add_ProviderServiceServicer_to_server(servicer: ProviderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ConnectionServiceStub:
+    """Connections and credentials. Managing connections needs an admin key;
+    reading tokens needs a caller credential (an admin key, later agent keys).
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ConnectionServiceAsyncStub: ...
+    RequestConnection: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RequestConnectionRequest, _connections_pb2.RequestConnectionResponse]
+    CheckConnection: _grpc.UnaryUnaryMultiCallable[_connections_pb2.CheckConnectionRequest, _connections_pb2.Connection]
+    GetToken: _grpc.UnaryUnaryMultiCallable[_connections_pb2.GetTokenRequest, _connections_pb2.TokenPayload]
+    RefreshConnection: _grpc.UnaryUnaryMultiCallable[_connections_pb2.RefreshConnectionRequest, _connections_pb2.Connection]
+    """Refresh now, whatever the token's expiry."""
+    ListConnections: _grpc.UnaryUnaryMultiCallable[_connections_pb2.ListConnectionsRequest, _connections_pb2.ListConnectionsResponse]
+    RevokeConnection: _grpc.UnaryUnaryMultiCallable[_connections_pb2.RevokeConnectionRequest, _connections_pb2.Connection]
+    """Revokes at the provider too (RFC 7009) when it has a revocation endpoint."""
+    DeleteConnection: _grpc.UnaryUnaryMultiCallable[_connections_pb2.DeleteConnectionRequest, _empty_pb2.Empty]
+    CaptureCredentials: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CaptureCredentialsRequest, _connections_pb2.CaptureCredentialsResponse]
+    """The JSON twin of the hosted capture page, for backends."""
+
+@_typing.type_check_only
+class ConnectionServiceAsyncStub(ConnectionServiceStub):
+    """Connections and credentials. Managing connections needs an admin key;
+    reading tokens needs a caller credential (an admin key, later agent keys).
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    RequestConnection: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RequestConnectionRequest, _connections_pb2.RequestConnectionResponse]  # type: ignore[assignment]
+    CheckConnection: _aio.UnaryUnaryMultiCallable[_connections_pb2.CheckConnectionRequest, _connections_pb2.Connection]  # type: ignore[assignment]
+    GetToken: _aio.UnaryUnaryMultiCallable[_connections_pb2.GetTokenRequest, _connections_pb2.TokenPayload]  # type: ignore[assignment]
+    RefreshConnection: _aio.UnaryUnaryMultiCallable[_connections_pb2.RefreshConnectionRequest, _connections_pb2.Connection]  # type: ignore[assignment]
+    """Refresh now, whatever the token's expiry."""
+    ListConnections: _aio.UnaryUnaryMultiCallable[_connections_pb2.ListConnectionsRequest, _connections_pb2.ListConnectionsResponse]  # type: ignore[assignment]
+    RevokeConnection: _aio.UnaryUnaryMultiCallable[_connections_pb2.RevokeConnectionRequest, _connections_pb2.Connection]  # type: ignore[assignment]
+    """Revokes at the provider too (RFC 7009) when it has a revocation endpoint."""
+    DeleteConnection: _aio.UnaryUnaryMultiCallable[_connections_pb2.DeleteConnectionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    CaptureCredentials: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CaptureCredentialsRequest, _connections_pb2.CaptureCredentialsResponse]  # type: ignore[assignment]
+    """The JSON twin of the hosted capture page, for backends."""
+
+class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Connections and credentials. Managing connections needs an admin key;
+    reading tokens needs a caller credential (an admin key, later agent keys).
+    """
+
+    @_abc_1.abstractmethod
+    def RequestConnection(
+        self,
+        request: _gateway_pb2.RequestConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_connections_pb2.RequestConnectionResponse, _abc.Awaitable[_connections_pb2.RequestConnectionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CheckConnection(
+        self,
+        request: _connections_pb2.CheckConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_connections_pb2.Connection, _abc.Awaitable[_connections_pb2.Connection]]: ...
+
+    @_abc_1.abstractmethod
+    def GetToken(
+        self,
+        request: _connections_pb2.GetTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_connections_pb2.TokenPayload, _abc.Awaitable[_connections_pb2.TokenPayload]]: ...
+
+    @_abc_1.abstractmethod
+    def RefreshConnection(
+        self,
+        request: _connections_pb2.RefreshConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_connections_pb2.Connection, _abc.Awaitable[_connections_pb2.Connection]]:
+        """Refresh now, whatever the token's expiry."""
+
+    @_abc_1.abstractmethod
+    def ListConnections(
+        self,
+        request: _connections_pb2.ListConnectionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_connections_pb2.ListConnectionsResponse, _abc.Awaitable[_connections_pb2.ListConnectionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeConnection(
+        self,
+        request: _connections_pb2.RevokeConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_connections_pb2.Connection, _abc.Awaitable[_connections_pb2.Connection]]:
+        """Revokes at the provider too (RFC 7009) when it has a revocation endpoint."""
+
+    @_abc_1.abstractmethod
+    def DeleteConnection(
+        self,
+        request: _connections_pb2.DeleteConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def CaptureCredentials(
+        self,
+        request: _gateway_pb2.CaptureCredentialsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_connections_pb2.CaptureCredentialsResponse, _abc.Awaitable[_connections_pb2.CaptureCredentialsResponse]]:
+        """The JSON twin of the hosted capture page, for backends."""
+
+def add_ConnectionServiceServicer_to_server(servicer: ConnectionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class AuditServiceStub:
     """The audit trail, for admins."""

@@ -1,0 +1,235 @@
+"""Storage of connections, their sealed credentials and authorization attempts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from nexus_common import Keyring
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..domain.connections import Connection, ConnectionStatus, TokenSet
+from .orm import authorization_attempts, connections
+from .repository import utc
+
+__all__ = ["Attempt", "AttemptRepository", "ConnectionRepository"]
+
+_COLUMNS = [f.name for f in fields(Connection)]
+_TIMES = ("created_at", "updated_at", "pending_until", "token_expires_at",
+          "last_refreshed_at", "next_refresh_at")
+
+
+def _credentials_aad(connection_id: str) -> bytes:
+    return f"connections/{connection_id}/credentials".encode()
+
+
+def _verifier_aad(attempt_id: str) -> bytes:
+    return f"authorization_attempts/{attempt_id}/code_verifier".encode()
+
+
+def _tokens_to_json(tokens: TokenSet) -> dict[str, Any]:
+    return {
+        "kind": "oauth2",
+        "access_token": tokens.access_token,
+        "token_type": tokens.token_type,
+        "refresh_token": tokens.refresh_token,
+        "expires_at": tokens.expires_at.isoformat() if tokens.expires_at else None,
+        "scope": list(tokens.scope),
+    }
+
+
+def _tokens_from_json(data: dict[str, Any]) -> TokenSet:
+    return TokenSet(
+        access_token=data["access_token"],
+        token_type=data["token_type"],
+        refresh_token=data["refresh_token"],
+        expires_at=datetime.fromisoformat(data["expires_at"]) if data["expires_at"] else None,
+        scope=tuple(data["scope"]),
+    )
+
+
+class ConnectionRepository:
+    def __init__(self, session: AsyncSession, keyring: Keyring) -> None:
+        self._session = session
+        self._keyring = keyring
+
+    @staticmethod
+    def _to_domain(row: Any) -> Connection:
+        values = {name: row._mapping[name] for name in _COLUMNS}
+        for name in _TIMES:
+            values[name] = utc(values[name])
+        values["scopes"] = tuple(values["scopes"])
+        return Connection(**values)
+
+    @staticmethod
+    def _values(connection: Connection) -> dict[str, Any]:
+        values = {name: getattr(connection, name) for name in _COLUMNS}
+        values["scopes"] = list(connection.scopes)
+        return values
+
+    def _seal(self, connection_id: str, document: dict[str, Any]) -> bytes:
+        return self._keyring.seal(json.dumps(document).encode(), _credentials_aad(connection_id))
+
+    async def add(self, connection: Connection) -> None:
+        await self._session.execute(connections.insert().values(**self._values(connection)))
+
+    async def get(self, connection_id: str) -> Connection | None:
+        row = (
+            await self._session.execute(select(connections).where(connections.c.id == connection_id))
+        ).first()
+        return self._to_domain(row) if row is not None else None
+
+    async def save(
+        self, connection: Connection, *, read_at: datetime,
+        tokens: TokenSet | None = None, static: dict[str, str] | None = None,
+        wipe_credentials: bool = False,
+    ) -> bool:
+        """Store ``connection`` (and new credentials) if nobody changed it since it was read."""
+        values = self._values(connection)
+        if wipe_credentials:
+            values["credentials_sealed"] = None
+        if tokens is not None:
+            values["credentials_sealed"] = self._seal(connection.id, _tokens_to_json(tokens))
+        if static is not None:
+            values["credentials_sealed"] = self._seal(connection.id, {"kind": "static", "values": static})
+        result = await self._session.execute(
+            update(connections)
+            .where(connections.c.id == connection.id, connections.c.updated_at == read_at)
+            .values(**values)
+        )
+        return int(getattr(result, "rowcount", 0)) == 1
+
+    async def _credentials(self, connection_id: str) -> dict[str, Any] | None:
+        sealed = await self._session.scalar(
+            select(connections.c.credentials_sealed).where(connections.c.id == connection_id)
+        )
+        if sealed is None:
+            return None
+        document: dict[str, Any] = json.loads(self._keyring.open(sealed, _credentials_aad(connection_id)))
+        return document
+
+    async def tokens(self, connection_id: str) -> TokenSet | None:
+        document = await self._credentials(connection_id)
+        return _tokens_from_json(document) if document and document["kind"] == "oauth2" else None
+
+    async def static_credentials(self, connection_id: str) -> dict[str, str]:
+        document = await self._credentials(connection_id)
+        return dict(document["values"]) if document and document["kind"] == "static" else {}
+
+    async def list_for_workspace(
+        self, workspace_id: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Connection]:
+        statement = (
+            select(connections)
+            .where(connections.c.workspace_id == workspace_id)
+            .order_by(connections.c.created_at, connections.c.id)
+            .limit(limit)
+        )
+        if after is not None:
+            created, connection_id = after
+            statement = statement.where(
+                or_(
+                    connections.c.created_at > created,
+                    and_(connections.c.created_at == created, connections.c.id > connection_id),
+                )
+            )
+        return [self._to_domain(row) for row in await self._session.execute(statement)]
+
+    async def delete(self, connection_id: str) -> bool:
+        result = await self._session.execute(delete(connections).where(connections.c.id == connection_id))
+        return int(getattr(result, "rowcount", 0)) == 1
+
+    async def due_for_refresh(self, now: datetime, limit: int) -> list[str]:
+        """Active connections whose refresh time has come and that nobody holds.
+        On PostgreSQL the rows are locked with SKIP LOCKED, so replicas scanning
+        at once each get different rows; the lease below settles the rest."""
+        statement = (
+            select(connections.c.id)
+            .where(
+                connections.c.status == ConnectionStatus.ACTIVE,
+                connections.c.next_refresh_at <= now,
+                or_(connections.c.lease_until.is_(None), connections.c.lease_until < now),
+            )
+            .order_by(connections.c.next_refresh_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list((await self._session.scalars(statement)).all())
+
+    async def claim(self, connection_id: str, owner: str, now: datetime, until: datetime) -> bool:
+        """Take the refresh lease unless someone holds an unexpired one."""
+        result = await self._session.execute(
+            update(connections)
+            .where(
+                connections.c.id == connection_id,
+                or_(connections.c.lease_until.is_(None), connections.c.lease_until < now),
+            )
+            .values(lease_until=until, lease_owner=owner)
+        )
+        return int(getattr(result, "rowcount", 0)) == 1
+
+    async def release(self, connection_id: str, owner: str) -> None:
+        await self._session.execute(
+            update(connections)
+            .where(connections.c.id == connection_id, connections.c.lease_owner == owner)
+            .values(lease_until=None, lease_owner=None)
+        )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One trip to the provider (or the capture page) for a connection."""
+
+    id: str
+    connection_id: str
+    code_verifier: str | None
+    nonce: str | None
+    expires_at: datetime
+    used_at: datetime | None
+
+
+class AttemptRepository:
+    def __init__(self, session: AsyncSession, keyring: Keyring) -> None:
+        self._session = session
+        self._keyring = keyring
+
+    async def add(self, attempt: Attempt) -> None:
+        sealed = (
+            self._keyring.seal(attempt.code_verifier.encode(), _verifier_aad(attempt.id))
+            if attempt.code_verifier
+            else None
+        )
+        await self._session.execute(
+            authorization_attempts.insert().values(
+                id=attempt.id, connection_id=attempt.connection_id, code_verifier_sealed=sealed,
+                nonce=attempt.nonce, expires_at=attempt.expires_at, used_at=attempt.used_at,
+            )
+        )
+
+    async def get(self, attempt_id: str) -> Attempt | None:
+        row = (
+            await self._session.execute(
+                select(authorization_attempts).where(authorization_attempts.c.id == attempt_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        verifier = (
+            self._keyring.open(row.code_verifier_sealed, _verifier_aad(row.id)).decode()
+            if row.code_verifier_sealed is not None
+            else None
+        )
+        return Attempt(row.id, row.connection_id, verifier, row.nonce,
+                       utc(row.expires_at), utc(row.used_at))  # type: ignore[arg-type]
+
+    async def consume(self, attempt_id: str, now: datetime) -> bool:
+        """Mark the attempt used; False when it already was (a replay)."""
+        result = await self._session.execute(
+            update(authorization_attempts)
+            .where(authorization_attempts.c.id == attempt_id, authorization_attempts.c.used_at.is_(None))
+            .values(used_at=now)
+        )
+        return int(getattr(result, "rowcount", 0)) == 1

@@ -1,0 +1,104 @@
+"""Connections: their lifecycle, the tokens they hold, and when to refresh.
+
+    pending ──callback ok──▶ active ──invalid_grant──▶ attention
+       │ └─provider error──▶ failed        │
+       └─(not finished in time)▶ expired   └──revoke──▶ revoked
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+__all__ = ["Connection", "ConnectionStatus", "RefreshPolicy", "TokenSet"]
+
+
+class ConnectionStatus:
+    PENDING = "pending"
+    ACTIVE = "active"
+    ATTENTION = "attention"
+    FAILED = "failed"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """What an OAuth token endpoint granted (RFC 6749 §5.1)."""
+
+    access_token: str
+    token_type: str = "Bearer"
+    refresh_token: str | None = None
+    expires_at: datetime | None = None
+    scope: tuple[str, ...] = ()
+
+    def after_refresh(self, fresh: TokenSet) -> TokenSet:
+        """RFC 6749 §6: a provider may omit the refresh token from a refresh
+        response, in which case the old one stays valid and must be kept."""
+        if fresh.refresh_token:
+            return fresh
+        return replace(fresh, refresh_token=self.refresh_token, scope=fresh.scope or self.scope)
+
+    def expires_within(self, now: datetime, seconds: float) -> bool:
+        return self.expires_at is not None and self.expires_at - now <= timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True)
+class Connection:
+    id: str
+    workspace_id: str
+    provider_id: str
+    scopes: tuple[str, ...]
+    return_url: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    pending_until: datetime | None = None
+    token_expires_at: datetime | None = None
+    last_refreshed_at: datetime | None = None
+    next_refresh_at: datetime | None = None
+    refresh_failures: int = 0
+    last_error: str = ""
+
+    def status_at(self, now: datetime) -> str:
+        """A pending connection whose time ran out reads as expired."""
+        if (
+            self.status == ConnectionStatus.PENDING
+            and self.pending_until is not None
+            and now >= self.pending_until
+        ):
+            return ConnectionStatus.EXPIRED
+        return self.status
+
+
+@dataclass(frozen=True)
+class RefreshPolicy:
+    """When to refresh, and how to back off when the provider is failing."""
+
+    lead_seconds: float = 300.0
+    jitter_seconds: float = 30.0
+    # A token this close to expiry is refreshed before it is handed out.
+    expiry_skew_seconds: float = 30.0
+    min_backoff_seconds: float = 5.0
+    max_backoff_seconds: float = 900.0
+
+    def next_refresh(self, tokens: TokenSet, now: datetime, random: float) -> datetime | None:
+        """Ahead of expiry by the lead time, spread by jitter so that tokens
+        issued together are not refreshed together. None: nothing to refresh."""
+        if tokens.expires_at is None or not tokens.refresh_token:
+            return None
+        lifetime = (tokens.expires_at - now).total_seconds()
+        # Short-lived tokens refresh at half-life rather than immediately.
+        lead = min(self.lead_seconds, lifetime / 2)
+        jitter = min(self.jitter_seconds, lead / 2) * random
+        return max(now, tokens.expires_at - timedelta(seconds=lead + jitter))
+
+    def backoff(self, failures: int, retry_after: float | None, random: float) -> timedelta:
+        """Exponential backoff with jitter; a provider's Retry-After is honoured
+        but clamped, so a hostile value can neither stall nor storm."""
+        if retry_after is not None:
+            seconds = min(max(retry_after, self.min_backoff_seconds), self.max_backoff_seconds)
+        else:
+            ceiling = min(self.max_backoff_seconds, self.min_backoff_seconds * 2 ** min(failures, 20))
+            seconds = ceiling / 2 + (ceiling / 2) * random
+        return timedelta(seconds=seconds)

@@ -1,0 +1,98 @@
+"""The broker's ConnectionService: translate, call one use case, translate back."""
+
+from __future__ import annotations
+
+from google.protobuf import empty_pb2, timestamp_pb2
+from grpc.aio import ServicerContext as Context
+from nexus.broker.v1 import connections_pb2 as pb
+from nexus.broker.v1 import connections_pb2_grpc
+
+from ..service_layer import connections
+from ..service_layer.connections import ConnectionDeps
+from ..service_layer.tokens import Refresher, get_token, refresh_connection
+from .convert import connection_to_proto, token_payload_to_proto
+
+__all__ = ["ConnectionServicer"]
+
+
+class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
+    def __init__(self, deps: ConnectionDeps, refresher: Refresher) -> None:
+        self._deps = deps
+        self._refresher = refresher
+
+    async def RequestConnection(
+        self, request: pb.RequestConnectionRequest, context: Context
+    ) -> pb.RequestConnectionResponse:
+        started = await connections.request_connection(
+            workspace_id=request.workspace_id, provider_id=request.provider_id,
+            provider_name=request.provider_name, scopes=tuple(request.scopes),
+            return_url=request.return_url, deps=self._deps,
+        )
+        expire_time = timestamp_pb2.Timestamp()
+        expire_time.FromDatetime(started.connection.pending_until)  # type: ignore[arg-type]
+        return pb.RequestConnectionResponse(
+            auth_url=started.auth_url, state=started.state,
+            connection_id=started.connection.id, scopes=started.connection.scopes,
+            provider_id=started.provider.id, expire_time=expire_time,
+        )
+
+    async def CompleteAuthorization(
+        self, request: pb.CompleteAuthorizationRequest, context: Context
+    ) -> pb.CompleteAuthorizationResponse:
+        url = await connections.complete_authorization(
+            request.state, request.code, request.error, self._deps
+        )
+        return pb.CompleteAuthorizationResponse(redirect_url=url)
+
+    async def GetCaptureForm(self, request: pb.GetCaptureFormRequest, context: Context) -> pb.CaptureForm:
+        provider, fields = await connections.capture_form(request.state, self._deps)
+        return pb.CaptureForm(
+            provider_name=provider.name,
+            provider_description=provider.spec.description,
+            fields=[pb.CaptureField(name=f.name, label=f.label, required=f.required, secret=f.secret)
+                    for f in fields],
+        )
+
+    async def CaptureCredentials(
+        self, request: pb.CaptureCredentialsRequest, context: Context
+    ) -> pb.CaptureCredentialsResponse:
+        connection, url = await connections.capture_credentials(
+            request.state, dict(request.credentials), self._deps
+        )
+        return pb.CaptureCredentialsResponse(
+            connection_id=connection.id, status=connection.status, redirect_url=url
+        )
+
+    async def CheckConnection(self, request: pb.CheckConnectionRequest, context: Context) -> pb.Connection:
+        return connection_to_proto(*await connections.check_connection(request.connection_id, self._deps))
+
+    async def GetToken(self, request: pb.GetTokenRequest, context: Context) -> pb.TokenPayload:
+        payload = await get_token(request.connection_id, self._deps, self._refresher)
+        return token_payload_to_proto(payload)
+
+    async def RefreshConnection(
+        self, request: pb.RefreshConnectionRequest, context: Context
+    ) -> pb.Connection:
+        return connection_to_proto(
+            *await refresh_connection(request.connection_id, self._deps, self._refresher)
+        )
+
+    async def ListConnections(
+        self, request: pb.ListConnectionsRequest, context: Context
+    ) -> pb.ListConnectionsResponse:
+        page = await connections.list_connections(
+            request.workspace_id, request.page_size, request.page_token, self._deps
+        )
+        return pb.ListConnectionsResponse(
+            connections=[connection_to_proto(c, p) for c, p in page.connections],
+            next_page_token=page.next_page_token,
+        )
+
+    async def RevokeConnection(self, request: pb.RevokeConnectionRequest, context: Context) -> pb.Connection:
+        return connection_to_proto(*await connections.revoke_connection(request.connection_id, self._deps))
+
+    async def DeleteConnection(
+        self, request: pb.DeleteConnectionRequest, context: Context
+    ) -> empty_pb2.Empty:
+        await connections.delete_connection(request.connection_id, self._deps)
+        return empty_pb2.Empty()

@@ -1,0 +1,402 @@
+"""Connection use cases: start, complete (OAuth callback or credential
+capture), inspect, list, revoke and delete."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from nexus_common import (
+    ConnectionNotActive,
+    ConnectionNotFound,
+    ProviderDeleted,
+    ProviderUnavailable,
+    ReturnUrlNotAllowed,
+    ScopeNotOffered,
+    StateInvalid,
+    ValidationFailed,
+    current_caller,
+    decode_page_token,
+    encode_page_token,
+    page_size,
+)
+
+from ..adapters.connection_repository import Attempt
+from ..adapters.credential_check import CredentialChecker
+from ..adapters.oidc_id_token import IdTokenError, IdTokenVerifier
+from ..adapters.rfc6749 import ClientCredentials, TokenEndpoint, TokenEndpointError
+from ..adapters.rfc7009 import revoke_tokens
+from ..domain.audit import AuditEvent
+from ..domain.connections import Connection, ConnectionStatus, RefreshPolicy
+from ..domain.credentials import capture_fields, validate_static_credentials
+from ..domain.params import CredentialField
+from ..domain.providers import STATIC_AUTH_TYPES, AuthType, Provider
+from ..domain.return_urls import ReturnUrlPolicy, append_query
+from ..domain.rfc7636 import CODE_CHALLENGE_METHOD, code_challenge, new_code_verifier
+from ..domain.state import StateSigner
+from .providers import RegistryDeps, get_provider
+from .unit_of_work import BrokerUnitOfWork
+
+__all__ = [
+    "ConnectionDeps",
+    "StartedConnection",
+    "capture_credentials",
+    "capture_form",
+    "check_connection",
+    "client_credentials",
+    "connection_event",
+    "complete_authorization",
+    "delete_connection",
+    "list_connections",
+    "load_connection",
+    "request_connection",
+    "revoke_connection",
+]
+
+CALLBACK_PATH = "/v1/callback"
+CAPTURE_PATH = "/v1/capture/"
+
+
+@dataclass(frozen=True)
+class ConnectionDeps:
+    registry: RegistryDeps
+    tokens: TokenEndpoint
+    id_tokens: IdTokenVerifier
+    checker: CredentialChecker
+    signer: StateSigner
+    return_urls: ReturnUrlPolicy
+    public_base_url: str
+    pending_ttl: timedelta
+    refresh: RefreshPolicy
+    random: Callable[[], float]
+
+    @property
+    def uow(self) -> Callable[[], BrokerUnitOfWork]:
+        return self.registry.uow
+
+    def now(self) -> datetime:
+        return self.registry.clock()
+
+    @property
+    def redirect_uri(self) -> str:
+        return self.public_base_url.rstrip("/") + CALLBACK_PATH
+
+
+@dataclass(frozen=True)
+class StartedConnection:
+    connection: Connection
+    provider: Provider
+    auth_url: str
+    state: str
+
+
+def _actor() -> str:
+    return str(current_caller.get() or "unknown")
+
+
+def connection_event(action: str, connection: Connection, now: datetime, **details: Any) -> AuditEvent:
+    return AuditEvent.record(
+        _actor(), action, f"connections/{connection.id}", now,
+        workspace_id=connection.workspace_id, provider_id=connection.provider_id, **details,
+    )
+
+
+async def _usable_provider(provider_id: str, provider_name: str, deps: ConnectionDeps) -> Provider:
+    if bool(provider_id) == bool(provider_name):
+        raise ValidationFailed("give exactly one of provider_id and provider_name", field="provider_id")
+    # Reading through the registry retries a pending discovery: its first use.
+    provider = await get_provider(provider_id or provider_name, deps.registry)
+    if provider.deleted_at:
+        raise ProviderDeleted(f"provider {provider.name!r} is deleted and cannot start connections")
+    if provider.spec.auth_type == AuthType.NEXUS:
+        raise ValidationFailed(
+            f"{provider.name} is a nexus provider: Nexus issues its tokens, no connection is needed",
+            field="provider_id",
+        )
+    return provider
+
+
+def _check_scopes(provider: Provider, requested: tuple[str, ...]) -> tuple[str, ...]:
+    if provider.spec.auth_type in STATIC_AUTH_TYPES:
+        if requested:
+            raise ScopeNotOffered(f"{provider.name} uses static credentials and has no scopes")
+        return ()
+    if not requested:
+        return provider.spec.scopes
+    missing = sorted(set(requested) - set(provider.spec.scopes))
+    if missing:
+        raise ScopeNotOffered(
+            f"{provider.name} does not offer the scopes {', '.join(missing)}",
+            scopes=" ".join(missing),
+        )
+    return tuple(dict.fromkeys(requested))
+
+
+def _authorization_url(provider: Provider, scopes: tuple[str, ...], state: str,
+                       verifier: str, nonce: str | None, redirect_uri: str) -> str:
+    if not provider.auth_url:
+        raise ProviderUnavailable(
+            f"{provider.name} has no authorization endpoint yet: {provider.discovery.reason}"
+        )
+    params = provider.params
+    query: dict[str, str] = dict(params.auth_params)
+    query.update(
+        client_id=provider.spec.client_id,
+        redirect_uri=redirect_uri,
+        response_type="code",
+        state=state,
+        code_challenge=code_challenge(verifier),
+        code_challenge_method=CODE_CHALLENGE_METHOD,
+    )
+    if scopes and not params.skip_scope_on_auth:
+        query["scope"] = " ".join(scopes)
+    if nonce is not None:
+        query["nonce"] = nonce
+    separator = "&" if "?" in provider.auth_url else "?"
+    return provider.auth_url + separator + urlencode(query)
+
+
+async def request_connection(
+    *, workspace_id: str, provider_id: str, provider_name: str, scopes: tuple[str, ...],
+    return_url: str, deps: ConnectionDeps,
+) -> StartedConnection:
+    if not workspace_id or len(workspace_id) > 255:
+        raise ValidationFailed("workspace_id is required (at most 255 characters)", field="workspace_id")
+    if not return_url:
+        raise ValidationFailed("return_url is required", field="return_url")
+    if not deps.return_urls.allows(return_url):
+        raise ReturnUrlNotAllowed(
+            "return_url is not on this deployment's allowlist (NEXUS_RETURN_URL_ALLOWLIST)",
+            field="return_url",
+        )
+    provider = await _usable_provider(provider_id, provider_name, deps)
+    granted = _check_scopes(provider, scopes)
+    now = deps.now()
+    signed = deps.signer.issue(now + deps.pending_ttl)
+    static = provider.spec.auth_type in STATIC_AUTH_TYPES
+    verifier = None if static else new_code_verifier()
+    # OIDC Core §3.1.2.1: a nonce binds the ID token to this authorization.
+    nonce = secrets.token_urlsafe(24) if "openid" in granted else None
+    connection = Connection(
+        id=str(uuid.uuid4()), workspace_id=workspace_id, provider_id=provider.id, scopes=granted,
+        return_url=return_url, status=ConnectionStatus.PENDING, created_at=now, updated_at=now,
+        pending_until=signed.expires_at,
+    )
+    if static:
+        auth_url = deps.public_base_url.rstrip("/") + CAPTURE_PATH + signed.token
+    else:
+        assert verifier is not None
+        auth_url = _authorization_url(provider, granted, signed.token, verifier, nonce,
+                                      deps.redirect_uri)
+    async with deps.uow() as uow:
+        await uow.connections.add(connection)
+        await uow.attempts.add(Attempt(signed.attempt_id, connection.id, verifier, nonce,
+                                       signed.expires_at, None))
+        await uow.audit.add(connection_event("connection.create", connection, now, scopes=list(granted)))
+        await uow.commit()
+    return StartedConnection(connection, provider, auth_url, signed.token)
+
+
+async def _open_attempt(state: str, deps: ConnectionDeps) -> tuple[Attempt, Connection, Provider]:
+    """The attempt a state names, if genuine, unexpired and unused; nothing changes."""
+    attempt_id = deps.signer.verify(state, deps.now())
+    async with deps.uow() as uow:
+        attempt = await uow.attempts.get(attempt_id)
+        if attempt is None or attempt.used_at is not None:
+            raise StateInvalid("this authorization link was already used; start the connection again")
+        connection = await uow.connections.get(attempt.connection_id)
+        if connection is None or connection.status_at(deps.now()) != ConnectionStatus.PENDING:
+            raise StateInvalid("this connection is no longer waiting for authorization")
+        provider = await uow.providers.get(connection.provider_id)
+    assert provider is not None
+    return attempt, connection, provider
+
+
+async def client_credentials(uow: BrokerUnitOfWork, provider: Provider) -> ClientCredentials:
+    return ClientCredentials(
+        client_id=provider.spec.client_id,
+        client_secret=await uow.providers.client_secret(provider.id),
+        auth_method=provider.params.token_endpoint_auth_method,
+    )
+
+
+async def _finish(
+    connection: Connection, attempt: Attempt, deps: ConnectionDeps, now: datetime, *,
+    status: str, error: str = "", **stored: Any,
+) -> Connection:
+    """Consume the attempt and record the outcome in one transaction, so a
+    replayed state can never overwrite what the first use stored."""
+    finished = replace(connection, status=status, updated_at=now, pending_until=None,
+                       last_error=error)
+    async with deps.uow() as uow:
+        if not await uow.attempts.consume(attempt.id, now):
+            raise StateInvalid("this authorization link was already used; start the connection again")
+        if not await uow.connections.save(finished, read_at=connection.updated_at, **stored):
+            raise StateInvalid("this connection changed while it was being completed")
+        action = "connection.activate" if status == ConnectionStatus.ACTIVE else "connection.fail"
+        await uow.audit.add(connection_event(action, finished, now, error=error))
+        await uow.commit()
+    return finished
+
+
+def _outcome_url(connection: Connection) -> str:
+    if connection.status == ConnectionStatus.ACTIVE:
+        return append_query(connection.return_url, status="success", connection_id=connection.id)
+    return append_query(connection.return_url, status="error", error=connection.last_error,
+                        connection_id=connection.id)
+
+
+_OAUTH_ERROR_CODES = frozenset(
+    {"access_denied", "invalid_request", "unauthorized_client", "unsupported_response_type",
+     "invalid_scope", "server_error", "temporarily_unavailable", "interaction_required",
+     "login_required", "consent_required"}
+)
+
+
+async def complete_authorization(state: str, code: str, error: str, deps: ConnectionDeps) -> str:
+    """Handle the provider's redirect; return where the browser goes next."""
+    attempt, connection, provider = await _open_attempt(state, deps)
+    now = deps.now()
+    if error or not code:
+        # Only RFC 6749 §4.1.2.1 codes are echoed; anything else could be injected text.
+        reason = error if error in _OAUTH_ERROR_CODES else "authorization_failed"
+        failed = await _finish(connection, attempt, deps, now, status=ConnectionStatus.FAILED,
+                               error=reason)
+        return _outcome_url(failed)
+    assert attempt.code_verifier is not None
+    async with deps.uow() as uow:
+        client = await client_credentials(uow, provider)
+    try:
+        tokens, id_token = await deps.tokens.exchange_code(
+            provider.token_url, client, code=code, redirect_uri=deps.redirect_uri,
+            code_verifier=attempt.code_verifier,
+            scopes=None if provider.params.skip_scope_on_exchange else connection.scopes, now=now,
+        )
+        if id_token is not None and provider.spec.issuer and provider.jwks_uri:
+            await deps.id_tokens.verify(
+                id_token, issuer=provider.spec.issuer, jwks_uri=provider.jwks_uri,
+                client_id=provider.spec.client_id, nonce=attempt.nonce,
+            )
+    except (TokenEndpointError, IdTokenError) as exc:
+        reason = "token_exchange_failed" if isinstance(exc, TokenEndpointError) else "invalid_id_token"
+        failed = await _finish(connection, attempt, deps, now, status=ConnectionStatus.FAILED,
+                               error=reason)
+        return _outcome_url(failed)
+    activated = await _finish(
+        replace(connection, token_expires_at=tokens.expires_at, last_refreshed_at=now,
+                next_refresh_at=deps.refresh.next_refresh(tokens, now, deps.random())),
+        attempt, deps, now, status=ConnectionStatus.ACTIVE, tokens=tokens,
+    )
+    return _outcome_url(activated)
+
+
+async def capture_form(state: str, deps: ConnectionDeps) -> tuple[Provider, tuple[CredentialField, ...]]:
+    _, _, provider = await _open_attempt(state, deps)
+    return provider, capture_fields(provider)
+
+
+async def capture_credentials(
+    state: str, values: Mapping[str, str], deps: ConnectionDeps
+) -> tuple[Connection, str]:
+    attempt, connection, provider = await _open_attempt(state, deps)
+    if provider.spec.auth_type not in STATIC_AUTH_TYPES:
+        raise StateInvalid("this connection is completed through the provider, not with credentials")
+    accepted = validate_static_credentials(provider, values)
+    # Checked live before anything is stored or the state is spent, so a typo can be retried.
+    await deps.checker.check(provider, accepted)
+    activated = await _finish(connection, attempt, deps, deps.now(),
+                              status=ConnectionStatus.ACTIVE, static=accepted)
+    return activated, _outcome_url(activated)
+
+
+async def load_connection(uow: BrokerUnitOfWork, connection_id: str) -> Connection:
+    if not connection_id:
+        raise ValidationFailed("connection_id is required", field="connection_id")
+    connection = await uow.connections.get(connection_id)
+    if connection is None:
+        raise ConnectionNotFound(f"no connection has the id {connection_id!r}", connection_id=connection_id)
+    return connection
+
+
+async def check_connection(connection_id: str, deps: ConnectionDeps) -> tuple[Connection, Provider]:
+    async with deps.uow() as uow:
+        connection = await load_connection(uow, connection_id)
+        provider = await uow.providers.get(connection.provider_id)
+    assert provider is not None
+    return replace(connection, status=connection.status_at(deps.now())), provider
+
+
+@dataclass(frozen=True)
+class ConnectionPage:
+    connections: list[tuple[Connection, Provider]]
+    next_page_token: str
+
+
+async def list_connections(
+    workspace_id: str, requested_size: int, page_token: str, deps: ConnectionDeps
+) -> ConnectionPage:
+    if not workspace_id:
+        raise ValidationFailed("workspace_id is required", field="workspace_id")
+    filters = {"workspace_id": workspace_id}
+    position = decode_page_token(page_token, filters)
+    after = (datetime.fromisoformat(position[0]), position[1]) if position else None
+    limit = page_size(requested_size)
+    now = deps.now()
+    async with deps.uow() as uow:
+        found = await uow.connections.list_for_workspace(workspace_id, after, limit + 1)
+        page = found[:limit]
+        providers = {c.provider_id: await uow.providers.get(c.provider_id) for c in page}
+    listed = [(replace(c, status=c.status_at(now)), providers[c.provider_id]) for c in page]
+    token = ""
+    if len(found) > limit:
+        token = encode_page_token([page[-1].created_at.isoformat(), page[-1].id], filters)
+    return ConnectionPage(listed, token)  # type: ignore[arg-type]
+
+
+async def revoke_connection(connection_id: str, deps: ConnectionDeps) -> tuple[Connection, Provider]:
+    """Revoke locally, and at the provider when it has a revocation endpoint.
+    The stored credentials are wiped either way."""
+    async with deps.uow() as uow:
+        connection = await load_connection(uow, connection_id)
+        provider = await uow.providers.get(connection.provider_id)
+        tokens = await uow.connections.tokens(connection_id)
+        client = await client_credentials(uow, provider) if provider else None
+    assert provider is not None and client is not None
+    if connection.status == ConnectionStatus.REVOKED:
+        return connection, provider
+    now = deps.now()
+    note = ""
+    if tokens is not None and provider.revocation_url:
+        try:
+            await revoke_tokens(deps.tokens, provider.revocation_url, client, tokens, now)
+        except TokenEndpointError as exc:
+            note = f"revoked in Nexus; the provider did not confirm: {exc.message}"
+    revoked = replace(connection, status=ConnectionStatus.REVOKED, updated_at=now,
+                      next_refresh_at=None, last_error=note)
+    async with deps.uow() as uow:
+        if not await uow.connections.save(revoked, read_at=connection.updated_at,
+                                          wipe_credentials=True):
+            raise ConnectionNotActive("the connection changed meanwhile; try again",
+                                      status=connection.status)
+        await uow.audit.add(connection_event("connection.revoke", revoked, now,
+                                   at_provider=bool(tokens and provider.revocation_url and not note)))
+        await uow.commit()
+    return revoked, provider
+
+
+async def delete_connection(connection_id: str, deps: ConnectionDeps) -> None:
+    """Forget a connection; live tokens are revoked first so none outlive it."""
+    async with deps.uow() as uow:
+        connection = await load_connection(uow, connection_id)
+    if connection.status in (ConnectionStatus.ACTIVE, ConnectionStatus.ATTENTION):
+        connection, _ = await revoke_connection(connection_id, deps)
+    now = deps.now()
+    async with deps.uow() as uow:
+        await uow.connections.delete(connection_id)
+        await uow.audit.add(connection_event("connection.delete", connection, now))
+        await uow.commit()

@@ -1,0 +1,243 @@
+"""Handing out credentials, and refreshing OAuth tokens exactly once at a time.
+
+Refreshes are single-flight twice over: within a broker, concurrent callers
+share one in-flight refresh; across brokers, a lease on the connection row
+(taken with a conditional UPDATE) lets one replica refresh while the others
+wait for its result. A rotated refresh token is stored in the same
+transaction that releases the lease, so it is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from nexus_common import (
+    ConnectionNotActive,
+    ConnectionReauthRequired,
+    ProviderUnavailable,
+)
+
+from ..adapters.rfc6749 import TokenEndpointError
+from ..domain.connections import Connection, ConnectionStatus, TokenSet
+from ..domain.credentials import TokenPayload, oauth2_payload, static_payload
+from ..domain.providers import AuthType, Provider
+from .connections import ConnectionDeps, client_credentials, connection_event, load_connection
+from .unit_of_work import BrokerUnitOfWork
+
+__all__ = ["Refresher", "get_token", "refresh_connection"]
+
+log = logging.getLogger("nexus.refresh")
+
+_NOT_ACTIVE = {
+    ConnectionStatus.PENDING: "the connection is still waiting for the user to authorize it",
+    ConnectionStatus.FAILED: "the connection failed to complete; start a new one",
+    ConnectionStatus.REVOKED: "the connection was revoked",
+    ConnectionStatus.EXPIRED: "the connection was never completed and has expired",
+}
+
+
+@dataclass
+class Refresher:
+    """Refreshes tokens for one broker; shared by GetToken and the refresh loop."""
+
+    deps: ConnectionDeps
+    lease_seconds: float = 30.0
+    owner: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _inflight: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+
+    async def refresh(self, connection_id: str, *, force: bool) -> None:
+        """Refresh unless a refresh (here or in another broker) makes it unnecessary."""
+        pending = self._inflight.get(connection_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._refresh_once(connection_id, force=force))
+            self._inflight[connection_id] = pending
+            pending.add_done_callback(lambda _: self._inflight.pop(connection_id, None))
+        await asyncio.shield(pending)
+
+    async def _refresh_once(self, connection_id: str, *, force: bool) -> None:
+        started = self.deps.now()
+        deadline = started + timedelta(seconds=self.lease_seconds + 5)
+        while True:
+            now = self.deps.now()
+            async with self.deps.uow() as uow:
+                connection = await load_connection(uow, connection_id)
+                if connection.status != ConnectionStatus.ACTIVE:
+                    return
+                refreshed_elsewhere = (
+                    connection.last_refreshed_at is not None
+                    and connection.last_refreshed_at >= started
+                )
+                if refreshed_elsewhere or (not force and not self.due(connection, now)):
+                    return
+                claimed = await uow.connections.claim(
+                    connection_id, self.owner, now, now + timedelta(seconds=self.lease_seconds)
+                )
+                await uow.commit()
+            if claimed:
+                await self.refresh_claimed(connection_id)
+                return
+            if now >= deadline:
+                raise ProviderUnavailable("another broker is still refreshing this connection; retry")
+            await asyncio.sleep(0.1)
+
+    def due(self, connection: Connection, now: datetime) -> bool:
+        expires = connection.token_expires_at
+        skew = timedelta(seconds=self.deps.refresh.expiry_skew_seconds)
+        return expires is not None and expires - now <= skew
+
+    async def refresh_claimed(self, connection_id: str) -> None:
+        """Refresh a connection whose lease this broker holds, then release it."""
+        async with self.deps.uow() as uow:
+            connection = await load_connection(uow, connection_id)
+            tokens = await uow.connections.tokens(connection_id)
+            provider = await uow.providers.get(connection.provider_id)
+            client = await client_credentials(uow, provider) if provider else None
+        assert provider is not None and client is not None
+        now = self.deps.now()
+        if tokens is None or not tokens.refresh_token:
+            await self._record(connection, now, status=ConnectionStatus.ATTENTION,
+                               error="the provider gave no refresh token; the user must reconnect")
+            return
+        narrowed = provider.params.supports_scope_narrowing and connection.scopes
+        try:
+            fresh = await self.deps.tokens.refresh(
+                provider.token_url, client, refresh_token=tokens.refresh_token,
+                scopes=connection.scopes if narrowed else None, now=now,
+            )
+        except TokenEndpointError as exc:
+            if exc.transient:
+                failures = connection.refresh_failures + 1
+                wait = self.deps.refresh.backoff(failures, exc.retry_after, self.deps.random())
+                await self._record(connection, now, failures=failures, error=exc.message,
+                                   next_refresh_at=now + wait)
+            else:
+                await self._record(connection, now, status=ConnectionStatus.ATTENTION,
+                                   error=f"{exc.message}; the user must reconnect")
+            return
+        merged = tokens.after_refresh(fresh)
+        await self._record(
+            replace(connection, token_expires_at=merged.expires_at, last_refreshed_at=now),
+            now, tokens=merged,
+            next_refresh_at=self.deps.refresh.next_refresh(merged, now, self.deps.random()),
+        )
+
+    async def _record(
+        self, connection: Connection, now: datetime, *, status: str = ConnectionStatus.ACTIVE,
+        error: str = "", failures: int = 0, next_refresh_at: datetime | None = None,
+        tokens: TokenSet | None = None,
+    ) -> None:
+        outcome = replace(
+            connection, status=status, last_error=error, refresh_failures=failures,
+            next_refresh_at=next_refresh_at, updated_at=now,
+        )
+        async with self.deps.uow() as uow:
+            saved = await uow.connections.save(outcome, read_at=connection.updated_at, tokens=tokens)
+            await uow.connections.release(connection.id, self.owner)
+            if saved:
+                action = "refresh.succeeded" if tokens is not None else "refresh.failed"
+                await uow.audit.add(connection_event(action, outcome, now, status=status, error=error,
+                                           failures=failures))
+            await uow.commit()
+
+    async def run(self, interval: float, batch: int = 50, concurrency: int = 8) -> None:
+        """The background loop: claim due connections and refresh them."""
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(connection_id: str) -> None:
+            async with limit:
+                try:
+                    await self.refresh_claimed(connection_id)
+                except Exception:
+                    log.exception("refreshing connection %s failed", connection_id)
+
+        while True:
+            claimed: list[str] = []
+            try:
+                claimed = await self.claim_due(batch)
+                await asyncio.gather(*(one(c) for c in claimed))
+            except Exception:
+                log.exception("refresh loop iteration failed")
+            if not claimed:
+                await asyncio.sleep(interval)
+
+    async def claim_due(self, batch: int) -> list[str]:
+        now = self.deps.now()
+        until = now + timedelta(seconds=self.lease_seconds)
+        async with self.deps.uow() as uow:
+            due = await uow.connections.due_for_refresh(now, batch)
+            claimed = [c for c in due if await uow.connections.claim(c, self.owner, now, until)]
+            await uow.commit()
+        return claimed
+
+
+def _require_active(connection: Connection, provider: Provider, now: datetime) -> None:
+    status = connection.status_at(now)
+    if status == ConnectionStatus.ATTENTION:
+        raise ConnectionReauthRequired(
+            f"the connection to {provider.name} needs the user to reconnect: {connection.last_error}",
+            connection_id=connection.id,
+        )
+    if status != ConnectionStatus.ACTIVE:
+        raise ConnectionNotActive(_NOT_ACTIVE.get(status, status), status=status,
+                                  connection_id=connection.id)
+
+
+async def _load_with_provider(connection_id: str, deps: ConnectionDeps) -> tuple[Connection, Provider]:
+    async with deps.uow() as uow:
+        connection = await load_connection(uow, connection_id)
+        provider = await uow.providers.get(connection.provider_id)
+    assert provider is not None
+    return connection, provider
+
+
+async def get_token(connection_id: str, deps: ConnectionDeps, refresher: Refresher) -> TokenPayload:
+    """Credentials for one connection, refreshed first when at or near expiry."""
+    now = deps.now()
+    connection, provider = await _load_with_provider(connection_id, deps)
+    _require_active(connection, provider, now)
+    if provider.spec.auth_type != AuthType.OAUTH2:
+        async with deps.uow() as uow:
+            payload = static_payload(provider, await uow.connections.static_credentials(connection_id))
+            await _record_release(uow, connection, now)
+        return payload
+    if refresher.due(connection, now):
+        await refresher.refresh(connection_id, force=False)
+    async with deps.uow() as uow:
+        current = await load_connection(uow, connection_id)
+        _require_active(current, provider, now)
+        tokens = await uow.connections.tokens(connection_id)
+        if tokens is None or (tokens.expires_at is not None and tokens.expires_at <= deps.now()):
+            raise ProviderUnavailable(
+                f"the token expired and {provider.name} could not refresh it: "
+                f"{current.last_error or 'try again'}"
+            )
+        await _record_release(uow, current, now)
+    return oauth2_payload(tokens)
+
+
+async def refresh_connection(
+    connection_id: str, deps: ConnectionDeps, refresher: Refresher
+) -> tuple[Connection, Provider]:
+    """Refresh now; says so when the provider would not."""
+    connection, provider = await _load_with_provider(connection_id, deps)
+    _require_active(connection, provider, deps.now())
+    if provider.spec.auth_type != AuthType.OAUTH2:
+        raise ConnectionNotActive(
+            f"{provider.name} uses static credentials, which do not refresh",
+            status=connection.status, connection_id=connection_id,
+        )
+    await refresher.refresh(connection_id, force=True)
+    refreshed, _ = await _load_with_provider(connection_id, deps)
+    _require_active(refreshed, provider, deps.now())
+    if refreshed.refresh_failures:
+        raise ProviderUnavailable(f"{provider.name} did not refresh the token: {refreshed.last_error}")
+    return refreshed, provider
+
+
+async def _record_release(uow: BrokerUnitOfWork, connection: Connection, now: datetime) -> None:
+    await uow.audit.add(connection_event("token.release", connection, now))
+    await uow.commit()
