@@ -12,6 +12,7 @@ import grpc
 import pytest
 from nexus_common import generate_key_spec
 
+from tests.support.app_server import AppServer
 from tests.support.oidc_server import OidcServer, start_oidc_server
 from tests.support.postgres import fresh_database, postgres_url
 
@@ -110,3 +111,9 @@ async def services(database_url: str, keyring_spec: str) -> AsyncIterator[Servic
         await policy.stop(0)
         await broker.server.stop(0)
         await broker.close()
+
+
+@pytest.fixture(scope="session")
+def app() -> Iterator[AppServer]:
+    with AppServer() as server:
+        yield server

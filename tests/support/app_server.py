@@ -1,0 +1,65 @@
+"""A real HTTP server standing in for the customer's app and a static-credential API.
+
+- ``GET /done?...``: the app's return page; records the query it was sent.
+- ``GET /api/me``: the provider API's "who am I", accepting only the key
+  ``X-Api-Key: good-key`` or basic auth ``ada:lovelace``.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from urllib.parse import urlsplit
+
+GOOD_API_KEY = "good-key"
+GOOD_BASIC = ("ada", "lovelace")
+
+
+class AppServer:
+    def __init__(self) -> None:
+        self.landings: list[str] = []
+        landings = self.landings
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _reply(self, status: int, body: bytes = b"ok") -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                path = urlsplit(self.path).path
+                if path == "/done":
+                    landings.append(self.path)
+                    self._reply(200, b"connected")
+                elif path == "/api/me":
+                    basic = "Basic " + base64.b64encode(":".join(GOOD_BASIC).encode()).decode()
+                    ok = self.headers.get("X-Api-Key") == GOOD_API_KEY or (
+                        self.headers.get("Authorization") == basic
+                    )
+                    self._reply(200 if ok else 401)
+                else:
+                    self._reply(404)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> AppServer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
