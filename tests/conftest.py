@@ -87,8 +87,10 @@ async def services(database_url: str, keyring_spec: str) -> AsyncIterator[Servic
     browser_port = free_port()
     browser_url = f"http://127.0.0.1:{browser_port}"
     env = service_env(
-        database_url, keyring_spec,
-        NEXUS_GATEWAY_HTTP_LISTEN=f"127.0.0.1:{browser_port}", NEXUS_PUBLIC_BASE_URL=browser_url,
+        database_url,
+        keyring_spec,
+        NEXUS_GATEWAY_HTTP_LISTEN=f"127.0.0.1:{browser_port}",
+        NEXUS_PUBLIC_BASE_URL=browser_url,
     )
     migrate_database(database_url)
     broker = create_broker(BrokerSettings.from_env(env))

@@ -40,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 __all__ = [
+    "ERROR_DOMAIN",
     "AlreadyExists",
     "ConcurrentModification",
     "ConnectionNotActive",
@@ -48,7 +49,6 @@ __all__ = [
     "CredentialsRejected",
     "DependencyUnavailable",
     "DiscoveryDocumentInvalid",
-    "ERROR_DOMAIN",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",

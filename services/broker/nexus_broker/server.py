@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -17,9 +18,6 @@ from nexus.broker.v1 import (
 )
 from nexus_common import NexusServer, build_server, create_engine, internal_authenticator, migrate
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-
-import random
-from datetime import timedelta
 
 from .adapters.credential_check import CredentialChecker
 from .adapters.oidc_discovery import DiscoveryClient

@@ -35,8 +35,12 @@ _HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 _HTTP_STATUS = {
-    "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404,
-    "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "UNAVAILABLE": 503,
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "NOT_FOUND": 404,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "UNAVAILABLE": 503,
 }
 _MAX_FORM_BYTES = 64 * 1024
 _STYLE = (
@@ -58,8 +62,9 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
 
 def _error_page(error: NexusError) -> HTMLResponse:
     status = _HTTP_STATUS.get(error.grpc_status, 500)
-    return _page("This link cannot be used", f'<p class="error">{html.escape(error.message)}</p>',
-                 status)
+    return _page(
+        "This link cannot be used", f'<p class="error">{html.escape(error.message)}</p>', status
+    )
 
 
 def _form(state: str, form: connections_pb2.CaptureForm, problem: str = "") -> str:
@@ -67,7 +72,7 @@ def _form(state: str, form: connections_pb2.CaptureForm, problem: str = "") -> s
         f'<label for="{html.escape(f.name)}">{html.escape(f.label)}</label>'
         f'<input id="{html.escape(f.name)}" name="{html.escape(f.name)}" '
         f'type="{"password" if f.secret else "text"}" autocomplete="off"'
-        f'{" required" if f.required else ""}>'
+        f"{' required' if f.required else ''}>"
         for f in form.fields
     )
     note = f'<p class="error" role="alert">{html.escape(problem)}</p>' if problem else ""
@@ -88,7 +93,8 @@ def create_browser_app(broker: InternalClient) -> Starlette:
             reply = await broker.call(
                 stub.CompleteAuthorization,
                 connections_pb2.CompleteAuthorizationRequest(
-                    state=query.get("state", ""), code=query.get("code", ""),
+                    state=query.get("state", ""),
+                    code=query.get("code", ""),
                     error=query.get("error", ""),
                 ),
             )
@@ -100,8 +106,9 @@ def create_browser_app(broker: InternalClient) -> Starlette:
         current_caller.set(Caller("browser", "capture"))
         state = request.path_params["state"]
         try:
-            form = await broker.call(stub.GetCaptureForm,
-                                     connections_pb2.GetCaptureFormRequest(state=state))
+            form = await broker.call(
+                stub.GetCaptureForm, connections_pb2.GetCaptureFormRequest(state=state)
+            )
         except NexusError as error:
             return _error_page(error)
         title = f"Connect {form.provider_name}"
@@ -122,10 +129,12 @@ def create_browser_app(broker: InternalClient) -> Starlette:
             return _error_page(error)
         return RedirectResponse(reply.redirect_url, status_code=302, headers=_HEADERS)
 
-    return Starlette(routes=[
-        Route("/v1/callback", callback, methods=["GET"]),
-        Route("/v1/capture/{state}", capture, methods=["GET", "POST"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/v1/callback", callback, methods=["GET"]),
+            Route("/v1/capture/{state}", capture, methods=["GET", "POST"]),
+        ]
+    )
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -143,8 +152,13 @@ class BrowserServer:
         self.socket = socket.create_server((host, int(port)), reuse_port=False)
         self.port: int = self.socket.getsockname()[1]
         self._server = _EmbeddedUvicorn(
-            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                           timeout_graceful_shutdown=5)
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                timeout_graceful_shutdown=5,
+            )
         )
 
     async def serve(self) -> None:

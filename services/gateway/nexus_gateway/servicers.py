@@ -3,8 +3,8 @@ passes each call to the service that owns the resource; it keeps no state."""
 
 from __future__ import annotations
 
-from grpc.aio import ServicerContext as Context
 from google.protobuf import empty_pb2
+from grpc.aio import ServicerContext as Context
 from nexus.broker.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -95,8 +95,10 @@ class ConnectionServicer(gateway_pb2_grpc.ConnectionServiceServicer):
         self, request: gateway_pb2.RequestConnectionRequest, context: Context
     ) -> connections_pb2.RequestConnectionResponse:
         started = resolve_body(
-            request.connection, request.HasField("connection"),
-            request.http_body, request.HasField("http_body"),
+            request.connection,
+            request.HasField("connection"),
+            request.http_body,
+            request.HasField("http_body"),
         )
         return await self._broker.call(self._stub.RequestConnection, started)
 
@@ -134,7 +136,9 @@ class ConnectionServicer(gateway_pb2_grpc.ConnectionServiceServicer):
         self, request: gateway_pb2.CaptureCredentialsRequest, context: Context
     ) -> connections_pb2.CaptureCredentialsResponse:
         capture = resolve_body(
-            request.capture, request.HasField("capture"),
-            request.http_body, request.HasField("http_body"),
+            request.capture,
+            request.HasField("capture"),
+            request.http_body,
+            request.HasField("http_body"),
         )
         return await self._broker.call(self._stub.CaptureCredentials, capture)

@@ -18,8 +18,14 @@ from .repository import utc
 __all__ = ["Attempt", "AttemptRepository", "ConnectionRepository"]
 
 _COLUMNS = [f.name for f in fields(Connection)]
-_TIMES = ("created_at", "updated_at", "pending_until", "token_expires_at",
-          "last_refreshed_at", "next_refresh_at")
+_TIMES = (
+    "created_at",
+    "updated_at",
+    "pending_until",
+    "token_expires_at",
+    "last_refreshed_at",
+    "next_refresh_at",
+)
 
 
 def _credentials_aad(connection_id: str) -> bytes:
@@ -78,13 +84,19 @@ class ConnectionRepository:
 
     async def get(self, connection_id: str) -> Connection | None:
         row = (
-            await self._session.execute(select(connections).where(connections.c.id == connection_id))
+            await self._session.execute(
+                select(connections).where(connections.c.id == connection_id)
+            )
         ).first()
         return self._to_domain(row) if row is not None else None
 
     async def save(
-        self, connection: Connection, *, read_at: datetime,
-        tokens: TokenSet | None = None, static: dict[str, str] | None = None,
+        self,
+        connection: Connection,
+        *,
+        read_at: datetime,
+        tokens: TokenSet | None = None,
+        static: dict[str, str] | None = None,
         wipe_credentials: bool = False,
     ) -> bool:
         """Store ``connection`` (and new credentials) if nobody changed it since it was read."""
@@ -94,7 +106,9 @@ class ConnectionRepository:
         if tokens is not None:
             values["credentials_sealed"] = self._seal(connection.id, _tokens_to_json(tokens))
         if static is not None:
-            values["credentials_sealed"] = self._seal(connection.id, {"kind": "static", "values": static})
+            values["credentials_sealed"] = self._seal(
+                connection.id, {"kind": "static", "values": static}
+            )
         result = await self._session.execute(
             update(connections)
             .where(connections.c.id == connection.id, connections.c.updated_at == read_at)
@@ -108,7 +122,9 @@ class ConnectionRepository:
         )
         if sealed is None:
             return None
-        document: dict[str, Any] = json.loads(self._keyring.open(sealed, _credentials_aad(connection_id)))
+        document: dict[str, Any] = json.loads(
+            self._keyring.open(sealed, _credentials_aad(connection_id))
+        )
         return document
 
     async def tokens(self, connection_id: str) -> TokenSet | None:
@@ -139,7 +155,9 @@ class ConnectionRepository:
         return [self._to_domain(row) for row in await self._session.execute(statement)]
 
     async def delete(self, connection_id: str) -> bool:
-        result = await self._session.execute(delete(connections).where(connections.c.id == connection_id))
+        result = await self._session.execute(
+            delete(connections).where(connections.c.id == connection_id)
+        )
         return int(getattr(result, "rowcount", 0)) == 1
 
     async def due_for_refresh(self, now: datetime, limit: int) -> list[str]:
@@ -204,8 +222,12 @@ class AttemptRepository:
         )
         await self._session.execute(
             authorization_attempts.insert().values(
-                id=attempt.id, connection_id=attempt.connection_id, code_verifier_sealed=sealed,
-                nonce=attempt.nonce, expires_at=attempt.expires_at, used_at=attempt.used_at,
+                id=attempt.id,
+                connection_id=attempt.connection_id,
+                code_verifier_sealed=sealed,
+                nonce=attempt.nonce,
+                expires_at=attempt.expires_at,
+                used_at=attempt.used_at,
             )
         )
 
@@ -222,14 +244,18 @@ class AttemptRepository:
             if row.code_verifier_sealed is not None
             else None
         )
-        return Attempt(row.id, row.connection_id, verifier, row.nonce,
-                       utc(row.expires_at), utc(row.used_at))  # type: ignore[arg-type]
+        expires_at = utc(row.expires_at)
+        assert expires_at is not None
+        return Attempt(row.id, row.connection_id, verifier, row.nonce, expires_at, utc(row.used_at))
 
     async def consume(self, attempt_id: str, now: datetime) -> bool:
         """Mark the attempt used; False when it already was (a replay)."""
         result = await self._session.execute(
             update(authorization_attempts)
-            .where(authorization_attempts.c.id == attempt_id, authorization_attempts.c.used_at.is_(None))
+            .where(
+                authorization_attempts.c.id == attempt_id,
+                authorization_attempts.c.used_at.is_(None),
+            )
             .values(used_at=now)
         )
         return int(getattr(result, "rowcount", 0)) == 1

@@ -39,8 +39,12 @@ class CredentialChecker:
                     target[field.key] = values[field.name]
         try:
             response = await self._http.request(
-                "POST" if body else "GET", url, headers=headers, params=params,
-                data=body or None, follow_redirects=False,
+                "POST" if body else "GET",
+                url,
+                headers=headers,
+                params=params,
+                data=body or None,
+                follow_redirects=False,
             )
         except httpx.HTTPError as exc:
             raise ProviderUnavailable(
@@ -50,5 +54,6 @@ class CredentialChecker:
             raise CredentialsRejected(f"{provider.name} rejected these credentials")
         if response.status_code >= 400:
             raise ProviderUnavailable(
-                f"{provider.name} answered HTTP {response.status_code} when checking the credentials"
+                f"{provider.name} answered HTTP {response.status_code} "
+                "when checking the credentials"
             )

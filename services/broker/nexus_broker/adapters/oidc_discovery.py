@@ -38,7 +38,10 @@ class DiscoveryClient:
         url = discovery_path(issuer)
         try:
             async with self._http.stream(
-                "GET", url, headers={"Accept": "application/json"}, follow_redirects=False,
+                "GET",
+                url,
+                headers={"Accept": "application/json"},
+                follow_redirects=False,
                 timeout=self._timeout,
             ) as response:
                 if response.status_code == 429 or response.status_code >= 500:

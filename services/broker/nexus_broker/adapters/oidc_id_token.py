@@ -61,8 +61,13 @@ class IdTokenVerifier:
         key = await self._signing_key(token, jwks_uri)
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, key, algorithms=_ALGORITHMS, audience=client_id, issuer=issuer,
-                leeway=_LEEWAY_SECONDS, options={"require": ["iss", "aud", "exp", "sub"]},
+                token,
+                key,
+                algorithms=_ALGORITHMS,
+                audience=client_id,
+                issuer=issuer,
+                leeway=_LEEWAY_SECONDS,
+                options={"require": ["iss", "aud", "exp", "sub"]},
             )
         except jwt.PyJWTError as exc:
             raise IdTokenError(f"the ID token is not valid ({type(exc).__name__})") from exc

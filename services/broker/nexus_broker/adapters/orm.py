@@ -99,8 +99,13 @@ authorization_attempts = Table(
     "authorization_attempts",
     metadata,
     Column("id", String(64), primary_key=True),
-    Column("connection_id", String(36), ForeignKey("connections.id", ondelete="CASCADE"),
-           nullable=False, index=True),
+    Column(
+        "connection_id",
+        String(36),
+        ForeignKey("connections.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     # AAD "authorization_attempts/<id>/code_verifier"; absent for static credentials.
     Column("code_verifier_sealed", LargeBinary, nullable=True),
     Column("nonce", String(128), nullable=True),

@@ -32,8 +32,9 @@ _PERMANENT = {"invalid_grant", "invalid_client", "unauthorized_client", "unsuppo
 class TokenEndpointError(Exception):
     """A failed token request. ``transient`` faults may be retried later."""
 
-    def __init__(self, message: str, *, error: str = "", transient: bool,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, error: str = "", transient: bool, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.error = error
@@ -88,9 +89,13 @@ class TokenEndpoint:
             if client.auth_method == "client_secret_post" and client.client_secret is not None:
                 body["client_secret"] = client.client_secret
         try:
-            response = await self._http.post(url, data=body, headers=headers, follow_redirects=False)
+            response = await self._http.post(
+                url, data=body, headers=headers, follow_redirects=False
+            )
         except httpx.TimeoutException as exc:
-            raise TokenEndpointError("the provider's token endpoint timed out", transient=True) from exc
+            raise TokenEndpointError(
+                "the provider's token endpoint timed out", transient=True
+            ) from exc
         except httpx.TransportError as exc:
             raise TokenEndpointError(
                 f"the provider's token endpoint could not be reached ({type(exc).__name__})",
@@ -117,7 +122,9 @@ class TokenEndpoint:
     def _token_set(payload: Mapping[str, object], now: datetime) -> TokenSet:
         access_token = payload.get("access_token")
         if not isinstance(access_token, str) or not access_token:
-            raise TokenEndpointError("the provider's token response has no access_token", transient=False)
+            raise TokenEndpointError(
+                "the provider's token response has no access_token", transient=False
+            )
         expires_in = payload.get("expires_in")
         try:
             lifetime = float(expires_in) if expires_in not in (None, "") else None  # type: ignore[arg-type]
@@ -128,18 +135,31 @@ class TokenEndpoint:
         return TokenSet(
             access_token=access_token,
             token_type=str(payload.get("token_type") or "Bearer"),
-            refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
+            refresh_token=refresh_token
+            if isinstance(refresh_token, str) and refresh_token
+            else None,
             expires_at=now + timedelta(seconds=lifetime) if lifetime is not None else None,
             scope=tuple(scope.split()) if isinstance(scope, str) else (),
         )
 
     async def exchange_code(
-        self, url: str, client: ClientCredentials, *, code: str, redirect_uri: str,
-        code_verifier: str, scopes: tuple[str, ...] | None, now: datetime,
+        self,
+        url: str,
+        client: ClientCredentials,
+        *,
+        code: str,
+        redirect_uri: str,
+        code_verifier: str,
+        scopes: tuple[str, ...] | None,
+        now: datetime,
     ) -> tuple[TokenSet, str | None]:
         """The granted tokens and the id_token, if the provider sent one."""
-        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-                "code_verifier": code_verifier}
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "code_verifier": code_verifier,
+        }
         if scopes:
             form["scope"] = " ".join(scopes)
         payload = await self.post_form(url, client, form, now)
@@ -147,8 +167,13 @@ class TokenEndpoint:
         return self._token_set(payload, now), id_token if isinstance(id_token, str) else None
 
     async def refresh(
-        self, url: str, client: ClientCredentials, *, refresh_token: str,
-        scopes: tuple[str, ...] | None, now: datetime,
+        self,
+        url: str,
+        client: ClientCredentials,
+        *,
+        refresh_token: str,
+        scopes: tuple[str, ...] | None,
+        now: datetime,
     ) -> TokenSet:
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
         if scopes:

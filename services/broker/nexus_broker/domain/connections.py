@@ -1,8 +1,8 @@
 """Connections: their lifecycle, the tokens they hold, and when to refresh.
 
-    pending ──callback ok──▶ active ──invalid_grant──▶ attention
-       │ └─provider error──▶ failed        │
-       └─(not finished in time)▶ expired   └──revoke──▶ revoked
+pending ──callback ok──▶ active ──invalid_grant──▶ attention
+   │ └─provider error──▶ failed        │
+   └─(not finished in time)▶ expired   └──revoke──▶ revoked
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class TokenSet:
     """What an OAuth token endpoint granted (RFC 6749 §5.1)."""
 
     access_token: str
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105 - a scheme name
     refresh_token: str | None = None
     expires_at: datetime | None = None
     scope: tuple[str, ...] = ()
@@ -99,6 +99,8 @@ class RefreshPolicy:
         if retry_after is not None:
             seconds = min(max(retry_after, self.min_backoff_seconds), self.max_backoff_seconds)
         else:
-            ceiling = min(self.max_backoff_seconds, self.min_backoff_seconds * 2 ** min(failures, 20))
+            ceiling = min(
+                self.max_backoff_seconds, self.min_backoff_seconds * 2 ** min(failures, 20)
+            )
             seconds = ceiling / 2 + (ceiling / 2) * random
         return timedelta(seconds=seconds)

@@ -13,7 +13,7 @@ from typing import Any
 from nexus_common import ValidationFailed
 
 from .connections import TokenSet
-from .params import BASIC_AUTH_FIELDS, CredentialField
+from .params import CredentialField
 from .providers import AuthType, Provider
 
 __all__ = [
@@ -63,7 +63,10 @@ TokenPayload = tuple[dict[str, Any], dict[str, Any], datetime | None]
 
 
 def oauth2_payload(tokens: TokenSet) -> TokenPayload:
-    credentials: dict[str, Any] = {"access_token": tokens.access_token, "token_type": tokens.token_type}
+    credentials: dict[str, Any] = {
+        "access_token": tokens.access_token,
+        "token_type": tokens.token_type,
+    }
     if tokens.expires_at is not None:
         credentials["expires_at"] = int(tokens.expires_at.timestamp())
     if tokens.scope:

@@ -1,14 +1,15 @@
 """Where a finished connection may send the browser: an allowlist of origins.
 
 An entry is ``scheme://host[:port]``; ``scheme://*.example.com`` also admits
-any subdomain (not the bare domain), and ``:*`` any port (for loopback dev). Anything else must match scheme, host
+any subdomain (not the bare domain), and ``:*`` any port (for loopback dev).
+Anything else must match scheme, host
 and port exactly, so an open redirect through Nexus is impossible.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = ["ReturnUrlPolicy", "append_query"]
 
@@ -35,7 +36,9 @@ class ReturnUrlPolicy:
             any_port = entry.endswith(":*")
             origin = _origin(entry.removesuffix(":*").replace("://*.", "://wildcard."))
             if origin is None:
-                raise ValueError(f"return URL allowlist entry {entry!r} is not scheme://host[:port]")
+                raise ValueError(
+                    f"return URL allowlist entry {entry!r} is not scheme://host[:port]"
+                )
             scheme, host, port = origin
             if "://*." in entry:
                 host = "*." + host.removeprefix("wildcard.")

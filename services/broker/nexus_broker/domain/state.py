@@ -41,8 +41,9 @@ class StateSigner:
     def issue(self, expires_at: datetime) -> SignedState:
         attempt_id = secrets.token_urlsafe(24)
         expiry = int(expires_at.timestamp())
-        return SignedState(attempt_id, expires_at,
-                           f"{attempt_id}.{expiry}.{self._mac(attempt_id, expiry)}")
+        return SignedState(
+            attempt_id, expires_at, f"{attempt_id}.{expiry}.{self._mac(attempt_id, expiry)}"
+        )
 
     def verify(self, token: str, now: datetime) -> str:
         """The attempt id of a genuine, unexpired state; else StateInvalid."""

@@ -24,16 +24,22 @@ class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
         self, request: pb.RequestConnectionRequest, context: Context
     ) -> pb.RequestConnectionResponse:
         started = await connections.request_connection(
-            workspace_id=request.workspace_id, provider_id=request.provider_id,
-            provider_name=request.provider_name, scopes=tuple(request.scopes),
-            return_url=request.return_url, deps=self._deps,
+            workspace_id=request.workspace_id,
+            provider_id=request.provider_id,
+            provider_name=request.provider_name,
+            scopes=tuple(request.scopes),
+            return_url=request.return_url,
+            deps=self._deps,
         )
         expire_time = timestamp_pb2.Timestamp()
         expire_time.FromDatetime(started.connection.pending_until)  # type: ignore[arg-type]
         return pb.RequestConnectionResponse(
-            auth_url=started.auth_url, state=started.state,
-            connection_id=started.connection.id, scopes=started.connection.scopes,
-            provider_id=started.provider.id, expire_time=expire_time,
+            auth_url=started.auth_url,
+            state=started.state,
+            connection_id=started.connection.id,
+            scopes=started.connection.scopes,
+            provider_id=started.provider.id,
+            expire_time=expire_time,
         )
 
     async def CompleteAuthorization(
@@ -44,13 +50,17 @@ class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
         )
         return pb.CompleteAuthorizationResponse(redirect_url=url)
 
-    async def GetCaptureForm(self, request: pb.GetCaptureFormRequest, context: Context) -> pb.CaptureForm:
+    async def GetCaptureForm(
+        self, request: pb.GetCaptureFormRequest, context: Context
+    ) -> pb.CaptureForm:
         provider, fields = await connections.capture_form(request.state, self._deps)
         return pb.CaptureForm(
             provider_name=provider.name,
             provider_description=provider.spec.description,
-            fields=[pb.CaptureField(name=f.name, label=f.label, required=f.required, secret=f.secret)
-                    for f in fields],
+            fields=[
+                pb.CaptureField(name=f.name, label=f.label, required=f.required, secret=f.secret)
+                for f in fields
+            ],
         )
 
     async def CaptureCredentials(
@@ -63,8 +73,12 @@ class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
             connection_id=connection.id, status=connection.status, redirect_url=url
         )
 
-    async def CheckConnection(self, request: pb.CheckConnectionRequest, context: Context) -> pb.Connection:
-        return connection_to_proto(*await connections.check_connection(request.connection_id, self._deps))
+    async def CheckConnection(
+        self, request: pb.CheckConnectionRequest, context: Context
+    ) -> pb.Connection:
+        return connection_to_proto(
+            *await connections.check_connection(request.connection_id, self._deps)
+        )
 
     async def GetToken(self, request: pb.GetTokenRequest, context: Context) -> pb.TokenPayload:
         payload = await get_token(request.connection_id, self._deps, self._refresher)
@@ -88,8 +102,12 @@ class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
             next_page_token=page.next_page_token,
         )
 
-    async def RevokeConnection(self, request: pb.RevokeConnectionRequest, context: Context) -> pb.Connection:
-        return connection_to_proto(*await connections.revoke_connection(request.connection_id, self._deps))
+    async def RevokeConnection(
+        self, request: pb.RevokeConnectionRequest, context: Context
+    ) -> pb.Connection:
+        return connection_to_proto(
+            *await connections.revoke_connection(request.connection_id, self._deps)
+        )
 
     async def DeleteConnection(
         self, request: pb.DeleteConnectionRequest, context: Context

@@ -147,7 +147,9 @@ def connection_to_proto(connection: Connection, provider: Provider) -> connectio
 
 def token_payload_to_proto(payload: TokenPayload) -> connections_pb2.TokenPayload:
     strategy, credentials, expires_at = payload
-    message = connections_pb2.TokenPayload(strategy=_struct(strategy), credentials=_struct(credentials))
+    message = connections_pb2.TokenPayload(
+        strategy=_struct(strategy), credentials=_struct(credentials)
+    )
     if expires_at is not None:
         message.expires_at = max(0, int(expires_at.timestamp()))
     return message

@@ -49,8 +49,8 @@ __all__ = [
     "capture_form",
     "check_connection",
     "client_credentials",
-    "connection_event",
     "complete_authorization",
+    "connection_event",
     "delete_connection",
     "list_connections",
     "load_connection",
@@ -99,23 +99,33 @@ def _actor() -> str:
     return str(current_caller.get() or "unknown")
 
 
-def connection_event(action: str, connection: Connection, now: datetime, **details: Any) -> AuditEvent:
+def connection_event(
+    action: str, connection: Connection, now: datetime, **details: Any
+) -> AuditEvent:
     return AuditEvent.record(
-        _actor(), action, f"connections/{connection.id}", now,
-        workspace_id=connection.workspace_id, provider_id=connection.provider_id, **details,
+        _actor(),
+        action,
+        f"connections/{connection.id}",
+        now,
+        workspace_id=connection.workspace_id,
+        provider_id=connection.provider_id,
+        **details,
     )
 
 
 async def _usable_provider(provider_id: str, provider_name: str, deps: ConnectionDeps) -> Provider:
     if bool(provider_id) == bool(provider_name):
-        raise ValidationFailed("give exactly one of provider_id and provider_name", field="provider_id")
+        raise ValidationFailed(
+            "give exactly one of provider_id and provider_name", field="provider_id"
+        )
     # Reading through the registry retries a pending discovery: its first use.
     provider = await get_provider(provider_id or provider_name, deps.registry)
     if provider.deleted_at:
         raise ProviderDeleted(f"provider {provider.name!r} is deleted and cannot start connections")
     if provider.spec.auth_type == AuthType.NEXUS:
         raise ValidationFailed(
-            f"{provider.name} is a nexus provider: Nexus issues its tokens, no connection is needed",
+            f"{provider.name} is a nexus provider: Nexus issues its tokens, "
+            "no connection is needed",
             field="provider_id",
         )
     return provider
@@ -137,8 +147,14 @@ def _check_scopes(provider: Provider, requested: tuple[str, ...]) -> tuple[str, 
     return tuple(dict.fromkeys(requested))
 
 
-def _authorization_url(provider: Provider, scopes: tuple[str, ...], state: str,
-                       verifier: str, nonce: str | None, redirect_uri: str) -> str:
+def _authorization_url(
+    provider: Provider,
+    scopes: tuple[str, ...],
+    state: str,
+    verifier: str,
+    nonce: str | None,
+    redirect_uri: str,
+) -> str:
     if not provider.auth_url:
         raise ProviderUnavailable(
             f"{provider.name} has no authorization endpoint yet: {provider.discovery.reason}"
@@ -162,11 +178,18 @@ def _authorization_url(provider: Provider, scopes: tuple[str, ...], state: str,
 
 
 async def request_connection(
-    *, workspace_id: str, provider_id: str, provider_name: str, scopes: tuple[str, ...],
-    return_url: str, deps: ConnectionDeps,
+    *,
+    workspace_id: str,
+    provider_id: str,
+    provider_name: str,
+    scopes: tuple[str, ...],
+    return_url: str,
+    deps: ConnectionDeps,
 ) -> StartedConnection:
     if not workspace_id or len(workspace_id) > 255:
-        raise ValidationFailed("workspace_id is required (at most 255 characters)", field="workspace_id")
+        raise ValidationFailed(
+            "workspace_id is required (at most 255 characters)", field="workspace_id"
+        )
     if not return_url:
         raise ValidationFailed("return_url is required", field="return_url")
     if not deps.return_urls.allows(return_url):
@@ -183,21 +206,31 @@ async def request_connection(
     # OIDC Core §3.1.2.1: a nonce binds the ID token to this authorization.
     nonce = secrets.token_urlsafe(24) if "openid" in granted else None
     connection = Connection(
-        id=str(uuid.uuid4()), workspace_id=workspace_id, provider_id=provider.id, scopes=granted,
-        return_url=return_url, status=ConnectionStatus.PENDING, created_at=now, updated_at=now,
+        id=str(uuid.uuid4()),
+        workspace_id=workspace_id,
+        provider_id=provider.id,
+        scopes=granted,
+        return_url=return_url,
+        status=ConnectionStatus.PENDING,
+        created_at=now,
+        updated_at=now,
         pending_until=signed.expires_at,
     )
     if static:
         auth_url = deps.public_base_url.rstrip("/") + CAPTURE_PATH + signed.token
     else:
         assert verifier is not None
-        auth_url = _authorization_url(provider, granted, signed.token, verifier, nonce,
-                                      deps.redirect_uri)
+        auth_url = _authorization_url(
+            provider, granted, signed.token, verifier, nonce, deps.redirect_uri
+        )
     async with deps.uow() as uow:
         await uow.connections.add(connection)
-        await uow.attempts.add(Attempt(signed.attempt_id, connection.id, verifier, nonce,
-                                       signed.expires_at, None))
-        await uow.audit.add(connection_event("connection.create", connection, now, scopes=list(granted)))
+        await uow.attempts.add(
+            Attempt(signed.attempt_id, connection.id, verifier, nonce, signed.expires_at, None)
+        )
+        await uow.audit.add(
+            connection_event("connection.create", connection, now, scopes=list(granted))
+        )
         await uow.commit()
     return StartedConnection(connection, provider, auth_url, signed.token)
 
@@ -208,7 +241,9 @@ async def _open_attempt(state: str, deps: ConnectionDeps) -> tuple[Attempt, Conn
     async with deps.uow() as uow:
         attempt = await uow.attempts.get(attempt_id)
         if attempt is None or attempt.used_at is not None:
-            raise StateInvalid("this authorization link was already used; start the connection again")
+            raise StateInvalid(
+                "this authorization link was already used; start the connection again"
+            )
         connection = await uow.connections.get(attempt.connection_id)
         if connection is None or connection.status_at(deps.now()) != ConnectionStatus.PENDING:
             raise StateInvalid("this connection is no longer waiting for authorization")
@@ -226,16 +261,25 @@ async def client_credentials(uow: BrokerUnitOfWork, provider: Provider) -> Clien
 
 
 async def _finish(
-    connection: Connection, attempt: Attempt, deps: ConnectionDeps, now: datetime, *,
-    status: str, error: str = "", **stored: Any,
+    connection: Connection,
+    attempt: Attempt,
+    deps: ConnectionDeps,
+    now: datetime,
+    *,
+    status: str,
+    error: str = "",
+    **stored: Any,
 ) -> Connection:
     """Consume the attempt and record the outcome in one transaction, so a
     replayed state can never overwrite what the first use stored."""
-    finished = replace(connection, status=status, updated_at=now, pending_until=None,
-                       last_error=error)
+    finished = replace(
+        connection, status=status, updated_at=now, pending_until=None, last_error=error
+    )
     async with deps.uow() as uow:
         if not await uow.attempts.consume(attempt.id, now):
-            raise StateInvalid("this authorization link was already used; start the connection again")
+            raise StateInvalid(
+                "this authorization link was already used; start the connection again"
+            )
         if not await uow.connections.save(finished, read_at=connection.updated_at, **stored):
             raise StateInvalid("this connection changed while it was being completed")
         action = "connection.activate" if status == ConnectionStatus.ACTIVE else "connection.fail"
@@ -247,14 +291,27 @@ async def _finish(
 def _outcome_url(connection: Connection) -> str:
     if connection.status == ConnectionStatus.ACTIVE:
         return append_query(connection.return_url, status="success", connection_id=connection.id)
-    return append_query(connection.return_url, status="error", error=connection.last_error,
-                        connection_id=connection.id)
+    return append_query(
+        connection.return_url,
+        status="error",
+        error=connection.last_error,
+        connection_id=connection.id,
+    )
 
 
 _OAUTH_ERROR_CODES = frozenset(
-    {"access_denied", "invalid_request", "unauthorized_client", "unsupported_response_type",
-     "invalid_scope", "server_error", "temporarily_unavailable", "interaction_required",
-     "login_required", "consent_required"}
+    {
+        "access_denied",
+        "invalid_request",
+        "unauthorized_client",
+        "unsupported_response_type",
+        "invalid_scope",
+        "server_error",
+        "temporarily_unavailable",
+        "interaction_required",
+        "login_required",
+        "consent_required",
+    }
 )
 
 
@@ -265,37 +322,58 @@ async def complete_authorization(state: str, code: str, error: str, deps: Connec
     if error or not code:
         # Only RFC 6749 §4.1.2.1 codes are echoed; anything else could be injected text.
         reason = error if error in _OAUTH_ERROR_CODES else "authorization_failed"
-        failed = await _finish(connection, attempt, deps, now, status=ConnectionStatus.FAILED,
-                               error=reason)
+        failed = await _finish(
+            connection, attempt, deps, now, status=ConnectionStatus.FAILED, error=reason
+        )
         return _outcome_url(failed)
     assert attempt.code_verifier is not None
     async with deps.uow() as uow:
         client = await client_credentials(uow, provider)
     try:
         tokens, id_token = await deps.tokens.exchange_code(
-            provider.token_url, client, code=code, redirect_uri=deps.redirect_uri,
+            provider.token_url,
+            client,
+            code=code,
+            redirect_uri=deps.redirect_uri,
             code_verifier=attempt.code_verifier,
-            scopes=None if provider.params.skip_scope_on_exchange else connection.scopes, now=now,
+            scopes=None if provider.params.skip_scope_on_exchange else connection.scopes,
+            now=now,
         )
         if id_token is not None and provider.spec.issuer and provider.jwks_uri:
             await deps.id_tokens.verify(
-                id_token, issuer=provider.spec.issuer, jwks_uri=provider.jwks_uri,
-                client_id=provider.spec.client_id, nonce=attempt.nonce,
+                id_token,
+                issuer=provider.spec.issuer,
+                jwks_uri=provider.jwks_uri,
+                client_id=provider.spec.client_id,
+                nonce=attempt.nonce,
             )
     except (TokenEndpointError, IdTokenError) as exc:
-        reason = "token_exchange_failed" if isinstance(exc, TokenEndpointError) else "invalid_id_token"
-        failed = await _finish(connection, attempt, deps, now, status=ConnectionStatus.FAILED,
-                               error=reason)
+        reason = (
+            "token_exchange_failed" if isinstance(exc, TokenEndpointError) else "invalid_id_token"
+        )
+        failed = await _finish(
+            connection, attempt, deps, now, status=ConnectionStatus.FAILED, error=reason
+        )
         return _outcome_url(failed)
     activated = await _finish(
-        replace(connection, token_expires_at=tokens.expires_at, last_refreshed_at=now,
-                next_refresh_at=deps.refresh.next_refresh(tokens, now, deps.random())),
-        attempt, deps, now, status=ConnectionStatus.ACTIVE, tokens=tokens,
+        replace(
+            connection,
+            token_expires_at=tokens.expires_at,
+            last_refreshed_at=now,
+            next_refresh_at=deps.refresh.next_refresh(tokens, now, deps.random()),
+        ),
+        attempt,
+        deps,
+        now,
+        status=ConnectionStatus.ACTIVE,
+        tokens=tokens,
     )
     return _outcome_url(activated)
 
 
-async def capture_form(state: str, deps: ConnectionDeps) -> tuple[Provider, tuple[CredentialField, ...]]:
+async def capture_form(
+    state: str, deps: ConnectionDeps
+) -> tuple[Provider, tuple[CredentialField, ...]]:
     _, _, provider = await _open_attempt(state, deps)
     return provider, capture_fields(provider)
 
@@ -305,12 +383,15 @@ async def capture_credentials(
 ) -> tuple[Connection, str]:
     attempt, connection, provider = await _open_attempt(state, deps)
     if provider.spec.auth_type not in STATIC_AUTH_TYPES:
-        raise StateInvalid("this connection is completed through the provider, not with credentials")
+        raise StateInvalid(
+            "this connection is completed through the provider, not with credentials"
+        )
     accepted = validate_static_credentials(provider, values)
     # Checked live before anything is stored or the state is spent, so a typo can be retried.
     await deps.checker.check(provider, accepted)
-    activated = await _finish(connection, attempt, deps, deps.now(),
-                              status=ConnectionStatus.ACTIVE, static=accepted)
+    activated = await _finish(
+        connection, attempt, deps, deps.now(), status=ConnectionStatus.ACTIVE, static=accepted
+    )
     return activated, _outcome_url(activated)
 
 
@@ -319,7 +400,9 @@ async def load_connection(uow: BrokerUnitOfWork, connection_id: str) -> Connecti
         raise ValidationFailed("connection_id is required", field="connection_id")
     connection = await uow.connections.get(connection_id)
     if connection is None:
-        raise ConnectionNotFound(f"no connection has the id {connection_id!r}", connection_id=connection_id)
+        raise ConnectionNotFound(
+            f"no connection has the id {connection_id!r}", connection_id=connection_id
+        )
     return connection
 
 
@@ -358,7 +441,9 @@ async def list_connections(
     return ConnectionPage(listed, token)  # type: ignore[arg-type]
 
 
-async def revoke_connection(connection_id: str, deps: ConnectionDeps) -> tuple[Connection, Provider]:
+async def revoke_connection(
+    connection_id: str, deps: ConnectionDeps
+) -> tuple[Connection, Provider]:
     """Revoke locally, and at the provider when it has a revocation endpoint.
     The stored credentials are wiped either way."""
     async with deps.uow() as uow:
@@ -376,15 +461,28 @@ async def revoke_connection(connection_id: str, deps: ConnectionDeps) -> tuple[C
             await revoke_tokens(deps.tokens, provider.revocation_url, client, tokens, now)
         except TokenEndpointError as exc:
             note = f"revoked in Nexus; the provider did not confirm: {exc.message}"
-    revoked = replace(connection, status=ConnectionStatus.REVOKED, updated_at=now,
-                      next_refresh_at=None, last_error=note)
+    revoked = replace(
+        connection,
+        status=ConnectionStatus.REVOKED,
+        updated_at=now,
+        next_refresh_at=None,
+        last_error=note,
+    )
     async with deps.uow() as uow:
-        if not await uow.connections.save(revoked, read_at=connection.updated_at,
-                                          wipe_credentials=True):
-            raise ConnectionNotActive("the connection changed meanwhile; try again",
-                                      status=connection.status)
-        await uow.audit.add(connection_event("connection.revoke", revoked, now,
-                                   at_provider=bool(tokens and provider.revocation_url and not note)))
+        if not await uow.connections.save(
+            revoked, read_at=connection.updated_at, wipe_credentials=True
+        ):
+            raise ConnectionNotActive(
+                "the connection changed meanwhile; try again", status=connection.status
+            )
+        await uow.audit.add(
+            connection_event(
+                "connection.revoke",
+                revoked,
+                now,
+                at_provider=bool(tokens and provider.revocation_url and not note),
+            )
+        )
         await uow.commit()
     return revoked, provider
 

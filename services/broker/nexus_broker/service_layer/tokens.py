@@ -81,7 +81,9 @@ class Refresher:
                 await self.refresh_claimed(connection_id)
                 return
             if now >= deadline:
-                raise ProviderUnavailable("another broker is still refreshing this connection; retry")
+                raise ProviderUnavailable(
+                    "another broker is still refreshing this connection; retry"
+                )
             await asyncio.sleep(0.1)
 
     def due(self, connection: Connection, now: datetime) -> bool:
@@ -99,48 +101,80 @@ class Refresher:
         assert provider is not None and client is not None
         now = self.deps.now()
         if tokens is None or not tokens.refresh_token:
-            await self._record(connection, now, status=ConnectionStatus.ATTENTION,
-                               error="the provider gave no refresh token; the user must reconnect")
+            await self._record(
+                connection,
+                now,
+                status=ConnectionStatus.ATTENTION,
+                error="the provider gave no refresh token; the user must reconnect",
+            )
             return
         narrowed = provider.params.supports_scope_narrowing and connection.scopes
         try:
             fresh = await self.deps.tokens.refresh(
-                provider.token_url, client, refresh_token=tokens.refresh_token,
-                scopes=connection.scopes if narrowed else None, now=now,
+                provider.token_url,
+                client,
+                refresh_token=tokens.refresh_token,
+                scopes=connection.scopes if narrowed else None,
+                now=now,
             )
         except TokenEndpointError as exc:
             if exc.transient:
                 failures = connection.refresh_failures + 1
                 wait = self.deps.refresh.backoff(failures, exc.retry_after, self.deps.random())
-                await self._record(connection, now, failures=failures, error=exc.message,
-                                   next_refresh_at=now + wait)
+                await self._record(
+                    connection,
+                    now,
+                    failures=failures,
+                    error=exc.message,
+                    next_refresh_at=now + wait,
+                )
             else:
-                await self._record(connection, now, status=ConnectionStatus.ATTENTION,
-                                   error=f"{exc.message}; the user must reconnect")
+                await self._record(
+                    connection,
+                    now,
+                    status=ConnectionStatus.ATTENTION,
+                    error=f"{exc.message}; the user must reconnect",
+                )
             return
         merged = tokens.after_refresh(fresh)
         await self._record(
             replace(connection, token_expires_at=merged.expires_at, last_refreshed_at=now),
-            now, tokens=merged,
+            now,
+            tokens=merged,
             next_refresh_at=self.deps.refresh.next_refresh(merged, now, self.deps.random()),
         )
 
     async def _record(
-        self, connection: Connection, now: datetime, *, status: str = ConnectionStatus.ACTIVE,
-        error: str = "", failures: int = 0, next_refresh_at: datetime | None = None,
+        self,
+        connection: Connection,
+        now: datetime,
+        *,
+        status: str = ConnectionStatus.ACTIVE,
+        error: str = "",
+        failures: int = 0,
+        next_refresh_at: datetime | None = None,
         tokens: TokenSet | None = None,
     ) -> None:
         outcome = replace(
-            connection, status=status, last_error=error, refresh_failures=failures,
-            next_refresh_at=next_refresh_at, updated_at=now,
+            connection,
+            status=status,
+            last_error=error,
+            refresh_failures=failures,
+            next_refresh_at=next_refresh_at,
+            updated_at=now,
         )
         async with self.deps.uow() as uow:
-            saved = await uow.connections.save(outcome, read_at=connection.updated_at, tokens=tokens)
+            saved = await uow.connections.save(
+                outcome, read_at=connection.updated_at, tokens=tokens
+            )
             await uow.connections.release(connection.id, self.owner)
             if saved:
                 action = "refresh.succeeded" if tokens is not None else "refresh.failed"
-                await uow.audit.add(connection_event(action, outcome, now, status=status, error=error,
-                                           failures=failures))
+                await uow.audit.add(
+                    connection_event(
+                        action, outcome, now, status=status, error=error, failures=failures
+                    )
+                )
             await uow.commit()
 
     async def run(self, interval: float, batch: int = 50, concurrency: int = 8) -> None:
@@ -178,15 +212,19 @@ def _require_active(connection: Connection, provider: Provider, now: datetime) -
     status = connection.status_at(now)
     if status == ConnectionStatus.ATTENTION:
         raise ConnectionReauthRequired(
-            f"the connection to {provider.name} needs the user to reconnect: {connection.last_error}",
+            f"the connection to {provider.name} needs the user to reconnect: "
+            f"{connection.last_error}",
             connection_id=connection.id,
         )
     if status != ConnectionStatus.ACTIVE:
-        raise ConnectionNotActive(_NOT_ACTIVE.get(status, status), status=status,
-                                  connection_id=connection.id)
+        raise ConnectionNotActive(
+            _NOT_ACTIVE.get(status, status), status=status, connection_id=connection.id
+        )
 
 
-async def _load_with_provider(connection_id: str, deps: ConnectionDeps) -> tuple[Connection, Provider]:
+async def _load_with_provider(
+    connection_id: str, deps: ConnectionDeps
+) -> tuple[Connection, Provider]:
     async with deps.uow() as uow:
         connection = await load_connection(uow, connection_id)
         provider = await uow.providers.get(connection.provider_id)
@@ -201,7 +239,9 @@ async def get_token(connection_id: str, deps: ConnectionDeps, refresher: Refresh
     _require_active(connection, provider, now)
     if provider.spec.auth_type != AuthType.OAUTH2:
         async with deps.uow() as uow:
-            payload = static_payload(provider, await uow.connections.static_credentials(connection_id))
+            payload = static_payload(
+                provider, await uow.connections.static_credentials(connection_id)
+            )
             await _record_release(uow, connection, now)
         return payload
     if refresher.due(connection, now):
@@ -228,13 +268,16 @@ async def refresh_connection(
     if provider.spec.auth_type != AuthType.OAUTH2:
         raise ConnectionNotActive(
             f"{provider.name} uses static credentials, which do not refresh",
-            status=connection.status, connection_id=connection_id,
+            status=connection.status,
+            connection_id=connection_id,
         )
     await refresher.refresh(connection_id, force=True)
     refreshed, _ = await _load_with_provider(connection_id, deps)
     _require_active(refreshed, provider, deps.now())
     if refreshed.refresh_failures:
-        raise ProviderUnavailable(f"{provider.name} did not refresh the token: {refreshed.last_error}")
+        raise ProviderUnavailable(
+            f"{provider.name} did not refresh the token: {refreshed.last_error}"
+        )
     return refreshed, provider
 
 
