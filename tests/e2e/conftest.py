@@ -24,6 +24,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "NEXUS_BROKER_DATABASE_URL": url,
             "NEXUS_DISCOVERY_TIMEOUT_SECONDS": "3",
             "NEXUS_DISCOVERY_RETRY_SECONDS": "0",
+            "NEXUS_REFRESH_INTERVAL_SECONDS": "0.5",
         },
     ).start()
     try:

@@ -63,14 +63,11 @@ TokenPayload = tuple[dict[str, Any], dict[str, Any], datetime | None]
 
 
 def oauth2_payload(tokens: TokenSet) -> TokenPayload:
-    credentials: dict[str, Any] = {
-        "access_token": tokens.access_token,
-        "token_type": tokens.token_type,
-    }
+    """The documented shape: the strategy says Bearer, so only the token and
+    its expiry are credentials; the refresh token never leaves the vault."""
+    credentials: dict[str, Any] = {"access_token": tokens.access_token}
     if tokens.expires_at is not None:
         credentials["expires_at"] = int(tokens.expires_at.timestamp())
-    if tokens.scope:
-        credentials["scope"] = " ".join(tokens.scope)
     return {"type": AuthType.OAUTH2}, credentials, tokens.expires_at
 
 
