@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -58,6 +59,8 @@ def service_env(database_url: str, keyring_spec: str, **extra: str) -> dict[str,
         "NEXUS_GATEWAY_HTTP_LISTEN": "127.0.0.1:0",
         "NEXUS_STATE_KEY": STATE_KEY,
         "NEXUS_REFRESH_LOOP": "false",
+        "NEXUS_REFRESH_MIN_BACKOFF_SECONDS": "0.2",
+        "NEXUS_REFRESH_MAX_BACKOFF_SECONDS": "0.5",
         **extra,
     }
 
@@ -71,6 +74,7 @@ class Services:
     policy_port: int
     browser_url: str
     env: dict[str, str]
+    broker: Any
 
 
 @pytest.fixture
@@ -103,7 +107,7 @@ async def services(database_url: str, keyring_spec: str) -> AsyncIterator[Servic
     browser = asyncio.create_task(gateway.browser.serve())
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.server.port}")
     try:
-        yield Services(channel, broker.server.port, policy.port, browser_url, env)
+        yield Services(channel, broker.server.port, policy.port, browser_url, env, broker)
     finally:
         await channel.close()
         gateway.browser.stop()

@@ -478,3 +478,58 @@ async def test_basic_auth_through_the_json_api(services: Services, app: AppServe
     payload = await token(services, started.connection_id)
     assert json_format.MessageToDict(payload.strategy) == {"type": "basic_auth"}
     assert dict(payload.credentials) == {"username": "ada", "password": "lovelace"}
+
+
+async def run_refresh_loop_once(services: Services) -> None:
+    """One pass of the broker's background loop, as it runs every few seconds."""
+    refresher = services.broker.core.refresher
+    for connection_id in await refresher.claim_due(batch=50):
+        await refresher.refresh_claimed(connection_id)
+
+
+async def stored_refresh_token(services: Services, connection_id: str) -> str | None:
+    async with services.broker.core.deps.uow() as uow:
+        tokens = await uow.connections.tokens(connection_id)
+    assert tokens is not None
+    return tokens.refresh_token
+
+
+async def test_the_loop_retries_a_failed_refresh_and_recovers_by_itself(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    connection_id = await connect(services, idp, app)
+    original = await stored_refresh_token(services, connection_id)
+    behave(idp, token="server_error", rotate_refresh_token=False)
+    await expect_error(
+        connections(services).RefreshConnection(
+            connections_pb2.RefreshConnectionRequest(connection_id=connection_id), metadata=ADMIN
+        ),
+        grpc.StatusCode.UNAVAILABLE,
+        "PROVIDER_UNAVAILABLE",
+    )
+    behave(idp, token="ok")
+    await asyncio.sleep(0.6)  # past the (test-sized) backoff
+    await run_refresh_loop_once(services)
+    status = await check(services, connection_id)
+    assert status.status == "active" and status.last_error == ""
+    assert refresh_calls(idp) == 2
+    # The provider did not rotate: the refresh token it issued first is kept.
+    assert await stored_refresh_token(services, connection_id) == original
+
+
+async def test_a_dead_connection_causes_no_refresh_storm(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    connection_id = await connect(services, idp, app)
+    behave(idp, token="invalid_grant")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await connections(services).RefreshConnection(
+            connections_pb2.RefreshConnectionRequest(connection_id=connection_id), metadata=ADMIN
+        )
+    calls = refresh_calls(idp)
+    for _ in range(3):
+        await run_refresh_loop_once(services)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await token(services, connection_id)
+    assert refresh_calls(idp) == calls
+    assert (await check(services, connection_id)).HasField("next_refresh_at") is False
