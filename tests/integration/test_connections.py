@@ -533,3 +533,47 @@ async def test_a_dead_connection_causes_no_refresh_storm(
             await token(services, connection_id)
     assert refresh_calls(idp) == calls
     assert (await check(services, connection_id)).HasField("next_refresh_at") is False
+
+
+async def test_a_deleted_provider_cannot_start_connections(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    provider = await register_idp(services, idp)
+    await gateway_pb2_grpc.ProviderServiceStub(services.gateway).DeleteProvider(
+        providers_pb2.DeleteProviderRequest(id=provider.id), metadata=ADMIN
+    )
+    request = connections_pb2.RequestConnectionRequest(
+        workspace_id="user_sarah", provider_id=provider.id, return_url=f"{app.url}/done"
+    )
+    await expect_error(
+        connections(services).RequestConnection(
+            gateway_pb2.RequestConnectionRequest(connection=request), metadata=ADMIN
+        ),
+        FAILED_PRECONDITION,
+        "PROVIDER_DELETED",
+    )
+
+
+async def test_an_oauth_state_does_not_open_the_capture_page(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    await register_idp(services, idp)
+    started = await start(services, f"{app.url}/done")
+    async with httpx.AsyncClient() as browser:
+        page = await browser.get(f"{services.browser_url}/v1/capture/{started.state}")
+    assert page.status_code == 400
+
+
+async def test_callers_during_an_outage_do_not_storm_the_provider(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    behave(idp, expires_in=1)
+    connection_id = await connect(services, idp, app)
+    await asyncio.sleep(1.2)
+    behave(idp, token="server_error")
+    results = await asyncio.gather(
+        *(token(services, connection_id) for _ in range(20)), return_exceptions=True
+    )
+    assert all(isinstance(r, grpc.aio.AioRpcError) for r in results)
+    assert {r.code() for r in results} == {grpc.StatusCode.UNAVAILABLE}  # type: ignore[union-attr]
+    assert refresh_calls(idp) == 1

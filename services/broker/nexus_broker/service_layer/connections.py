@@ -375,6 +375,10 @@ async def capture_form(
     state: str, deps: ConnectionDeps
 ) -> tuple[Provider, tuple[CredentialField, ...]]:
     _, _, provider = await _open_attempt(state, deps)
+    if provider.spec.auth_type not in STATIC_AUTH_TYPES:
+        raise StateInvalid(
+            "this connection is completed through the provider, not with credentials"
+        )
     return provider, capture_fields(provider)
 
 

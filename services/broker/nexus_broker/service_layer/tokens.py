@@ -87,9 +87,16 @@ class Refresher:
             await asyncio.sleep(0.1)
 
     def due(self, connection: Connection, now: datetime) -> bool:
+        """Whether handing out the token needs a refresh first. While the provider
+        is failing, its backoff holds here too: callers cannot storm it."""
         expires = connection.token_expires_at
         skew = timedelta(seconds=self.deps.refresh.expiry_skew_seconds)
-        return expires is not None and expires - now <= skew
+        backing_off = (
+            connection.refresh_failures > 0
+            and connection.next_refresh_at is not None
+            and connection.next_refresh_at > now
+        )
+        return expires is not None and expires - now <= skew and not backing_off
 
     async def refresh_claimed(self, connection_id: str) -> None:
         """Refresh a connection whose lease this broker holds, then release it."""
