@@ -112,6 +112,12 @@ async def check(services: Services, connection_id: str) -> connections_pb2.Conne
     )
 
 
+async def force_refresh(services: Services, connection_id: str) -> connections_pb2.Connection:
+    return await connections(services).RefreshConnection(
+        connections_pb2.RefreshConnectionRequest(connection_id=connection_id), metadata=ADMIN
+    )
+
+
 async def userinfo_status(idp: OidcServer, access_token: str) -> int:
     """What the provider's userinfo endpoint says of a token."""
     async with httpx.AsyncClient() as client:
@@ -292,15 +298,11 @@ async def test_forced_refresh_keeps_a_refresh_token_the_provider_did_not_rotate(
     connection_id = await connect(services, idp, app)
     behave(idp, rotate_refresh_token=False)
     before = refresh_calls(idp)
-    refreshed = await connections(services).RefreshConnection(
-        connections_pb2.RefreshConnectionRequest(connection_id=connection_id), metadata=ADMIN
-    )
+    refreshed = await force_refresh(services, connection_id)
     assert refresh_calls(idp) == before + 1
     assert refreshed.status == "active" and refreshed.last_error == ""
     # A second refresh still has a refresh token to send.
-    await connections(services).RefreshConnection(
-        connections_pb2.RefreshConnectionRequest(connection_id=connection_id), metadata=ADMIN
-    )
+    await force_refresh(services, connection_id)
     assert refresh_calls(idp) == before + 2
 
 
@@ -310,9 +312,7 @@ async def test_invalid_grant_needs_reconsent(
     connection_id = await connect(services, idp, app)
     behave(idp, token="invalid_grant")
     await expect_error(
-        connections(services).RefreshConnection(
-            connections_pb2.RefreshConnectionRequest(connection_id=connection_id), metadata=ADMIN
-        ),
+        force_refresh(services, connection_id),
         FAILED_PRECONDITION,
         "CONNECTION_REAUTH_REQUIRED",
     )
@@ -330,9 +330,7 @@ async def test_provider_outage_keeps_the_connection_usable_until_it_recovers(
     connection_id = await connect(services, idp, app)
     behave(idp, token="server_error")
     await expect_error(
-        connections(services).RefreshConnection(
-            connections_pb2.RefreshConnectionRequest(connection_id=connection_id), metadata=ADMIN
-        ),
+        force_refresh(services, connection_id),
         grpc.StatusCode.UNAVAILABLE,
         "PROVIDER_UNAVAILABLE",
     )
@@ -341,9 +339,7 @@ async def test_provider_outage_keeps_the_connection_usable_until_it_recovers(
     assert status.next_refresh_at.ToDatetime(UTC) > datetime.now(UTC)
     assert (await token(services, connection_id)).credentials["access_token"]
     behave(idp, token="ok")
-    recovered = await connections(services).RefreshConnection(
-        connections_pb2.RefreshConnectionRequest(connection_id=connection_id), metadata=ADMIN
-    )
+    recovered = await force_refresh(services, connection_id)
     assert recovered.status == "active" and recovered.last_error == ""
 
 
@@ -501,9 +497,7 @@ async def test_the_loop_retries_a_failed_refresh_and_recovers_by_itself(
     original = await stored_refresh_token(services, connection_id)
     behave(idp, token="server_error", rotate_refresh_token=False)
     await expect_error(
-        connections(services).RefreshConnection(
-            connections_pb2.RefreshConnectionRequest(connection_id=connection_id), metadata=ADMIN
-        ),
+        force_refresh(services, connection_id),
         grpc.StatusCode.UNAVAILABLE,
         "PROVIDER_UNAVAILABLE",
     )
@@ -523,9 +517,7 @@ async def test_a_dead_connection_causes_no_refresh_storm(
     connection_id = await connect(services, idp, app)
     behave(idp, token="invalid_grant")
     with pytest.raises(grpc.aio.AioRpcError):
-        await connections(services).RefreshConnection(
-            connections_pb2.RefreshConnectionRequest(connection_id=connection_id), metadata=ADMIN
-        )
+        await force_refresh(services, connection_id)
     calls = refresh_calls(idp)
     for _ in range(3):
         await run_refresh_loop_once(services)
