@@ -22,6 +22,7 @@
     ├── FailedPrecondition              FAILED_PRECONDITION
     │   ├── ProviderDeleted             reason PROVIDER_DELETED
     │   ├── ConnectionNotActive         reason CONNECTION_NOT_ACTIVE (metadata: status)
+    │   ├── RefreshNotSupported         reason REFRESH_NOT_SUPPORTED
     │   └── ConnectionReauthRequired    reason CONNECTION_REAUTH_REQUIRED
     ├── RequestTooLarge                 RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE
     ├── Unavailable                     UNAVAILABLE
@@ -61,6 +62,7 @@ __all__ = [
     "ProviderDeleted",
     "ProviderNotFound",
     "ProviderUnavailable",
+    "RefreshNotSupported",
     "RemoteError",
     "RequestTooLarge",
     "ReturnUrlNotAllowed",
@@ -191,6 +193,10 @@ class RequestTooLarge(NexusError):
 
 class ConnectionNotActive(FailedPrecondition):
     reason = "CONNECTION_NOT_ACTIVE"
+
+
+class RefreshNotSupported(FailedPrecondition):
+    reason = "REFRESH_NOT_SUPPORTED"
 
 
 class ConnectionReauthRequired(FailedPrecondition):

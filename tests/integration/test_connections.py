@@ -569,3 +569,19 @@ async def test_callers_during_an_outage_do_not_storm_the_provider(
     assert all(isinstance(r, grpc.aio.AioRpcError) for r in results)
     assert {r.code() for r in results} == {grpc.StatusCode.UNAVAILABLE}  # type: ignore[union-attr]
     assert refresh_calls(idp) == 1
+
+
+async def test_static_credentials_do_not_refresh(services: Services, app: AppServer) -> None:
+    await register(services, providers_pb2.Provider(name="legacy-crm", auth_type="basic_auth"))
+    started = await start(services, f"{app.url}/done", provider_name="legacy-crm")
+    await connections(services).CaptureCredentials(
+        gateway_pb2.CaptureCredentialsRequest(
+            capture=connections_pb2.CaptureCredentialsRequest(
+                state=started.state, credentials={"username": "ada", "password": "pw"}
+            )
+        ),
+        metadata=ADMIN,
+    )
+    await expect_error(
+        force_refresh(services, started.connection_id), FAILED_PRECONDITION, "REFRESH_NOT_SUPPORTED"
+    )

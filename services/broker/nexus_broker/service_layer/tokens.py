@@ -19,6 +19,7 @@ from nexus_common import (
     ConnectionNotActive,
     ConnectionReauthRequired,
     ProviderUnavailable,
+    RefreshNotSupported,
 )
 
 from ..adapters.rfc6749 import TokenEndpointError
@@ -47,15 +48,18 @@ class Refresher:
     deps: ConnectionDeps
     lease_seconds: float = 30.0
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
-    _inflight: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    # Keyed by (connection, forced): a forced refresh must not settle for an
+    # unforced one that found nothing to do.
+    _inflight: dict[tuple[str, bool], asyncio.Future[None]] = field(default_factory=dict)
 
     async def refresh(self, connection_id: str, *, force: bool) -> None:
         """Refresh unless a refresh (here or in another broker) makes it unnecessary."""
-        pending = self._inflight.get(connection_id)
+        key = (connection_id, force)
+        pending = self._inflight.get(key)
         if pending is None:
             pending = asyncio.ensure_future(self._refresh_once(connection_id, force=force))
-            self._inflight[connection_id] = pending
-            pending.add_done_callback(lambda _: self._inflight.pop(connection_id, None))
+            self._inflight[key] = pending
+            pending.add_done_callback(lambda _: self._inflight.pop(key, None))
         await asyncio.shield(pending)
 
     async def _refresh_once(self, connection_id: str, *, force: bool) -> None:
@@ -107,6 +111,10 @@ class Refresher:
             client = await client_credentials(uow, provider) if provider else None
         assert provider is not None and client is not None
         now = self.deps.now()
+        if tokens is not None and not tokens.refresh_token and not tokens.expires_within(now, 0):
+            # Nothing to refresh and nothing wrong: a token that is still good.
+            await self._release(connection_id)
+            return
         if tokens is None or not tokens.refresh_token:
             await self._record(
                 connection,
@@ -150,6 +158,11 @@ class Refresher:
             tokens=merged,
             next_refresh_at=self.deps.refresh.next_refresh(merged, now, self.deps.random()),
         )
+
+    async def _release(self, connection_id: str) -> None:
+        async with self.deps.uow() as uow:
+            await uow.connections.release(connection_id, self.owner)
+            await uow.commit()
 
     async def _record(
         self,
@@ -273,9 +286,16 @@ async def refresh_connection(
     connection, provider = await _load_with_provider(connection_id, deps)
     _require_active(connection, provider, deps.now())
     if provider.spec.auth_type != AuthType.OAUTH2:
-        raise ConnectionNotActive(
+        raise RefreshNotSupported(
             f"{provider.name} uses static credentials, which do not refresh",
-            status=connection.status,
+            connection_id=connection_id,
+        )
+    async with deps.uow() as uow:
+        tokens = await uow.connections.tokens(connection_id)
+    if tokens is None or not tokens.refresh_token:
+        raise RefreshNotSupported(
+            f"{provider.name} issued no refresh token for this connection, so it cannot "
+            "be refreshed; its current credentials stay in use",
             connection_id=connection_id,
         )
     await refresher.refresh(connection_id, force=True)
