@@ -6,7 +6,7 @@ PROTO_SRC := $(shell find protos/nexus -name '*.proto' | sort)
 GOOGLE_PROTOS := $(shell $(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))' 2>/dev/null)
 PROTOC := $(PY) -m grpc_tools.protoc -Iprotos -Iprotos/third_party -I$(GOOGLE_PROTOS)
 
-.PHONY: install run test protos check-protos lint lint-protos validate-envoy pytest clean
+.PHONY: install run test protos check-protos lint lint-protos validate-envoy pytest bench clean
 
 install: $(VENV)/.installed node_modules/.installed tests/support/oidc/node_modules/.installed
 
@@ -43,7 +43,7 @@ lint-protos: node_modules/.installed
 lint: install lint-protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy libs services tools
+	$(VENV)/bin/mypy libs services tools bench
 
 validate-envoy: $(VENV)/.installed
 	$(VENV)/bin/envoy --mode validate -c envoy/envoy.yaml --log-level warn
@@ -52,6 +52,10 @@ pytest: install
 	$(PY) -m pytest -q
 
 test: check-protos lint validate-envoy pytest
+
+# Ratios against a trivial gRPC call measured in the same run; not part of `make test`.
+bench: install
+	$(PY) bench/bench_get_token.py
 
 clean:
 	rm -rf .build .nexus-data

@@ -252,31 +252,44 @@ async def _load_with_provider(
     return connection, provider
 
 
-async def get_token(connection_id: str, deps: ConnectionDeps, refresher: Refresher) -> TokenPayload:
-    """Credentials for one connection, refreshed first when at or near expiry."""
+async def _release(
+    connection_id: str, deps: ConnectionDeps, refresher: Refresher | None
+) -> TokenPayload | None:
+    """Hand out the stored credentials in one transaction: read the connection,
+    its provider and credentials, record the release. None when a refresher is
+    given and the token must be refreshed first."""
     now = deps.now()
-    connection, provider = await _load_with_provider(connection_id, deps)
-    _require_active(connection, provider, now)
-    if provider.spec.auth_type != AuthType.OAUTH2:
-        async with deps.uow() as uow:
+    async with deps.uow() as uow:
+        connection = await load_connection(uow, connection_id)
+        provider = await uow.providers.get(connection.provider_id)
+        assert provider is not None
+        _require_active(connection, provider, now)
+        if provider.spec.auth_type != AuthType.OAUTH2:
             payload = static_payload(
                 provider, await uow.connections.static_credentials(connection_id)
             )
-            await _record_release(uow, connection, now)
-        return payload
-    if refresher.due(connection, now):
+        elif refresher is not None and refresher.due(connection, now):
+            return None
+        else:
+            tokens = await uow.connections.tokens(connection_id)
+            if tokens is None or tokens.expires_within(now, 0):
+                raise ProviderUnavailable(
+                    f"the token expired and {provider.name} could not refresh it: "
+                    f"{connection.last_error or 'try again'}"
+                )
+            payload = oauth2_payload(tokens)
+        await _record_release(uow, connection, now)
+    return payload
+
+
+async def get_token(connection_id: str, deps: ConnectionDeps, refresher: Refresher) -> TokenPayload:
+    """Credentials for one connection, refreshed first when at or near expiry."""
+    payload = await _release(connection_id, deps, refresher)
+    if payload is None:
         await refresher.refresh(connection_id, force=False)
-    async with deps.uow() as uow:
-        current = await load_connection(uow, connection_id)
-        _require_active(current, provider, now)
-        tokens = await uow.connections.tokens(connection_id)
-        if tokens is None or (tokens.expires_at is not None and tokens.expires_at <= deps.now()):
-            raise ProviderUnavailable(
-                f"the token expired and {provider.name} could not refresh it: "
-                f"{current.last_error or 'try again'}"
-            )
-        await _record_release(uow, current, now)
-    return oauth2_payload(tokens)
+        payload = await _release(connection_id, deps, None)
+    assert payload is not None
+    return payload
 
 
 async def refresh_connection(

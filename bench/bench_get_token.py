@@ -1,0 +1,116 @@
+"""GetToken, the hottest path, against the floor of a trivial gRPC call.
+
+Starts the dev stack (SQLite, or PostgreSQL with ``--database-url``) in a
+temporary directory, connects an api_key provider, then times GetToken and a
+gRPC health check (the same server with no work: the floor) in the same run,
+sequentially and concurrently. Prints ratios, never absolute targets.
+
+    python bench/bench_get_token.py [--calls 500] [--concurrency 20] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nexus.broker.v1 import connections_pb2, providers_pb2
+from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tools.devstack import DEV_PORTS, Stack, free_port
+
+
+async def _timed(call: Callable[[], Awaitable[object]], calls: int, concurrency: int) -> float:
+    """Calls per second."""
+    queue = iter(range(calls))
+
+    async def worker() -> None:
+        for _ in queue:
+            await call()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return calls / (time.perf_counter() - started)
+
+
+async def _connect(channel: grpc.aio.Channel, admin: tuple[tuple[str, str], ...]) -> str:
+    params = providers_pb2.Provider(name="bench-api", auth_type="api_key")
+    params.params.update({"credential_schema": {"fields": [{"name": "api_key"}]}})
+    await gateway_pb2_grpc.ProviderServiceStub(channel).CreateProvider(
+        gateway_pb2.CreateProviderRequest(provider=params), metadata=admin
+    )
+    stub = gateway_pb2_grpc.ConnectionServiceStub(channel)
+    started = await stub.RequestConnection(
+        gateway_pb2.RequestConnectionRequest(
+            connection=connections_pb2.RequestConnectionRequest(
+                workspace_id="bench", provider_name="bench-api", return_url="http://127.0.0.1/done"
+            )
+        ),
+        metadata=admin,
+    )
+    await stub.CaptureCredentials(
+        gateway_pb2.CaptureCredentialsRequest(
+            capture=connections_pb2.CaptureCredentialsRequest(
+                state=started.state, credentials={"api_key": "k"}
+            )
+        ),
+        metadata=admin,
+    )
+    return started.connection_id
+
+
+async def _run(stack: Stack, calls: int, concurrency: int, rounds: int) -> None:
+    admin = (("x-api-key", stack.admin_key),)
+    async with grpc.aio.insecure_channel(stack.gateway_target) as channel:
+        connection_id = await _connect(channel, admin)
+        tokens = gateway_pb2_grpc.ConnectionServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        request = connections_pb2.GetTokenRequest(connection_id=connection_id)
+
+        def get_token() -> Awaitable[object]:
+            return tokens.GetToken(request, metadata=admin)  # type: ignore[no-any-return]
+
+        def floor() -> Awaitable[object]:
+            return health.Check(health_pb2.HealthCheckRequest())  # type: ignore[no-any-return]
+
+        await _timed(get_token, 50, 5)  # warm up connections and caches
+        for width in (1, concurrency):
+            ratios = []
+            for _ in range(rounds):
+                base = await _timed(floor, calls, width)
+                measured = await _timed(get_token, calls, width)
+                ratios.append(base / measured)
+            print(
+                f"concurrency {width:>3}: GetToken takes {statistics.median(ratios):.1f}x "
+                f"the time of a trivial gRPC call (median of {rounds} rounds, {calls} calls each)"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--database-url", default="")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as data:
+        env = {"NEXUS_REFRESH_LOOP": "false", "NEXUS_LOG_LEVEL": "WARNING"}
+        if args.database_url:
+            env["NEXUS_BROKER_DATABASE_URL"] = args.database_url
+        stack = Stack(Path(data), {name: free_port() for name in DEV_PORTS}, env=env).start()
+        try:
+            asyncio.run(_run(stack, args.calls, args.concurrency, args.rounds))
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()
