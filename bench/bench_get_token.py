@@ -64,7 +64,7 @@ async def _connect(channel: grpc.aio.Channel, admin: tuple[tuple[str, str], ...]
         ),
         metadata=admin,
     )
-    return started.connection_id
+    return str(started.connection_id)
 
 
 async def _run(stack: Stack, calls: int, concurrency: int, rounds: int) -> None:
