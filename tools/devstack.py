@@ -214,7 +214,10 @@ Press Ctrl-C to stop.""",
         nonlocal stopping
         stopping = True
 
+    # Explicit handlers for both: a launcher started in the background by a
+    # shell inherits an ignored SIGINT, and Ctrl-C must still stop everything.
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
         while not stopping:
             for name, process in stack.processes.items():
@@ -222,8 +225,6 @@ Press Ctrl-C to stop.""",
                     print(f"{name} exited:\n{stack.log_tail(name)}", file=sys.stderr)
                     stopping = True
             time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
     finally:
         print("\nStopping Nexus...", flush=True)
         stack.stop()

@@ -8,9 +8,14 @@ __all__ = ["reap"]
 
 
 def reap(process: subprocess.Popen[bytes]) -> None:
-    """Kill ``process`` if it still runs, wait for it and close its output pipe."""
+    """Stop ``process`` if it still runs (politely first, so a launcher can stop
+    its own children), wait for it and close its output pipe."""
     if process.poll() is None:
-        process.kill()
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
     process.wait()
     if process.stdout is not None:
         process.stdout.close()
