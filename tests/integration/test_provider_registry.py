@@ -15,7 +15,7 @@ from nexus_common import Keyring, sync_url
 from tests.conftest import INTERNAL_TOKEN, Services
 from tests.integration.helpers import ADMIN, expect_error
 from tests.support.oidc_server import OidcServer, start_oidc_server
-from tests.support.postgres import _free_port
+from tools.devstack import free_port
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -377,7 +377,7 @@ async def test_a_discovery_document_for_another_issuer_is_refused(services: Serv
 
 
 async def test_unreachable_issuer_is_pending_and_retried_on_use(services: Services) -> None:
-    port = _free_port()
+    port = free_port()
     created = await create(
         services,
         providers_pb2.Provider(
@@ -428,7 +428,7 @@ async def test_secrets_never_reach_the_logs(
 
 
 async def test_reading_a_provider_survives_an_issuer_that_turns_bad(services: Services) -> None:
-    port = _free_port()
+    port = free_port()
     created = await create(
         services,
         providers_pb2.Provider(

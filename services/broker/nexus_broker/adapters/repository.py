@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from nexus_common import Keyring, ProviderAlreadyExists
 from sqlalchemy import and_, or_, select, tuple_
@@ -22,8 +22,12 @@ __all__ = ["AuditRepository", "ProviderQuery", "ProviderRepository", "utc"]
 _SPEC_COLUMNS = [f.name for f in fields(ProviderSpec) if f.name != "client_secret"]
 
 
+@overload
+def utc(value: datetime) -> datetime: ...
+@overload
+def utc(value: None) -> None: ...
 def utc(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything Nexus stores is UTC.
+    """SQLite hands back naive datetimes; everything Nexus stores is UTC."""
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
@@ -81,8 +85,8 @@ class ProviderRepository:
             spec=ProviderSpec(**values),
             has_client_secret=row.client_secret_sealed is not None,
             discovery=_discovery_from_json(row.discovery),
-            created_at=utc(row.created_at),  # type: ignore[arg-type]
-            updated_at=utc(row.updated_at),  # type: ignore[arg-type]
+            created_at=utc(row.created_at),
+            updated_at=utc(row.updated_at),
             deleted_at=utc(row.deleted_at),
         )
 
@@ -218,7 +222,7 @@ class AuditRepository:
                 actor=row.actor,
                 action=row.action,
                 resource=row.resource,
-                event_time=utc(row.event_time),  # type: ignore[arg-type]
+                event_time=utc(row.event_time),
                 details=row.details,
                 id=row.id,
             )

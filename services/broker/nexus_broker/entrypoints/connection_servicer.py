@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 from grpc.aio import ServicerContext as Context
 from nexus.broker.v1 import connections_pb2 as pb
 from nexus.broker.v1 import connections_pb2_grpc
@@ -10,7 +10,7 @@ from nexus.broker.v1 import connections_pb2_grpc
 from ..service_layer import connections
 from ..service_layer.connections import ConnectionDeps
 from ..service_layer.tokens import Refresher, get_token, refresh_connection
-from .convert import connection_to_proto, token_payload_to_proto
+from .convert import connection_to_proto, timestamp, token_payload_to_proto
 
 __all__ = ["ConnectionServicer"]
 
@@ -31,15 +31,13 @@ class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
             return_url=request.return_url,
             deps=self._deps,
         )
-        expire_time = timestamp_pb2.Timestamp()
-        expire_time.FromDatetime(started.connection.pending_until)  # type: ignore[arg-type]
         return pb.RequestConnectionResponse(
             auth_url=started.auth_url,
             state=started.state,
             connection_id=started.connection.id,
             scopes=started.connection.scopes,
             provider_id=started.provider.id,
-            expire_time=expire_time,
+            expire_time=timestamp(started.connection.pending_until),
         )
 
     async def CompleteAuthorization(

@@ -21,11 +21,12 @@ __all__ = [
     "provider_summary",
     "provider_to_proto",
     "spec_from_proto",
+    "timestamp",
     "token_payload_to_proto",
 ]
 
 
-def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
     stamp = timestamp_pb2.Timestamp()
@@ -64,7 +65,7 @@ def _discovery_to_proto(discovery: Discovery) -> providers_pb2.Discovery:
     return providers_pb2.Discovery(
         status=discovery.status,
         reason=discovery.reason,
-        fetch_time=_timestamp(discovery.fetched_at),
+        fetch_time=timestamp(discovery.fetched_at),
         authorization_endpoint=discovery.authorization_endpoint,
         token_endpoint=discovery.token_endpoint,
         userinfo_endpoint=discovery.userinfo_endpoint,
@@ -97,9 +98,9 @@ def provider_to_proto(provider: Provider) -> providers_pb2.Provider:
         revocation_url=provider.revocation_url,
         discovery=_discovery_to_proto(provider.discovery),
         state=provider.state,
-        create_time=_timestamp(provider.created_at),
-        update_time=_timestamp(provider.updated_at),
-        delete_time=_timestamp(provider.deleted_at),
+        create_time=timestamp(provider.created_at),
+        update_time=timestamp(provider.updated_at),
+        delete_time=timestamp(provider.deleted_at),
     )
 
 
@@ -121,7 +122,7 @@ def provider_summary(provider: Provider) -> providers_pb2.ProviderSummary:
 def audit_event_to_proto(event: AuditEvent) -> audit_pb2.AuditEvent:
     return audit_pb2.AuditEvent(
         id=event.id,
-        event_time=_timestamp(event.event_time),
+        event_time=timestamp(event.event_time),
         actor=event.actor,
         action=event.action,
         resource=event.resource,
@@ -137,11 +138,11 @@ def connection_to_proto(connection: Connection, provider: Provider) -> connectio
         provider_name=provider.name,
         status=connection.status,
         scopes=connection.scopes,
-        create_time=_timestamp(connection.created_at),
-        last_refreshed_at=_timestamp(connection.last_refreshed_at),
-        next_refresh_at=_timestamp(connection.next_refresh_at),
+        create_time=timestamp(connection.created_at),
+        last_refreshed_at=timestamp(connection.last_refreshed_at),
+        next_refresh_at=timestamp(connection.next_refresh_at),
         last_error=connection.last_error,
-        expire_time=_timestamp(connection.pending_until),
+        expire_time=timestamp(connection.pending_until),
     )
 
 

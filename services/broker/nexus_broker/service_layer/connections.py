@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from nexus_common import (
     ConnectionNotActive,
     ConnectionNotFound,
+    Internal,
     ProviderDeleted,
     ProviderUnavailable,
     ReturnUrlNotAllowed,
@@ -54,6 +55,7 @@ __all__ = [
     "delete_connection",
     "list_connections",
     "load_connection",
+    "provider_of",
     "request_connection",
     "revoke_connection",
 ]
@@ -247,9 +249,16 @@ async def _open_attempt(state: str, deps: ConnectionDeps) -> tuple[Attempt, Conn
         connection = await uow.connections.get(attempt.connection_id)
         if connection is None or connection.status_at(deps.now()) != ConnectionStatus.PENDING:
             raise StateInvalid("this connection is no longer waiting for authorization")
-        provider = await uow.providers.get(connection.provider_id)
-    assert provider is not None
+        provider = await provider_of(uow, connection)
     return attempt, connection, provider
+
+
+async def provider_of(uow: BrokerUnitOfWork, connection: Connection) -> Provider:
+    """A connection's provider; the foreign key guarantees there is one."""
+    provider = await uow.providers.get(connection.provider_id)
+    if provider is None:
+        raise Internal(f"connection {connection.id} has lost its provider")
+    return provider
 
 
 async def client_credentials(uow: BrokerUnitOfWork, provider: Provider) -> ClientCredentials:
@@ -413,8 +422,7 @@ async def load_connection(uow: BrokerUnitOfWork, connection_id: str) -> Connecti
 async def check_connection(connection_id: str, deps: ConnectionDeps) -> tuple[Connection, Provider]:
     async with deps.uow() as uow:
         connection = await load_connection(uow, connection_id)
-        provider = await uow.providers.get(connection.provider_id)
-    assert provider is not None
+        provider = await provider_of(uow, connection)
     return replace(connection, status=connection.status_at(deps.now())), provider
 
 
@@ -437,12 +445,11 @@ async def list_connections(
     async with deps.uow() as uow:
         found = await uow.connections.list_for_workspace(workspace_id, after, limit + 1)
         page = found[:limit]
-        providers = {c.provider_id: await uow.providers.get(c.provider_id) for c in page}
-    listed = [(replace(c, status=c.status_at(now)), providers[c.provider_id]) for c in page]
+        listed = [(replace(c, status=c.status_at(now)), await provider_of(uow, c)) for c in page]
     token = ""
     if len(found) > limit:
         token = encode_page_token([page[-1].created_at.isoformat(), page[-1].id], filters)
-    return ConnectionPage(listed, token)  # type: ignore[arg-type]
+    return ConnectionPage(listed, token)
 
 
 async def revoke_connection(
@@ -452,10 +459,9 @@ async def revoke_connection(
     The stored credentials are wiped either way."""
     async with deps.uow() as uow:
         connection = await load_connection(uow, connection_id)
-        provider = await uow.providers.get(connection.provider_id)
+        provider = await provider_of(uow, connection)
         tokens = await uow.connections.tokens(connection_id)
-        client = await client_credentials(uow, provider) if provider else None
-    assert provider is not None and client is not None
+        client = await client_credentials(uow, provider)
     if connection.status == ConnectionStatus.REVOKED:
         return connection, provider
     now = deps.now()

@@ -26,7 +26,13 @@ from ..adapters.rfc6749 import TokenEndpointError
 from ..domain.connections import Connection, ConnectionStatus, TokenSet
 from ..domain.credentials import TokenPayload, oauth2_payload, static_payload
 from ..domain.providers import AuthType, Provider
-from .connections import ConnectionDeps, client_credentials, connection_event, load_connection
+from .connections import (
+    ConnectionDeps,
+    client_credentials,
+    connection_event,
+    load_connection,
+    provider_of,
+)
 from .unit_of_work import BrokerUnitOfWork
 
 __all__ = ["Refresher", "get_token", "refresh_connection"]
@@ -107,9 +113,8 @@ class Refresher:
         async with self.deps.uow() as uow:
             connection = await load_connection(uow, connection_id)
             tokens = await uow.connections.tokens(connection_id)
-            provider = await uow.providers.get(connection.provider_id)
-            client = await client_credentials(uow, provider) if provider else None
-        assert provider is not None and client is not None
+            provider = await provider_of(uow, connection)
+            client = await client_credentials(uow, provider)
         now = self.deps.now()
         if tokens is not None and not tokens.refresh_token and not tokens.expires_within(now, 0):
             # Nothing to refresh and nothing wrong: a token that is still good.
@@ -247,8 +252,7 @@ async def _load_with_provider(
 ) -> tuple[Connection, Provider]:
     async with deps.uow() as uow:
         connection = await load_connection(uow, connection_id)
-        provider = await uow.providers.get(connection.provider_id)
-    assert provider is not None
+        provider = await provider_of(uow, connection)
     return connection, provider
 
 
@@ -261,8 +265,7 @@ async def _release(
     now = deps.now()
     async with deps.uow() as uow:
         connection = await load_connection(uow, connection_id)
-        provider = await uow.providers.get(connection.provider_id)
-        assert provider is not None
+        provider = await provider_of(uow, connection)
         _require_active(connection, provider, now)
         if provider.spec.auth_type != AuthType.OAUTH2:
             payload = static_payload(
