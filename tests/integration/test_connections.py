@@ -585,3 +585,16 @@ async def test_static_credentials_do_not_refresh(services: Services, app: AppSer
     await expect_error(
         force_refresh(services, started.connection_id), FAILED_PRECONDITION, "REFRESH_NOT_SUPPORTED"
     )
+
+
+async def test_a_capture_state_does_not_complete_an_oauth_callback(
+    services: Services, app: AppServer
+) -> None:
+    await register(services, weather_provider(app))
+    started = await start(services, f"{app.url}/done", provider_name="weather")
+    async with httpx.AsyncClient() as browser:
+        reply = await browser.get(
+            f"{services.browser_url}/v1/callback", params={"state": started.state, "code": "x"}
+        )
+    assert reply.status_code == 400
+    assert (await check(services, started.connection_id)).status == "pending"

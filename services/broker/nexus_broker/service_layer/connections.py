@@ -327,6 +327,8 @@ _OAUTH_ERROR_CODES = frozenset(
 async def complete_authorization(state: str, code: str, error: str, deps: ConnectionDeps) -> str:
     """Handle the provider's redirect; return where the browser goes next."""
     attempt, connection, provider = await _open_attempt(state, deps)
+    if attempt.code_verifier is None:
+        raise StateInvalid("this connection is completed with credentials, not through a provider")
     now = deps.now()
     if error or not code:
         # Only RFC 6749 §4.1.2.1 codes are echoed; anything else could be injected text.
@@ -335,7 +337,6 @@ async def complete_authorization(state: str, code: str, error: str, deps: Connec
             connection, attempt, deps, now, status=ConnectionStatus.FAILED, error=reason
         )
         return _outcome_url(failed)
-    assert attempt.code_verifier is not None
     async with deps.uow() as uow:
         client = await client_credentials(uow, provider)
     try:
