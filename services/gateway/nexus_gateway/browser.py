@@ -62,9 +62,8 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
 
 def _error_page(error: NexusError) -> HTMLResponse:
     status = _HTTP_STATUS.get(error.grpc_status, 500)
-    return _page(
-        "This link cannot be used", f'<p class="error">{html.escape(error.message)}</p>', status
-    )
+    title = "This link cannot be used" if status < 500 else "Please try again shortly"
+    return _page(title, f'<p class="error">{html.escape(error.message)}</p>', status)
 
 
 def _form(state: str, form: connections_pb2.CaptureForm, problem: str = "") -> str:
