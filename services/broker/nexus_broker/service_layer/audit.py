@@ -6,12 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from nexus_common import decode_page_token, encode_page_token, page_size
+from nexus_common import current_caller, decode_page_token, encode_page_token, page_size
 
 from ..domain.audit import AuditEvent
 from .unit_of_work import BrokerUnitOfWork
 
-__all__ = ["AuditPage", "list_audit_events"]
+__all__ = ["AuditPage", "current_actor", "list_audit_events"]
+
+
+def current_actor() -> str:
+    """Who the audit trail names for the call in progress."""
+    return str(current_caller.get() or "unknown")
 
 
 @dataclass(frozen=True)

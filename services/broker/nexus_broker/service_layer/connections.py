@@ -21,7 +21,6 @@ from nexus_common import (
     ScopeNotOffered,
     StateInvalid,
     ValidationFailed,
-    current_caller,
     decode_page_token,
     encode_page_token,
     page_size,
@@ -40,6 +39,7 @@ from ..domain.providers import STATIC_AUTH_TYPES, AuthType, Provider
 from ..domain.return_urls import ReturnUrlPolicy, append_query
 from ..domain.rfc7636 import CODE_CHALLENGE_METHOD, code_challenge, new_code_verifier
 from ..domain.state import StateSigner
+from .audit import current_actor
 from .providers import RegistryDeps, get_provider
 from .unit_of_work import BrokerUnitOfWork
 
@@ -97,15 +97,11 @@ class StartedConnection:
     state: str
 
 
-def _actor() -> str:
-    return str(current_caller.get() or "unknown")
-
-
 def connection_event(
     action: str, connection: Connection, now: datetime, **details: Any
 ) -> AuditEvent:
     return AuditEvent.record(
-        _actor(),
+        current_actor(),
         action,
         f"connections/{connection.id}",
         now,

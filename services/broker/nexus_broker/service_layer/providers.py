@@ -14,7 +14,6 @@ from nexus_common import (
     ProviderDeleted,
     ProviderNotFound,
     ValidationFailed,
-    current_caller,
     decode_page_token,
     encode_page_token,
     page_size,
@@ -31,6 +30,7 @@ from ..domain.providers import (
     ProviderSpec,
     validate_spec,
 )
+from .audit import current_actor
 from .unit_of_work import BrokerUnitOfWork
 
 __all__ = [
@@ -59,10 +59,6 @@ class RegistryDeps:
 class ProviderPage:
     providers: list[Provider]
     next_page_token: str
-
-
-def _actor() -> str:
-    return str(current_caller.get() or "unknown")
 
 
 def _resource(provider: Provider) -> str:
@@ -109,7 +105,7 @@ async def create_provider(spec: ProviderSpec, deps: RegistryDeps) -> Provider:
         await uow.providers.add(provider, spec.client_secret)
         await uow.audit.add(
             AuditEvent.record(
-                _actor(), "provider.create", _resource(provider), now, **_audit_view(spec)
+                current_actor(), "provider.create", _resource(provider), now, **_audit_view(spec)
             )
         )
         await uow.commit()
@@ -239,7 +235,7 @@ async def update_provider(
             raise _changed_meanwhile(current)
         await uow.audit.add(
             AuditEvent.record(
-                _actor(),
+                current_actor(),
                 "provider.update",
                 _resource(updated),
                 now,
@@ -262,7 +258,7 @@ async def delete_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
             raise _changed_meanwhile(provider)
         await uow.audit.add(
             AuditEvent.record(
-                _actor(), "provider.delete", _resource(deleted), now, name=deleted.name
+                current_actor(), "provider.delete", _resource(deleted), now, name=deleted.name
             )
         )
         await uow.commit()
@@ -288,7 +284,7 @@ async def reseal_secrets(uow: Callable[[], BrokerUnitOfWork], now: datetime) -> 
     async with uow() as work:
         count = await work.providers.reseal_secrets()
         await work.audit.add(
-            AuditEvent.record(_actor(), "keyring.reseal", "providers", now, resealed=count)
+            AuditEvent.record(current_actor(), "keyring.reseal", "providers", now, resealed=count)
         )
         await work.commit()
     return count
