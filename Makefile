@@ -6,7 +6,7 @@ PROTO_SRC := $(shell find protos/nexus -name '*.proto' | sort)
 GOOGLE_PROTOS := $(shell $(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))' 2>/dev/null)
 PROTOC := $(PY) -m grpc_tools.protoc -Iprotos -Iprotos/third_party -I$(GOOGLE_PROTOS)
 
-.PHONY: install run test protos check-protos lint lint-protos validate-envoy pytest bench clean
+.PHONY: install run test protos check-protos k8s-envoy lint lint-protos validate-envoy pytest bench clean
 
 install: $(VENV)/.installed node_modules/.installed tests/support/oidc/node_modules/.installed
 
@@ -36,6 +36,10 @@ check-protos: $(VENV)/.installed
 	$(PY) tools/genprotos.py .build/protos/python .build/protos/nexus.pb
 	diff -r gen/python .build/protos/python -x __pycache__ || (echo "generated code is stale: run make protos" && exit 1)
 	cmp envoy/nexus.pb .build/protos/nexus.pb || (echo "envoy/nexus.pb is stale: run make protos" && exit 1)
+
+# deploy/k8s/envoy-config.yaml is rendered from envoy/envoy.yaml; the deploy tests fail when stale.
+k8s-envoy: $(VENV)/.installed
+	$(PY) tools/render_k8s_envoy.py
 
 lint-protos: node_modules/.installed
 	node_modules/.bin/buf lint

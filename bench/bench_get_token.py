@@ -1,9 +1,12 @@
-"""GetToken, the hottest path, against the floor of a trivial gRPC call.
+"""The hot paths against the floor of a trivial gRPC call: GetToken with an
+admin key, GetToken with an agent key (one more hop, to the policy service,
+to authenticate the agent), and issuing an agent session.
 
 Starts the dev stack (SQLite, or PostgreSQL with ``--database-url``) in a
-temporary directory, connects an api_key provider, then times GetToken and a
-gRPC health check (the same server with no work: the floor) in the same run,
-sequentially and concurrently. Prints ratios, never absolute targets.
+temporary directory, connects an api_key provider, registers an agent and a
+nexus provider, then times each path and a gRPC health check (the same server
+with no work: the floor) in the same run, sequentially and concurrently.
+Prints ratios, never absolute targets.
 
     python bench/bench_get_token.py [--calls 500] [--concurrency 20] [--database-url URL]
 """
@@ -21,8 +24,9 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from nexus.broker.v1 import connections_pb2, providers_pb2
+from nexus.broker.v1 import connections_pb2, providers_pb2, sessions_pb2
 from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from nexus.policy.v1 import agents_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.devstack import DEV_PORTS, Stack, free_port
@@ -67,31 +71,61 @@ async def _connect(channel: grpc.aio.Channel, admin: tuple[tuple[str, str], ...]
     return str(started.connection_id)
 
 
+async def _agent(channel: grpc.aio.Channel, admin: tuple[tuple[str, str], ...]) -> str:
+    """Register a nexus provider and an agent allowed its scope; return the agent's key."""
+    await gateway_pb2_grpc.ProviderServiceStub(channel).CreateProvider(
+        gateway_pb2.CreateProviderRequest(
+            provider=providers_pb2.Provider(name="bench-ops", auth_type="nexus", scopes=["ops"])
+        ),
+        metadata=admin,
+    )
+    created = await gateway_pb2_grpc.AgentServiceStub(channel).CreateAgent(
+        gateway_pb2.CreateAgentRequest(
+            agent=agents_pb2.Agent(agent_id="bench-agent", allowed_scopes=["ops"])
+        ),
+        metadata=admin,
+    )
+    return str(created.agent_key)
+
+
 async def _run(stack: Stack, calls: int, concurrency: int, rounds: int) -> None:
     admin = (("x-api-key", stack.admin_key),)
     async with grpc.aio.insecure_channel(stack.gateway_target) as channel:
         connection_id = await _connect(channel, admin)
+        agent = (("authorization", f"Bearer {await _agent(channel, admin)}"),)
         tokens = gateway_pb2_grpc.ConnectionServiceStub(channel)
+        sessions = gateway_pb2_grpc.SessionServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
-        request = connections_pb2.GetTokenRequest(connection_id=connection_id)
-
-        def get_token() -> Awaitable[object]:
-            return tokens.GetToken(request, metadata=admin)  # type: ignore[no-any-return]
+        token_request = connections_pb2.GetTokenRequest(connection_id=connection_id)
+        session_request = gateway_pb2.CreateAgentSessionRequest(
+            session=sessions_pb2.CreateAgentSessionRequest(
+                agent_id="bench-agent", provider="bench-ops", scopes=["ops"]
+            )
+        )
+        paths: dict[str, Callable[[], Awaitable[object]]] = {
+            "GetToken (admin key)": lambda: tokens.GetToken(token_request, metadata=admin),
+            "GetToken (agent key)": lambda: tokens.GetToken(token_request, metadata=agent),
+            "CreateAgentSession": lambda: sessions.CreateAgentSession(
+                session_request, metadata=agent
+            ),
+        }
 
         def floor() -> Awaitable[object]:
             return health.Check(health_pb2.HealthCheckRequest())  # type: ignore[no-any-return]
 
-        await _timed(get_token, 50, 5)  # warm up connections and caches
-        for width in (1, concurrency):
-            ratios = []
-            for _ in range(rounds):
-                base = await _timed(floor, calls, width)
-                measured = await _timed(get_token, calls, width)
-                ratios.append(base / measured)
-            print(
-                f"concurrency {width:>3}: GetToken takes {statistics.median(ratios):.1f}x "
-                f"the time of a trivial gRPC call (median of {rounds} rounds, {calls} calls each)"
-            )
+        for call in paths.values():
+            await _timed(call, 50, 5)  # warm up connections and caches
+        for name, call in paths.items():
+            for width in (1, concurrency):
+                ratios = []
+                for _ in range(rounds):
+                    base = await _timed(floor, calls, width)
+                    measured = await _timed(call, calls, width)
+                    ratios.append(base / measured)
+                print(
+                    f"{name:<22} concurrency {width:>3}: {statistics.median(ratios):5.1f}x "
+                    f"a trivial gRPC call (median of {rounds} rounds, {calls} calls each)"
+                )
 
 
 def main() -> None:
@@ -105,6 +139,7 @@ def main() -> None:
         env = {"NEXUS_REFRESH_LOOP": "false", "NEXUS_LOG_LEVEL": "WARNING"}
         if args.database_url:
             env["NEXUS_BROKER_DATABASE_URL"] = args.database_url
+            env["NEXUS_POLICY_DATABASE_URL"] = args.database_url
         stack = Stack(Path(data), {name: free_port() for name in DEV_PORTS}, env=env).start()
         try:
             asyncio.run(_run(stack, args.calls, args.concurrency, args.rounds))

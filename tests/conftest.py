@@ -4,6 +4,7 @@ SQLite files, the real OIDC server from npm, and Nexus services on real sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from nexus_common import generate_key_spec
 
 from tests.support.app_server import AppServer
+from tests.support.backend_auth_server import BackendAuthServer, start_backend_auth_server
 from tests.support.oidc_server import OidcServer, start_oidc_server
 from tests.support.postgres import fresh_database, postgres_url
 
@@ -41,6 +43,13 @@ def oidc() -> Iterator[OidcServer]:
 
 
 @pytest.fixture(scope="session")
+def backend() -> Iterator[BackendAuthServer]:
+    """The customer's backend behind BACKEND_AUTH_URL, shared by the session."""
+    with start_backend_auth_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def keyring_spec() -> str:
     return generate_key_spec(1)
 
@@ -48,6 +57,7 @@ def keyring_spec() -> str:
 def service_env(database_url: str, keyring_spec: str, **extra: str) -> dict[str, str]:
     return {
         "NEXUS_BROKER_DATABASE_URL": database_url,
+        "NEXUS_POLICY_DATABASE_URL": database_url,
         "NEXUS_KEYRING": keyring_spec,
         "NEXUS_INTERNAL_TOKEN": INTERNAL_TOKEN,
         "NEXUS_ADMIN_API_KEYS": f"tests:{ADMIN_KEY}",
@@ -78,45 +88,59 @@ class Services:
 
 
 @pytest.fixture
-async def services(database_url: str, keyring_spec: str) -> AsyncIterator[Services]:
-    from nexus_broker.server import create_broker, migrate_database
+async def services(
+    database_url: str, keyring_spec: str, backend: BackendAuthServer
+) -> AsyncIterator[Services]:
+    from nexus_broker.server import create_broker
+    from nexus_broker.server import migrate_database as migrate_broker
     from nexus_broker.settings import BrokerSettings
     from nexus_gateway.server import create_gateway
     from nexus_gateway.settings import GatewaySettings
-    from nexus_policy.server import create_policy_server
+    from nexus_policy.server import create_policy
+    from nexus_policy.server import migrate_database as migrate_policy
     from nexus_policy.settings import PolicySettings
 
     from tools.devstack import free_port
 
-    browser_port = free_port()
+    browser_port, broker_port = free_port(), free_port()
     browser_url = f"http://127.0.0.1:{browser_port}"
     env = service_env(
         database_url,
         keyring_spec,
         NEXUS_GATEWAY_HTTP_LISTEN=f"127.0.0.1:{browser_port}",
         NEXUS_PUBLIC_BASE_URL=browser_url,
+        BACKEND_AUTH_URL=backend.url,
+        # The policy service hands its audit events to the broker.
+        NEXUS_BROKER_LISTEN=f"127.0.0.1:{broker_port}",
+        NEXUS_BROKER_TARGET=f"127.0.0.1:{broker_port}",
     )
-    migrate_database(database_url)
+    migrate_broker(database_url)
+    migrate_policy(database_url)
+    policy = create_policy(PolicySettings.from_env(env))
+    await policy.server.start()
+    env["NEXUS_POLICY_TARGET"] = f"127.0.0.1:{policy.server.port}"
     broker = create_broker(BrokerSettings.from_env(env))
     await broker.server.start()
-    policy = create_policy_server(PolicySettings.from_env(env))
-    await policy.start()
-    env["NEXUS_BROKER_TARGET"] = f"127.0.0.1:{broker.server.port}"
+    forwarding = asyncio.create_task(policy.forwarder.run(0.1))
     gateway = create_gateway(GatewaySettings.from_env(env))
     await gateway.server.start()
     browser = asyncio.create_task(gateway.browser.serve())
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.server.port}")
     try:
-        yield Services(channel, broker.server.port, policy.port, browser_url, env, broker)
+        yield Services(channel, broker.server.port, policy.server.port, browser_url, env, broker)
     finally:
         await channel.close()
         gateway.browser.stop()
         await browser
         await gateway.server.stop(0)
         await gateway.close()
-        await policy.stop(0)
+        forwarding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await forwarding
         await broker.server.stop(0)
         await broker.close()
+        await policy.server.stop(0)
+        await policy.close()
 
 
 @pytest.fixture(scope="session")

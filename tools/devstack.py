@@ -93,8 +93,10 @@ class Stack:
         return {
             **os.environ,
             "NEXUS_BROKER_DATABASE_URL": f"sqlite:///{self.data_dir / 'broker.db'}",
+            "NEXUS_POLICY_DATABASE_URL": f"sqlite:///{self.data_dir / 'policy.db'}",
             **dev_secrets(self.data_dir),
             "NEXUS_POLICY_LISTEN": f"127.0.0.1:{self.ports['policy']}",
+            "NEXUS_POLICY_TARGET": f"127.0.0.1:{self.ports['policy']}",
             "NEXUS_BROKER_LISTEN": f"127.0.0.1:{self.ports['broker']}",
             "NEXUS_BROKER_TARGET": f"127.0.0.1:{self.ports['broker']}",
             "NEXUS_GATEWAY_LISTEN": f"127.0.0.1:{self.ports['gateway']}",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -17,9 +17,11 @@ from ._errors import Unauthenticated
 
 __all__ = [
     "API_KEY_HEADER",
+    "AUTHORIZATION_HEADER",
     "CALLER_HEADER",
     "INTERNAL_TOKEN_HEADER",
     "ApiKeySet",
+    "Authenticator",
     "Caller",
     "admin_authenticator",
     "current_caller",
@@ -27,6 +29,8 @@ __all__ = [
 ]
 
 API_KEY_HEADER = "x-api-key"
+# Agents present their key as ``Authorization: Bearer <agent key>``.
+AUTHORIZATION_HEADER = "authorization"
 INTERNAL_TOKEN_HEADER = "x-nexus-internal-token"  # noqa: S105 - a header name
 # Set by the gateway on internal calls so the broker can audit who acted.
 CALLER_HEADER = "x-nexus-caller"
@@ -87,20 +91,23 @@ class ApiKeySet:
         return matched
 
 
-def admin_authenticator(keys: ApiKeySet) -> Callable[[str, Mapping[str, str]], Caller]:
+Authenticator = Callable[[str, Mapping[str, str]], Awaitable[Caller]]
+
+
+def admin_authenticator(keys: ApiKeySet) -> Authenticator:
     """Admin API keys from ``x-api-key``; the same error for a missing or wrong key."""
 
-    def authenticate(method: str, metadata: Mapping[str, str]) -> Caller:
+    async def authenticate(method: str, metadata: Mapping[str, str]) -> Caller:
         return Caller("admin", keys.match(metadata.get(API_KEY_HEADER)))
 
     return authenticate
 
 
-def internal_authenticator(tokens: ApiKeySet) -> Callable[[str, Mapping[str, str]], Caller]:
+def internal_authenticator(tokens: ApiKeySet) -> Authenticator:
     """Service-to-service calls: the internal token, then the caller the
     gateway established (or the calling service itself)."""
 
-    def authenticate(method: str, metadata: Mapping[str, str]) -> Caller:
+    async def authenticate(method: str, metadata: Mapping[str, str]) -> Caller:
         service = tokens.match(metadata.get(INTERNAL_TOKEN_HEADER))
         on_behalf = metadata.get(CALLER_HEADER)
         return Caller.parse(on_behalf) if on_behalf else Caller("service", service)

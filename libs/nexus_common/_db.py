@@ -7,22 +7,53 @@ synchronous driver, once at start-up.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, overload
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Column, Table, event, select, update
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import NullPool
 
-__all__ = ["SqlUnitOfWork", "create_engine", "migrate", "sync_url"]
+from ._keyring import Keyring
+
+__all__ = [
+    "Migrations",
+    "SqlUnitOfWork",
+    "create_engine",
+    "reseal_column",
+    "sync_url",
+    "utc",
+]
+
+log = logging.getLogger("nexus.db")
+
+
+@overload
+def utc(value: datetime) -> datetime: ...
+@overload
+def utc(value: None) -> None: ...
+def utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything Nexus stores is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
 
 
 def _normalise(url: str, *, asynchronous: bool) -> str:
@@ -63,14 +94,71 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def migrate(url: str, script_location: Path, version_table: str) -> None:
-    """Upgrade the schema to head. Each service has its own version table, so
-    services may share one database."""
-    config = Config()
-    config.set_main_option("script_location", str(script_location))
-    config.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
-    config.attributes["version_table"] = version_table
-    command.upgrade(config, "head")
+@dataclass(frozen=True)
+class Migrations:
+    """One service's Alembic scripts and the version table they record in.
+    Each service has its own version table, so services may share one database."""
+
+    script_location: Path
+    version_table: str
+
+    def _config(self) -> Config:
+        config = Config()
+        config.set_main_option("script_location", str(self.script_location))
+        config.attributes["version_table"] = self.version_table
+        return config
+
+    def upgrade(self, url: str) -> None:
+        config = self._config()
+        config.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
+        command.upgrade(config, "head")
+        if sync_url(url).startswith("sqlite"):
+            _use_wal(sync_url(url))
+
+    def is_current(self, url: str) -> bool:
+        """Whether the database's schema is at head (what a replica waiting for
+        the migration job asks)."""
+        heads = set(ScriptDirectory.from_config(self._config()).get_heads())
+        engine = sa_create_engine(sync_url(url), poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                context = MigrationContext.configure(
+                    connection, opts={"version_table": self.version_table}
+                )
+                current = set(context.get_current_heads())
+        except SQLAlchemyError as exc:
+            # The URL may hold a password: name only the kind of failure.
+            log.warning("cannot read the schema version: %s", type(exc).__name__)
+            return False
+        finally:
+            engine.dispose()
+        if current != heads:
+            log.warning("schema is at %s, not at %s", sorted(current) or "nothing", sorted(heads))
+        return current == heads
+
+    def command(self, args: list[str], url: str) -> int:
+        """``migrate`` upgrades and exits 0; ``migrate --check`` exits 0 only
+        when the schema is already at head."""
+        if args == ["--check"]:
+            return 0 if self.is_current(url) else 1
+        if args:
+            raise SystemExit("usage: migrate [--check]")
+        self.upgrade(url)
+        return 0
+
+
+def _use_wal(url: str) -> None:
+    """Switch a SQLite file to write-ahead logging once, before any service
+    connects. The mode is stored in the file; switching needs the database to
+    itself, so leaving it to each service's first connection races their
+    readers and writers, and a lost race silently keeps the rollback journal,
+    where readers and writers block each other."""
+    engine = sa_create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+    finally:
+        engine.dispose()
 
 
 class SqlUnitOfWork:
@@ -96,3 +184,26 @@ class SqlUnitOfWork:
 
     async def commit(self) -> None:
         await self.session.commit()
+
+
+async def reseal_column(
+    session: AsyncSession,
+    keyring: Keyring,
+    key: Column[Any],
+    sealed: Column[Any],
+    aad: Callable[[Any], bytes],
+) -> int:
+    """Re-seal every value of a sealed column not sealed under the keyring's
+    newest key, so an old key can leave the keyring. Returns how many."""
+    table = sealed.table
+    assert isinstance(table, Table)
+    rows = await session.execute(select(key, sealed).where(sealed.is_not(None)))
+    stale = [(row_key, value) for row_key, value in rows if keyring.needs_reseal(value)]
+    for row_key, value in stale:
+        plaintext = keyring.open(value, aad(row_key))
+        await session.execute(
+            update(table)
+            .where(key == row_key)
+            .values({sealed.name: keyring.seal(plaintext, aad(row_key))})
+        )
+    return len(stale)

@@ -12,22 +12,35 @@
     │   ├── ScopeNotOffered             reason SCOPE_NOT_OFFERED
     │   └── CredentialsRejected         reason CREDENTIALS_REJECTED
     ├── Unauthenticated                 UNAUTHENTICATED, reason UNAUTHENTICATED
+    │   └── UserTokenInvalid            reason USER_TOKEN_INVALID
     ├── PermissionDenied                PERMISSION_DENIED, reason PERMISSION_DENIED
+    │   ├── AgentDisabled               reason AGENT_DISABLED
+    │   ├── AgentMismatch               reason AGENT_MISMATCH
+    │   ├── AgentScopeNotAllowed        reason AGENT_SCOPE_NOT_ALLOWED (metadata: denied_scopes)
+    │   ├── UserPermissionMissing       reason USER_PERMISSION_MISSING (metadata: missing)
+    │   └── ScopeNotGranted             reason SCOPE_NOT_GRANTED (metadata: missing_scopes)
     ├── NotFound                        NOT_FOUND
     │   ├── ProviderNotFound            reason PROVIDER_NOT_FOUND
-    │   └── ConnectionNotFound          reason CONNECTION_NOT_FOUND
+    │   ├── ConnectionNotFound          reason CONNECTION_NOT_FOUND
+    │   ├── AgentNotFound               reason AGENT_NOT_FOUND
+    │   └── SessionNotFound             reason SESSION_NOT_FOUND
     ├── AlreadyExists                   ALREADY_EXISTS
-    │   └── ProviderAlreadyExists       reason PROVIDER_ALREADY_EXISTS
+    │   ├── ProviderAlreadyExists       reason PROVIDER_ALREADY_EXISTS
+    │   └── AgentAlreadyExists          reason AGENT_ALREADY_EXISTS
     ├── ConcurrentModification          ABORTED, reason CONCURRENT_MODIFICATION
     ├── FailedPrecondition              FAILED_PRECONDITION
     │   ├── ProviderDeleted             reason PROVIDER_DELETED
     │   ├── ConnectionNotActive         reason CONNECTION_NOT_ACTIVE (metadata: status)
     │   ├── RefreshNotSupported         reason REFRESH_NOT_SUPPORTED
-    │   └── ConnectionReauthRequired    reason CONNECTION_REAUTH_REQUIRED
+    │   ├── ConnectionReauthRequired    reason CONNECTION_REAUTH_REQUIRED
+    │   ├── NoConnection                reason NO_CONNECTION
+    │   ├── ConnectionAmbiguous         reason CONNECTION_AMBIGUOUS
+    │   └── SessionNotSupported         reason SESSION_NOT_SUPPORTED
     ├── RequestTooLarge                 RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE
     ├── Unavailable                     UNAVAILABLE
     │   ├── DependencyUnavailable       reason DEPENDENCY_UNAVAILABLE
-    │   └── ProviderUnavailable         reason PROVIDER_UNAVAILABLE
+    │   ├── ProviderUnavailable         reason PROVIDER_UNAVAILABLE
+    │   └── BackendAuthUnavailable      reason BACKEND_AUTH_UNAVAILABLE
     ├── Internal                        INTERNAL, reason INTERNAL
     └── RemoteError                     whatever another Nexus service answered
 
@@ -42,8 +55,15 @@ from collections.abc import Mapping
 
 __all__ = [
     "ERROR_DOMAIN",
+    "AgentAlreadyExists",
+    "AgentDisabled",
+    "AgentMismatch",
+    "AgentNotFound",
+    "AgentScopeNotAllowed",
     "AlreadyExists",
+    "BackendAuthUnavailable",
     "ConcurrentModification",
+    "ConnectionAmbiguous",
     "ConnectionNotActive",
     "ConnectionNotFound",
     "ConnectionReauthRequired",
@@ -56,6 +76,7 @@ __all__ = [
     "InvalidPageToken",
     "MalformedJson",
     "NexusError",
+    "NoConnection",
     "NotFound",
     "PermissionDenied",
     "ProviderAlreadyExists",
@@ -66,11 +87,16 @@ __all__ = [
     "RemoteError",
     "RequestTooLarge",
     "ReturnUrlNotAllowed",
+    "ScopeNotGranted",
     "ScopeNotOffered",
+    "SessionNotFound",
+    "SessionNotSupported",
     "StateInvalid",
     "Unauthenticated",
     "Unavailable",
     "UnknownField",
+    "UserPermissionMissing",
+    "UserTokenInvalid",
     "ValidationFailed",
 ]
 
@@ -219,3 +245,65 @@ class Internal(NexusError):
 
 class ProviderUnavailable(Unavailable):
     reason = "PROVIDER_UNAVAILABLE"
+
+
+class UserTokenInvalid(Unauthenticated):
+    """The user context token of an on-behalf-of request was rejected."""
+
+    reason = "USER_TOKEN_INVALID"
+
+
+class AgentDisabled(PermissionDenied):
+    reason = "AGENT_DISABLED"
+
+
+class AgentMismatch(PermissionDenied):
+    """An agent asked to act as a different agent."""
+
+    reason = "AGENT_MISMATCH"
+
+
+class AgentScopeNotAllowed(PermissionDenied):
+    reason = "AGENT_SCOPE_NOT_ALLOWED"
+
+
+class UserPermissionMissing(PermissionDenied):
+    reason = "USER_PERMISSION_MISSING"
+
+
+class ScopeNotGranted(PermissionDenied):
+    """The connection was never granted a requested scope."""
+
+    reason = "SCOPE_NOT_GRANTED"
+
+
+class AgentNotFound(NotFound):
+    reason = "AGENT_NOT_FOUND"
+
+
+class SessionNotFound(NotFound):
+    reason = "SESSION_NOT_FOUND"
+
+
+class AgentAlreadyExists(AlreadyExists):
+    reason = "AGENT_ALREADY_EXISTS"
+
+
+class NoConnection(FailedPrecondition):
+    reason = "NO_CONNECTION"
+
+
+class ConnectionAmbiguous(FailedPrecondition):
+    """Several connections match and the caller named none of them."""
+
+    reason = "CONNECTION_AMBIGUOUS"
+
+
+class SessionNotSupported(FailedPrecondition):
+    reason = "SESSION_NOT_SUPPORTED"
+
+
+class BackendAuthUnavailable(Unavailable):
+    """The customer's user backend could not be asked; OBO fails closed."""
+
+    reason = "BACKEND_AUTH_UNAVAILABLE"

@@ -10,24 +10,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ._auth import Caller, current_caller
-from ._errors import ERROR_DOMAIN, Internal, NexusError, RequestTooLarge
+from ._auth import Authenticator, current_caller
+from ._errors import ERROR_DOMAIN, Internal, NexusError, RequestTooLarge, ValidationFailed
 
 __all__ = [
     "PUBLIC_METHOD_PREFIXES",
     "AuthInterceptor",
-    "Authenticator",
     "ErrorMappingInterceptor",
     "LoggingInterceptor",
-    "SizeLimitInterceptor",
+    "RequestLimitsInterceptor",
     "to_grpc_status",
 ]
 
@@ -37,7 +37,6 @@ log = logging.getLogger("nexus.rpc")
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-Authenticator = Callable[[str, Mapping[str, str]], Caller]
 
 
 def to_grpc_status(error: NexusError) -> grpc.Status:
@@ -120,9 +119,28 @@ class ErrorMappingInterceptor(_UnaryInterceptor):
         return mapped
 
 
-class SizeLimitInterceptor(_UnaryInterceptor):
-    """Refuses requests over the limit with an ErrorInfo. gRPC's own receive
-    limit sits higher and only stops what would exhaust memory."""
+def _field_with_nul(message: Message) -> str | None:
+    """The first string field holding a NUL character, by its path."""
+    for field, value in message.ListFields():
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            items: list[Any] = [v for pair in value.items() for v in pair]
+        else:
+            items = list(value) if field.is_repeated else [value]
+        for item in items:
+            if isinstance(item, str) and "\x00" in item:
+                return field.name
+            if isinstance(item, Message):
+                inner = _field_with_nul(item)
+                if inner is not None:
+                    return f"{field.name}.{inner}"
+    return None
+
+
+class RequestLimitsInterceptor(_UnaryInterceptor):
+    """Refuses requests over the size limit, and text no database can store:
+    PostgreSQL cannot hold NUL in text, so without this the same request would
+    succeed on SQLite and fail as an internal error on PostgreSQL. gRPC's own
+    receive limit sits higher and only stops what would exhaust memory."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
@@ -131,6 +149,9 @@ class SizeLimitInterceptor(_UnaryInterceptor):
         async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if request.ByteSize() > self._max_bytes:
                 raise RequestTooLarge(f"the request is larger than {self._max_bytes // 1024} KiB")
+            field = _field_with_nul(request)
+            if field is not None:
+                raise ValidationFailed(f"{field} must not contain a NUL character", field=field)
             return await behavior(request, context)
 
         return limited
@@ -154,7 +175,7 @@ class AuthInterceptor(_UnaryInterceptor):
             }
             # Each RPC runs in its own task, so the caller stays set for the
             # outer interceptors (logging) and never leaks into another call.
-            current_caller.set(self._authenticate(method, metadata))
+            current_caller.set(await self._authenticate(method, metadata))
             return await behavior(request, context)
 
         return authenticated

@@ -11,12 +11,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ._auth import Authenticator
 from ._interceptors import (
-    Authenticator,
     AuthInterceptor,
     ErrorMappingInterceptor,
     LoggingInterceptor,
-    SizeLimitInterceptor,
+    RequestLimitsInterceptor,
 )
 
 __all__ = ["MAX_MESSAGE_BYTES", "NexusServer", "build_server", "run_until_signalled"]
@@ -70,7 +70,7 @@ def build_server(
             LoggingInterceptor(),
             ErrorMappingInterceptor(),
             AuthInterceptor(authenticate),
-            SizeLimitInterceptor(MAX_MESSAGE_BYTES),
+            RequestLimitsInterceptor(MAX_MESSAGE_BYTES),
         ],
         options=[
             ("grpc.max_receive_message_length", _HARD_RECEIVE_LIMIT),

@@ -1,5 +1,5 @@
 """The whole stack as users run it: policy, broker and gateway processes behind
-the real Envoy binary, with the broker on PostgreSQL."""
+the real Envoy binary, on PostgreSQL, with a real customer backend for OBO."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.backend_auth_server import BackendAuthServer
 from tests.support.postgres import fresh_database, postgres_url
 from tools.devstack import ENVOY_PORTS, Stack, free_port
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, backend: BackendAuthServer) -> Iterator[Stack]:
     url, drop = fresh_database(postgres_url())
     ports = {name: free_port() for name in (*ENVOY_PORTS, "broker", "policy")}
     running = Stack(
@@ -22,6 +23,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ports,
         env={
             "NEXUS_BROKER_DATABASE_URL": url,
+            "NEXUS_POLICY_DATABASE_URL": url,
+            "NEXUS_BACKEND_AUTH_URL": backend.url,
             "NEXUS_DISCOVERY_TIMEOUT_SECONDS": "3",
             "NEXUS_DISCOVERY_RETRY_SECONDS": "0",
             "NEXUS_REFRESH_INTERVAL_SECONDS": "0.5",

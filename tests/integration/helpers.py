@@ -7,8 +7,10 @@ from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from nexus_common import sync_url
 
 from tests.conftest import ADMIN_KEY
 
@@ -27,3 +29,11 @@ async def expect_error(call: Awaitable[Any], code: grpc.StatusCode, reason: str)
     assert status.details[0].Unpack(info)
     assert info.reason == reason, info
     return str(error.details())
+
+
+def peek(database_url: str) -> sa.Engine:
+    """A plain engine for a test to look at what a service stored. SQLite waits
+    for the services' writers as long as they wait for each other."""
+    url = sync_url(database_url)
+    timeout = {"timeout": 30} if url.startswith("sqlite") else {}
+    return sa.create_engine(url, connect_args=timeout)

@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from google.protobuf import field_mask_pb2, struct_pb2
 from nexus.broker.v1 import audit_pb2, providers_pb2, providers_pb2_grpc
 from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from nexus_common import Keyring, sync_url
+from nexus_common import Keyring
 
 from tests.conftest import INTERNAL_TOKEN, Services
-from tests.integration.helpers import ADMIN, expect_error
+from tests.integration.helpers import ADMIN, expect_error, peek
 from tests.support.oidc_server import OidcServer, start_oidc_server
 from tools.devstack import free_port
 
@@ -78,7 +78,7 @@ async def update(
 
 
 async def count_rows(services: Services) -> tuple[int, int]:
-    engine = sa.create_engine(sync_url(services.env["NEXUS_BROKER_DATABASE_URL"]))
+    engine = peek(services.env["NEXUS_BROKER_DATABASE_URL"])
     try:
         with engine.connect() as connection:
             providers = connection.scalar(sa.text("SELECT count(*) FROM providers"))
@@ -108,7 +108,7 @@ async def test_registration_returns_the_provider_and_id_but_never_the_secret(
 
 async def test_client_secret_is_sealed_at_rest_and_bound_to_its_row(services: Services) -> None:
     created = await create(services, salesforce())
-    engine = sa.create_engine(sync_url(services.env["NEXUS_BROKER_DATABASE_URL"]))
+    engine = peek(services.env["NEXUS_BROKER_DATABASE_URL"])
     with engine.connect() as connection:
         sealed = connection.scalar(sa.text("SELECT client_secret_sealed FROM providers"))
     engine.dispose()

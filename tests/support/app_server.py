@@ -8,16 +8,16 @@
 from __future__ import annotations
 
 import base64
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
+
+from tests.support.loopback import LoopbackServer
 
 GOOD_API_KEY = "good-key"
 GOOD_BASIC = ("ada", "lovelace")
 
 
-class AppServer:
+class AppServer(LoopbackServer):
     def __init__(self) -> None:
         self.landings: list[str] = []
         landings = self.landings
@@ -46,23 +46,4 @@ class AppServer:
                 else:
                     self._reply(404)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-    def __enter__(self) -> AppServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().__init__(Handler)

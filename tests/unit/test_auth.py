@@ -27,15 +27,15 @@ def test_missing_and_wrong_keys_get_the_same_error(presented: str | None) -> Non
     assert "alpha" not in str(caught.value)
 
 
-def test_admin_callers_are_named_by_their_key() -> None:
+async def test_admin_callers_are_named_by_their_key() -> None:
     authenticate = admin_authenticator(ApiKeySet.from_spec("ops:alpha-key"))
-    assert authenticate("/m", {API_KEY_HEADER: "alpha-key"}) == Caller("admin", "ops")
+    assert await authenticate("/m", {API_KEY_HEADER: "alpha-key"}) == Caller("admin", "ops")
 
 
-def test_internal_calls_carry_the_gateway_caller_only_with_the_token() -> None:
+async def test_internal_calls_carry_the_gateway_caller_only_with_the_token() -> None:
     authenticate = internal_authenticator(ApiKeySet({"internal": "tok"}))
     on_behalf = {INTERNAL_TOKEN_HEADER: "tok", CALLER_HEADER: "admin:ops"}
-    assert authenticate("/m", on_behalf) == Caller("admin", "ops")
-    assert authenticate("/m", {INTERNAL_TOKEN_HEADER: "tok"}) == Caller("service", "internal")
+    assert await authenticate("/m", on_behalf) == Caller("admin", "ops")
+    assert await authenticate("/m", {INTERNAL_TOKEN_HEADER: "tok"}) == Caller("service", "internal")
     with pytest.raises(Unauthenticated):
-        authenticate("/m", {CALLER_HEADER: "admin:ops"})
+        await authenticate("/m", {CALLER_HEADER: "admin:ops"})

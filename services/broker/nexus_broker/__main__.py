@@ -3,35 +3,70 @@
 ``python -m nexus_broker reseal`` instead re-seals every stored secret under
 the keyring's newest key and exits; run it after adding a key and before
 removing an old one.
+
+``python -m nexus_broker migrate`` upgrades the schema and exits (the
+Kubernetes migration Job); ``migrate --check`` exits 0 only when the schema is
+already at head (what a replica's init container waits for). Both need only
+the database URL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sys
+from datetime import timedelta
 
-from nexus_common import Caller, configure_logging, current_caller, run_until_signalled
+from nexus_common import (
+    Caller,
+    Env,
+    configure_logging,
+    current_caller,
+    run_until_signalled,
+)
 
-from .server import create_broker, create_core, migrate_database
+from .server import MIGRATIONS, BrokerCore, create_broker, create_core, migrate_database
 from .service_layer.providers import reseal_secrets
+from .service_layer.sessions import purge_sessions
 from .settings import BrokerSettings
+
+log = logging.getLogger("nexus.broker")
+
+_PURGE_INTERVAL_SECONDS = 3600.0
+_USAGE = "usage: python -m nexus_broker [reseal | migrate [--check]]"
+
+
+async def _purge_loop(core: BrokerCore, retention: timedelta) -> None:
+    """Hourly, forget long-ended sessions so the table stays small."""
+    while True:
+        try:
+            purged = await purge_sessions(core.sessions, retention)
+            if purged:
+                log.info("purged %d ended sessions", purged)
+        except Exception:
+            log.exception("purging ended sessions failed")
+        await asyncio.sleep(_PURGE_INTERVAL_SECONDS)
 
 
 async def _serve(settings: BrokerSettings) -> None:
     broker = create_broker(settings)
-    refresh_loop = (
-        asyncio.create_task(broker.core.refresher.run(settings.refresh_interval_seconds))
-        if settings.refresh_loop
-        else None
-    )
+    tasks = [
+        asyncio.create_task(
+            _purge_loop(broker.core, timedelta(seconds=settings.session_retention_seconds))
+        )
+    ]
+    if settings.refresh_loop:
+        tasks.append(
+            asyncio.create_task(broker.core.refresher.run(settings.refresh_interval_seconds))
+        )
 
     async def stop() -> None:
-        if refresh_loop is not None:
-            refresh_loop.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await refresh_loop
+                await task
         await broker.close()
 
     await run_until_signalled(broker.server, settings.shutdown_grace_seconds, stop)
@@ -46,7 +81,16 @@ async def _reseal(settings: BrokerSettings) -> int:
         await core.close()
 
 
+def _migrate(args: list[str]) -> int:
+    # Only the database URL: the migration job is given no other secret.
+    env = Env(os.environ)
+    configure_logging("broker", env.text("NEXUS_LOG_LEVEL", "INFO"))
+    return MIGRATIONS.command(args, env.database_url("NEXUS_BROKER_DATABASE_URL"))
+
+
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["migrate"]:
+        raise SystemExit(_migrate(argv[1:]))
     settings = BrokerSettings.from_env(os.environ)
     configure_logging("broker", settings.log_level)
     if settings.auto_migrate:
@@ -56,7 +100,7 @@ def main(argv: list[str]) -> None:
     elif not argv:
         asyncio.run(_serve(settings))
     else:
-        raise SystemExit("usage: python -m nexus_broker [reseal]")
+        raise SystemExit(_USAGE)
 
 
 if __name__ == "__main__":

@@ -15,36 +15,50 @@ from nexus.broker.v1 import (
     connections_pb2_grpc,
     providers_pb2,
     providers_pb2_grpc,
+    sessions_pb2,
+    sessions_pb2_grpc,
 )
-from nexus_common import NexusServer, build_server, create_engine, internal_authenticator, migrate
+from nexus_common import (
+    InternalClient,
+    Migrations,
+    NexusServer,
+    build_server,
+    create_engine,
+    internal_authenticator,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from .adapters.credential_check import CredentialChecker
 from .adapters.oidc_discovery import DiscoveryClient
 from .adapters.oidc_id_token import IdTokenVerifier
+from .adapters.policy_client import PolicyClient
 from .adapters.rfc6749 import TokenEndpoint
 from .domain.return_urls import ReturnUrlPolicy
 from .domain.state import StateSigner
 from .entrypoints.connection_servicer import ConnectionServicer
 from .entrypoints.servicers import AuditLogServicer, ProviderRegistryServicer
+from .entrypoints.session_servicer import SessionServicer
 from .service_layer.connections import ConnectionDeps
 from .service_layer.providers import RegistryDeps
+from .service_layer.sessions import SessionDeps
+from .service_layer.signing import SessionSigner
 from .service_layer.tokens import Refresher
 from .service_layer.unit_of_work import BrokerUnitOfWork
 from .settings import BrokerSettings
 
 __all__ = ["Broker", "BrokerCore", "create_broker", "create_core", "migrate_database"]
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS = Migrations(Path(__file__).parent / "migrations", "alembic_version_broker")
 SERVICE_NAMES = (
     providers_pb2.DESCRIPTOR.services_by_name["ProviderRegistryService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditLogService"].full_name,
     connections_pb2.DESCRIPTOR.services_by_name["ConnectionService"].full_name,
+    sessions_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
 )
 
 
 def migrate_database(url: str) -> None:
-    migrate(url, MIGRATIONS, version_table="alembic_version_broker")
+    MIGRATIONS.upgrade(url)
 
 
 @dataclass
@@ -54,10 +68,13 @@ class BrokerCore:
     deps: RegistryDeps
     connections: ConnectionDeps
     refresher: Refresher
+    sessions: SessionDeps
     engine: AsyncEngine
     http: httpx.AsyncClient
+    policy: InternalClient
 
     async def close(self) -> None:
+        await self.policy.close()
         await self.http.aclose()
         await self.engine.dispose()
 
@@ -98,7 +115,23 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
         refresh=settings.refresh,
         random=random.random,
     )
-    return BrokerCore(deps, connections, Refresher(connections), engine, http)
+    refresher = Refresher(connections)
+    policy = InternalClient(
+        "policy", settings.policy_target, settings.internal_token, settings.policy_timeout_seconds
+    )
+    session_deps = SessionDeps(
+        connections=connections,
+        refresher=refresher,
+        policy=PolicyClient(policy),
+        signer=SessionSigner(
+            deps.uow,
+            rotation=timedelta(seconds=settings.signing_key_rotation_seconds),
+            longest_session=timedelta(seconds=settings.sessions.max_ttl_seconds),
+        ),
+        limits=settings.sessions,
+        issuer=settings.session_issuer,
+    )
+    return BrokerCore(deps, connections, refresher, session_deps, engine, http, policy)
 
 
 def create_broker(settings: BrokerSettings) -> Broker:
@@ -106,6 +139,7 @@ def create_broker(settings: BrokerSettings) -> Broker:
     registry = ProviderRegistryServicer(core.deps)
     audit_log = AuditLogServicer(core.deps)
     connection_service = ConnectionServicer(core.connections, core.refresher)
+    session_service = SessionServicer(core.sessions)
     server = build_server(
         address=settings.listen,
         registrars=[
@@ -114,6 +148,7 @@ def create_broker(settings: BrokerSettings) -> Broker:
             lambda s: connections_pb2_grpc.add_ConnectionServiceServicer_to_server(
                 connection_service, s
             ),
+            lambda s: sessions_pb2_grpc.add_SessionServiceServicer_to_server(session_service, s),
         ],
         service_names=SERVICE_NAMES,
         authenticate=internal_authenticator(settings.internal_tokens),

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from nexus_common import ApiKeySet, ConfigError, Env, Keyring
 
 from .domain.connections import RefreshPolicy
+from .domain.sessions import SessionLimits
 
 __all__ = ["BrokerSettings"]
 
@@ -32,6 +33,13 @@ class BrokerSettings:
     refresh: RefreshPolicy
     refresh_loop: bool
     refresh_interval_seconds: float
+    internal_token: str
+    policy_target: str
+    policy_timeout_seconds: float
+    sessions: SessionLimits
+    session_issuer: str
+    signing_key_rotation_seconds: float
+    session_retention_seconds: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> BrokerSettings:
@@ -66,6 +74,18 @@ class BrokerSettings:
             ),
             refresh_loop=env.flag("NEXUS_REFRESH_LOOP", True),
             refresh_interval_seconds=env.number("NEXUS_REFRESH_INTERVAL_SECONDS", 5.0),
+            internal_token=env.internal_tokens()[0],
+            policy_target=env.text("NEXUS_POLICY_TARGET", "127.0.0.1:50071"),
+            # Above the policy service's own backend timeout, so its answer arrives.
+            policy_timeout_seconds=env.number("NEXUS_POLICY_TIMEOUT_SECONDS", 10.0),
+            sessions=_session_limits(env),
+            session_issuer=env.text(
+                "NEXUS_SESSION_ISSUER", env.text("NEXUS_PUBLIC_BASE_URL", "http://127.0.0.1:8080")
+            ),
+            signing_key_rotation_seconds=env.number(
+                "NEXUS_SIGNING_KEY_ROTATION_SECONDS", 7 * 86400.0
+            ),
+            session_retention_seconds=env.number("NEXUS_SESSION_RETENTION_SECONDS", 7 * 86400.0),
         )
 
 
@@ -74,3 +94,15 @@ def _state_key(value: str) -> bytes:
     if len(key) < 32:
         raise ConfigError("NEXUS_STATE_KEY must be at least 32 characters")
     return key
+
+
+def _session_limits(env: Env) -> SessionLimits:
+    limits = SessionLimits(
+        default_ttl_seconds=env.integer("NEXUS_SESSION_DEFAULT_TTL_SECONDS", 900),
+        max_ttl_seconds=env.integer("NEXUS_SESSION_MAX_TTL_SECONDS", 3600),
+    )
+    if not 1 <= limits.default_ttl_seconds <= limits.max_ttl_seconds <= 86400:
+        raise ConfigError(
+            "need 1 <= NEXUS_SESSION_DEFAULT_TTL_SECONDS <= NEXUS_SESSION_MAX_TTL_SECONDS <= 86400"
+        )
+    return limits

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from nexus_common import InvalidArgument, MalformedJson, UnknownField, ValidationFailed
 
-__all__ = ["parse_json_body", "resolve_body"]
+__all__ = ["parse_json_body", "request_body"]
 
 M = TypeVar("M", bound=Message)
 
@@ -62,12 +62,16 @@ def parse_json_body(body: httpbody_pb2.HttpBody, message: M) -> M:
     return message
 
 
-def resolve_body(typed: M, has_typed: bool, body: httpbody_pb2.HttpBody, has_body: bool) -> M:
-    """The message a caller sent: the typed field (gRPC) or the JSON body (REST)."""
+def request_body(request: Any, typed: M, *, optional: bool = False) -> M:
+    """The message a caller sent: ``typed``, a field of ``request`` (gRPC
+    callers), or the same message as JSON in ``request.http_body`` (REST).
+    An ``optional`` body may be left out, meaning every field's default."""
+    name = next(f.name for f in request.DESCRIPTOR.fields if f.message_type is typed.DESCRIPTOR)
+    has_typed, has_body = request.HasField(name), request.HasField("http_body")
     if has_typed and has_body:
-        raise InvalidArgument("set either the typed message or http_body, not both")
-    if has_body:
-        return parse_json_body(body, type(typed)())
-    if not has_typed:
+        raise InvalidArgument(f"set either {name} or http_body, not both")
+    if has_body and (request.http_body.data.strip() or not optional):
+        return parse_json_body(request.http_body, type(typed)())
+    if not has_typed and not optional:
         raise InvalidArgument("the request has no body", field="body")
     return typed

@@ -3,6 +3,7 @@ passes each call to the service that owns the resource; it keeps no state."""
 
 from __future__ import annotations
 
+from google.api import httpbody_pb2
 from google.protobuf import empty_pb2
 from grpc.aio import ServicerContext as Context
 from nexus.broker.v1 import (
@@ -12,13 +13,22 @@ from nexus.broker.v1 import (
     connections_pb2_grpc,
     providers_pb2,
     providers_pb2_grpc,
+    sessions_pb2,
+    sessions_pb2_grpc,
 )
 from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from nexus_common import InternalClient
+from nexus.policy.v1 import agents_pb2, agents_pb2_grpc
+from nexus_common import InternalClient, ValidationFailed
 
-from .rest_body import resolve_body
+from .rest_body import request_body
 
-__all__ = ["AuditServicer", "ConnectionServicer", "ProviderServicer"]
+__all__ = [
+    "AgentServicer",
+    "AuditServicer",
+    "ConnectionServicer",
+    "ProviderServicer",
+    "SessionServicer",
+]
 
 
 class ProviderServicer(gateway_pb2_grpc.ProviderServiceServicer):
@@ -29,12 +39,7 @@ class ProviderServicer(gateway_pb2_grpc.ProviderServiceServicer):
     async def CreateProvider(
         self, request: gateway_pb2.CreateProviderRequest, context: Context
     ) -> providers_pb2.Provider:
-        provider = resolve_body(
-            request.provider,
-            request.HasField("provider"),
-            request.http_body,
-            request.HasField("http_body"),
-        )
+        provider = request_body(request, request.provider)
         return await self._broker.call(
             self._stub.CreateProvider, providers_pb2.CreateProviderRequest(provider=provider)
         )
@@ -57,12 +62,7 @@ class ProviderServicer(gateway_pb2_grpc.ProviderServiceServicer):
     async def UpdateProvider(
         self, request: gateway_pb2.UpdateProviderRequest, context: Context
     ) -> providers_pb2.Provider:
-        provider = resolve_body(
-            request.provider,
-            request.HasField("provider"),
-            request.http_body,
-            request.HasField("http_body"),
-        )
+        provider = request_body(request, request.provider)
         provider.id = request.id
         forwarded = providers_pb2.UpdateProviderRequest(
             provider=provider, update_mask=request.update_mask
@@ -94,12 +94,7 @@ class ConnectionServicer(gateway_pb2_grpc.ConnectionServiceServicer):
     async def RequestConnection(
         self, request: gateway_pb2.RequestConnectionRequest, context: Context
     ) -> connections_pb2.RequestConnectionResponse:
-        started = resolve_body(
-            request.connection,
-            request.HasField("connection"),
-            request.http_body,
-            request.HasField("http_body"),
-        )
+        started = request_body(request, request.connection)
         return await self._broker.call(self._stub.RequestConnection, started)
 
     async def CheckConnection(
@@ -135,10 +130,92 @@ class ConnectionServicer(gateway_pb2_grpc.ConnectionServiceServicer):
     async def CaptureCredentials(
         self, request: gateway_pb2.CaptureCredentialsRequest, context: Context
     ) -> connections_pb2.CaptureCredentialsResponse:
-        capture = resolve_body(
-            request.capture,
-            request.HasField("capture"),
-            request.http_body,
-            request.HasField("http_body"),
-        )
+        capture = request_body(request, request.capture)
         return await self._broker.call(self._stub.CaptureCredentials, capture)
+
+
+class AgentServicer(gateway_pb2_grpc.AgentServiceServicer):
+    def __init__(self, policy: InternalClient) -> None:
+        self._policy = policy
+        self._stub = agents_pb2_grpc.AgentRegistryServiceStub(policy.channel)
+
+    async def CreateAgent(
+        self, request: gateway_pb2.CreateAgentRequest, context: Context
+    ) -> agents_pb2.CreateAgentResponse:
+        agent = request_body(request, request.agent)
+        return await self._policy.call(
+            self._stub.CreateAgent, agents_pb2.CreateAgentRequest(agent=agent)
+        )
+
+    async def ListAgents(
+        self, request: agents_pb2.ListAgentsRequest, context: Context
+    ) -> agents_pb2.ListAgentsResponse:
+        return await self._policy.call(self._stub.ListAgents, request)
+
+    async def GetAgent(
+        self, request: agents_pb2.GetAgentRequest, context: Context
+    ) -> agents_pb2.Agent:
+        return await self._policy.call(self._stub.GetAgent, request)
+
+    async def UpdateAgent(
+        self, request: gateway_pb2.UpdateAgentRequest, context: Context
+    ) -> agents_pb2.Agent:
+        agent = request_body(request, request.agent)
+        if agent.agent_id and agent.agent_id != request.agent_id:
+            raise ValidationFailed(
+                "agent_id is immutable: the body names a different agent than the path",
+                field="agent_id",
+            )
+        agent.agent_id = request.agent_id
+        forwarded = agents_pb2.UpdateAgentRequest(agent=agent, update_mask=request.update_mask)
+        return await self._policy.call(self._stub.UpdateAgent, forwarded)
+
+    async def DeleteAgent(
+        self, request: agents_pb2.DeleteAgentRequest, context: Context
+    ) -> empty_pb2.Empty:
+        return await self._policy.call(self._stub.DeleteAgent, request)
+
+    async def RotateAgentKey(
+        self, request: gateway_pb2.RotateAgentKeyRequest, context: Context
+    ) -> agents_pb2.RotateAgentKeyResponse:
+        rotation = request_body(request, request.rotation, optional=True)
+        if rotation.agent_id and rotation.agent_id != request.agent_id:
+            raise ValidationFailed(
+                "the body names a different agent than the path", field="agent_id"
+            )
+        rotation.agent_id = request.agent_id
+        return await self._policy.call(self._stub.RotateAgentKey, rotation)
+
+
+class SessionServicer(gateway_pb2_grpc.SessionServiceServicer):
+    def __init__(self, broker: InternalClient) -> None:
+        self._broker = broker
+        self._stub = sessions_pb2_grpc.SessionServiceStub(broker.channel)
+
+    async def CreateAgentSession(
+        self, request: gateway_pb2.CreateAgentSessionRequest, context: Context
+    ) -> sessions_pb2.AgentSession:
+        session = request_body(request, request.session)
+        return await self._broker.call(self._stub.CreateAgentSession, session)
+
+    async def CreateOboSession(
+        self, request: gateway_pb2.CreateOboSessionRequest, context: Context
+    ) -> sessions_pb2.AgentSession:
+        session = request_body(request, request.session)
+        return await self._broker.call(self._stub.CreateOboSession, session)
+
+    async def CloseAgentSession(
+        self, request: sessions_pb2.CloseAgentSessionRequest, context: Context
+    ) -> empty_pb2.Empty:
+        return await self._broker.call(self._stub.CloseAgentSession, request)
+
+    async def IntrospectSession(
+        self, request: gateway_pb2.IntrospectSessionRequest, context: Context
+    ) -> sessions_pb2.IntrospectSessionResponse:
+        introspection = request_body(request, request.introspection)
+        return await self._broker.call(self._stub.IntrospectSession, introspection)
+
+    async def GetJwks(
+        self, request: sessions_pb2.GetJwksRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        return await self._broker.call(self._stub.GetJwks, request)

@@ -17,6 +17,7 @@ class GatewaySettings:
     admin_keys: ApiKeySet
     internal_token: str
     broker_target: str
+    policy_target: str
     upstream_timeout_seconds: float
     shutdown_grace_seconds: float
     log_level: str
@@ -33,6 +34,7 @@ class GatewaySettings:
             admin_keys=admin_keys,
             internal_token=env.internal_tokens()[0],
             broker_target=env.text("NEXUS_BROKER_TARGET", "127.0.0.1:50061"),
+            policy_target=env.text("NEXUS_POLICY_TARGET", "127.0.0.1:50071"),
             upstream_timeout_seconds=env.number("NEXUS_UPSTREAM_TIMEOUT_SECONDS", 30.0),
             shutdown_grace_seconds=env.number("NEXUS_SHUTDOWN_GRACE_SECONDS", 10.0),
             log_level=env.text("NEXUS_LOG_LEVEL", "INFO"),

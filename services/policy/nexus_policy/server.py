@@ -1,34 +1,95 @@
-"""The policy service: wiring and its one thin servicer."""
+"""Wiring: build the policy service from settings. Nothing is built at import time."""
 
 from __future__ import annotations
 
-import grpc
-from nexus.policy.v1 import policy_pb2, policy_pb2_grpc
-from nexus_common import NexusServer, build_server, internal_authenticator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
-from .domain.scopes import check_scopes
-from .settings import PolicySettings
+import httpx
+from nexus.policy.v1 import agents_pb2, agents_pb2_grpc, policy_pb2, policy_pb2_grpc
+from nexus_common import (
+    InternalClient,
+    Migrations,
+    NexusServer,
+    build_server,
+    create_engine,
+    internal_authenticator,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-__all__ = ["PolicyServicer", "create_policy_server"]
+from .adapters.backend_auth import BackendAuthClient, LocalVerification
+from .adapters.repository import PolicyUnitOfWork
+from .entrypoints.servicers import AgentRegistryServicer, PolicyServicer
+from .service_layer.agents import RegistryDeps
+from .service_layer.audit_forwarder import AuditForwarder
+from .settings import BackendAuthSettings, PolicySettings
 
-SERVICE_NAMES = (policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,)
+__all__ = ["Policy", "create_policy", "migrate_database"]
+
+MIGRATIONS = Migrations(Path(__file__).parent / "migrations", "alembic_version_policy")
+SERVICE_NAMES = (
+    policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
+    agents_pb2.DESCRIPTOR.services_by_name["AgentRegistryService"].full_name,
+)
 
 
-class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
-    async def CheckScopes(
-        self, request: policy_pb2.CheckScopesRequest, context: grpc.aio.ServicerContext
-    ) -> policy_pb2.CheckScopesResponse:
-        decision = check_scopes(request.requested_scopes, request.allowed_scopes)
-        return policy_pb2.CheckScopesResponse(
-            allowed=decision.allowed, denied_scopes=decision.denied
-        )
+def migrate_database(url: str) -> None:
+    MIGRATIONS.upgrade(url)
 
 
-def create_policy_server(settings: PolicySettings) -> NexusServer:
-    servicer = PolicyServicer()
-    return build_server(
+@dataclass
+class Policy:
+    server: NexusServer
+    forwarder: AuditForwarder
+    engine: AsyncEngine
+    http: httpx.AsyncClient
+    broker: InternalClient
+
+    async def close(self) -> None:
+        await self.broker.close()
+        await self.http.aclose()
+        await self.engine.dispose()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _users(
+    http: httpx.AsyncClient, settings: BackendAuthSettings | None
+) -> BackendAuthClient | None:
+    if settings is None:
+        return None
+    local = (
+        LocalVerification(settings.token_issuer, settings.token_audience, settings.token_jwks_uri)
+        if settings.token_jwks_uri
+        else None
+    )
+    return BackendAuthClient(
+        http,
+        settings.url,
+        timeout_seconds=settings.timeout_seconds,
+        cache_seconds=settings.cache_seconds,
+        local=local,
+    )
+
+
+def create_policy(settings: PolicySettings) -> Policy:
+    engine = create_engine(settings.database_url)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    http = httpx.AsyncClient()
+    deps = RegistryDeps(uow=lambda: PolicyUnitOfWork(sessions), clock=_now)
+    broker = InternalClient("broker", settings.broker_target, settings.internal_token, 5.0)
+    registry = AgentRegistryServicer(deps)
+    decisions = PolicyServicer(deps, _users(http, settings.backend_auth))
+    server = build_server(
         address=settings.listen,
-        registrars=[lambda s: policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, s)],
+        registrars=[
+            lambda s: policy_pb2_grpc.add_PolicyServiceServicer_to_server(decisions, s),
+            lambda s: agents_pb2_grpc.add_AgentRegistryServiceServicer_to_server(registry, s),
+        ],
         service_names=SERVICE_NAMES,
         authenticate=internal_authenticator(settings.internal_tokens),
     )
+    return Policy(server, AuditForwarder(deps.uow, broker), engine, http, broker)

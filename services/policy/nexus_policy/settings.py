@@ -1,19 +1,41 @@
-"""Policy service settings, read from ``NEXUS_*`` environment variables."""
+"""Policy service settings, read from ``NEXUS_*`` environment variables.
+
+The customer's backend is configured with ``BACKEND_AUTH_URL``, the name the
+product docs use (``NEXUS_BACKEND_AUTH_URL`` takes precedence when both are
+set). Without it, on-behalf-of sessions are refused.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nexus_common import ApiKeySet, Env
+from nexus_common import ApiKeySet, ConfigError, Env
 
-__all__ = ["PolicySettings"]
+__all__ = ["BackendAuthSettings", "PolicySettings"]
+
+
+@dataclass(frozen=True)
+class BackendAuthSettings:
+    url: str
+    timeout_seconds: float
+    cache_seconds: float
+    # Local verification of user tokens before asking the backend; all or none.
+    token_issuer: str
+    token_audience: str
+    token_jwks_uri: str
 
 
 @dataclass(frozen=True)
 class PolicySettings:
     listen: str
+    database_url: str
+    auto_migrate: bool
     internal_tokens: ApiKeySet
+    internal_token: str
+    broker_target: str
+    audit_forward_interval_seconds: float
+    backend_auth: BackendAuthSettings | None
     shutdown_grace_seconds: float
     log_level: str
 
@@ -22,7 +44,42 @@ class PolicySettings:
         env = Env(environ)
         return cls(
             listen=env.text("NEXUS_POLICY_LISTEN", "127.0.0.1:50071"),
+            database_url=env.database_url("NEXUS_POLICY_DATABASE_URL"),
+            auto_migrate=env.flag("NEXUS_AUTO_MIGRATE", True),
             internal_tokens=ApiKeySet(env.internal_tokens()[1]),
+            internal_token=env.internal_tokens()[0],
+            broker_target=env.text("NEXUS_BROKER_TARGET", "127.0.0.1:50061"),
+            audit_forward_interval_seconds=env.number("NEXUS_AUDIT_FORWARD_INTERVAL_SECONDS", 1.0),
+            backend_auth=_backend_auth(env),
             shutdown_grace_seconds=env.number("NEXUS_SHUTDOWN_GRACE_SECONDS", 10.0),
             log_level=env.text("NEXUS_LOG_LEVEL", "INFO"),
         )
+
+
+def _backend_auth(env: Env) -> BackendAuthSettings | None:
+    url = env.text("NEXUS_BACKEND_AUTH_URL", env.text("BACKEND_AUTH_URL", ""))
+    if not url:
+        return None
+    if not url.startswith(("https://", "http://")):
+        raise ConfigError("BACKEND_AUTH_URL must be an http(s) URL")
+    timeout = env.number("NEXUS_BACKEND_AUTH_TIMEOUT_SECONDS", 3.0)
+    if not 0 < timeout <= 60:
+        raise ConfigError("NEXUS_BACKEND_AUTH_TIMEOUT_SECONDS must be between 0 and 60")
+    local = (
+        env.text("NEXUS_USER_TOKEN_ISSUER", ""),
+        env.text("NEXUS_USER_TOKEN_AUDIENCE", ""),
+        env.text("NEXUS_USER_TOKEN_JWKS_URI", ""),
+    )
+    if any(local) and not all(local):
+        raise ConfigError(
+            "set all of NEXUS_USER_TOKEN_ISSUER, NEXUS_USER_TOKEN_AUDIENCE and "
+            "NEXUS_USER_TOKEN_JWKS_URI to verify user tokens locally, or none"
+        )
+    return BackendAuthSettings(
+        url=url,
+        timeout_seconds=timeout,
+        cache_seconds=max(0.0, env.number("NEXUS_BACKEND_AUTH_CACHE_SECONDS", 30.0)),
+        token_issuer=local[0],
+        token_audience=local[1],
+        token_jwks_uri=local[2],
+    )

@@ -88,6 +88,9 @@ server.service.on(Events.BeforeResponse, (response, req) => {
     return;
   }
   if (behaviour.expires_in !== null) response.body.expires_in = behaviour.expires_in;
+  // The library answers "dummy" when no scope was sent; a real provider then
+  // omits scope, meaning "what was authorized" (RFC 6749 §5.1).
+  if (!('scope' in req.body)) delete response.body.scope;
   if (grant === 'refresh_token' && !behaviour.rotate_refresh_token) delete response.body.refresh_token;
 });
 

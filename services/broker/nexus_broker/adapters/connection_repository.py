@@ -7,13 +7,12 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from nexus_common import Keyring
+from nexus_common import Keyring, reseal_column, utc
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..domain.connections import Connection, ConnectionStatus, TokenSet
 from .orm import authorization_attempts, connections
-from .repository import utc
 
 __all__ = ["Attempt", "AttemptRepository", "ConnectionRepository"]
 
@@ -154,6 +153,31 @@ class ConnectionRepository:
             )
         return [self._to_domain(row) for row in await self._session.execute(statement)]
 
+    async def usable_for(self, provider_id: str, workspace_id: str, limit: int) -> list[Connection]:
+        """Connections to a provider that could back a session (in one workspace
+        when given): active ones, and those waiting for the user to reconnect."""
+        statement = (
+            select(connections)
+            .where(
+                connections.c.provider_id == provider_id,
+                connections.c.status.in_([ConnectionStatus.ACTIVE, ConnectionStatus.ATTENTION]),
+            )
+            .order_by(connections.c.created_at, connections.c.id)
+            .limit(limit)
+        )
+        if workspace_id:
+            statement = statement.where(connections.c.workspace_id == workspace_id)
+        return [self._to_domain(row) for row in await self._session.execute(statement)]
+
+    async def reseal(self) -> int:
+        return await reseal_column(
+            self._session,
+            self._keyring,
+            connections.c.id,
+            connections.c.credentials_sealed,
+            _credentials_aad,
+        )
+
     async def delete(self, connection_id: str) -> bool:
         result = await self._session.execute(
             delete(connections).where(connections.c.id == connection_id)
@@ -247,6 +271,15 @@ class AttemptRepository:
         expires_at = utc(row.expires_at)
         assert expires_at is not None
         return Attempt(row.id, row.connection_id, verifier, row.nonce, expires_at, utc(row.used_at))
+
+    async def reseal(self) -> int:
+        return await reseal_column(
+            self._session,
+            self._keyring,
+            authorization_attempts.c.id,
+            authorization_attempts.c.code_verifier_sealed,
+            _verifier_aad,
+        )
 
     async def consume(self, attempt_id: str, now: datetime) -> bool:
         """Mark the attempt used; False when it already was (a replay)."""

@@ -17,7 +17,15 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["audit_events", "authorization_attempts", "connections", "metadata", "providers"]
+__all__ = [
+    "agent_sessions",
+    "audit_events",
+    "authorization_attempts",
+    "connections",
+    "metadata",
+    "providers",
+    "signing_keys",
+]
 
 metadata = MetaData()
 
@@ -93,6 +101,7 @@ connections = Table(
     Column("lease_owner", String(64), nullable=True),
     Index("ix_connections_workspace", "workspace_id", "created_at"),
     Index("ix_connections_due", "status", "next_refresh_at"),
+    Index("ix_connections_provider", "provider_id", "status"),
 )
 
 authorization_attempts = Table(
@@ -111,4 +120,38 @@ authorization_attempts = Table(
     Column("nonce", String(128), nullable=True),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("used_at", DateTime(timezone=True), nullable=True),
+)
+
+agent_sessions = Table(
+    "agent_sessions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(8), nullable=False),
+    Column("agent_id", String(63), nullable=False),
+    Column("provider_id", String(36), nullable=False),
+    Column("provider_name", String(63), nullable=False),
+    Column("connection_id", String(36), nullable=True),
+    Column("scopes", JSON, nullable=False),
+    Column("acting_for", String(255), nullable=True),
+    Column("tenant_id", String(255), nullable=True),
+    Column("clearance_level", String(255), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("closed_at", DateTime(timezone=True), nullable=True),
+    # A token narrowed for this session alone (never the connection's), so that
+    # closing the session can revoke it; sealed, AAD "agent_sessions/<id>/access_token".
+    Column("access_token_sealed", LargeBinary, nullable=True),
+    Index("ix_agent_sessions_expires_at", "expires_at"),
+)
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(32), primary_key=True),
+    Column("algorithm", String(16), nullable=False),
+    # PKCS#8 DER, AES-256-GCM sealed and bound to the row by AAD "signing_keys/<kid>".
+    Column("private_key_sealed", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("retire_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )

@@ -4,33 +4,21 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict, fields
-from datetime import UTC, datetime
-from typing import Any, overload
+from datetime import datetime
+from typing import Any
 
-from nexus_common import Keyring, ProviderAlreadyExists
+from nexus_common import AuditEvent, Keyring, ProviderAlreadyExists, reseal_column, utc
 from sqlalchemy import and_, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..domain.audit import AuditEvent
 from ..domain.discovery import Discovery
 from ..domain.providers import Provider, ProviderSpec
 from .orm import audit_events, providers
 
-__all__ = ["AuditRepository", "ProviderQuery", "ProviderRepository", "utc"]
+__all__ = ["AuditRepository", "ProviderQuery", "ProviderRepository"]
 
 _SPEC_COLUMNS = [f.name for f in fields(ProviderSpec) if f.name != "client_secret"]
-
-
-@overload
-def utc(value: datetime) -> datetime: ...
-@overload
-def utc(value: None) -> None: ...
-def utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything Nexus stores is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def _discovery_to_json(discovery: Discovery) -> dict[str, Any]:
@@ -171,25 +159,14 @@ class ProviderRepository:
             return None
         return self._keyring.open(sealed, _secret_aad(provider_id)).decode()
 
-    async def reseal_secrets(self) -> int:
-        """Re-seal every client secret not sealed under the primary key, so an
-        old key can then leave the keyring. Returns how many were re-sealed."""
-        rows = await self._session.execute(
-            select(providers.c.id, providers.c.client_secret_sealed).where(
-                providers.c.client_secret_sealed.is_not(None)
-            )
+    async def reseal(self) -> int:
+        return await reseal_column(
+            self._session,
+            self._keyring,
+            providers.c.id,
+            providers.c.client_secret_sealed,
+            _secret_aad,
         )
-        stale = [(pid, sealed) for pid, sealed in rows if self._keyring.needs_reseal(sealed)]
-        for provider_id, sealed in stale:
-            plaintext = self._keyring.open(sealed, _secret_aad(provider_id))
-            await self._session.execute(
-                providers.update()
-                .where(providers.c.id == provider_id)
-                .values(
-                    client_secret_sealed=self._keyring.seal(plaintext, _secret_aad(provider_id))
-                )
-            )
-        return len(stale)
 
 
 class AuditRepository:
@@ -198,6 +175,17 @@ class AuditRepository:
 
     async def add(self, event: AuditEvent) -> None:
         await self._session.execute(audit_events.insert().values(**asdict(event)))
+
+    async def add_new(self, events: list[AuditEvent]) -> int:
+        """Add the events whose ids are not recorded yet; returns how many."""
+        ids = [event.id for event in events]
+        known = set(
+            await self._session.scalars(select(audit_events.c.id).where(audit_events.c.id.in_(ids)))
+        )
+        fresh = {event.id: event for event in events if event.id not in known}
+        for event in fresh.values():
+            await self.add(event)
+        return len(fresh)
 
     async def list(
         self, *, resource: str, before: tuple[datetime, str] | None, limit: int

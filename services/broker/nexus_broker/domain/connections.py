@@ -34,10 +34,13 @@ class TokenSet:
 
     def after_refresh(self, fresh: TokenSet) -> TokenSet:
         """RFC 6749 §6: a provider may omit the refresh token from a refresh
-        response, in which case the old one stays valid and must be kept."""
-        if fresh.refresh_token:
-            return fresh
-        return replace(fresh, refresh_token=self.refresh_token, scope=fresh.scope or self.scope)
+        response, in which case the old one stays valid and must be kept; an
+        omitted scope is the scope granted before (§5.1)."""
+        return replace(
+            fresh,
+            refresh_token=fresh.refresh_token or self.refresh_token,
+            scope=fresh.scope or self.scope,
+        )
 
     def expires_within(self, now: datetime, seconds: float) -> bool:
         return self.expires_at is not None and self.expires_at - now <= timedelta(seconds=seconds)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from nexus.broker.v1 import audit_pb2, connections_pb2, providers_pb2
+from nexus_common import AuditEvent
 
-from ..domain.audit import AuditEvent
 from ..domain.connections import Connection
 from ..domain.credentials import TokenPayload
 from ..domain.discovery import Discovery
@@ -127,6 +127,17 @@ def audit_event_to_proto(event: AuditEvent) -> audit_pb2.AuditEvent:
         action=event.action,
         resource=event.resource,
         details=_struct(event.details),
+    )
+
+
+def audit_event_from_proto(message: audit_pb2.AuditEvent) -> AuditEvent:
+    return AuditEvent(
+        actor=message.actor,
+        action=message.action,
+        resource=message.resource,
+        event_time=message.event_time.ToDatetime(tzinfo=UTC),
+        details=json_format.MessageToDict(message.details),
+        id=message.id,
     )
 
 

@@ -7,7 +7,13 @@ from nexus.broker.v1 import audit_pb2, audit_pb2_grpc, providers_pb2, providers_
 
 from ..service_layer import audit, providers
 from ..service_layer.providers import RegistryDeps
-from .convert import audit_event_to_proto, provider_summary, provider_to_proto, spec_from_proto
+from .convert import (
+    audit_event_from_proto,
+    audit_event_to_proto,
+    provider_summary,
+    provider_to_proto,
+    spec_from_proto,
+)
 
 __all__ = ["AuditLogServicer", "ProviderRegistryServicer"]
 
@@ -90,3 +96,10 @@ class AuditLogServicer(audit_pb2_grpc.AuditLogServiceServicer):
             audit_events=[audit_event_to_proto(e) for e in page.events],
             next_page_token=page.next_page_token,
         )
+
+    async def RecordAuditEvents(
+        self, request: audit_pb2.RecordAuditEventsRequest, context: Context
+    ) -> audit_pb2.RecordAuditEventsResponse:
+        events = [audit_event_from_proto(e) for e in request.audit_events]
+        recorded = await audit.record_audit_events(events, self._deps.uow)
+        return audit_pb2.RecordAuditEventsResponse(recorded=recorded)

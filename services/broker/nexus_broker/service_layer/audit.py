@@ -6,17 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from nexus_common import current_caller, decode_page_token, encode_page_token, page_size
+from nexus_common import (
+    AuditEvent,
+    ValidationFailed,
+    decode_page_token,
+    encode_page_token,
+    page_size,
+)
 
-from ..domain.audit import AuditEvent
 from .unit_of_work import BrokerUnitOfWork
 
-__all__ = ["AuditPage", "current_actor", "list_audit_events"]
-
-
-def current_actor() -> str:
-    """Who the audit trail names for the call in progress."""
-    return str(current_caller.get() or "unknown")
+__all__ = ["AuditPage", "list_audit_events", "record_audit_events"]
 
 
 @dataclass(frozen=True)
@@ -43,3 +43,16 @@ async def list_audit_events(
     if len(found) > limit:
         token = encode_page_token([page[-1].event_time.isoformat(), page[-1].id], filters)
     return AuditPage(page, token)
+
+
+async def record_audit_events(events: list[AuditEvent], uow: Callable[[], BrokerUnitOfWork]) -> int:
+    """Record events another service made, each once however often delivered."""
+    for event in events:
+        if not event.id or not event.action or not event.resource:
+            raise ValidationFailed(
+                "each audit event needs an id, an action and a resource", field="audit_events"
+            )
+    async with uow() as work:
+        recorded = await work.audit.add_new(events)
+        await work.commit()
+    return recorded

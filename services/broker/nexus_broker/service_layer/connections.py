@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from nexus_common import (
+    AuditEvent,
     ConnectionNotActive,
     ConnectionNotFound,
     Internal,
@@ -31,7 +32,6 @@ from ..adapters.credential_check import CredentialChecker
 from ..adapters.oidc_id_token import IdTokenError, IdTokenVerifier
 from ..adapters.rfc6749 import ClientCredentials, TokenEndpoint, TokenEndpointError
 from ..adapters.rfc7009 import revoke_tokens
-from ..domain.audit import AuditEvent
 from ..domain.connections import Connection, ConnectionStatus, RefreshPolicy
 from ..domain.credentials import capture_fields, validate_static_credentials
 from ..domain.params import CredentialField
@@ -39,7 +39,6 @@ from ..domain.providers import STATIC_AUTH_TYPES, AuthType, Provider
 from ..domain.return_urls import ReturnUrlPolicy, append_query
 from ..domain.rfc7636 import CODE_CHALLENGE_METHOD, code_challenge, new_code_verifier
 from ..domain.state import StateSigner
-from .audit import current_actor
 from .providers import RegistryDeps, get_provider
 from .unit_of_work import BrokerUnitOfWork
 
@@ -101,7 +100,6 @@ def connection_event(
     action: str, connection: Connection, now: datetime, **details: Any
 ) -> AuditEvent:
     return AuditEvent.record(
-        current_actor(),
         action,
         f"connections/{connection.id}",
         now,

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from nexus_common import (
+    AuditEvent,
     ConcurrentModification,
     DiscoveryDocumentInvalid,
     ProviderDeleted,
@@ -21,7 +22,6 @@ from nexus_common import (
 
 from ..adapters.oidc_discovery import DiscoveryClient, IssuerUnreachable
 from ..adapters.repository import ProviderQuery
-from ..domain.audit import AuditEvent
 from ..domain.discovery import Discovery, DiscoveryStatus, parse_discovery_document
 from ..domain.providers import (
     AUTH_TYPES,
@@ -30,7 +30,6 @@ from ..domain.providers import (
     ProviderSpec,
     validate_spec,
 )
-from .audit import current_actor
 from .unit_of_work import BrokerUnitOfWork
 
 __all__ = [
@@ -104,9 +103,7 @@ async def create_provider(spec: ProviderSpec, deps: RegistryDeps) -> Provider:
     async with deps.uow() as uow:
         await uow.providers.add(provider, spec.client_secret)
         await uow.audit.add(
-            AuditEvent.record(
-                current_actor(), "provider.create", _resource(provider), now, **_audit_view(spec)
-            )
+            AuditEvent.record("provider.create", _resource(provider), now, **_audit_view(spec))
         )
         await uow.commit()
     return provider
@@ -235,7 +232,6 @@ async def update_provider(
             raise _changed_meanwhile(current)
         await uow.audit.add(
             AuditEvent.record(
-                current_actor(),
                 "provider.update",
                 _resource(updated),
                 now,
@@ -257,9 +253,7 @@ async def delete_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
         if not await uow.providers.update(deleted, None, read_at=provider.updated_at):
             raise _changed_meanwhile(provider)
         await uow.audit.add(
-            AuditEvent.record(
-                current_actor(), "provider.delete", _resource(deleted), now, name=deleted.name
-            )
+            AuditEvent.record("provider.delete", _resource(deleted), now, name=deleted.name)
         )
         await uow.commit()
     return deleted
@@ -282,9 +276,15 @@ async def providers_by_auth_type(deps: RegistryDeps) -> dict[str, list[Provider]
 async def reseal_secrets(uow: Callable[[], BrokerUnitOfWork], now: datetime) -> int:
     """After a new key joins the keyring: move every stored secret onto it."""
     async with uow() as work:
-        count = await work.providers.reseal_secrets()
-        await work.audit.add(
-            AuditEvent.record(current_actor(), "keyring.reseal", "providers", now, resealed=count)
+        count = sum(
+            [
+                await work.providers.reseal(),
+                await work.connections.reseal(),
+                await work.attempts.reseal(),
+                await work.signing_keys.reseal(),
+                await work.sessions.reseal(),
+            ]
         )
+        await work.audit.add(AuditEvent.record("keyring.reseal", "vault", now, resealed=count))
         await work.commit()
     return count

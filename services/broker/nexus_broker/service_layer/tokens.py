@@ -20,6 +20,7 @@ from nexus_common import (
     ConnectionReauthRequired,
     ProviderUnavailable,
     RefreshNotSupported,
+    SessionNotSupported,
 )
 
 from ..adapters.rfc6749 import TokenEndpointError
@@ -35,7 +36,7 @@ from .connections import (
 )
 from .unit_of_work import BrokerUnitOfWork
 
-__all__ = ["Refresher", "get_token", "refresh_connection"]
+__all__ = ["Refresher", "get_token", "refresh_connection", "require_active"]
 
 log = logging.getLogger("nexus.refresh")
 
@@ -67,6 +68,66 @@ class Refresher:
             self._inflight[key] = pending
             pending.add_done_callback(lambda _: self._inflight.pop(key, None))
         await asyncio.shield(pending)
+
+    async def _claim(self, connection_id: str) -> None:
+        """Take the connection's lease, waiting while another refresh holds it."""
+        deadline = self.deps.now() + timedelta(seconds=self.lease_seconds + 5)
+        while True:
+            now = self.deps.now()
+            async with self.deps.uow() as uow:
+                claimed = await uow.connections.claim(
+                    connection_id, self.owner, now, now + timedelta(seconds=self.lease_seconds)
+                )
+                await uow.commit()
+            if claimed:
+                return
+            if now >= deadline:
+                raise ProviderUnavailable(
+                    "another broker is still refreshing this connection; retry"
+                )
+            await asyncio.sleep(0.1)
+
+    async def narrowed(self, connection_id: str, scopes: tuple[str, ...]) -> TokenSet:
+        """A token carrying only ``scopes``, from a refresh grant that asks for
+        fewer (RFC 6749 §6). It is handed out, never stored, so the connection
+        keeps its full grant; a rotated refresh token is stored under the lease."""
+        await self._claim(connection_id)
+        try:
+            async with self.deps.uow() as uow:
+                connection = await load_connection(uow, connection_id)
+                tokens = await uow.connections.tokens(connection_id)
+                provider = await provider_of(uow, connection)
+                client = await client_credentials(uow, provider)
+            if tokens is None or not tokens.refresh_token:
+                raise SessionNotSupported(
+                    f"{provider.name} issued no refresh token for this connection, so "
+                    "Nexus cannot narrow its scopes"
+                )
+            now = self.deps.now()
+            try:
+                fresh = await self.deps.tokens.refresh(
+                    provider.token_url,
+                    client,
+                    refresh_token=tokens.refresh_token,
+                    scopes=scopes,
+                    now=now,
+                )
+            except TokenEndpointError as exc:
+                raise ProviderUnavailable(
+                    f"{provider.name} did not issue a token narrowed to the requested "
+                    f"scopes: {exc.message}"
+                ) from exc
+            if fresh.refresh_token and fresh.refresh_token != tokens.refresh_token:
+                async with self.deps.uow() as uow:
+                    await uow.connections.save(
+                        replace(connection, updated_at=now),
+                        read_at=connection.updated_at,
+                        tokens=replace(tokens, refresh_token=fresh.refresh_token),
+                    )
+                    await uow.commit()
+            return fresh
+        finally:
+            await self._release(connection_id)
 
     async def _refresh_once(self, connection_id: str, *, force: bool) -> None:
         started = self.deps.now()
@@ -233,7 +294,7 @@ class Refresher:
         return claimed
 
 
-def _require_active(connection: Connection, provider: Provider, now: datetime) -> None:
+def require_active(connection: Connection, provider: Provider, now: datetime) -> None:
     status = connection.status_at(now)
     if status == ConnectionStatus.ATTENTION:
         raise ConnectionReauthRequired(
@@ -266,7 +327,7 @@ async def _release(
     async with deps.uow() as uow:
         connection = await load_connection(uow, connection_id)
         provider = await provider_of(uow, connection)
-        _require_active(connection, provider, now)
+        require_active(connection, provider, now)
         if provider.spec.auth_type != AuthType.OAUTH2:
             payload = static_payload(
                 provider, await uow.connections.static_credentials(connection_id)
@@ -300,7 +361,7 @@ async def refresh_connection(
 ) -> tuple[Connection, Provider]:
     """Refresh now; says so when the provider would not."""
     connection, provider = await _load_with_provider(connection_id, deps)
-    _require_active(connection, provider, deps.now())
+    require_active(connection, provider, deps.now())
     if provider.spec.auth_type != AuthType.OAUTH2:
         raise RefreshNotSupported(
             f"{provider.name} uses static credentials, which do not refresh",
@@ -316,7 +377,7 @@ async def refresh_connection(
         )
     await refresher.refresh(connection_id, force=True)
     refreshed, _ = await _load_with_provider(connection_id, deps)
-    _require_active(refreshed, provider, deps.now())
+    require_active(refreshed, provider, deps.now())
     if refreshed.refresh_failures:
         raise ProviderUnavailable(
             f"{provider.name} did not refresh the token: {refreshed.last_error}"

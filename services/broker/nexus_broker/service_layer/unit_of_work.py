@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..adapters.connection_repository import AttemptRepository, ConnectionRepository
 from ..adapters.repository import AuditRepository, ProviderRepository
+from ..adapters.session_repository import SessionRepository, SigningKeyRepository
 
 __all__ = ["BrokerUnitOfWork"]
 
@@ -18,6 +19,8 @@ class BrokerUnitOfWork(SqlUnitOfWork):
     connections: ConnectionRepository
     attempts: AttemptRepository
     audit: AuditRepository
+    sessions: SessionRepository
+    signing_keys: SigningKeyRepository
 
     def __init__(self, session_factory: async_sessionmaker[AsyncSession], keyring: Keyring) -> None:
         super().__init__(session_factory)
@@ -29,4 +32,6 @@ class BrokerUnitOfWork(SqlUnitOfWork):
         self.connections = ConnectionRepository(self.session, self._keyring)
         self.attempts = AttemptRepository(self.session, self._keyring)
         self.audit = AuditRepository(self.session)
+        self.sessions = SessionRepository(self.session, self._keyring)
+        self.signing_keys = SigningKeyRepository(self.session, self._keyring)
         return self

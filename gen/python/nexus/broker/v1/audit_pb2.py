@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bnexus/broker/v1/audit.proto\x12\x0fnexus.broker.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"c\n\x16ListAuditEventsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08resource\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"e\n\x17ListAuditEventsResponse\x12\x31\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x1b.nexus.broker.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa3\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\x12(\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct2w\n\x0f\x41uditLogService\x12\x64\n\x0fListAuditEvents\x12\'.nexus.broker.v1.ListAuditEventsRequest\x1a(.nexus.broker.v1.ListAuditEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bnexus/broker/v1/audit.proto\x12\x0fnexus.broker.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"c\n\x16ListAuditEventsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08resource\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"e\n\x17ListAuditEventsResponse\x12\x31\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x1b.nexus.broker.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa3\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\x12(\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"S\n\x18RecordAuditEventsRequest\x12\x37\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x1b.nexus.broker.v1.AuditEventB\x04\xe2\x41\x01\x02\"-\n\x19RecordAuditEventsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\x32\xe3\x01\n\x0f\x41uditLogService\x12\x64\n\x0fListAuditEvents\x12\'.nexus.broker.v1.ListAuditEventsRequest\x1a(.nexus.broker.v1.ListAuditEventsResponse\x12j\n\x11RecordAuditEvents\x12).nexus.broker.v1.RecordAuditEventsRequest\x1a*.nexus.broker.v1.RecordAuditEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,12 +40,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
   _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['resource']._loaded_options = None
   _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['resource']._serialized_options = b'\342A\001\001'
+  _globals['_RECORDAUDITEVENTSREQUEST'].fields_by_name['audit_events']._loaded_options = None
+  _globals['_RECORDAUDITEVENTSREQUEST'].fields_by_name['audit_events']._serialized_options = b'\342A\001\002'
   _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=144
   _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=243
   _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=245
   _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=346
   _globals['_AUDITEVENT']._serialized_start=349
   _globals['_AUDITEVENT']._serialized_end=512
-  _globals['_AUDITLOGSERVICE']._serialized_start=514
-  _globals['_AUDITLOGSERVICE']._serialized_end=633
+  _globals['_RECORDAUDITEVENTSREQUEST']._serialized_start=514
+  _globals['_RECORDAUDITEVENTSREQUEST']._serialized_end=597
+  _globals['_RECORDAUDITEVENTSRESPONSE']._serialized_start=599
+  _globals['_RECORDAUDITEVENTSRESPONSE']._serialized_end=644
+  _globals['_AUDITLOGSERVICE']._serialized_start=647
+  _globals['_AUDITLOGSERVICE']._serialized_end=874
 # @@protoc_insertion_point(module_scope)

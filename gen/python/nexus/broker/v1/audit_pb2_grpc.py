@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class AuditLogServiceStub:
-    """The trail of admin changes and credential releases.
+    """The trail of admin changes, credential releases and session decisions.
     """
 
     def __init__(self, channel):
@@ -40,14 +40,27 @@ class AuditLogServiceStub:
                 request_serializer=nexus_dot_broker_dot_v1_dot_audit__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=nexus_dot_broker_dot_v1_dot_audit__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.RecordAuditEvents = channel.unary_unary(
+                '/nexus.broker.v1.AuditLogService/RecordAuditEvents',
+                request_serializer=nexus_dot_broker_dot_v1_dot_audit__pb2.RecordAuditEventsRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_audit__pb2.RecordAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AuditLogServiceServicer:
-    """The trail of admin changes and credential releases.
+    """The trail of admin changes, credential releases and session decisions.
     """
 
     def ListAuditEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordAuditEvents(self, request, context):
+        """Other services hand their events over (at least once): an event whose id
+        is already recorded is skipped, so a retried delivery records nothing twice.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -60,6 +73,11 @@ def add_AuditLogServiceServicer_to_server(servicer, server):
                     request_deserializer=nexus_dot_broker_dot_v1_dot_audit__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=nexus_dot_broker_dot_v1_dot_audit__pb2.ListAuditEventsResponse.SerializeToString,
             ),
+            'RecordAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordAuditEvents,
+                    request_deserializer=nexus_dot_broker_dot_v1_dot_audit__pb2.RecordAuditEventsRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_audit__pb2.RecordAuditEventsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'nexus.broker.v1.AuditLogService', rpc_method_handlers)
@@ -69,7 +87,7 @@ def add_AuditLogServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AuditLogService:
-    """The trail of admin changes and credential releases.
+    """The trail of admin changes, credential releases and session decisions.
     """
 
     @staticmethod
@@ -89,6 +107,33 @@ class AuditLogService:
             '/nexus.broker.v1.AuditLogService/ListAuditEvents',
             nexus_dot_broker_dot_v1_dot_audit__pb2.ListAuditEventsRequest.SerializeToString,
             nexus_dot_broker_dot_v1_dot_audit__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.broker.v1.AuditLogService/RecordAuditEvents',
+            nexus_dot_broker_dot_v1_dot_audit__pb2.RecordAuditEventsRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_audit__pb2.RecordAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,23 +27,31 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AuditLogServiceStub:
-    """The trail of admin changes and credential releases."""
+    """The trail of admin changes, credential releases and session decisions."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuditLogServiceAsyncStub: ...
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ListAuditEventsRequest, _audit_pb2.ListAuditEventsResponse]
+    RecordAuditEvents: _grpc.UnaryUnaryMultiCallable[_audit_pb2.RecordAuditEventsRequest, _audit_pb2.RecordAuditEventsResponse]
+    """Other services hand their events over (at least once): an event whose id
+    is already recorded is skipped, so a retried delivery records nothing twice.
+    """
 
 @_typing.type_check_only
 class AuditLogServiceAsyncStub(AuditLogServiceStub):
-    """The trail of admin changes and credential releases."""
+    """The trail of admin changes, credential releases and session decisions."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_audit_pb2.ListAuditEventsRequest, _audit_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    RecordAuditEvents: _aio.UnaryUnaryMultiCallable[_audit_pb2.RecordAuditEventsRequest, _audit_pb2.RecordAuditEventsResponse]  # type: ignore[assignment]
+    """Other services hand their events over (at least once): an event whose id
+    is already recorded is skipped, so a retried delivery records nothing twice.
+    """
 
 class AuditLogServiceServicer(metaclass=_abc_1.ABCMeta):
-    """The trail of admin changes and credential releases."""
+    """The trail of admin changes, credential releases and session decisions."""
 
     @_abc_1.abstractmethod
     def ListAuditEvents(
@@ -51,5 +59,15 @@ class AuditLogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.ListAuditEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.ListAuditEventsResponse, _abc.Awaitable[_audit_pb2.ListAuditEventsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RecordAuditEvents(
+        self,
+        request: _audit_pb2.RecordAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.RecordAuditEventsResponse, _abc.Awaitable[_audit_pb2.RecordAuditEventsResponse]]:
+        """Other services hand their events over (at least once): an event whose id
+        is already recorded is skipped, so a retried delivery records nothing twice.
+        """
 
 def add_AuditLogServiceServicer_to_server(servicer: AuditLogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -30,9 +30,11 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from nexus.broker.v1 import audit_pb2 as nexus_dot_broker_dot_v1_dot_audit__pb2
 from nexus.broker.v1 import connections_pb2 as nexus_dot_broker_dot_v1_dot_connections__pb2
 from nexus.broker.v1 import providers_pb2 as nexus_dot_broker_dot_v1_dot_providers__pb2
+from nexus.broker.v1 import sessions_pb2 as nexus_dot_broker_dot_v1_dot_sessions__pb2
+from nexus.policy.v1 import agents_pb2 as nexus_dot_policy_dot_v1_dot_agents__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enexus/gateway/v1/gateway.proto\x12\x10nexus.gateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a google/protobuf/field_mask.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1bnexus/broker/v1/audit.proto\x1a!nexus/broker/v1/connections.proto\x1a\x1fnexus/broker/v1/providers.proto\"y\n\x15\x43reateProviderRequest\x12\x31\n\x08provider\x18\x01 \x01(\x0b\x32\x19.nexus.broker.v1.ProviderB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\"\xc2\x01\n\x15UpdateProviderRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x31\n\x08provider\x18\x02 \x01(\x0b\x32\x19.nexus.broker.v1.ProviderB\x04\xe2\x41\x01\x01\x12\x35\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x04 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\"\x8e\x01\n\x18RequestConnectionRequest\x12\x43\n\nconnection\x18\x01 \x01(\x0b\x32).nexus.broker.v1.RequestConnectionRequestB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\"\x8d\x01\n\x19\x43\x61ptureCredentialsRequest\x12\x41\n\x07\x63\x61pture\x18\x01 \x01(\x0b\x32*.nexus.broker.v1.CaptureCredentialsRequestB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\x32\xef\x05\n\x0fProviderService\x12v\n\x0e\x43reateProvider\x12\'.nexus.gateway.v1.CreateProviderRequest\x1a\x19.nexus.broker.v1.Provider\" \x82\xd3\xe4\x93\x02\x1a\"\r/v1/providers:\thttp_body\x12u\n\rListProviders\x12%.nexus.broker.v1.ListProvidersRequest\x1a&.nexus.broker.v1.ListProvidersResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/providers\x12\x93\x01\n\x14ListProviderMetadata\x12,.nexus.broker.v1.ListProviderMetadataRequest\x1a-.nexus.broker.v1.ListProviderMetadataResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/providers:metadata\x12i\n\x0bGetProvider\x12#.nexus.broker.v1.GetProviderRequest\x1a\x19.nexus.broker.v1.Provider\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/providers/{id}\x12{\n\x0eUpdateProvider\x12\'.nexus.gateway.v1.UpdateProviderRequest\x1a\x19.nexus.broker.v1.Provider\"%\x82\xd3\xe4\x93\x02\x1f\x32\x12/v1/providers/{id}:\thttp_body\x12o\n\x0e\x44\x65leteProvider\x12&.nexus.broker.v1.DeleteProviderRequest\x1a\x19.nexus.broker.v1.Provider\"\x1a\x82\xd3\xe4\x93\x02\x14*\x12/v1/providers/{id}2\xce\x08\n\x11\x43onnectionService\x12\x96\x01\n\x11RequestConnection\x12*.nexus.gateway.v1.RequestConnectionRequest\x1a*.nexus.broker.v1.RequestConnectionResponse\")\x82\xd3\xe4\x93\x02#\"\x16/v1/request-connection:\thttp_body\x12\x85\x01\n\x0f\x43heckConnection\x12\'.nexus.broker.v1.CheckConnectionRequest\x1a\x1b.nexus.broker.v1.Connection\",\x82\xd3\xe4\x93\x02&\x12$/v1/check-connection/{connection_id}\x12n\n\x08GetToken\x12 .nexus.broker.v1.GetTokenRequest\x1a\x1d.nexus.broker.v1.TokenPayload\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/token/{connection_id}\x12\x80\x01\n\x11RefreshConnection\x12).nexus.broker.v1.RefreshConnectionRequest\x1a\x1b.nexus.broker.v1.Connection\"#\x82\xd3\xe4\x93\x02\x1d\"\x1b/v1/refresh/{connection_id}\x12}\n\x0fListConnections\x12\'.nexus.broker.v1.ListConnectionsRequest\x1a(.nexus.broker.v1.ListConnectionsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/connections\x12\x89\x01\n\x10RevokeConnection\x12(.nexus.broker.v1.RevokeConnectionRequest\x1a\x1b.nexus.broker.v1.Connection\".\x82\xd3\xe4\x93\x02(\"&/v1/connections/{connection_id}:revoke\x12}\n\x10\x44\x65leteConnection\x12(.nexus.broker.v1.DeleteConnectionRequest\x1a\x16.google.protobuf.Empty\"\'\x82\xd3\xe4\x93\x02!*\x1f/v1/connections/{connection_id}\x12\x9a\x01\n\x12\x43\x61ptureCredentials\x12+.nexus.gateway.v1.CaptureCredentialsRequest\x1a+.nexus.broker.v1.CaptureCredentialsResponse\"*\x82\xd3\xe4\x93\x02$\"\x17/v1/capture-credentials:\thttp_body2\x8e\x01\n\x0c\x41uditService\x12~\n\x0fListAuditEvents\x12\'.nexus.broker.v1.ListAuditEventsRequest\x1a(.nexus.broker.v1.ListAuditEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit-eventsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enexus/gateway/v1/gateway.proto\x12\x10nexus.gateway.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a google/protobuf/field_mask.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1bnexus/broker/v1/audit.proto\x1a!nexus/broker/v1/connections.proto\x1a\x1fnexus/broker/v1/providers.proto\x1a\x1enexus/broker/v1/sessions.proto\x1a\x1cnexus/policy/v1/agents.proto\"y\n\x15\x43reateProviderRequest\x12\x31\n\x08provider\x18\x01 \x01(\x0b\x32\x19.nexus.broker.v1.ProviderB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\"\xc2\x01\n\x15UpdateProviderRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x31\n\x08provider\x18\x02 \x01(\x0b\x32\x19.nexus.broker.v1.ProviderB\x04\xe2\x41\x01\x01\x12\x35\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x04 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\"\x8e\x01\n\x18RequestConnectionRequest\x12\x43\n\nconnection\x18\x01 \x01(\x0b\x32).nexus.broker.v1.RequestConnectionRequestB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\"\x8d\x01\n\x19\x43\x61ptureCredentialsRequest\x12\x41\n\x07\x63\x61pture\x18\x01 \x01(\x0b\x32*.nexus.broker.v1.CaptureCredentialsRequestB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\"p\n\x12\x43reateAgentRequest\x12+\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x16.nexus.policy.v1.AgentB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\"\xbf\x01\n\x12UpdateAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x16.nexus.policy.v1.AgentB\x04\xe2\x41\x01\x01\x12\x35\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x04 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\"\x9e\x01\n\x15RotateAgentKeyRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12>\n\x08rotation\x18\x02 \x01(\x0b\x32&.nexus.policy.v1.RotateAgentKeyRequestB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x03 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\"\x8d\x01\n\x19\x43reateAgentSessionRequest\x12\x41\n\x07session\x18\x01 \x01(\x0b\x32*.nexus.broker.v1.CreateAgentSessionRequestB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\"\x89\x01\n\x17\x43reateOboSessionRequest\x12?\n\x07session\x18\x01 \x01(\x0b\x32(.nexus.broker.v1.CreateOboSessionRequestB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\"\x91\x01\n\x18IntrospectSessionRequest\x12\x46\n\rintrospection\x18\x01 \x01(\x0b\x32).nexus.broker.v1.IntrospectSessionRequestB\x04\xe2\x41\x01\x01\x12-\n\thttp_body\x18\x02 \x01(\x0b\x32\x14.google.api.HttpBodyB\x04\xe2\x41\x01\x01\x32\xef\x05\n\x0fProviderService\x12v\n\x0e\x43reateProvider\x12\'.nexus.gateway.v1.CreateProviderRequest\x1a\x19.nexus.broker.v1.Provider\" \x82\xd3\xe4\x93\x02\x1a\"\r/v1/providers:\thttp_body\x12u\n\rListProviders\x12%.nexus.broker.v1.ListProvidersRequest\x1a&.nexus.broker.v1.ListProvidersResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/providers\x12\x93\x01\n\x14ListProviderMetadata\x12,.nexus.broker.v1.ListProviderMetadataRequest\x1a-.nexus.broker.v1.ListProviderMetadataResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/providers:metadata\x12i\n\x0bGetProvider\x12#.nexus.broker.v1.GetProviderRequest\x1a\x19.nexus.broker.v1.Provider\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/providers/{id}\x12{\n\x0eUpdateProvider\x12\'.nexus.gateway.v1.UpdateProviderRequest\x1a\x19.nexus.broker.v1.Provider\"%\x82\xd3\xe4\x93\x02\x1f\x32\x12/v1/providers/{id}:\thttp_body\x12o\n\x0e\x44\x65leteProvider\x12&.nexus.broker.v1.DeleteProviderRequest\x1a\x19.nexus.broker.v1.Provider\"\x1a\x82\xd3\xe4\x93\x02\x14*\x12/v1/providers/{id}2\xce\x08\n\x11\x43onnectionService\x12\x96\x01\n\x11RequestConnection\x12*.nexus.gateway.v1.RequestConnectionRequest\x1a*.nexus.broker.v1.RequestConnectionResponse\")\x82\xd3\xe4\x93\x02#\"\x16/v1/request-connection:\thttp_body\x12\x85\x01\n\x0f\x43heckConnection\x12\'.nexus.broker.v1.CheckConnectionRequest\x1a\x1b.nexus.broker.v1.Connection\",\x82\xd3\xe4\x93\x02&\x12$/v1/check-connection/{connection_id}\x12n\n\x08GetToken\x12 .nexus.broker.v1.GetTokenRequest\x1a\x1d.nexus.broker.v1.TokenPayload\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/token/{connection_id}\x12\x80\x01\n\x11RefreshConnection\x12).nexus.broker.v1.RefreshConnectionRequest\x1a\x1b.nexus.broker.v1.Connection\"#\x82\xd3\xe4\x93\x02\x1d\"\x1b/v1/refresh/{connection_id}\x12}\n\x0fListConnections\x12\'.nexus.broker.v1.ListConnectionsRequest\x1a(.nexus.broker.v1.ListConnectionsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/connections\x12\x89\x01\n\x10RevokeConnection\x12(.nexus.broker.v1.RevokeConnectionRequest\x1a\x1b.nexus.broker.v1.Connection\".\x82\xd3\xe4\x93\x02(\"&/v1/connections/{connection_id}:revoke\x12}\n\x10\x44\x65leteConnection\x12(.nexus.broker.v1.DeleteConnectionRequest\x1a\x16.google.protobuf.Empty\"\'\x82\xd3\xe4\x93\x02!*\x1f/v1/connections/{connection_id}\x12\x9a\x01\n\x12\x43\x61ptureCredentials\x12+.nexus.gateway.v1.CaptureCredentialsRequest\x1a+.nexus.broker.v1.CaptureCredentialsResponse\"*\x82\xd3\xe4\x93\x02$\"\x17/v1/capture-credentials:\thttp_body2\x8e\x01\n\x0c\x41uditService\x12~\n\x0fListAuditEvents\x12\'.nexus.broker.v1.ListAuditEventsRequest\x1a(.nexus.broker.v1.ListAuditEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit-events2\xf7\x05\n\x0c\x41gentService\x12~\n\x0b\x43reateAgent\x12$.nexus.gateway.v1.CreateAgentRequest\x1a$.nexus.policy.v1.CreateAgentResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x10/admin/v1/agents:\thttp_body\x12o\n\nListAgents\x12\".nexus.policy.v1.ListAgentsRequest\x1a#.nexus.policy.v1.ListAgentsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/admin/v1/agents\x12i\n\x08GetAgent\x12 .nexus.policy.v1.GetAgentRequest\x1a\x16.nexus.policy.v1.Agent\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/admin/v1/agents/{agent_id}\x12{\n\x0bUpdateAgent\x12$.nexus.gateway.v1.UpdateAgentRequest\x1a\x16.nexus.policy.v1.Agent\".\x82\xd3\xe4\x93\x02(2\x1b/admin/v1/agents/{agent_id}:\thttp_body\x12o\n\x0b\x44\x65leteAgent\x12#.nexus.policy.v1.DeleteAgentRequest\x1a\x16.google.protobuf.Empty\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/admin/v1/agents/{agent_id}\x12\x9c\x01\n\x0eRotateAgentKey\x12\'.nexus.gateway.v1.RotateAgentKeyRequest\x1a\'.nexus.policy.v1.RotateAgentKeyResponse\"8\x82\xd3\xe4\x93\x02\x32\"%/admin/v1/agents/{agent_id}:rotateKey:\thttp_body2\xa1\x05\n\x0eSessionService\x12\x87\x01\n\x12\x43reateAgentSession\x12+.nexus.gateway.v1.CreateAgentSessionRequest\x1a\x1d.nexus.broker.v1.AgentSession\"%\x82\xd3\xe4\x93\x02\x1f\"\x12/v1/agent-sessions:\thttp_body\x12\x81\x01\n\x10\x43reateOboSession\x12).nexus.gateway.v1.CreateOboSessionRequest\x1a\x1d.nexus.broker.v1.AgentSession\"#\x82\xd3\xe4\x93\x02\x1d\"\x10/v1/obo-sessions:\thttp_body\x12\x7f\n\x11\x43loseAgentSession\x12).nexus.broker.v1.CloseAgentSessionRequest\x1a\x16.google.protobuf.Empty\"\'\x82\xd3\xe4\x93\x02!*\x1f/v1/agent-sessions/{session_id}\x12\x9d\x01\n\x11IntrospectSession\x12*.nexus.gateway.v1.IntrospectSessionRequest\x1a*.nexus.broker.v1.IntrospectSessionResponse\"0\x82\xd3\xe4\x93\x02*\"\x1d/v1/agent-sessions:introspect:\thttp_body\x12`\n\x07GetJwks\x12\x1f.nexus.broker.v1.GetJwksRequest\x1a\x14.google.api.HttpBody\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/.well-known/jwks.jsonb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,6 +61,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAPTURECREDENTIALSREQUEST'].fields_by_name['capture']._serialized_options = b'\342A\001\001'
   _globals['_CAPTURECREDENTIALSREQUEST'].fields_by_name['http_body']._loaded_options = None
   _globals['_CAPTURECREDENTIALSREQUEST'].fields_by_name['http_body']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEAGENTREQUEST'].fields_by_name['agent']._loaded_options = None
+  _globals['_CREATEAGENTREQUEST'].fields_by_name['agent']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEAGENTREQUEST'].fields_by_name['http_body']._loaded_options = None
+  _globals['_CREATEAGENTREQUEST'].fields_by_name['http_body']._serialized_options = b'\342A\001\001'
+  _globals['_UPDATEAGENTREQUEST'].fields_by_name['agent_id']._loaded_options = None
+  _globals['_UPDATEAGENTREQUEST'].fields_by_name['agent_id']._serialized_options = b'\342A\001\002'
+  _globals['_UPDATEAGENTREQUEST'].fields_by_name['agent']._loaded_options = None
+  _globals['_UPDATEAGENTREQUEST'].fields_by_name['agent']._serialized_options = b'\342A\001\001'
+  _globals['_UPDATEAGENTREQUEST'].fields_by_name['update_mask']._loaded_options = None
+  _globals['_UPDATEAGENTREQUEST'].fields_by_name['update_mask']._serialized_options = b'\342A\001\001'
+  _globals['_UPDATEAGENTREQUEST'].fields_by_name['http_body']._loaded_options = None
+  _globals['_UPDATEAGENTREQUEST'].fields_by_name['http_body']._serialized_options = b'\342A\001\001'
+  _globals['_ROTATEAGENTKEYREQUEST'].fields_by_name['agent_id']._loaded_options = None
+  _globals['_ROTATEAGENTKEYREQUEST'].fields_by_name['agent_id']._serialized_options = b'\342A\001\002'
+  _globals['_ROTATEAGENTKEYREQUEST'].fields_by_name['rotation']._loaded_options = None
+  _globals['_ROTATEAGENTKEYREQUEST'].fields_by_name['rotation']._serialized_options = b'\342A\001\001'
+  _globals['_ROTATEAGENTKEYREQUEST'].fields_by_name['http_body']._loaded_options = None
+  _globals['_ROTATEAGENTKEYREQUEST'].fields_by_name['http_body']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEAGENTSESSIONREQUEST'].fields_by_name['session']._loaded_options = None
+  _globals['_CREATEAGENTSESSIONREQUEST'].fields_by_name['session']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEAGENTSESSIONREQUEST'].fields_by_name['http_body']._loaded_options = None
+  _globals['_CREATEAGENTSESSIONREQUEST'].fields_by_name['http_body']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEOBOSESSIONREQUEST'].fields_by_name['session']._loaded_options = None
+  _globals['_CREATEOBOSESSIONREQUEST'].fields_by_name['session']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEOBOSESSIONREQUEST'].fields_by_name['http_body']._loaded_options = None
+  _globals['_CREATEOBOSESSIONREQUEST'].fields_by_name['http_body']._serialized_options = b'\342A\001\001'
+  _globals['_INTROSPECTSESSIONREQUEST'].fields_by_name['introspection']._loaded_options = None
+  _globals['_INTROSPECTSESSIONREQUEST'].fields_by_name['introspection']._serialized_options = b'\342A\001\001'
+  _globals['_INTROSPECTSESSIONREQUEST'].fields_by_name['http_body']._loaded_options = None
+  _globals['_INTROSPECTSESSIONREQUEST'].fields_by_name['http_body']._serialized_options = b'\342A\001\001'
   _globals['_PROVIDERSERVICE'].methods_by_name['CreateProvider']._loaded_options = None
   _globals['_PROVIDERSERVICE'].methods_by_name['CreateProvider']._serialized_options = b'\202\323\344\223\002\032\"\r/v1/providers:\thttp_body'
   _globals['_PROVIDERSERVICE'].methods_by_name['ListProviders']._loaded_options = None
@@ -89,18 +121,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONNECTIONSERVICE'].methods_by_name['CaptureCredentials']._serialized_options = b'\202\323\344\223\002$\"\027/v1/capture-credentials:\thttp_body'
   _globals['_AUDITSERVICE'].methods_by_name['ListAuditEvents']._loaded_options = None
   _globals['_AUDITSERVICE'].methods_by_name['ListAuditEvents']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/audit-events'
-  _globals['_CREATEPROVIDERREQUEST']._serialized_start=302
-  _globals['_CREATEPROVIDERREQUEST']._serialized_end=423
-  _globals['_UPDATEPROVIDERREQUEST']._serialized_start=426
-  _globals['_UPDATEPROVIDERREQUEST']._serialized_end=620
-  _globals['_REQUESTCONNECTIONREQUEST']._serialized_start=623
-  _globals['_REQUESTCONNECTIONREQUEST']._serialized_end=765
-  _globals['_CAPTURECREDENTIALSREQUEST']._serialized_start=768
-  _globals['_CAPTURECREDENTIALSREQUEST']._serialized_end=909
-  _globals['_PROVIDERSERVICE']._serialized_start=912
-  _globals['_PROVIDERSERVICE']._serialized_end=1663
-  _globals['_CONNECTIONSERVICE']._serialized_start=1666
-  _globals['_CONNECTIONSERVICE']._serialized_end=2768
-  _globals['_AUDITSERVICE']._serialized_start=2771
-  _globals['_AUDITSERVICE']._serialized_end=2913
+  _globals['_AGENTSERVICE'].methods_by_name['CreateAgent']._loaded_options = None
+  _globals['_AGENTSERVICE'].methods_by_name['CreateAgent']._serialized_options = b'\202\323\344\223\002\035\"\020/admin/v1/agents:\thttp_body'
+  _globals['_AGENTSERVICE'].methods_by_name['ListAgents']._loaded_options = None
+  _globals['_AGENTSERVICE'].methods_by_name['ListAgents']._serialized_options = b'\202\323\344\223\002\022\022\020/admin/v1/agents'
+  _globals['_AGENTSERVICE'].methods_by_name['GetAgent']._loaded_options = None
+  _globals['_AGENTSERVICE'].methods_by_name['GetAgent']._serialized_options = b'\202\323\344\223\002\035\022\033/admin/v1/agents/{agent_id}'
+  _globals['_AGENTSERVICE'].methods_by_name['UpdateAgent']._loaded_options = None
+  _globals['_AGENTSERVICE'].methods_by_name['UpdateAgent']._serialized_options = b'\202\323\344\223\002(2\033/admin/v1/agents/{agent_id}:\thttp_body'
+  _globals['_AGENTSERVICE'].methods_by_name['DeleteAgent']._loaded_options = None
+  _globals['_AGENTSERVICE'].methods_by_name['DeleteAgent']._serialized_options = b'\202\323\344\223\002\035*\033/admin/v1/agents/{agent_id}'
+  _globals['_AGENTSERVICE'].methods_by_name['RotateAgentKey']._loaded_options = None
+  _globals['_AGENTSERVICE'].methods_by_name['RotateAgentKey']._serialized_options = b'\202\323\344\223\0022\"%/admin/v1/agents/{agent_id}:rotateKey:\thttp_body'
+  _globals['_SESSIONSERVICE'].methods_by_name['CreateAgentSession']._loaded_options = None
+  _globals['_SESSIONSERVICE'].methods_by_name['CreateAgentSession']._serialized_options = b'\202\323\344\223\002\037\"\022/v1/agent-sessions:\thttp_body'
+  _globals['_SESSIONSERVICE'].methods_by_name['CreateOboSession']._loaded_options = None
+  _globals['_SESSIONSERVICE'].methods_by_name['CreateOboSession']._serialized_options = b'\202\323\344\223\002\035\"\020/v1/obo-sessions:\thttp_body'
+  _globals['_SESSIONSERVICE'].methods_by_name['CloseAgentSession']._loaded_options = None
+  _globals['_SESSIONSERVICE'].methods_by_name['CloseAgentSession']._serialized_options = b'\202\323\344\223\002!*\037/v1/agent-sessions/{session_id}'
+  _globals['_SESSIONSERVICE'].methods_by_name['IntrospectSession']._loaded_options = None
+  _globals['_SESSIONSERVICE'].methods_by_name['IntrospectSession']._serialized_options = b'\202\323\344\223\002*\"\035/v1/agent-sessions:introspect:\thttp_body'
+  _globals['_SESSIONSERVICE'].methods_by_name['GetJwks']._loaded_options = None
+  _globals['_SESSIONSERVICE'].methods_by_name['GetJwks']._serialized_options = b'\202\323\344\223\002\030\022\026/.well-known/jwks.json'
+  _globals['_CREATEPROVIDERREQUEST']._serialized_start=364
+  _globals['_CREATEPROVIDERREQUEST']._serialized_end=485
+  _globals['_UPDATEPROVIDERREQUEST']._serialized_start=488
+  _globals['_UPDATEPROVIDERREQUEST']._serialized_end=682
+  _globals['_REQUESTCONNECTIONREQUEST']._serialized_start=685
+  _globals['_REQUESTCONNECTIONREQUEST']._serialized_end=827
+  _globals['_CAPTURECREDENTIALSREQUEST']._serialized_start=830
+  _globals['_CAPTURECREDENTIALSREQUEST']._serialized_end=971
+  _globals['_CREATEAGENTREQUEST']._serialized_start=973
+  _globals['_CREATEAGENTREQUEST']._serialized_end=1085
+  _globals['_UPDATEAGENTREQUEST']._serialized_start=1088
+  _globals['_UPDATEAGENTREQUEST']._serialized_end=1279
+  _globals['_ROTATEAGENTKEYREQUEST']._serialized_start=1282
+  _globals['_ROTATEAGENTKEYREQUEST']._serialized_end=1440
+  _globals['_CREATEAGENTSESSIONREQUEST']._serialized_start=1443
+  _globals['_CREATEAGENTSESSIONREQUEST']._serialized_end=1584
+  _globals['_CREATEOBOSESSIONREQUEST']._serialized_start=1587
+  _globals['_CREATEOBOSESSIONREQUEST']._serialized_end=1724
+  _globals['_INTROSPECTSESSIONREQUEST']._serialized_start=1727
+  _globals['_INTROSPECTSESSIONREQUEST']._serialized_end=1872
+  _globals['_PROVIDERSERVICE']._serialized_start=1875
+  _globals['_PROVIDERSERVICE']._serialized_end=2626
+  _globals['_CONNECTIONSERVICE']._serialized_start=2629
+  _globals['_CONNECTIONSERVICE']._serialized_end=3731
+  _globals['_AUDITSERVICE']._serialized_start=3734
+  _globals['_AUDITSERVICE']._serialized_end=3876
+  _globals['_AGENTSERVICE']._serialized_start=3879
+  _globals['_AGENTSERVICE']._serialized_end=4638
+  _globals['_SESSIONSERVICE']._serialized_start=4641
+  _globals['_SESSIONSERVICE']._serialized_end=5314
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,8 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from nexus.broker.v1 import connections_pb2 as _connections_pb2
 from nexus.broker.v1 import providers_pb2 as _providers_pb2
+from nexus.broker.v1 import sessions_pb2 as _sessions_pb2
+from nexus.policy.v1 import agents_pb2 as _agents_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -141,3 +143,163 @@ class CaptureCredentialsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CaptureCredentialsRequest: _TypeAlias = CaptureCredentialsRequest  # noqa: Y015
+
+@_typing.final
+class CreateAgentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    HTTP_BODY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agent(self) -> _agents_pb2.Agent:
+        """gRPC callers set agent."""
+
+    @_builtins.property
+    def http_body(self) -> _httpbody_pb2.HttpBody:
+        """REST callers' JSON body; exactly one of the two is set."""
+
+    def __init__(
+        self,
+        *,
+        agent: _agents_pb2.Agent | None = ...,
+        http_body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "http_body", b"http_body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "http_body", b"http_body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAgentRequest: _TypeAlias = CreateAgentRequest  # noqa: Y015
+
+@_typing.final
+class UpdateAgentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    HTTP_BODY_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    @_builtins.property
+    def agent(self) -> _agents_pb2.Agent: ...
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields to change. When absent, every field given a value changes."""
+
+    @_builtins.property
+    def http_body(self) -> _httpbody_pb2.HttpBody: ...
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        agent: _agents_pb2.Agent | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        http_body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "http_body", b"http_body", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_id", b"agent_id", "http_body", b"http_body", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAgentRequest: _TypeAlias = UpdateAgentRequest  # noqa: Y015
+
+@_typing.final
+class RotateAgentKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    ROTATION_FIELD_NUMBER: _builtins.int
+    HTTP_BODY_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    @_builtins.property
+    def rotation(self) -> _agents_pb2.RotateAgentKeyRequest: ...
+    @_builtins.property
+    def http_body(self) -> _httpbody_pb2.HttpBody: ...
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        rotation: _agents_pb2.RotateAgentKeyRequest | None = ...,
+        http_body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body", "rotation", b"rotation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "http_body", b"http_body", "rotation", b"rotation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateAgentKeyRequest: _TypeAlias = RotateAgentKeyRequest  # noqa: Y015
+
+@_typing.final
+class CreateAgentSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    HTTP_BODY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> _sessions_pb2.CreateAgentSessionRequest: ...
+    @_builtins.property
+    def http_body(self) -> _httpbody_pb2.HttpBody: ...
+    def __init__(
+        self,
+        *,
+        session: _sessions_pb2.CreateAgentSessionRequest | None = ...,
+        http_body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body", "session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAgentSessionRequest: _TypeAlias = CreateAgentSessionRequest  # noqa: Y015
+
+@_typing.final
+class CreateOboSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    HTTP_BODY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> _sessions_pb2.CreateOboSessionRequest: ...
+    @_builtins.property
+    def http_body(self) -> _httpbody_pb2.HttpBody: ...
+    def __init__(
+        self,
+        *,
+        session: _sessions_pb2.CreateOboSessionRequest | None = ...,
+        http_body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body", "session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateOboSessionRequest: _TypeAlias = CreateOboSessionRequest  # noqa: Y015
+
+@_typing.final
+class IntrospectSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTROSPECTION_FIELD_NUMBER: _builtins.int
+    HTTP_BODY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def introspection(self) -> _sessions_pb2.IntrospectSessionRequest: ...
+    @_builtins.property
+    def http_body(self) -> _httpbody_pb2.HttpBody: ...
+    def __init__(
+        self,
+        *,
+        introspection: _sessions_pb2.IntrospectSessionRequest | None = ...,
+        http_body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body", "introspection", b"introspection"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["http_body", b"http_body", "introspection", b"introspection"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IntrospectSessionRequest: _TypeAlias = IntrospectSessionRequest  # noqa: Y015

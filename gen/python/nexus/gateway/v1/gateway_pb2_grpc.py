@@ -3,11 +3,14 @@
 import grpc
 import warnings
 
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from nexus.broker.v1 import audit_pb2 as nexus_dot_broker_dot_v1_dot_audit__pb2
 from nexus.broker.v1 import connections_pb2 as nexus_dot_broker_dot_v1_dot_connections__pb2
 from nexus.broker.v1 import providers_pb2 as nexus_dot_broker_dot_v1_dot_providers__pb2
+from nexus.broker.v1 import sessions_pb2 as nexus_dot_broker_dot_v1_dot_sessions__pb2
 from nexus.gateway.v1 import gateway_pb2 as nexus_dot_gateway_dot_v1_dot_gateway__pb2
+from nexus.policy.v1 import agents_pb2 as nexus_dot_policy_dot_v1_dot_agents__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -342,7 +345,7 @@ class ProviderService:
 
 class ConnectionServiceStub:
     """Connections and credentials. Managing connections needs an admin key;
-    reading tokens needs a caller credential (an admin key, later agent keys).
+    GetToken also accepts an agent key (`Authorization: Bearer <agent key>`).
     """
 
     def __init__(self, channel):
@@ -395,7 +398,7 @@ class ConnectionServiceStub:
 
 class ConnectionServiceServicer:
     """Connections and credentials. Managing connections needs an admin key;
-    reading tokens needs a caller credential (an admin key, later agent keys).
+    GetToken also accepts an agent key (`Authorization: Bearer <agent key>`).
     """
 
     def RequestConnection(self, request, context):
@@ -502,7 +505,7 @@ def add_ConnectionServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ConnectionService:
     """Connections and credentials. Managing connections needs an admin key;
-    reading tokens needs a caller credential (an admin key, later agent keys).
+    GetToken also accepts an agent key (`Authorization: Bearer <agent key>`).
     """
 
     @staticmethod
@@ -786,6 +789,554 @@ class AuditService:
             '/nexus.gateway.v1.AuditService/ListAuditEvents',
             nexus_dot_broker_dot_v1_dot_audit__pb2.ListAuditEventsRequest.SerializeToString,
             nexus_dot_broker_dot_v1_dot_audit__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AgentServiceStub:
+    """The agent registry (admin key). The policy service owns agents.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateAgent = channel.unary_unary(
+                '/nexus.gateway.v1.AgentService/CreateAgent',
+                request_serializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.CreateAgentRequest.SerializeToString,
+                response_deserializer=nexus_dot_policy_dot_v1_dot_agents__pb2.CreateAgentResponse.FromString,
+                _registered_method=True)
+        self.ListAgents = channel.unary_unary(
+                '/nexus.gateway.v1.AgentService/ListAgents',
+                request_serializer=nexus_dot_policy_dot_v1_dot_agents__pb2.ListAgentsRequest.SerializeToString,
+                response_deserializer=nexus_dot_policy_dot_v1_dot_agents__pb2.ListAgentsResponse.FromString,
+                _registered_method=True)
+        self.GetAgent = channel.unary_unary(
+                '/nexus.gateway.v1.AgentService/GetAgent',
+                request_serializer=nexus_dot_policy_dot_v1_dot_agents__pb2.GetAgentRequest.SerializeToString,
+                response_deserializer=nexus_dot_policy_dot_v1_dot_agents__pb2.Agent.FromString,
+                _registered_method=True)
+        self.UpdateAgent = channel.unary_unary(
+                '/nexus.gateway.v1.AgentService/UpdateAgent',
+                request_serializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.UpdateAgentRequest.SerializeToString,
+                response_deserializer=nexus_dot_policy_dot_v1_dot_agents__pb2.Agent.FromString,
+                _registered_method=True)
+        self.DeleteAgent = channel.unary_unary(
+                '/nexus.gateway.v1.AgentService/DeleteAgent',
+                request_serializer=nexus_dot_policy_dot_v1_dot_agents__pb2.DeleteAgentRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.RotateAgentKey = channel.unary_unary(
+                '/nexus.gateway.v1.AgentService/RotateAgentKey',
+                request_serializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.RotateAgentKeyRequest.SerializeToString,
+                response_deserializer=nexus_dot_policy_dot_v1_dot_agents__pb2.RotateAgentKeyResponse.FromString,
+                _registered_method=True)
+
+
+class AgentServiceServicer:
+    """The agent registry (admin key). The policy service owns agents.
+    """
+
+    def CreateAgent(self, request, context):
+        """Returns the agent and its key; the key is shown only this once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAgents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAgent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAgent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAgent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateAgentKey(self, request, context):
+        """Issues a new key; the previous keys stop at once or after a grace period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AgentServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAgent,
+                    request_deserializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.CreateAgentRequest.FromString,
+                    response_serializer=nexus_dot_policy_dot_v1_dot_agents__pb2.CreateAgentResponse.SerializeToString,
+            ),
+            'ListAgents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgents,
+                    request_deserializer=nexus_dot_policy_dot_v1_dot_agents__pb2.ListAgentsRequest.FromString,
+                    response_serializer=nexus_dot_policy_dot_v1_dot_agents__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'GetAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAgent,
+                    request_deserializer=nexus_dot_policy_dot_v1_dot_agents__pb2.GetAgentRequest.FromString,
+                    response_serializer=nexus_dot_policy_dot_v1_dot_agents__pb2.Agent.SerializeToString,
+            ),
+            'UpdateAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAgent,
+                    request_deserializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.UpdateAgentRequest.FromString,
+                    response_serializer=nexus_dot_policy_dot_v1_dot_agents__pb2.Agent.SerializeToString,
+            ),
+            'DeleteAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAgent,
+                    request_deserializer=nexus_dot_policy_dot_v1_dot_agents__pb2.DeleteAgentRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'RotateAgentKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateAgentKey,
+                    request_deserializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.RotateAgentKeyRequest.FromString,
+                    response_serializer=nexus_dot_policy_dot_v1_dot_agents__pb2.RotateAgentKeyResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'nexus.gateway.v1.AgentService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('nexus.gateway.v1.AgentService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AgentService:
+    """The agent registry (admin key). The policy service owns agents.
+    """
+
+    @staticmethod
+    def CreateAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.AgentService/CreateAgent',
+            nexus_dot_gateway_dot_v1_dot_gateway__pb2.CreateAgentRequest.SerializeToString,
+            nexus_dot_policy_dot_v1_dot_agents__pb2.CreateAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.AgentService/ListAgents',
+            nexus_dot_policy_dot_v1_dot_agents__pb2.ListAgentsRequest.SerializeToString,
+            nexus_dot_policy_dot_v1_dot_agents__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.AgentService/GetAgent',
+            nexus_dot_policy_dot_v1_dot_agents__pb2.GetAgentRequest.SerializeToString,
+            nexus_dot_policy_dot_v1_dot_agents__pb2.Agent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.AgentService/UpdateAgent',
+            nexus_dot_gateway_dot_v1_dot_gateway__pb2.UpdateAgentRequest.SerializeToString,
+            nexus_dot_policy_dot_v1_dot_agents__pb2.Agent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.AgentService/DeleteAgent',
+            nexus_dot_policy_dot_v1_dot_agents__pb2.DeleteAgentRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateAgentKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.AgentService/RotateAgentKey',
+            nexus_dot_gateway_dot_v1_dot_gateway__pb2.RotateAgentKeyRequest.SerializeToString,
+            nexus_dot_policy_dot_v1_dot_agents__pb2.RotateAgentKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class SessionServiceStub:
+    """Agent and on-behalf-of sessions. Agents call with their own key
+    (`Authorization: Bearer <agent key>`) and may only act as themselves; an
+    admin key may act for any agent. The JWK Set is public.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateAgentSession = channel.unary_unary(
+                '/nexus.gateway.v1.SessionService/CreateAgentSession',
+                request_serializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.CreateAgentSessionRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_sessions__pb2.AgentSession.FromString,
+                _registered_method=True)
+        self.CreateOboSession = channel.unary_unary(
+                '/nexus.gateway.v1.SessionService/CreateOboSession',
+                request_serializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.CreateOboSessionRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_sessions__pb2.AgentSession.FromString,
+                _registered_method=True)
+        self.CloseAgentSession = channel.unary_unary(
+                '/nexus.gateway.v1.SessionService/CloseAgentSession',
+                request_serializer=nexus_dot_broker_dot_v1_dot_sessions__pb2.CloseAgentSessionRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.IntrospectSession = channel.unary_unary(
+                '/nexus.gateway.v1.SessionService/IntrospectSession',
+                request_serializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.IntrospectSessionRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_sessions__pb2.IntrospectSessionResponse.FromString,
+                _registered_method=True)
+        self.GetJwks = channel.unary_unary(
+                '/nexus.gateway.v1.SessionService/GetJwks',
+                request_serializer=nexus_dot_broker_dot_v1_dot_sessions__pb2.GetJwksRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+
+
+class SessionServiceServicer:
+    """Agent and on-behalf-of sessions. Agents call with their own key
+    (`Authorization: Bearer <agent key>`) and may only act as themselves; an
+    admin key may act for any agent. The JWK Set is public.
+    """
+
+    def CreateAgentSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateOboSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseAgentSession(self, request, context):
+        """Closes an agent or on-behalf-of session; closing twice is harmless.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IntrospectSession(self, request, context):
+        """RFC 7662 semantics, for services that receive a session token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJwks(self, request, context):
+        """The keys that verify session tokens. Needs no credential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SessionServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateAgentSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAgentSession,
+                    request_deserializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.CreateAgentSessionRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_sessions__pb2.AgentSession.SerializeToString,
+            ),
+            'CreateOboSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateOboSession,
+                    request_deserializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.CreateOboSessionRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_sessions__pb2.AgentSession.SerializeToString,
+            ),
+            'CloseAgentSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseAgentSession,
+                    request_deserializer=nexus_dot_broker_dot_v1_dot_sessions__pb2.CloseAgentSessionRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'IntrospectSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.IntrospectSession,
+                    request_deserializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.IntrospectSessionRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_sessions__pb2.IntrospectSessionResponse.SerializeToString,
+            ),
+            'GetJwks': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJwks,
+                    request_deserializer=nexus_dot_broker_dot_v1_dot_sessions__pb2.GetJwksRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'nexus.gateway.v1.SessionService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('nexus.gateway.v1.SessionService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class SessionService:
+    """Agent and on-behalf-of sessions. Agents call with their own key
+    (`Authorization: Bearer <agent key>`) and may only act as themselves; an
+    admin key may act for any agent. The JWK Set is public.
+    """
+
+    @staticmethod
+    def CreateAgentSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.SessionService/CreateAgentSession',
+            nexus_dot_gateway_dot_v1_dot_gateway__pb2.CreateAgentSessionRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_sessions__pb2.AgentSession.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateOboSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.SessionService/CreateOboSession',
+            nexus_dot_gateway_dot_v1_dot_gateway__pb2.CreateOboSessionRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_sessions__pb2.AgentSession.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseAgentSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.SessionService/CloseAgentSession',
+            nexus_dot_broker_dot_v1_dot_sessions__pb2.CloseAgentSessionRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IntrospectSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.SessionService/IntrospectSession',
+            nexus_dot_gateway_dot_v1_dot_gateway__pb2.IntrospectSessionRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_sessions__pb2.IntrospectSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJwks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.SessionService/GetJwks',
+            nexus_dot_broker_dot_v1_dot_sessions__pb2.GetJwksRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,12 +4,15 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from nexus.broker.v1 import audit_pb2 as _audit_pb2
 from nexus.broker.v1 import connections_pb2 as _connections_pb2
 from nexus.broker.v1 import providers_pb2 as _providers_pb2
+from nexus.broker.v1 import sessions_pb2 as _sessions_pb2
 from nexus.gateway.v1 import gateway_pb2 as _gateway_pb2
+from nexus.policy.v1 import agents_pb2 as _agents_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -135,7 +138,7 @@ def add_ProviderServiceServicer_to_server(servicer: ProviderServiceServicer, ser
 
 class ConnectionServiceStub:
     """Connections and credentials. Managing connections needs an admin key;
-    reading tokens needs a caller credential (an admin key, later agent keys).
+    GetToken also accepts an agent key (`Authorization: Bearer <agent key>`).
     """
 
     @_typing.overload
@@ -157,7 +160,7 @@ class ConnectionServiceStub:
 @_typing.type_check_only
 class ConnectionServiceAsyncStub(ConnectionServiceStub):
     """Connections and credentials. Managing connections needs an admin key;
-    reading tokens needs a caller credential (an admin key, later agent keys).
+    GetToken also accepts an agent key (`Authorization: Bearer <agent key>`).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -175,7 +178,7 @@ class ConnectionServiceAsyncStub(ConnectionServiceStub):
 
 class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Connections and credentials. Managing connections needs an admin key;
-    reading tokens needs a caller credential (an admin key, later agent keys).
+    GetToken also accepts an agent key (`Authorization: Bearer <agent key>`).
     """
 
     @_abc_1.abstractmethod
@@ -266,3 +269,164 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_audit_pb2.ListAuditEventsResponse, _abc.Awaitable[_audit_pb2.ListAuditEventsResponse]]: ...
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class AgentServiceStub:
+    """The agent registry (admin key). The policy service owns agents."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> AgentServiceAsyncStub: ...
+    CreateAgent: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateAgentRequest, _agents_pb2.CreateAgentResponse]
+    """Returns the agent and its key; the key is shown only this once."""
+    ListAgents: _grpc.UnaryUnaryMultiCallable[_agents_pb2.ListAgentsRequest, _agents_pb2.ListAgentsResponse]
+    GetAgent: _grpc.UnaryUnaryMultiCallable[_agents_pb2.GetAgentRequest, _agents_pb2.Agent]
+    UpdateAgent: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.UpdateAgentRequest, _agents_pb2.Agent]
+    DeleteAgent: _grpc.UnaryUnaryMultiCallable[_agents_pb2.DeleteAgentRequest, _empty_pb2.Empty]
+    RotateAgentKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RotateAgentKeyRequest, _agents_pb2.RotateAgentKeyResponse]
+    """Issues a new key; the previous keys stop at once or after a grace period."""
+
+@_typing.type_check_only
+class AgentServiceAsyncStub(AgentServiceStub):
+    """The agent registry (admin key). The policy service owns agents."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateAgent: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateAgentRequest, _agents_pb2.CreateAgentResponse]  # type: ignore[assignment]
+    """Returns the agent and its key; the key is shown only this once."""
+    ListAgents: _aio.UnaryUnaryMultiCallable[_agents_pb2.ListAgentsRequest, _agents_pb2.ListAgentsResponse]  # type: ignore[assignment]
+    GetAgent: _aio.UnaryUnaryMultiCallable[_agents_pb2.GetAgentRequest, _agents_pb2.Agent]  # type: ignore[assignment]
+    UpdateAgent: _aio.UnaryUnaryMultiCallable[_gateway_pb2.UpdateAgentRequest, _agents_pb2.Agent]  # type: ignore[assignment]
+    DeleteAgent: _aio.UnaryUnaryMultiCallable[_agents_pb2.DeleteAgentRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    RotateAgentKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RotateAgentKeyRequest, _agents_pb2.RotateAgentKeyResponse]  # type: ignore[assignment]
+    """Issues a new key; the previous keys stop at once or after a grace period."""
+
+class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The agent registry (admin key). The policy service owns agents."""
+
+    @_abc_1.abstractmethod
+    def CreateAgent(
+        self,
+        request: _gateway_pb2.CreateAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.CreateAgentResponse, _abc.Awaitable[_agents_pb2.CreateAgentResponse]]:
+        """Returns the agent and its key; the key is shown only this once."""
+
+    @_abc_1.abstractmethod
+    def ListAgents(
+        self,
+        request: _agents_pb2.ListAgentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.ListAgentsResponse, _abc.Awaitable[_agents_pb2.ListAgentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAgent(
+        self,
+        request: _agents_pb2.GetAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.Agent, _abc.Awaitable[_agents_pb2.Agent]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateAgent(
+        self,
+        request: _gateway_pb2.UpdateAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.Agent, _abc.Awaitable[_agents_pb2.Agent]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteAgent(
+        self,
+        request: _agents_pb2.DeleteAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def RotateAgentKey(
+        self,
+        request: _gateway_pb2.RotateAgentKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.RotateAgentKeyResponse, _abc.Awaitable[_agents_pb2.RotateAgentKeyResponse]]:
+        """Issues a new key; the previous keys stop at once or after a grace period."""
+
+def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class SessionServiceStub:
+    """Agent and on-behalf-of sessions. Agents call with their own key
+    (`Authorization: Bearer <agent key>`) and may only act as themselves; an
+    admin key may act for any agent. The JWK Set is public.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> SessionServiceAsyncStub: ...
+    CreateAgentSession: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateAgentSessionRequest, _sessions_pb2.AgentSession]
+    CreateOboSession: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateOboSessionRequest, _sessions_pb2.AgentSession]
+    CloseAgentSession: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.CloseAgentSessionRequest, _empty_pb2.Empty]
+    """Closes an agent or on-behalf-of session; closing twice is harmless."""
+    IntrospectSession: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.IntrospectSessionRequest, _sessions_pb2.IntrospectSessionResponse]
+    """RFC 7662 semantics, for services that receive a session token."""
+    GetJwks: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.GetJwksRequest, _httpbody_pb2.HttpBody]
+    """The keys that verify session tokens. Needs no credential."""
+
+@_typing.type_check_only
+class SessionServiceAsyncStub(SessionServiceStub):
+    """Agent and on-behalf-of sessions. Agents call with their own key
+    (`Authorization: Bearer <agent key>`) and may only act as themselves; an
+    admin key may act for any agent. The JWK Set is public.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateAgentSession: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateAgentSessionRequest, _sessions_pb2.AgentSession]  # type: ignore[assignment]
+    CreateOboSession: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateOboSessionRequest, _sessions_pb2.AgentSession]  # type: ignore[assignment]
+    CloseAgentSession: _aio.UnaryUnaryMultiCallable[_sessions_pb2.CloseAgentSessionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Closes an agent or on-behalf-of session; closing twice is harmless."""
+    IntrospectSession: _aio.UnaryUnaryMultiCallable[_gateway_pb2.IntrospectSessionRequest, _sessions_pb2.IntrospectSessionResponse]  # type: ignore[assignment]
+    """RFC 7662 semantics, for services that receive a session token."""
+    GetJwks: _aio.UnaryUnaryMultiCallable[_sessions_pb2.GetJwksRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """The keys that verify session tokens. Needs no credential."""
+
+class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Agent and on-behalf-of sessions. Agents call with their own key
+    (`Authorization: Bearer <agent key>`) and may only act as themselves; an
+    admin key may act for any agent. The JWK Set is public.
+    """
+
+    @_abc_1.abstractmethod
+    def CreateAgentSession(
+        self,
+        request: _gateway_pb2.CreateAgentSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sessions_pb2.AgentSession, _abc.Awaitable[_sessions_pb2.AgentSession]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateOboSession(
+        self,
+        request: _gateway_pb2.CreateOboSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sessions_pb2.AgentSession, _abc.Awaitable[_sessions_pb2.AgentSession]]: ...
+
+    @_abc_1.abstractmethod
+    def CloseAgentSession(
+        self,
+        request: _sessions_pb2.CloseAgentSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Closes an agent or on-behalf-of session; closing twice is harmless."""
+
+    @_abc_1.abstractmethod
+    def IntrospectSession(
+        self,
+        request: _gateway_pb2.IntrospectSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sessions_pb2.IntrospectSessionResponse, _abc.Awaitable[_sessions_pb2.IntrospectSessionResponse]]:
+        """RFC 7662 semantics, for services that receive a session token."""
+
+    @_abc_1.abstractmethod
+    def GetJwks(
+        self,
+        request: _sessions_pb2.GetJwksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """The keys that verify session tokens. Needs no credential."""
+
+def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

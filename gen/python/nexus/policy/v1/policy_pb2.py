@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnexus/policy/v1/policy.proto\x12\x0fnexus.policy.v1\x1a\x1fgoogle/api/field_behavior.proto\"R\n\x12\x43heckScopesRequest\x12\x1e\n\x10requested_scopes\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0e\x61llowed_scopes\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\"=\n\x13\x43heckScopesResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x15\n\rdenied_scopes\x18\x02 \x03(\t2i\n\rPolicyService\x12X\n\x0b\x43heckScopes\x12#.nexus.policy.v1.CheckScopesRequest\x1a$.nexus.policy.v1.CheckScopesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnexus/policy/v1/policy.proto\x12\x0fnexus.policy.v1\x1a\x1fgoogle/api/field_behavior.proto\"R\n\x12\x43heckScopesRequest\x12\x1e\n\x10requested_scopes\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0e\x61llowed_scopes\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\"=\n\x13\x43heckScopesResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x15\n\rdenied_scopes\x18\x02 \x03(\t\"\x84\x01\n\x16\x45valuateSessionRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06scopes\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\x12%\n\x12user_context_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x15\n\x13_user_context_token\"_\n\x0fSessionDecision\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12*\n\x04user\x18\x03 \x01(\x0b\x32\x1c.nexus.policy.v1.UserContext\"y\n\x0bUserContext\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63learance_level\x18\x03 \x01(\t\x12\x13\n\x0bpermissions\x18\x04 \x03(\t\x12\x18\n\x10token_expires_at\x18\x05 \x01(\x03\x32\xc7\x01\n\rPolicyService\x12X\n\x0b\x43heckScopes\x12#.nexus.policy.v1.CheckScopesRequest\x1a$.nexus.policy.v1.CheckScopesResponse\x12\\\n\x0f\x45valuateSession\x12\'.nexus.policy.v1.EvaluateSessionRequest\x1a .nexus.policy.v1.SessionDecisionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,10 +36,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKSCOPESREQUEST'].fields_by_name['requested_scopes']._serialized_options = b'\342A\001\002'
   _globals['_CHECKSCOPESREQUEST'].fields_by_name['allowed_scopes']._loaded_options = None
   _globals['_CHECKSCOPESREQUEST'].fields_by_name['allowed_scopes']._serialized_options = b'\342A\001\002'
+  _globals['_EVALUATESESSIONREQUEST'].fields_by_name['agent_id']._loaded_options = None
+  _globals['_EVALUATESESSIONREQUEST'].fields_by_name['agent_id']._serialized_options = b'\342A\001\002'
+  _globals['_EVALUATESESSIONREQUEST'].fields_by_name['scopes']._loaded_options = None
+  _globals['_EVALUATESESSIONREQUEST'].fields_by_name['scopes']._serialized_options = b'\342A\001\002'
+  _globals['_EVALUATESESSIONREQUEST'].fields_by_name['user_context_token']._loaded_options = None
+  _globals['_EVALUATESESSIONREQUEST'].fields_by_name['user_context_token']._serialized_options = b'\342A\001\001'
   _globals['_CHECKSCOPESREQUEST']._serialized_start=82
   _globals['_CHECKSCOPESREQUEST']._serialized_end=164
   _globals['_CHECKSCOPESRESPONSE']._serialized_start=166
   _globals['_CHECKSCOPESRESPONSE']._serialized_end=227
-  _globals['_POLICYSERVICE']._serialized_start=229
-  _globals['_POLICYSERVICE']._serialized_end=334
+  _globals['_EVALUATESESSIONREQUEST']._serialized_start=230
+  _globals['_EVALUATESESSIONREQUEST']._serialized_end=362
+  _globals['_SESSIONDECISION']._serialized_start=364
+  _globals['_SESSIONDECISION']._serialized_end=459
+  _globals['_USERCONTEXT']._serialized_start=461
+  _globals['_USERCONTEXT']._serialized_end=582
+  _globals['_POLICYSERVICE']._serialized_start=585
+  _globals['_POLICYSERVICE']._serialized_end=784
 # @@protoc_insertion_point(module_scope)

@@ -66,3 +66,100 @@ class CheckScopesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckScopesResponse: _TypeAlias = CheckScopesResponse  # noqa: Y015
+
+@_typing.final
+class EvaluateSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    USER_CONTEXT_TOKEN_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    user_context_token: _builtins.str
+    """Set for on-behalf-of requests: the human user's token, checked at
+    BACKEND_AUTH_URL.
+    """
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+        user_context_token: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_user_context_token", b"_user_context_token", "user_context_token", b"user_context_token"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_user_context_token", b"_user_context_token", "agent_id", b"agent_id", "scopes", b"scopes", "user_context_token", b"user_context_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__user_context_token: _TypeAlias = _typing.Literal["user_context_token"]  # noqa: Y015
+    _WhichOneofArgType__user_context_token: _TypeAlias = _typing.Literal["_user_context_token", b"_user_context_token"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__user_context_token) -> _WhichOneofReturnType__user_context_token | None: ...
+
+Global___EvaluateSessionRequest: _TypeAlias = EvaluateSessionRequest  # noqa: Y015
+
+@_typing.final
+class SessionDecision(_message.Message):
+    """A grant: both gates passed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The granted scopes, sorted and without repeats."""
+
+    @_builtins.property
+    def user(self) -> Global___UserContext:
+        """Who the agent acts for; set for on-behalf-of requests only."""
+
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+        user: Global___UserContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "scopes", b"scopes", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionDecision: _TypeAlias = SessionDecision  # noqa: Y015
+
+@_typing.final
+class UserContext(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CLEARANCE_LEVEL_FIELD_NUMBER: _builtins.int
+    PERMISSIONS_FIELD_NUMBER: _builtins.int
+    TOKEN_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    tenant_id: _builtins.str
+    clearance_level: _builtins.str
+    token_expires_at: _builtins.int
+    """Unix seconds when the user's token expires, when known; 0 when not."""
+    @_builtins.property
+    def permissions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        clearance_level: _builtins.str = ...,
+        permissions: _abc.Iterable[_builtins.str] | None = ...,
+        token_expires_at: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clearance_level", b"clearance_level", "permissions", b"permissions", "tenant_id", b"tenant_id", "token_expires_at", b"token_expires_at", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserContext: _TypeAlias = UserContext  # noqa: Y015

@@ -27,7 +27,7 @@ if _version_not_supported:
 
 class PolicyServiceStub:
     """The service-to-service decision point. The broker asks it before issuing
-    anything scoped; it never sees a credential.
+    anything scoped; it never sees a provider credential.
     """
 
     def __init__(self, channel):
@@ -41,15 +41,32 @@ class PolicyServiceStub:
                 request_serializer=nexus_dot_policy_dot_v1_dot_policy__pb2.CheckScopesRequest.SerializeToString,
                 response_deserializer=nexus_dot_policy_dot_v1_dot_policy__pb2.CheckScopesResponse.FromString,
                 _registered_method=True)
+        self.EvaluateSession = channel.unary_unary(
+                '/nexus.policy.v1.PolicyService/EvaluateSession',
+                request_serializer=nexus_dot_policy_dot_v1_dot_policy__pb2.EvaluateSessionRequest.SerializeToString,
+                response_deserializer=nexus_dot_policy_dot_v1_dot_policy__pb2.SessionDecision.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
     """The service-to-service decision point. The broker asks it before issuing
-    anything scoped; it never sees a credential.
+    anything scoped; it never sees a provider credential.
     """
 
     def CheckScopes(self, request, context):
         """Decides whether requested scopes stay within the scopes a principal may hold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateSession(self, request, context):
+        """Decides a session request: the agent must exist, be enabled and be
+        allowed every requested scope; for on-behalf-of requests the user (as the
+        customer's backend reports them) must also hold every requested scope.
+        A denial is an error whose reason names the gate that failed:
+        AGENT_NOT_FOUND, AGENT_DISABLED, AGENT_SCOPE_NOT_ALLOWED,
+        USER_TOKEN_INVALID, USER_PERMISSION_MISSING or BACKEND_AUTH_UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -63,6 +80,11 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     request_deserializer=nexus_dot_policy_dot_v1_dot_policy__pb2.CheckScopesRequest.FromString,
                     response_serializer=nexus_dot_policy_dot_v1_dot_policy__pb2.CheckScopesResponse.SerializeToString,
             ),
+            'EvaluateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateSession,
+                    request_deserializer=nexus_dot_policy_dot_v1_dot_policy__pb2.EvaluateSessionRequest.FromString,
+                    response_serializer=nexus_dot_policy_dot_v1_dot_policy__pb2.SessionDecision.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'nexus.policy.v1.PolicyService', rpc_method_handlers)
@@ -73,7 +95,7 @@ def add_PolicyServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class PolicyService:
     """The service-to-service decision point. The broker asks it before issuing
-    anything scoped; it never sees a credential.
+    anything scoped; it never sees a provider credential.
     """
 
     @staticmethod
@@ -93,6 +115,33 @@ class PolicyService:
             '/nexus.policy.v1.PolicyService/CheckScopes',
             nexus_dot_policy_dot_v1_dot_policy__pb2.CheckScopesRequest.SerializeToString,
             nexus_dot_policy_dot_v1_dot_policy__pb2.CheckScopesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.policy.v1.PolicyService/EvaluateSession',
+            nexus_dot_policy_dot_v1_dot_policy__pb2.EvaluateSessionRequest.SerializeToString,
+            nexus_dot_policy_dot_v1_dot_policy__pb2.SessionDecision.FromString,
             options,
             channel_credentials,
             insecure,

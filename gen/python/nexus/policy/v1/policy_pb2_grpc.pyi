@@ -28,7 +28,7 @@ GRPC_VERSION: str
 
 class PolicyServiceStub:
     """The service-to-service decision point. The broker asks it before issuing
-    anything scoped; it never sees a credential.
+    anything scoped; it never sees a provider credential.
     """
 
     @_typing.overload
@@ -37,20 +37,36 @@ class PolicyServiceStub:
     def __new__(cls, channel: _aio.Channel) -> PolicyServiceAsyncStub: ...
     CheckScopes: _grpc.UnaryUnaryMultiCallable[_policy_pb2.CheckScopesRequest, _policy_pb2.CheckScopesResponse]
     """Decides whether requested scopes stay within the scopes a principal may hold."""
+    EvaluateSession: _grpc.UnaryUnaryMultiCallable[_policy_pb2.EvaluateSessionRequest, _policy_pb2.SessionDecision]
+    """Decides a session request: the agent must exist, be enabled and be
+    allowed every requested scope; for on-behalf-of requests the user (as the
+    customer's backend reports them) must also hold every requested scope.
+    A denial is an error whose reason names the gate that failed:
+    AGENT_NOT_FOUND, AGENT_DISABLED, AGENT_SCOPE_NOT_ALLOWED,
+    USER_TOKEN_INVALID, USER_PERMISSION_MISSING or BACKEND_AUTH_UNAVAILABLE.
+    """
 
 @_typing.type_check_only
 class PolicyServiceAsyncStub(PolicyServiceStub):
     """The service-to-service decision point. The broker asks it before issuing
-    anything scoped; it never sees a credential.
+    anything scoped; it never sees a provider credential.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CheckScopes: _aio.UnaryUnaryMultiCallable[_policy_pb2.CheckScopesRequest, _policy_pb2.CheckScopesResponse]  # type: ignore[assignment]
     """Decides whether requested scopes stay within the scopes a principal may hold."""
+    EvaluateSession: _aio.UnaryUnaryMultiCallable[_policy_pb2.EvaluateSessionRequest, _policy_pb2.SessionDecision]  # type: ignore[assignment]
+    """Decides a session request: the agent must exist, be enabled and be
+    allowed every requested scope; for on-behalf-of requests the user (as the
+    customer's backend reports them) must also hold every requested scope.
+    A denial is an error whose reason names the gate that failed:
+    AGENT_NOT_FOUND, AGENT_DISABLED, AGENT_SCOPE_NOT_ALLOWED,
+    USER_TOKEN_INVALID, USER_PERMISSION_MISSING or BACKEND_AUTH_UNAVAILABLE.
+    """
 
 class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     """The service-to-service decision point. The broker asks it before issuing
-    anything scoped; it never sees a credential.
+    anything scoped; it never sees a provider credential.
     """
 
     @_abc_1.abstractmethod
@@ -60,5 +76,19 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_policy_pb2.CheckScopesResponse, _abc.Awaitable[_policy_pb2.CheckScopesResponse]]:
         """Decides whether requested scopes stay within the scopes a principal may hold."""
+
+    @_abc_1.abstractmethod
+    def EvaluateSession(
+        self,
+        request: _policy_pb2.EvaluateSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.SessionDecision, _abc.Awaitable[_policy_pb2.SessionDecision]]:
+        """Decides a session request: the agent must exist, be enabled and be
+        allowed every requested scope; for on-behalf-of requests the user (as the
+        customer's backend reports them) must also hold every requested scope.
+        A denial is an error whose reason names the gate that failed:
+        AGENT_NOT_FOUND, AGENT_DISABLED, AGENT_SCOPE_NOT_ALLOWED,
+        USER_TOKEN_INVALID, USER_PERMISSION_MISSING or BACKEND_AUTH_UNAVAILABLE.
+        """
 
 def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
