@@ -33,10 +33,42 @@ STARTUP_TIMEOUT = 60.0
 __all__ = ["DEV_PORTS", "Stack", "dev_secrets", "free_port", "render_envoy_config"]
 
 
+# Ports already handed out by this process: two calls made before either port
+# is bound must not return the same one.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port that is free now, for a server to bind to shortly.
+
+    The port comes from below the kernel's ephemeral range. A port from inside
+    it (what binding to port 0 returns) can become the local end of any outgoing
+    connection before the server gets to bind it; under a test run's hundreds of
+    database and gRPC connections, that happened.
+    """
+    low = _ephemeral_range()[0]
+    candidates = range(10_000, low) if low > 11_000 else range(1_024, low)
+    for _ in range(200):
+        port = secrets.choice(candidates)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port found in {candidates}")
+
+
+@functools.cache
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except OSError:
+        return 32_768, 60_999  # Linux's default, and close to other systems' ranges
 
 
 def dev_secrets(data_dir: Path) -> dict[str, str]:

@@ -18,7 +18,6 @@ import os
 import pwd
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -28,6 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+
+from tools.devstack import free_port
 
 URL_ENV_VARS = ("NEXUS_TEST_DATABASE_URL", "DATABASE_URL")
 FORCE_THROWAWAY_ENV = "NEXUS_TEST_PG_FORCE_THROWAWAY"
@@ -127,7 +128,7 @@ def _start_throwaway_cluster() -> str:
             "--locale=C",
             "--no-sync",
         )
-        port = _free_port()
+        port = free_port()
         with (datadir / "postgresql.conf").open("a") as conf:
             conf.write(
                 "listen_addresses = '127.0.0.1'\n"
@@ -191,9 +192,3 @@ def _os_user_wrapper() -> Callable[[list[str]], list[str]]:
         return lambda cmd: [runuser, "-u", _OS_USER, "--", *cmd]
     # su would take the command's own options for its own, so hand it one string.
     return lambda cmd: ["su", "-s", "/bin/sh", "-c", shlex.join(cmd), _OS_USER]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
