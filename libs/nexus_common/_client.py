@@ -6,6 +6,7 @@ message), so a fault reads the same whichever service raised it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,13 +23,23 @@ Response = TypeVar("Response")
 
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
+# A target that resolves to several addresses (`dns:///` on a headless Service)
+# gets a connection to each, and calls take turns. gRPC's default, pick_first,
+# would send every call over one long-lived HTTP/2 connection to one replica.
+_CHANNEL_OPTIONS = [
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+]
+
 
 class InternalClient:
-    """A channel to one internal service, with the token every call needs."""
+    """A channel to one internal service, with the token every call needs.
+
+    Calls are spread over every address the target resolves to.
+    """
 
     def __init__(self, service: str, target: str, token: str, timeout: float = 10.0) -> None:
         self.service = service
-        self.channel = grpc.aio.insecure_channel(target)
+        self.channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._token = token
         self._timeout = timeout
 

@@ -27,6 +27,10 @@ log = logging.getLogger("nexus.server")
 MAX_MESSAGE_BYTES = 1024 * 1024
 # gRPC drops anything larger before it is even parsed.
 _HARD_RECEIVE_LIMIT = 4 * MAX_MESSAGE_BYTES
+# How often a client must reconnect, and so learn of new replicas (gRPC adds
+# jitter), and how long calls still running on an aged connection may finish.
+_MAX_CONNECTION_AGE = 300.0
+_MAX_CONNECTION_AGE_GRACE = 30.0
 
 Registrar = Callable[[grpc.aio.Server], None]
 
@@ -63,8 +67,14 @@ def build_server(
     registrars: Iterable[Registrar],
     service_names: Sequence[str],
     authenticate: Authenticator,
+    max_connection_age: float = _MAX_CONNECTION_AGE,
 ) -> NexusServer:
-    """Build a server with the shared interceptor chain; port 0 picks a free port."""
+    """Build a server with the shared interceptor chain; port 0 picks a free port.
+
+    Connections are closed politely (GOAWAY) after ``max_connection_age``
+    seconds, so clients resolve their target again and reach replicas added
+    since they connected.
+    """
     server = grpc.aio.server(
         interceptors=[
             LoggingInterceptor(),
@@ -75,6 +85,8 @@ def build_server(
         options=[
             ("grpc.max_receive_message_length", _HARD_RECEIVE_LIMIT),
             ("grpc.so_reuseport", 0),
+            ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(_MAX_CONNECTION_AGE_GRACE * 1000)),
         ],
     )
     for register in registrars:

@@ -263,10 +263,14 @@ def test_listen_addresses_bind_the_pod_on_its_container_port() -> None:
 @pytest.mark.parametrize(
     ("setting", "service"), [("NEXUS_BROKER_TARGET", "broker"), ("NEXUS_POLICY_TARGET", "policy")]
 )
-def test_targets_name_the_services_in_front_of_the_pods(setting: str, service: str) -> None:
-    host, _, port = k8s.config_env()[setting].rpartition(":")
+def test_targets_resolve_every_pod_of_the_service(setting: str, service: str) -> None:
+    # gRPC's DNS resolver and a headless Service: the client sees each pod, where a
+    # ClusterIP would hide them behind one address and one long-lived connection.
+    scheme, _, address = k8s.config_env()[setting].partition(":///")
+    assert scheme == "dns", setting
+    host, _, port = address.rpartition(":")
     front = k8s.named("Service", host)
-    assert front["spec"].get("clusterIP") != "None", "a ClusterIP, not a headless Service"
+    assert front["spec"].get("clusterIP") == "None", "a headless Service"
     assert k8s.selects(front["spec"]["selector"], k8s.pod(service).labels)
     assert int(port) in {p["port"] for p in front["spec"]["ports"]}
 
