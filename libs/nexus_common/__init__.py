@@ -67,6 +67,7 @@ from ._interceptors import PUBLIC_METHOD_PREFIXES, to_grpc_status
 from ._jwks import JwksUnavailable, JwksVerifier, JwtVerificationError
 from ._keyring import Keyring, KeyringError, generate_key_spec
 from ._logging import configure_logging, redact
+from ._metrics import MetricsEndpoint, serve_metrics
 from ._paging import decode_page_token, encode_page_token, page_size
 from ._server import MAX_MESSAGE_BYTES, NexusServer, build_server, run_until_signalled
 from ._settings import ConfigError, Env
@@ -111,6 +112,7 @@ __all__ = [
     "Keyring",
     "KeyringError",
     "MalformedJson",
+    "MetricsEndpoint",
     "Migrations",
     "NexusError",
     "NexusServer",
@@ -151,6 +153,7 @@ __all__ = [
     "redact",
     "reseal_column",
     "run_until_signalled",
+    "serve_metrics",
     "sync_url",
     "to_grpc_status",
     "utc",

@@ -28,6 +28,8 @@ __all__ = [
     "ErrorMappingInterceptor",
     "LoggingInterceptor",
     "RequestLimitsInterceptor",
+    "UnaryInterceptor",
+    "call_outcome",
     "to_grpc_status",
 ]
 
@@ -50,7 +52,15 @@ def to_grpc_status(error: NexusError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-class _UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+def call_outcome(context: grpc.aio.ServicerContext, cancelled: bool) -> str:
+    """The status code a finished call was answered with, by name."""
+    code = context.code()
+    if code is None or code == grpc.StatusCode.OK:
+        return "CANCELLED" if cancelled else "OK"
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+
+class UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Wraps the behaviour of unary-unary methods; streams pass through."""
 
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
@@ -71,7 +81,7 @@ class _UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
 
 
-class LoggingInterceptor(_UnaryInterceptor):
+class LoggingInterceptor(UnaryInterceptor):
     """One line per call: method, outcome, duration and caller; never payloads."""
 
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
@@ -81,20 +91,17 @@ class LoggingInterceptor(_UnaryInterceptor):
         async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             current_caller.set(None)
-            outcome = "OK"
+            cancelled = False
             try:
                 return await behavior(request, context)
             except asyncio.CancelledError:
-                outcome = "CANCELLED"
+                cancelled = True
                 raise
             finally:
-                code = context.code()
-                if code is not None and code != grpc.StatusCode.OK:
-                    outcome = code.name if isinstance(code, grpc.StatusCode) else str(code)
                 log.info(
                     "rpc method=%s outcome=%s ms=%.1f caller=%s",
                     method,
-                    outcome,
+                    call_outcome(context, cancelled),
                     (time.perf_counter() - started) * 1000,
                     current_caller.get() or "-",
                 )
@@ -102,7 +109,7 @@ class LoggingInterceptor(_UnaryInterceptor):
         return logged
 
 
-class ErrorMappingInterceptor(_UnaryInterceptor):
+class ErrorMappingInterceptor(UnaryInterceptor):
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
@@ -136,7 +143,7 @@ def _field_with_nul(message: Message) -> str | None:
     return None
 
 
-class RequestLimitsInterceptor(_UnaryInterceptor):
+class RequestLimitsInterceptor(UnaryInterceptor):
     """Refuses requests over the size limit, and text no database can store:
     PostgreSQL cannot hold NUL in text, so without this the same request would
     succeed on SQLite and fail as an internal error on PostgreSQL. gRPC's own
@@ -157,7 +164,7 @@ class RequestLimitsInterceptor(_UnaryInterceptor):
         return limited
 
 
-class AuthInterceptor(_UnaryInterceptor):
+class AuthInterceptor(UnaryInterceptor):
     """Establishes the caller for every non-public method, or refuses the call."""
 
     def __init__(self, authenticate: Authenticator) -> None:

@@ -18,6 +18,7 @@ from ._interceptors import (
     LoggingInterceptor,
     RequestLimitsInterceptor,
 )
+from ._metrics import MetricsInterceptor, serve_metrics
 
 __all__ = ["MAX_MESSAGE_BYTES", "NexusServer", "build_server", "run_until_signalled"]
 
@@ -78,6 +79,7 @@ def build_server(
     server = grpc.aio.server(
         interceptors=[
             LoggingInterceptor(),
+            MetricsInterceptor(),
             ErrorMappingInterceptor(),
             AuthInterceptor(authenticate),
             RequestLimitsInterceptor(MAX_MESSAGE_BYTES),
@@ -103,17 +105,27 @@ def build_server(
 
 
 async def run_until_signalled(
-    server: NexusServer, grace: float, on_stop: Callable[[], Awaitable[None]] | None = None
+    server: NexusServer,
+    grace: float,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+    *,
+    metrics_listen: str = "",
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    """Serve until SIGTERM or SIGINT, then stop gracefully. With
+    ``metrics_listen``, Prometheus metrics are served there meanwhile."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
     log.info("listening on port %d", server.port)
+    metrics = serve_metrics(metrics_listen) if metrics_listen else None
+    if metrics is not None:
+        log.info("metrics on port %d", metrics.port)
     await stop.wait()
     log.info("stopping (grace %.1fs)", grace)
     await server.stop(grace)
     if on_stop is not None:
         await on_stop()
+    if metrics is not None:
+        metrics.stop()

@@ -25,6 +25,14 @@ class Env:
             raise ConfigError(f"{name} must be set")
         return default
 
+    def address(self, name: str, default: str) -> str:
+        """A ``host:port`` to listen on; empty when neither set nor defaulted."""
+        value = self._environ.get(name, "").strip() or default
+        host, sep, port = value.rpartition(":")
+        if value and not (sep and host and port.isdigit() and int(port) < 65536):
+            raise ConfigError(f"{name} must be host:port, like 0.0.0.0:9090")
+        return value
+
     def integer(self, name: str, default: int) -> int:
         raw = self._environ.get(name, "").strip()
         try:

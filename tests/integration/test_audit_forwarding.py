@@ -3,7 +3,8 @@ are recorded exactly once however often they are delivered."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -14,6 +15,7 @@ from nexus_common import AuditEvent, DependencyUnavailable, InternalClient, crea
 from nexus_policy.adapters.repository import PolicyUnitOfWork
 from nexus_policy.server import migrate_database
 from nexus_policy.service_layer.audit_forwarder import AuditForwarder
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from tests.conftest import INTERNAL_TOKEN, Services
@@ -23,8 +25,8 @@ from tools.devstack import free_port
 INTERNAL = (("x-nexus-internal-token", INTERNAL_TOKEN),)
 
 
-def _event(action: str) -> AuditEvent:
-    return AuditEvent("admin:ops", action, "agents/ops-agent", datetime.now(UTC), {"n": 1})
+def _event(action: str, at: datetime | None = None) -> AuditEvent:
+    return AuditEvent("admin:ops", action, "agents/ops-agent", at or datetime.now(UTC), {"n": 1})
 
 
 async def test_a_redelivered_event_is_recorded_once(services: Services) -> None:
@@ -49,35 +51,53 @@ async def test_a_redelivered_event_is_recorded_once(services: Services) -> None:
     assert [e.id for e in listed.audit_events].count(event.id) == 1
 
 
-async def test_events_wait_in_the_outbox_while_the_broker_is_away(
-    services: Services, tmp_path: Path
-) -> None:
-    # An outbox of this test's own: the running policy service forwards its own.
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[Callable[[], PolicyUnitOfWork]]:
+    """An outbox of the test's own: a running policy service forwards its own."""
     outbox_url = f"sqlite:///{tmp_path / 'policy.db'}"
     migrate_database(outbox_url)
     engine = create_engine(outbox_url)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
+    yield lambda: PolicyUnitOfWork(sessions)
+    await engine.dispose()
 
-    def uow() -> PolicyUnitOfWork:
-        return PolicyUnitOfWork(sessions)
 
+async def test_events_wait_in_the_outbox_while_the_broker_is_away(
+    services: Services, outbox: Callable[[], PolicyUnitOfWork]
+) -> None:
     away = InternalClient("broker", f"127.0.0.1:{free_port()}", INTERNAL_TOKEN, 2.0)
     back = InternalClient("broker", f"127.0.0.1:{services.broker_port}", INTERNAL_TOKEN)
     try:
-        async with uow() as work:
+        async with outbox() as work:
             for action in ("agent.create", "agent.update"):
                 await work.outbox.add(_event(action))
             await work.commit()
         with pytest.raises(DependencyUnavailable):
-            await AuditForwarder(uow, away).forward_once()
-        async with uow() as work:
+            await AuditForwarder(outbox, away).forward_once()
+        async with outbox() as work:
             waiting = await work.outbox.oldest(10)
         assert [e.action for e in waiting] == ["agent.create", "agent.update"]
 
-        assert await AuditForwarder(uow, back, batch=1).forward_once() == 1
-        assert await AuditForwarder(uow, back, batch=1).forward_once() == 1
-        assert await AuditForwarder(uow, back).forward_once() == 0
+        assert await AuditForwarder(outbox, back, batch=1).forward_once() == 1
+        assert await AuditForwarder(outbox, back, batch=1).forward_once() == 1
+        assert await AuditForwarder(outbox, back).forward_once() == 0
     finally:
         await away.close()
         await back.close()
-        await engine.dispose()
+
+
+async def test_the_age_of_the_oldest_waiting_event_is_a_metric(
+    outbox: Callable[[], PolicyUnitOfWork],
+) -> None:
+    # No policy service runs here, so no other forwarder sets the gauge meanwhile.
+    away = InternalClient("broker", f"127.0.0.1:{free_port()}", INTERNAL_TOKEN, 2.0)
+    try:
+        async with outbox() as work:
+            await work.outbox.add(_event("agent.create", datetime.now(UTC) - timedelta(minutes=5)))
+            await work.commit()
+        with pytest.raises(DependencyUnavailable):
+            await AuditForwarder(outbox, away).forward_once()
+    finally:
+        await away.close()
+    age = REGISTRY.get_sample_value("nexus_audit_outbox_oldest_event_age_seconds")
+    assert age is not None and 300 <= age < 3600

@@ -69,7 +69,9 @@ async def _serve(settings: BrokerSettings) -> None:
                 await task
         await broker.close()
 
-    await run_until_signalled(broker.server, settings.shutdown_grace_seconds, stop)
+    await run_until_signalled(
+        broker.server, settings.shutdown_grace_seconds, stop, metrics_listen=settings.metrics_listen
+    )
 
 
 async def _reseal(settings: BrokerSettings) -> int:

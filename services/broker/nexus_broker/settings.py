@@ -25,6 +25,7 @@ class BrokerSettings:
     auto_migrate: bool
     shutdown_grace_seconds: float
     log_level: str
+    metrics_listen: str
     public_base_url: str
     state_key: bytes
     return_url_allowlist: tuple[str, ...]
@@ -55,6 +56,7 @@ class BrokerSettings:
             auto_migrate=env.flag("NEXUS_AUTO_MIGRATE", True),
             shutdown_grace_seconds=env.number("NEXUS_SHUTDOWN_GRACE_SECONDS", 10.0),
             log_level=env.text("NEXUS_LOG_LEVEL", "INFO"),
+            metrics_listen=env.address("NEXUS_METRICS_LISTEN", ""),
             public_base_url=env.text("NEXUS_PUBLIC_BASE_URL", "http://127.0.0.1:8080"),
             state_key=_state_key(env.text("NEXUS_STATE_KEY")),
             return_url_allowlist=tuple(

@@ -20,7 +20,12 @@ async def _serve(settings: GatewaySettings) -> None:
         await browser
         await gateway.close()
 
-    await run_until_signalled(gateway.server, settings.shutdown_grace_seconds, stop)
+    await run_until_signalled(
+        gateway.server,
+        settings.shutdown_grace_seconds,
+        stop,
+        metrics_listen=settings.metrics_listen,
+    )
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ class GatewaySettings:
     upstream_timeout_seconds: float
     shutdown_grace_seconds: float
     log_level: str
+    metrics_listen: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
@@ -38,4 +39,5 @@ class GatewaySettings:
             upstream_timeout_seconds=env.number("NEXUS_UPSTREAM_TIMEOUT_SECONDS", 30.0),
             shutdown_grace_seconds=env.number("NEXUS_SHUTDOWN_GRACE_SECONDS", 10.0),
             log_level=env.text("NEXUS_LOG_LEVEL", "INFO"),
+            metrics_listen=env.address("NEXUS_METRICS_LISTEN", ""),
         )

@@ -40,7 +40,9 @@ async def _serve(settings: PolicySettings) -> None:
             log.warning("audit events stay in the outbox until the next start")
         await policy.close()
 
-    await run_until_signalled(policy.server, settings.shutdown_grace_seconds, stop)
+    await run_until_signalled(
+        policy.server, settings.shutdown_grace_seconds, stop, metrics_listen=settings.metrics_listen
+    )
 
 
 def _migrate(args: list[str]) -> int:

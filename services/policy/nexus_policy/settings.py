@@ -38,6 +38,7 @@ class PolicySettings:
     backend_auth: BackendAuthSettings | None
     shutdown_grace_seconds: float
     log_level: str
+    metrics_listen: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PolicySettings:
@@ -53,6 +54,7 @@ class PolicySettings:
             backend_auth=_backend_auth(env),
             shutdown_grace_seconds=env.number("NEXUS_SHUTDOWN_GRACE_SECONDS", 10.0),
             log_level=env.text("NEXUS_LOG_LEVEL", "INFO"),
+            metrics_listen=env.address("NEXUS_METRICS_LISTEN", ""),
         )
 
 

@@ -44,6 +44,7 @@ from ..domain.sessions import (
     session_claims,
     validate_request,
 )
+from ..metrics import SESSIONS
 from .connections import ConnectionDeps, client_credentials, load_connection
 from .providers import get_provider
 from .signing import SessionSigner
@@ -235,10 +236,13 @@ async def create_session(request: SessionRequest, deps: SessionDeps) -> IssuedSe
     kind = SessionKind.AGENT if request.user_context_token is None else SessionKind.OBO
     try:
         _require_self(request.agent_id)
-        return await _issue(request, kind, ttl, deps)
+        issued = await _issue(request, kind, ttl, deps)
     except NexusError as error:
+        SESSIONS.labels(kind, "denied", error.reason).inc()
         await _audit_denial(deps, request, kind, error)
         raise
+    SESSIONS.labels(kind, "granted", "").inc()
+    return issued
 
 
 async def _issue(

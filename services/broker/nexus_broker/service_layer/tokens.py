@@ -27,6 +27,7 @@ from ..adapters.rfc6749 import TokenEndpointError
 from ..domain.connections import Connection, ConnectionStatus, TokenSet
 from ..domain.credentials import TokenPayload, oauth2_payload, static_payload
 from ..domain.providers import AuthType, Provider
+from ..metrics import TOKEN_REFRESHES
 from .connections import (
     ConnectionDeps,
     client_credentials,
@@ -255,6 +256,7 @@ class Refresher:
             )
             await uow.connections.release(connection.id, self.owner)
             if saved:
+                TOKEN_REFRESHES.labels(_refresh_outcome(tokens, status)).inc()
                 action = "refresh.succeeded" if tokens is not None else "refresh.failed"
                 await uow.audit.add(
                     connection_event(
@@ -292,6 +294,12 @@ class Refresher:
             claimed = [c for c in due if await uow.connections.claim(c, self.owner, now, until)]
             await uow.commit()
         return claimed
+
+
+def _refresh_outcome(tokens: TokenSet | None, status: str) -> str:
+    if tokens is not None:
+        return "succeeded"
+    return "reauth_required" if status == ConnectionStatus.ATTENTION else "retrying"
 
 
 def require_active(connection: Connection, provider: Provider, now: datetime) -> None:

@@ -57,6 +57,8 @@ from nexus_common import (
     ValidationFailed,
 )
 
+from ..metrics import BACKEND_AUTH_CACHE_HITS, BACKEND_AUTH_REQUESTS, BACKEND_AUTH_SECONDS
+
 __all__ = ["BackendAuthClient", "LocalVerification", "UserContext", "parse_answer"]
 
 # RFC 6750 §2.1 b64token: anything else cannot be sent in an Authorization header.
@@ -124,6 +126,7 @@ class BackendAuthClient:
         key = hashlib.sha256(token.encode()).digest()
         cached = self._cached(key)
         if cached is not None:
+            BACKEND_AUTH_CACHE_HITS.inc()
             return cached
         task = self._inflight.get(key)
         if task is None:
@@ -186,6 +189,20 @@ class BackendAuthClient:
         return float(claims["exp"])
 
     async def _ask_backend(self, token: str) -> UserContext:
+        started = time.perf_counter()
+        outcome = "unavailable"
+        try:
+            context = await self._ask_backend_once(token)
+            outcome = "accepted"
+            return context
+        except UserTokenInvalid:
+            outcome = "rejected"
+            raise
+        finally:
+            BACKEND_AUTH_REQUESTS.labels(outcome).inc()
+            BACKEND_AUTH_SECONDS.observe(time.perf_counter() - started)
+
+    async def _ask_backend_once(self, token: str) -> UserContext:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         try:
             # httpx bounds each phase; this bounds the whole answer, however slowly it drips.

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from google.protobuf import struct_pb2, timestamp_pb2
 from nexus.broker.v1 import audit_pb2, audit_pb2_grpc
-from nexus_common import AuditEvent, InternalClient
+from nexus_common import AuditEvent, InternalClient, utc
 
 from ..adapters.repository import PolicyUnitOfWork
+from ..metrics import AUDIT_FORWARDED, AUDIT_OUTBOX_OLDEST_AGE
 
 __all__ = ["AuditForwarder"]
 
@@ -52,7 +54,9 @@ class AuditForwarder:
         async with self._uow() as uow:
             events = await uow.outbox.oldest(self._batch)
         if not events:
+            AUDIT_OUTBOX_OLDEST_AGE.set(0)
             return 0
+        AUDIT_OUTBOX_OLDEST_AGE.set((datetime.now(UTC) - utc(events[0].event_time)).total_seconds())
         await self._broker.call(
             self._stub.RecordAuditEvents,
             audit_pb2.RecordAuditEventsRequest(audit_events=[_message(e) for e in events]),
@@ -60,6 +64,9 @@ class AuditForwarder:
         async with self._uow() as uow:
             await uow.outbox.remove([event.id for event in events])
             await uow.commit()
+        AUDIT_FORWARDED.inc(len(events))
+        if len(events) < self._batch:
+            AUDIT_OUTBOX_OLDEST_AGE.set(0)  # that was all of it
         return len(events)
 
     async def run(self, interval: float) -> None:
