@@ -27,7 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVOY_CONFIG = ROOT / "envoy" / "envoy.yaml"
 # The committed config's ports, rewritten for a run with other ports.
 ENVOY_PORTS = {"rest": 8080, "envoy_admin": 9901, "gateway": 50051, "gateway_http": 8081}
-DEV_PORTS = {**ENVOY_PORTS, "broker": 50061, "policy": 50071}
+# In start-up order: each one's dependencies are up before it.
+SERVICES = ("policy", "broker", "gateway")
+DEV_PORTS = {
+    **ENVOY_PORTS,
+    "broker": 50061,
+    "policy": 50071,
+    # Prometheus metrics, one endpoint per service.
+    "gateway_metrics": 9464,
+    "broker_metrics": 9465,
+    "policy_metrics": 9466,
+}
 STARTUP_TIMEOUT = 60.0
 
 __all__ = ["DEV_PORTS", "Stack", "dev_secrets", "free_port", "render_envoy_config"]
@@ -137,6 +147,14 @@ class Stack:
             **self.env,
         }
 
+    def _own_env(self, service: str, env: Mapping[str, str]) -> Mapping[str, str]:
+        """The shared settings, plus the metrics address when this service has one."""
+        port = self.ports.get(f"{service}_metrics")
+        return env if port is None else {**env, "NEXUS_METRICS_LISTEN": f"127.0.0.1:{port}"}
+
+    def metrics_url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[f'{service}_metrics']}/metrics"
+
     def _spawn(self, name: str, args: list[str], env: Mapping[str, str]) -> None:
         log_dir = self.data_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -189,8 +207,8 @@ class Stack:
         self.env = {key: env[key] for key in env if key.startswith("NEXUS_")}
         python = sys.executable
         try:
-            for name in ("policy", "broker", "gateway"):
-                self._spawn(name, [python, "-m", f"nexus_{name}"], env)
+            for name in SERVICES:
+                self._spawn(name, [python, "-m", f"nexus_{name}"], self._own_env(name, env))
                 self._wait(name, functools.partial(self._grpc_ready, self.ports[name]))
             config = self.data_dir / "envoy.yaml"
             config.write_text(render_envoy_config(self.ports))
@@ -234,6 +252,9 @@ Nexus is running (SQLite in {data_dir}, logs in {data_dir / "logs"}).
   REST (Envoy):     {stack.rest_url}
   gRPC (gateway):   {stack.gateway_target}
   Envoy admin:      http://127.0.0.1:{stack.ports["envoy_admin"]}
+  Metrics:          {stack.metrics_url("gateway")} (gateway)
+                    {stack.metrics_url("broker")} (broker)
+                    {stack.metrics_url("policy")} (policy)
   Admin API key:    {stack.admin_key}
 
 Try:

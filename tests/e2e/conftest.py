@@ -11,13 +11,13 @@ import pytest
 
 from tests.support.backend_auth_server import BackendAuthServer
 from tests.support.postgres import fresh_database, postgres_url
-from tools.devstack import ENVOY_PORTS, Stack, free_port
+from tools.devstack import DEV_PORTS, Stack, free_port
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, backend: BackendAuthServer) -> Iterator[Stack]:
     url, drop = fresh_database(postgres_url())
-    ports = {name: free_port() for name in (*ENVOY_PORTS, "broker", "policy")}
+    ports = {name: free_port() for name in DEV_PORTS}
     running = Stack(
         Path(tmp_path_factory.mktemp("stack")),
         ports,

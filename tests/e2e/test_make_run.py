@@ -64,9 +64,13 @@ def test_run_prints_addresses_and_key_then_stops_everything_on_ctrl_c(tmp_path: 
             "next_page_token": "",
         }
         assert (tmp_path / "data" / "broker.db").exists()
+        for name in ("gateway", "broker", "policy"):
+            url = f"http://127.0.0.1:{ports[f'{name}_metrics']}/metrics"
+            assert f"{url} ({name})" in banner
+            assert "grpc_server_handled_total" in httpx.get(url).text
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
     finally:
         reap(process)
-    for name in ("rest", "gateway", "broker", "policy", "envoy_admin"):
+    for name in ports:
         assert not _listening(ports[name]), f"{name} still listening after Ctrl-C"

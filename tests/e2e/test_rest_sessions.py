@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e.test_rest_providers import error_reason
 from tests.support.backend_auth_server import BackendAuthServer
+from tests.support.metrics import sample_sum
 from tests.support.oidc_server import OidcServer, start_oidc_server
 from tools.devstack import Stack
 
@@ -470,3 +471,47 @@ def test_rotating_and_disabling_an_agent_through_envoy(
     assert refused.status_code == 403 and error_reason(refused) == "AGENT_DISABLED"
     assert ok(rest.delete("/admin/v1/agents/rotating-agent", headers=admin)) == {}
     assert status(graced["agent_key"]) == 401
+
+
+def test_each_service_process_serves_metrics_of_what_it_did(
+    rest: httpx.Client, stack: Stack, guide: dict[str, Any]
+) -> None:
+    def scrape() -> dict[str, str]:
+        return {
+            name: httpx.get(stack.metrics_url(name)).text
+            for name in ("gateway", "broker", "policy")
+        }
+
+    asked = {"agent_id": "crm-agent", "provider": "salesforce", "scopes": ["crm:contacts:read"]}
+    before = scrape()
+    ok(curl(rest, "/v1/agent-sessions", bearer(guide, "crm-agent"), json.dumps(asked)))
+    denied = curl(
+        rest,
+        "/v1/agent-sessions",
+        bearer(guide, "crm-agent"),
+        json.dumps(asked | {"scopes": ["crm:contacts:write"]}),
+    )
+    assert denied.status_code == 403
+    after = scrape()
+
+    def grown(service: str, name: str, **labels: str) -> float:
+        return sample_sum(after[service], name, **labels) - sample_sum(
+            before[service], name, **labels
+        )
+
+    handled = "grpc_server_handled_total"
+    public = {"grpc_service": "nexus.gateway.v1.SessionService"}
+    assert (
+        grown("gateway", handled, grpc_method="CreateAgentSession", grpc_code="OK", **public) == 1
+    )
+    assert grown("gateway", handled, grpc_code="PERMISSION_DENIED", **public) == 1, (
+        "the denial is counted by its status code"
+    )
+    assert grown("broker", "nexus_sessions_total", outcome="granted", kind="agent") == 1
+    assert (
+        grown("broker", "nexus_sessions_total", reason="AGENT_SCOPE_NOT_ALLOWED", kind="agent") == 1
+    )
+    # The policy service authenticated the agent's key and decided both requests.
+    assert grown("policy", handled, grpc_method="EvaluateSession") == 2
+    assert grown("policy", handled, grpc_method="AuthenticateAgent", grpc_code="OK") == 2
+    assert not any(key in text for text in after.values() for key in guide["keys"].values())

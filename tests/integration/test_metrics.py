@@ -14,7 +14,6 @@ import pytest
 from nexus.broker.v1 import providers_pb2
 from nexus.gateway.v1 import gateway_pb2_grpc
 from nexus_common import ConfigError, Env, serve_metrics
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Services
 from tests.integration.helpers import ADMIN, expect_error
@@ -29,9 +28,8 @@ from tests.integration.test_sessions import (
 )
 from tests.support.app_server import AppServer
 from tests.support.backend_auth_server import BackendAuthServer, start_backend_auth_server
+from tests.support.metrics import sample_sum
 from tests.support.oidc_server import OidcServer, behave, start_oidc_server
-
-Labels = dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +56,9 @@ def idp() -> Iterator[OidcServer]:
 class Scrape:
     def __init__(self, text: str) -> None:
         self.text = text
-        self._samples = [
-            sample for family in text_string_to_metric_families(text) for sample in family.samples
-        ]
 
     def value(self, name: str, **labels: str) -> float:
-        """The sum of the samples named so whose labels include these."""
-        return sum(
-            sample.value
-            for sample in self._samples
-            if sample.name == name and labels.items() <= sample.labels.items()
-        )
+        return sample_sum(self.text, name, **labels)
 
 
 class Scraper:
