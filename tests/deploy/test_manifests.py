@@ -246,9 +246,9 @@ def test_every_service_port_targets_a_container_port(service: Doc) -> None:
 def test_listen_addresses_bind_the_pod_on_its_container_port() -> None:
     env = k8s.config_env()
     listens = {
-        "gateway": ["NEXUS_GATEWAY_LISTEN", "NEXUS_GATEWAY_HTTP_LISTEN"],
-        "broker": ["NEXUS_BROKER_LISTEN"],
-        "policy": ["NEXUS_POLICY_LISTEN"],
+        "gateway": ["NEXUS_GATEWAY_LISTEN", "NEXUS_GATEWAY_HTTP_LISTEN", "NEXUS_METRICS_LISTEN"],
+        "broker": ["NEXUS_BROKER_LISTEN", "NEXUS_METRICS_LISTEN"],
+        "policy": ["NEXUS_POLICY_LISTEN", "NEXUS_METRICS_LISTEN"],
     }
     for service, names in listens.items():
         ports = set(k8s.pod(service).container_ports().values())
@@ -278,6 +278,7 @@ def test_targets_resolve_every_pod_of_the_service(setting: str, service: str) ->
 NEXUS_NS = {"kubernetes.io/metadata.name": "nexus"}
 AGENTS_NS = {"kubernetes.io/metadata.name": "agents", "nexus.dev/gateway-client": "true"}
 OTHER_NS = {"kubernetes.io/metadata.name": "elsewhere"}
+SCRAPER = ({"kubernetes.io/metadata.name": "monitoring", "nexus.dev/metrics-scraper": "true"}, {})
 
 
 def _policies_for(labels: dict[str, str]) -> list[Doc]:
@@ -341,6 +342,12 @@ FLOWS = [
     (_in_nexus("envoy"), "policy", 50071, False),
     ((OTHER_NS, {}), "policy", 50071, False),
     (_in_nexus("broker"), "gateway", 50051, False),
+    *[(SCRAPER, name, 9090, True) for name in ("gateway", "broker", "policy")],
+    (SCRAPER, "envoy", 9902, True),
+    (SCRAPER, "broker", 50061, False),
+    (SCRAPER, "envoy", 9901, False),
+    ((OTHER_NS, {}), "broker", 9090, False),
+    ((AGENTS_NS, {}), "policy", 9090, False),
 ]
 
 
@@ -360,10 +367,14 @@ def test_ingress_is_denied_by_default_and_policies_name_real_ports() -> None:
         selector = policy["spec"]["podSelector"].get("matchLabels")
         if not selector:
             continue
-        (pod,) = _pods_selected(selector)
-        for rule in policy["spec"]["ingress"]:
-            for port in rule["ports"]:
-                assert port["port"] in pod.container_ports().values(), policy["metadata"]["name"]
+        pods = _pods_selected(selector)
+        assert pods, policy["metadata"]["name"]
+        for pod in pods:
+            for rule in policy["spec"]["ingress"]:
+                for port in rule["ports"]:
+                    assert port["port"] in pod.container_ports().values(), policy["metadata"][
+                        "name"
+                    ]
 
 
 # -- settings -----------------------------------------------------------------------------
