@@ -71,6 +71,7 @@ from ._metrics import MetricsEndpoint, serve_metrics
 from ._paging import decode_page_token, encode_page_token, page_size
 from ._server import MAX_MESSAGE_BYTES, NexusServer, build_server, run_until_signalled
 from ._settings import ConfigError, Env
+from ._tracing import tracing
 
 __all__ = [
     "API_KEY_HEADER",
@@ -156,5 +157,6 @@ __all__ = [
     "serve_metrics",
     "sync_url",
     "to_grpc_status",
+    "tracing",
     "utc",
 ]

@@ -16,6 +16,7 @@ from grpc_status import rpc_status
 
 from ._auth import CALLER_HEADER, INTERNAL_TOKEN_HEADER, current_caller
 from ._errors import DependencyUnavailable, Internal, NexusError, RemoteError
+from ._tracing import client_tracing
 
 __all__ = ["InternalClient"]
 
@@ -39,7 +40,9 @@ class InternalClient:
 
     def __init__(self, service: str, target: str, token: str, timeout: float = 10.0) -> None:
         self.service = service
-        self.channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(
+            target, options=_CHANNEL_OPTIONS, interceptors=client_tracing()
+        )
         self._token = token
         self._timeout = timeout
 

@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 
 from ._auth import Authenticator, current_caller
 from ._errors import ERROR_DOMAIN, Internal, NexusError, RequestTooLarge, ValidationFailed
+from ._tracing import current_trace_id
 
 __all__ = [
     "PUBLIC_METHOD_PREFIXES",
@@ -99,11 +100,12 @@ class LoggingInterceptor(UnaryInterceptor):
                 raise
             finally:
                 log.info(
-                    "rpc method=%s outcome=%s ms=%.1f caller=%s",
+                    "rpc method=%s outcome=%s ms=%.1f caller=%s trace=%s",
                     method,
                     call_outcome(context, cancelled),
                     (time.perf_counter() - started) * 1000,
                     current_caller.get() or "-",
+                    current_trace_id() or "-",
                 )
 
         return logged

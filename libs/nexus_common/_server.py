@@ -19,6 +19,7 @@ from ._interceptors import (
     RequestLimitsInterceptor,
 )
 from ._metrics import MetricsInterceptor, serve_metrics
+from ._tracing import server_tracing
 
 __all__ = ["MAX_MESSAGE_BYTES", "NexusServer", "build_server", "run_until_signalled"]
 
@@ -78,6 +79,8 @@ def build_server(
     """
     server = grpc.aio.server(
         interceptors=[
+            # Outermost: the span is current while the others run, so the log line has its id.
+            server_tracing(),
             LoggingInterceptor(),
             MetricsInterceptor(),
             ErrorMappingInterceptor(),

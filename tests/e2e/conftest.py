@@ -15,7 +15,17 @@ from tools.devstack import DEV_PORTS, Stack, free_port
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, backend: BackendAuthServer) -> Iterator[Stack]:
+def stack_env() -> dict[str, str]:
+    """Settings a test module adds to its stack's."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    backend: BackendAuthServer,
+    stack_env: dict[str, str],
+) -> Iterator[Stack]:
     url, drop = fresh_database(postgres_url())
     ports = {name: free_port() for name in DEV_PORTS}
     running = Stack(
@@ -28,6 +38,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, backend: BackendAuthServer) 
             "NEXUS_DISCOVERY_TIMEOUT_SECONDS": "3",
             "NEXUS_DISCOVERY_RETRY_SECONDS": "0",
             "NEXUS_REFRESH_INTERVAL_SECONDS": "0.5",
+            **stack_env,
         },
     ).start()
     try:

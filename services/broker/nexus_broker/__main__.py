@@ -25,6 +25,7 @@ from nexus_common import (
     configure_logging,
     current_caller,
     run_until_signalled,
+    tracing,
 )
 
 from .server import MIGRATIONS, BrokerCore, create_broker, create_core, migrate_database
@@ -100,7 +101,8 @@ def main(argv: list[str]) -> None:
     if argv == ["reseal"]:
         print(f"re-sealed {asyncio.run(_reseal(settings))} secrets")
     elif not argv:
-        asyncio.run(_serve(settings))
+        with tracing("broker", os.environ):
+            asyncio.run(_serve(settings))
     else:
         raise SystemExit(_USAGE)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from nexus_common import configure_logging, run_until_signalled
+from nexus_common import configure_logging, run_until_signalled, tracing
 
 from .server import create_gateway
 from .settings import GatewaySettings
@@ -31,7 +31,8 @@ async def _serve(settings: GatewaySettings) -> None:
 def main() -> None:
     settings = GatewaySettings.from_env(os.environ)
     configure_logging("gateway", settings.log_level)
-    asyncio.run(_serve(settings))
+    with tracing("gateway", os.environ):
+        asyncio.run(_serve(settings))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 
-from nexus_common import Env, configure_logging, run_until_signalled
+from nexus_common import Env, configure_logging, run_until_signalled, tracing
 
 from .server import MIGRATIONS, create_policy, migrate_database
 from .settings import PolicySettings
@@ -61,7 +61,8 @@ def main(argv: list[str]) -> None:
     configure_logging("policy", settings.log_level)
     if settings.auto_migrate:
         migrate_database(settings.database_url)
-    asyncio.run(_serve(settings))
+    with tracing("policy", os.environ):
+        asyncio.run(_serve(settings))
 
 
 if __name__ == "__main__":

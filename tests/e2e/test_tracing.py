@@ -1,0 +1,126 @@
+"""Tracing across the running stack: a REST request through Envoy becomes one
+trace over gateway, broker and policy, exported over OTLP/gRPC to a real
+receiver, continuing the caller's own trace context."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from tests.support.otlp_collector import ExportedSpan, OtlpCollector, start_otlp_collector
+from tools.devstack import Stack
+
+SESSION_METHOD = "nexus.gateway.v1.SessionService/CreateAgentSession"
+AUTHENTICATE = "nexus.policy.v1.AgentRegistryService/AuthenticateAgent"
+BROKER_SESSION = "nexus.broker.v1.SessionService/CreateAgentSession"
+EVALUATE = "nexus.policy.v1.PolicyService/EvaluateSession"
+
+
+@pytest.fixture(scope="module")
+def collector() -> Iterator[OtlpCollector]:
+    with start_otlp_collector() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stack_env(collector: OtlpCollector) -> dict[str, str]:
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+        # Export within a tenth of a second rather than five.
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+
+
+@pytest.fixture(scope="module")
+def agent_key(stack: Stack, rest: httpx.Client) -> str:
+    admin = {"X-API-Key": stack.admin_key}
+    provider = {"name": "internal-ops", "auth_type": "nexus", "scopes": ["acme:gliding"]}
+    assert rest.post("/v1/providers", json=provider, headers=admin).status_code == 200
+    agent = {"agent_id": "ops-agent", "allowed_scopes": ["acme:gliding"]}
+    created = rest.post("/admin/v1/agents", json=agent, headers=admin)
+    assert created.status_code == 200, created.text
+    key: str = created.json()["agent_key"]
+    return key
+
+
+@pytest.fixture(scope="module")
+def rest(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.rest_url, timeout=30) as client:
+        yield client
+
+
+def request_session(rest: httpx.Client, key: str, headers: dict[str, str]) -> None:
+    asked = {"agent_id": "ops-agent", "provider": "internal-ops", "scopes": ["acme:gliding"]}
+    response = rest.post(
+        "/v1/agent-sessions",
+        content=json.dumps(asked),
+        headers={"Authorization": f"Bearer {key}", **headers},
+    )
+    assert response.status_code == 200, response.text
+
+
+def one(spans: list[ExportedSpan], service: str, kind: str, method: str) -> ExportedSpan:
+    (span,) = [
+        s for s in spans if s.service == service and s.kind == kind and s.name == f"/{method}"
+    ]
+    return span
+
+
+def whole_trace(collector: OtlpCollector, new: Callable[[str], bool]) -> list[ExportedSpan]:
+    """The spans of one request's trace, once its four server spans (gateway,
+    broker, and the policy service twice) have all been exported."""
+
+    def complete(spans: list[ExportedSpan]) -> bool:
+        return sum(new(s.trace_id) and s.kind == "SERVER" for s in spans) >= 4
+
+    return [s for s in collector.wait_for(complete) if new(s.trace_id)]
+
+
+def test_a_request_is_one_trace_across_the_services_continuing_the_callers(
+    stack: Stack, rest: httpx.Client, agent_key: str, collector: OtlpCollector
+) -> None:
+    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+
+    request_session(rest, agent_key, {"traceparent": f"00-{trace_id}-{caller_span}-01"})
+
+    spans = whole_trace(collector, lambda trace: trace == trace_id)
+    gateway = one(spans, "nexus-gateway", "SERVER", SESSION_METHOD)
+    assert gateway.parent_span_id == caller_span
+    # The gateway authenticated the agent's key with the policy service...
+    authenticate = one(spans, "nexus-gateway", "CLIENT", AUTHENTICATE)
+    assert authenticate.parent_span_id == gateway.span_id
+    assert one(spans, "nexus-policy", "SERVER", AUTHENTICATE).parent_span_id == authenticate.span_id
+    # ...then asked the broker, which asked the policy service for its decision.
+    forward = one(spans, "nexus-gateway", "CLIENT", BROKER_SESSION)
+    assert forward.parent_span_id == gateway.span_id
+    broker = one(spans, "nexus-broker", "SERVER", BROKER_SESSION)
+    assert broker.parent_span_id == forward.span_id
+    evaluate = one(spans, "nexus-broker", "CLIENT", EVALUATE)
+    assert evaluate.parent_span_id == broker.span_id
+    decided = one(spans, "nexus-policy", "SERVER", EVALUATE)
+    assert decided.parent_span_id == evaluate.span_id
+    assert broker.attributes["rpc.grpc.status_code"] == 0
+
+    everything = json.dumps([span.attributes for span in collector.spans()])
+    assert agent_key not in everything and "Bearer" not in everything
+    assert not [s for s in collector.spans() if "grpc.health" in s.name], "probes make no spans"
+    assert f"trace={trace_id}" in stack.log_tail("gateway", 200)
+    assert f"trace={trace_id}" in stack.log_tail("policy", 200)
+
+
+def test_a_request_without_trace_context_starts_a_trace_at_the_gateway(
+    rest: httpx.Client, agent_key: str, collector: OtlpCollector
+) -> None:
+    before = {s.trace_id for s in collector.spans()}
+
+    request_session(rest, agent_key, {})
+
+    spans = whole_trace(collector, lambda trace: trace not in before)
+    gateway = one(spans, "nexus-gateway", "SERVER", SESSION_METHOD)
+    assert gateway.parent_span_id == ""
+    assert {s.trace_id for s in spans} == {gateway.trace_id}
+    assert {s.service for s in spans} == {"nexus-gateway", "nexus-broker", "nexus-policy"}
