@@ -15,6 +15,7 @@ The caller's key comes from ``NexusClientOptions`` or, when none is given, from
 
 from __future__ import annotations
 
+from ._apply import AppliedCredentials, UnsupportedStrategy, apply_credentials
 from ._client import AsyncNexusClient, NexusClient
 from ._errors import (
     NexusAuthError,
@@ -31,6 +32,7 @@ from ._rfc7662 import Introspection
 
 __all__ = [
     "AgentSession",
+    "AppliedCredentials",
     "AsyncNexusClient",
     "Introspection",
     "NexusAuthError",
@@ -43,4 +45,6 @@ __all__ = [
     "NexusUnavailableError",
     "NexusUnexpectedError",
     "TokenPayload",
+    "UnsupportedStrategy",
+    "apply_credentials",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "get_jwks",
     "get_token",
     "introspect_session",
+    "refresh_connection",
 ]
 
 T = TypeVar("T")
@@ -46,6 +47,12 @@ class Call(Generic[T]):
 def get_token(options: NexusClientOptions, connection_id: str) -> Call[TokenPayload]:
     path = f"/v1/token/{_segment(connection_id, 'connection_id')}"
     return Call(_request(options, "GET", path), _reader(token_payload))
+
+
+def refresh_connection(options: NexusClientOptions, connection_id: str) -> Call[None]:
+    path = f"/v1/refresh/{_segment(connection_id, 'connection_id')}"
+    # The answer is the connection's status; callers want the fresh token after it.
+    return Call(_request(options, "POST", path), _reader(_nothing))
 
 
 def create_agent_session(

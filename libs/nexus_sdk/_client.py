@@ -50,6 +50,12 @@ class NexusClient:
         """Credentials for one connection, fresh (the broker refreshes them)."""
         return self._send(_calls.get_token(self.options, connection_id))
 
+    def refresh_connection(self, connection_id: str) -> TokenPayload:
+        """Refresh the connection's token at the provider now, and return it.
+        Rarely needed: the broker refreshes before expiry by itself."""
+        self._send(_calls.refresh_connection(self.options, connection_id))
+        return self._send(_calls.get_token(self.options, connection_id))
+
     def request_agent_session(
         self,
         *,
@@ -164,6 +170,11 @@ class AsyncNexusClient:
 
     async def get_token_by_connection_id(self, connection_id: str) -> TokenPayload:
         """Credentials for one connection, fresh (the broker refreshes them)."""
+        return await self._send(_calls.get_token(self.options, connection_id))
+
+    async def refresh_connection(self, connection_id: str) -> TokenPayload:
+        """Refresh the connection's token at the provider now, and return it."""
+        await self._send(_calls.refresh_connection(self.options, connection_id))
         return await self._send(_calls.get_token(self.options, connection_id))
 
     async def request_agent_session(

@@ -1,0 +1,317 @@
+"""The Bridge through the real stack: an agent's long-lived WebSocket and gRPC
+links to a provider's API stay authenticated while the connection's tokens
+rotate. The provider is the real OAuth server from npm, issuing short-lived
+tokens; its API is a real WebSocket server and a real gRPC server on loopback,
+each checking every bearer token at the provider's userinfo endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from nexus_sdk import AsyncNexusClient, NexusClientOptions, NexusNotFoundError
+from nexus_sdk.bridge import Bridge, BridgeError, BridgeOptions, RetryPolicy, Send
+from prometheus_client import CollectorRegistry
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from tests.e2e.test_rest_sessions import connect, ok
+from tests.support.oidc_server import OidcServer, behave, start_oidc_server
+from tools.devstack import Stack
+
+# Provider tokens live 6 s; the Bridge renews 2 s before expiry.
+TOKEN_SECONDS = 6
+OPTIONS = BridgeOptions(
+    refresh_buffer=2.0, retry=RetryPolicy(min_backoff=0.1, max_backoff=0.5, jitter=0.1)
+)
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[OidcServer]:
+    with start_oidc_server() as server:
+        behave(server, expires_in=TOKEN_SECONDS)
+        yield server
+
+
+@dataclass(frozen=True)
+class Setup:
+    agent_key: str
+    connection_id: str
+
+
+@pytest.fixture(scope="module")
+def setup(stack: Stack, idp: OidcServer) -> Setup:
+    admin = {"X-API-Key": stack.admin_key}
+    with httpx.Client(base_url=stack.rest_url, headers=admin, timeout=30) as rest:
+        provider = ok(
+            rest.post(
+                "/v1/providers",
+                json={
+                    "name": "market-data",
+                    "auth_type": "oauth2",
+                    "client_id": "MD_CLIENT_ID",
+                    "client_secret": "MD_CLIENT_SECRET",
+                    "auth_url": f"{idp.issuer}/authorize",
+                    "token_url": f"{idp.issuer}/token",
+                    "scopes": ["stream:read"],
+                    "params": {"skip_scope_on_exchange": True},
+                },
+            )
+        )
+        agent = ok(
+            rest.post(
+                "/admin/v1/agents",
+                json={"agent_id": "stream-agent", "allowed_scopes": ["stream:read"]},
+            )
+        )
+        connection_id = connect(rest, admin, provider["id"], ["stream:read"])
+    return Setup(agent["agent_key"], connection_id)
+
+
+@pytest.fixture
+async def client(stack: Stack, setup: Setup) -> AsyncIterator[AsyncNexusClient]:
+    options = NexusClientOptions(gateway_url=stack.rest_url, agent_key=setup.agent_key)
+    async with AsyncNexusClient(options) as nexus:
+        yield nexus
+
+
+async def token_is_valid(idp: OidcServer, authorization: str | None) -> bool:
+    if not authorization or not authorization.startswith("Bearer "):
+        return False
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.get(f"{idp.issuer}/userinfo", headers={"Authorization": authorization})
+    return answer.status_code == 200
+
+
+@dataclass
+class StreamServer:
+    """A provider's streaming API: checks the bearer token at the handshake,
+    then sends a tick every 50 ms and answers each message."""
+
+    idp: OidcServer
+    refuse_all: bool = False
+    url: str = ""
+    opened: list[str] = field(default_factory=list)  # the token of each socket, in order
+    open_now: int = 0
+    most_open: int = 0
+    sockets: list[ServerConnection] = field(default_factory=list)
+
+    async def check(self, connection: ServerConnection, request: Request) -> Response | None:
+        if self.refuse_all or not await token_is_valid(
+            self.idp, request.headers.get("Authorization")
+        ):
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid token\n")
+        return None
+
+    async def handle(self, connection: ServerConnection) -> None:
+        self.opened.append(connection.request.headers["Authorization"])
+        self.sockets.append(connection)
+        self.open_now += 1
+        self.most_open = max(self.most_open, self.open_now)
+        ticks = asyncio.create_task(self._tick(connection))
+        try:
+            async for message in connection:
+                await connection.send(f"ack:{message}")
+        finally:
+            ticks.cancel()
+            self.open_now -= 1
+
+    async def _tick(self, connection: ServerConnection) -> None:
+        n = 0
+        with contextlib.suppress(Exception):
+            while True:
+                n += 1
+                await connection.send(f"tick:{n}")
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def stream(idp: OidcServer) -> AsyncIterator[StreamServer]:
+    server = StreamServer(idp)
+    async with serve(server.handle, "127.0.0.1", 0, process_request=server.check) as running:
+        port = next(iter(running.sockets)).getsockname()[1]
+        server.url = f"ws://127.0.0.1:{port}/stream?channel=btc_usd"
+        yield server
+
+
+@dataclass
+class Recorder:
+    """A handler that subscribes on every connect and records what it sees."""
+
+    connects: int = 0
+    messages: list[str | bytes] = field(default_factory=list)
+    disconnects: list[BaseException | None] = field(default_factory=list)
+
+    async def on_connect(self, send: Send) -> None:
+        self.connects += 1
+        await send(f"subscribe-{self.connects}")
+
+    async def on_message(self, message: str | bytes) -> None:
+        self.messages.append(message)
+
+    async def on_disconnect(self, error: BaseException | None) -> None:
+        self.disconnects.append(error)
+
+
+async def until(condition: Callable[[], bool], within: float = 30.0) -> None:
+    async with asyncio.timeout(within):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running(work: Awaitable[Any]) -> AsyncIterator[asyncio.Task[Any]]:
+    task = asyncio.ensure_future(work)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def sample(registry: CollectorRegistry, name: str, connection_id: str) -> float | None:
+    labels = {"agent_id": "stream-agent", "connection_id": connection_id}
+    return registry.get_sample_value(name, labels)
+
+
+async def test_the_link_is_reauthenticated_before_the_token_expires_without_a_gap(
+    client: AsyncNexusClient, setup: Setup, stream: StreamServer
+) -> None:
+    registry = CollectorRegistry()
+    bridge = Bridge.standard(
+        client, {"agent_id": "stream-agent"}, registry=registry, options=OPTIONS
+    )
+    handler = Recorder()
+
+    async with running(bridge.maintain_websocket(setup.connection_id, stream.url, handler)):
+        # Two rotations: each renewal opens a socket with a new token first.
+        await until(lambda: len(stream.opened) >= 3)
+        await until(lambda: stream.open_now == 1)
+        assert len(set(stream.opened)) == len(stream.opened), "each socket had a new token"
+        assert stream.most_open == 2, "the new socket opened before the old one closed"
+        assert handler.disconnects == [], "a rotation is not a disconnect"
+        assert handler.connects == len(stream.opened)
+        acks = [m for m in handler.messages if isinstance(m, str) and m.startswith("ack:")]
+        assert acks[:3] == ["ack:subscribe-1", "ack:subscribe-2", "ack:subscribe-3"]
+        refreshes = sample(registry, "nexus_bridge_token_refreshes_total", setup.connection_id)
+        assert refreshes is not None and refreshes >= 2
+        assert sample(registry, "nexus_bridge_connection_status", setup.connection_id) == 1
+        assert sample(registry, "nexus_bridge_disconnects_total", setup.connection_id) == 0
+    assert sample(registry, "nexus_bridge_connection_status", setup.connection_id) == 0
+
+
+async def test_a_dropped_link_is_reopened_and_the_handler_told(
+    client: AsyncNexusClient, setup: Setup, stream: StreamServer
+) -> None:
+    registry = CollectorRegistry()
+    bridge = Bridge.standard(
+        client, {"agent_id": "stream-agent"}, registry=registry, options=OPTIONS
+    )
+    handler = Recorder()
+
+    async with running(bridge.maintain_websocket(setup.connection_id, stream.url, handler)):
+        await until(lambda: len(stream.sockets) == 1)
+        await stream.sockets[0].close(1011, "server restarting")
+        await until(lambda: len(handler.disconnects) == 1 and handler.connects == 2)
+        assert sample(registry, "nexus_bridge_disconnects_total", setup.connection_id) == 1
+        assert sample(registry, "nexus_bridge_connections_total", setup.connection_id) == 2
+
+
+async def test_an_endpoint_that_refuses_fresh_credentials_ends_the_bridge(
+    client: AsyncNexusClient, setup: Setup, stream: StreamServer
+) -> None:
+    stream.refuse_all = True
+    bridge = Bridge(client, options=OPTIONS)
+
+    with pytest.raises(BridgeError, match="refused fresh credentials") as refused:
+        await asyncio.wait_for(
+            bridge.maintain_websocket(setup.connection_id, stream.url, Recorder()), 30
+        )
+    assert "channel=" not in str(refused.value), "the query string may hold a key"
+
+
+async def test_an_unknown_connection_ends_the_bridge(
+    client: AsyncNexusClient, stream: StreamServer
+) -> None:
+    bridge = Bridge(client, options=OPTIONS)
+
+    with pytest.raises(BridgeError) as failed:
+        await asyncio.wait_for(
+            bridge.maintain_websocket(
+                "00000000-0000-0000-0000-000000000000", stream.url, Recorder()
+            ),
+            30,
+        )
+    assert isinstance(failed.value.__cause__, NexusNotFoundError)
+
+
+class CheckingHealth(health.aio.HealthServicer):
+    """A provider's gRPC API: every call must carry a bearer token the provider accepts."""
+
+    def __init__(self, idp: OidcServer) -> None:
+        super().__init__()
+        self.idp = idp
+        self.tokens: list[str] = []
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        metadata = dict(context.invocation_metadata() or ())
+        authorization = metadata.get("authorization")
+        if not await token_is_valid(self.idp, authorization):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+        self.tokens.append(str(authorization))
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+async def test_grpc_calls_carry_the_current_token_across_rotations(
+    client: AsyncNexusClient, setup: Setup, idp: OidcServer
+) -> None:
+    server = grpc.aio.server()
+    servicer = CheckingHealth(idp)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    local = grpc.LocalConnectionType.LOCAL_TCP
+    port = server.add_secure_port("127.0.0.1:0", grpc.local_server_credentials(local))
+    await server.start()
+    registry = CollectorRegistry()
+    bridge = Bridge.standard(
+        client, {"agent_id": "stream-agent"}, registry=registry, options=OPTIONS
+    )
+
+    async def work(channel: grpc.aio.Channel) -> int:
+        stub = health_pb2_grpc.HealthStub(channel)
+        calls = 0
+        # Long enough for the 6 s token to be renewed twice.
+        while len(set(servicer.tokens)) < 3:
+            await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            calls += 1
+            await asyncio.sleep(0.1)
+        return calls
+
+    try:
+        calls = await asyncio.wait_for(
+            bridge.maintain_grpc(
+                setup.connection_id,
+                f"127.0.0.1:{port}",
+                work,
+                channel_credentials=grpc.local_channel_credentials(local),
+            ),
+            60,
+        )
+    finally:
+        await server.stop(0)
+    assert calls == len(servicer.tokens), "every call was accepted"
+    renewed = sample(registry, "nexus_bridge_token_refreshes_total", setup.connection_id)
+    assert renewed is not None and renewed >= 2
+    assert sample(registry, "nexus_bridge_disconnects_total", setup.connection_id) == 0
