@@ -74,7 +74,8 @@ class BridgeError(Exception):
 class WebSocketHandler(Protocol):
     async def on_connect(self, send: Send) -> None:
         """A socket is open: the first one, a reconnection or a rotation's new
-        one. Subscribe here; ``send`` always writes to the current socket."""
+        one. Subscribe here; ``send`` always writes to the current socket, and
+        raises ``ConnectionError`` while the link is down."""
 
     async def on_message(self, message: str | bytes) -> None: ...
 
@@ -405,7 +406,10 @@ class _WebSocketLink:
     async def send(self, message: str | bytes) -> None:
         if self._socket is None:
             raise ConnectionError("the link is down; the Bridge is reconnecting")
-        await self._socket.send(message)
+        try:
+            await self._socket.send(message)
+        except ConnectionClosed as exc:
+            raise ConnectionError("the link closed; the Bridge is reconnecting") from exc
 
     async def run(self) -> None:
         failures = 0
@@ -418,7 +422,7 @@ class _WebSocketLink:
                 failures += 1
                 await self._bridge._pause(self._connection_id, _failed("connecting", exc), failures)
                 continue
-            failures = 0
+            opened = time.monotonic()
             code, error = await self._serve(_Held(token), socket)
             self._bridge._metrics.disconnected(self._connection_id)
             await self._handler.on_disconnect(error)
@@ -426,8 +430,12 @@ class _WebSocketLink:
                 raise BridgeError(
                     f"{_redacted(self._url)} closed the WebSocket with code {code}"
                 ) from error
+            # A link that drops soon after opening backs off like a failure to
+            # connect, so an endpoint closing every link at once is not hammered.
+            lasted = time.monotonic() - opened
+            failures = 1 if lasted >= self._bridge.options.retry.max_backoff else failures + 1
             what = f"the link closed (code {code})" if error is None else _failed("the link", error)
-            await self._bridge._pause(self._connection_id, what, 1)
+            await self._bridge._pause(self._connection_id, what, failures)
 
     async def _connect(self, stale: TokenPayload | None) -> tuple[TokenPayload, ClientConnection]:
         """Credentials and a socket opened with them. An endpoint refusing them
@@ -499,7 +507,11 @@ class _WebSocketLink:
         self._socket = socket
         self._bridge._metrics.connected(self._connection_id)
         log.info("link for %s is up (%s)", self._connection_id, _redacted(self._url))
-        await self._handler.on_connect(self.send)
+        try:
+            await self._handler.on_connect(self.send)
+        except ConnectionError:
+            # The socket closed under the handler; its reader ends the link.
+            log.info("link for %s closed while the handler set it up", self._connection_id)
 
     async def _read(self, socket: ClientConnection) -> tuple[int | None, BaseException | None]:
         try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -98,8 +100,10 @@ class StreamServer:
 
     idp: OidcServer
     refuse_all: bool = False
+    close_at_once: bool = False
     url: str = ""
     opened: list[str] = field(default_factory=list)  # the token of each socket, in order
+    opened_at: list[float] = field(default_factory=list)
     open_now: int = 0
     most_open: int = 0
     sockets: list[ServerConnection] = field(default_factory=list)
@@ -113,6 +117,10 @@ class StreamServer:
 
     async def handle(self, connection: ServerConnection) -> None:
         self.opened.append(connection.request.headers["Authorization"])
+        self.opened_at.append(time.monotonic())
+        if self.close_at_once:
+            await connection.close(1011, "overloaded")
+            return
         self.sockets.append(connection)
         self.open_now += 1
         self.most_open = max(self.most_open, self.open_now)
@@ -226,6 +234,21 @@ async def test_a_dropped_link_is_reopened_and_the_handler_told(
         await until(lambda: len(handler.disconnects) == 1 and handler.connects == 2)
         assert sample(registry, "nexus_bridge_disconnects_total", setup.connection_id) == 1
         assert sample(registry, "nexus_bridge_connections_total", setup.connection_id) == 2
+
+
+async def test_links_that_drop_at_once_are_retried_with_growing_backoff(
+    client: AsyncNexusClient, setup: Setup, stream: StreamServer
+) -> None:
+    stream.close_at_once = True
+    policy = RetryPolicy(min_backoff=0.1, max_backoff=0.8, jitter=0)
+    bridge = Bridge(client, options=BridgeOptions(retry=policy))
+
+    async with running(bridge.maintain_websocket(setup.connection_id, stream.url, Recorder())):
+        await until(lambda: len(stream.opened_at) >= 5)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(stream.opened_at)]
+    # Each wait is at least the policy's delay for one more failure in a row.
+    for gap, delay in zip(gaps, (0.1, 0.2, 0.4, 0.8), strict=False):
+        assert gap >= delay
 
 
 async def test_an_endpoint_that_refuses_fresh_credentials_ends_the_bridge(
