@@ -28,6 +28,7 @@ __all__ = [
     "AuthInterceptor",
     "ErrorMappingInterceptor",
     "LoggingInterceptor",
+    "ObservingInterceptor",
     "RequestLimitsInterceptor",
     "UnaryInterceptor",
     "call_outcome",
@@ -82,16 +83,21 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
 
 
-class LoggingInterceptor(UnaryInterceptor):
-    """One line per call: method, outcome, duration and caller; never payloads."""
+class ObservingInterceptor(UnaryInterceptor):
+    """Calls ``finished`` once per call, with how it ended and how long it took."""
+
+    def observes(self, method: str) -> bool:
+        return True
+
+    def finished(self, method: str, outcome: str, seconds: float) -> None:
+        raise NotImplementedError
 
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
-        if method.startswith(PUBLIC_METHOD_PREFIXES):
-            return behavior  # probes would drown the log
+        if not self.observes(method):
+            return behavior
 
-        async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
-            current_caller.set(None)
             cancelled = False
             try:
                 return await behavior(request, context)
@@ -99,16 +105,38 @@ class LoggingInterceptor(UnaryInterceptor):
                 cancelled = True
                 raise
             finally:
-                log.info(
-                    "rpc method=%s outcome=%s ms=%.1f caller=%s trace=%s",
-                    method,
-                    call_outcome(context, cancelled),
-                    (time.perf_counter() - started) * 1000,
-                    current_caller.get() or "-",
-                    current_trace_id() or "-",
+                self.finished(
+                    method, call_outcome(context, cancelled), time.perf_counter() - started
                 )
 
+        return observed
+
+
+class LoggingInterceptor(ObservingInterceptor):
+    """One line per call: method, outcome, duration, caller and trace; never payloads."""
+
+    def observes(self, method: str) -> bool:
+        return not method.startswith(PUBLIC_METHOD_PREFIXES)  # probes would drown the log
+
+    def wrap(self, method: str, behavior: Behavior) -> Behavior:
+        observed = super().wrap(method, behavior)
+
+        async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            # The authenticator sets the caller for this call alone.
+            current_caller.set(None)
+            return await observed(request, context)
+
         return logged
+
+    def finished(self, method: str, outcome: str, seconds: float) -> None:
+        log.info(
+            "rpc method=%s outcome=%s ms=%.1f caller=%s trace=%s",
+            method,
+            outcome,
+            seconds * 1000,
+            current_caller.get() or "-",
+            current_trace_id() or "-",
+        )
 
 
 class ErrorMappingInterceptor(UnaryInterceptor):

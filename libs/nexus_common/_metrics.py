@@ -8,16 +8,12 @@ names, status codes and error reasons, never request data.
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
-from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-import grpc
 from prometheus_client import Counter, Histogram, start_http_server
 
-from ._interceptors import Behavior, UnaryInterceptor, call_outcome
+from ._interceptors import ObservingInterceptor
 
 __all__ = ["MetricsEndpoint", "MetricsInterceptor", "serve_metrics"]
 
@@ -35,26 +31,13 @@ _RPC_SECONDS = Histogram(
 )
 
 
-class MetricsInterceptor(UnaryInterceptor):
+class MetricsInterceptor(ObservingInterceptor):
     """Counts each call by its final status code and observes how long it took."""
 
-    def wrap(self, method: str, behavior: Behavior) -> Behavior:
+    def finished(self, method: str, outcome: str, seconds: float) -> None:
         service, _, name = method.lstrip("/").rpartition("/")
-
-        async def measured(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            cancelled = False
-            try:
-                return await behavior(request, context)
-            except asyncio.CancelledError:
-                cancelled = True
-                raise
-            finally:
-                code = call_outcome(context, cancelled)
-                _RPCS_HANDLED.labels("unary", service, name, code).inc()
-                _RPC_SECONDS.labels("unary", service, name).observe(time.perf_counter() - started)
-
-        return measured
+        _RPCS_HANDLED.labels("unary", service, name, outcome).inc()
+        _RPC_SECONDS.labels("unary", service, name).observe(seconds)
 
 
 class MetricsEndpoint:

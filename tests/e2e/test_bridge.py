@@ -188,6 +188,13 @@ async def running(work: Awaitable[Any]) -> AsyncIterator[asyncio.Task[Any]]:
             await task
 
 
+def metered(client: AsyncNexusClient) -> tuple[CollectorRegistry, Bridge]:
+    """A Bridge with standard metrics, in a registry of the test's own."""
+    registry = CollectorRegistry()
+    labels = {"agent_id": "stream-agent"}
+    return registry, Bridge.standard(client, labels, registry=registry, options=OPTIONS)
+
+
 def sample(registry: CollectorRegistry, name: str, connection_id: str) -> float | None:
     labels = {"agent_id": "stream-agent", "connection_id": connection_id}
     return registry.get_sample_value(name, labels)
@@ -196,10 +203,7 @@ def sample(registry: CollectorRegistry, name: str, connection_id: str) -> float 
 async def test_the_link_is_reauthenticated_before_the_token_expires_without_a_gap(
     client: AsyncNexusClient, setup: Setup, stream: StreamServer
 ) -> None:
-    registry = CollectorRegistry()
-    bridge = Bridge.standard(
-        client, {"agent_id": "stream-agent"}, registry=registry, options=OPTIONS
-    )
+    registry, bridge = metered(client)
     handler = Recorder()
 
     async with running(bridge.maintain_websocket(setup.connection_id, stream.url, handler)):
@@ -222,10 +226,7 @@ async def test_the_link_is_reauthenticated_before_the_token_expires_without_a_ga
 async def test_a_dropped_link_is_reopened_and_the_handler_told(
     client: AsyncNexusClient, setup: Setup, stream: StreamServer
 ) -> None:
-    registry = CollectorRegistry()
-    bridge = Bridge.standard(
-        client, {"agent_id": "stream-agent"}, registry=registry, options=OPTIONS
-    )
+    registry, bridge = metered(client)
     handler = Recorder()
 
     async with running(bridge.maintain_websocket(setup.connection_id, stream.url, handler)):
@@ -307,10 +308,7 @@ async def test_grpc_calls_carry_the_current_token_across_rotations(
     local = grpc.LocalConnectionType.LOCAL_TCP
     port = server.add_secure_port("127.0.0.1:0", grpc.local_server_credentials(local))
     await server.start()
-    registry = CollectorRegistry()
-    bridge = Bridge.standard(
-        client, {"agent_id": "stream-agent"}, registry=registry, options=OPTIONS
-    )
+    registry, bridge = metered(client)
 
     async def work(channel: grpc.aio.Channel) -> int:
         stub = health_pb2_grpc.HealthStub(channel)

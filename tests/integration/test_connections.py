@@ -4,7 +4,6 @@ the browser endpoints over real HTTP, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -20,16 +19,10 @@ from nexus_broker.domain.state import StateSigner
 from tests.conftest import STATE_KEY, Services
 from tests.integration.helpers import ADMIN, expect_error
 from tests.support.app_server import GOOD_API_KEY, GOOD_BASIC, AppServer
-from tests.support.oidc_server import OidcServer, behave, start_oidc_server, stats
+from tests.support.oidc_server import OidcServer, behave, stats
 
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-
-
-@pytest.fixture
-def idp() -> Iterator[OidcServer]:
-    with start_oidc_server() as server:
-        yield server
 
 
 def connections(services: Services) -> gateway_pb2_grpc.ConnectionServiceStub:

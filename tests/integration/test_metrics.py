@@ -29,7 +29,7 @@ from tests.integration.test_sessions import (
 from tests.support.app_server import AppServer
 from tests.support.backend_auth_server import BackendAuthServer, start_backend_auth_server
 from tests.support.metrics import sample_sum
-from tests.support.oidc_server import OidcServer, behave, start_oidc_server
+from tests.support.oidc_server import OidcServer, behave
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +44,6 @@ def metrics_url() -> Iterator[str]:
 @pytest.fixture
 def backend() -> Iterator[BackendAuthServer]:
     with start_backend_auth_server() as server:
-        yield server
-
-
-@pytest.fixture
-def idp() -> Iterator[OidcServer]:
-    with start_oidc_server() as server:
         yield server
 
 

@@ -23,7 +23,7 @@ from tests.integration.helpers import ADMIN, expect_error
 from tests.integration.test_connections import connections, register
 from tests.support.app_server import AppServer
 from tests.support.backend_auth_server import BackendAuthServer, start_backend_auth_server
-from tests.support.oidc_server import OidcServer, behave, start_oidc_server, stats
+from tests.support.oidc_server import OidcServer, behave, stats
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -34,12 +34,6 @@ CRM_SCOPES = ["openid", "crm:contacts:read", "crm:contacts:write"]
 def backend() -> Iterator[BackendAuthServer]:
     """A backend of this test's own, so a test can stop it."""
     with start_backend_auth_server() as server:
-        yield server
-
-
-@pytest.fixture
-def idp() -> Iterator[OidcServer]:
-    with start_oidc_server() as server:
         yield server
 
 
