@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import jwt
 import nexus_sdk
+import nexus_sdk.bridge
 import pytest
 from nexus_sdk import (
     AgentSession,
@@ -36,7 +37,7 @@ from nexus_sdk import (
 
 from tests.e2e.test_rest_sessions import connect, ok
 from tests.support.backend_auth_server import BackendAuthServer
-from tests.support.oidc_server import OidcServer, start_oidc_server
+from tests.support.oidc_server import OidcServer, start_oidc_server, stats
 from tools.devstack import Stack, free_port
 
 
@@ -141,6 +142,7 @@ def recording(paths: list[str]) -> httpx.Client:
 def test_the_public_api_is_what_the_docs_name() -> None:
     assert sorted(nexus_sdk.__all__) == [
         "AgentSession",
+        "AppliedCredentials",
         "AsyncNexusClient",
         "Introspection",
         "NexusAuthError",
@@ -153,8 +155,19 @@ def test_the_public_api_is_what_the_docs_name() -> None:
         "NexusUnavailableError",
         "NexusUnexpectedError",
         "TokenPayload",
+        "UnsupportedStrategy",
+        "apply_credentials",
     ]
     assert all(hasattr(nexus_sdk, name) for name in nexus_sdk.__all__)
+    assert sorted(nexus_sdk.bridge.__all__) == [
+        "Bridge",
+        "BridgeError",
+        "BridgeMetrics",
+        "BridgeOptions",
+        "RetryPolicy",
+        "Send",
+        "WebSocketHandler",
+    ]
     assert importlib.resources.files("nexus_sdk").joinpath("py.typed").is_file()
 
 
@@ -378,6 +391,23 @@ async def test_an_app_backend_gets_a_token_with_the_async_client_and_its_api_key
         token = await client.get_token_by_connection_id(guide.connection_id)
     assert token.strategy["type"] == "oauth2"
     assert userinfo_status(idp, token.credentials["access_token"]) == 200
+
+
+async def test_refresh_connection_refreshes_at_the_provider_and_returns_the_token(
+    stack: Stack, guide: Guide, idp: OidcServer
+) -> None:
+    def refreshes() -> int:
+        return int(stats(idp)["token_calls"].get("refresh_token", 0))  # type: ignore[attr-defined]
+
+    before = refreshes()
+    async with AsyncNexusClient(as_agent(stack, guide.crm_key)) as client:
+        fresh = await client.refresh_connection(guide.connection_id)
+    assert refreshes() == before + 1
+    assert userinfo_status(idp, fresh.credentials["access_token"]) == 200
+    with NexusClient(as_agent(stack, guide.crm_key)) as sync_client:
+        again = sync_client.refresh_connection(guide.connection_id)
+    assert refreshes() == before + 2
+    assert again.strategy == {"type": "oauth2"} and again.expires_at is not None
 
 
 def test_an_injected_http_client_is_used_and_left_open(stack: Stack, guide: Guide) -> None:
