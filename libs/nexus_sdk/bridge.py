@@ -299,20 +299,22 @@ class Bridge:
             except BridgeError:
                 raise
             except Exception as exc:
-                self._metrics.disconnected(connection_id)
-                unauthenticated = (
-                    isinstance(exc, grpc.aio.AioRpcError)
-                    and exc.code() == grpc.StatusCode.UNAUTHENTICATED
-                )
-                stale = held.token if unauthenticated else None
-                failures += 1
-                await self._pause(connection_id, _failed(f"running over {target}", exc), failures)
+                broke = exc
             finally:
                 renewing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewing
                 await channel.close()
                 self._metrics.stopped(connection_id)
+            self._metrics.disconnected(connection_id)
+            # Refused credentials are replaced, not sent again.
+            unauthenticated = (
+                isinstance(broke, grpc.aio.AioRpcError)
+                and broke.code() == grpc.StatusCode.UNAUTHENTICATED
+            )
+            stale = held.token if unauthenticated else None
+            failures += 1
+            await self._pause(connection_id, _failed(f"running over {target}", broke), failures)
 
     async def _credentials(self, connection_id: str, stale: TokenPayload | None) -> TokenPayload:
         """The connection's credentials; with ``stale``, ones other than those."""

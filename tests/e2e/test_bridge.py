@@ -287,27 +287,39 @@ class CheckingHealth(health.aio.HealthServicer):
         super().__init__()
         self.idp = idp
         self.tokens: list[str] = []
+        self.refuse_next = False
 
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         metadata = dict(context.invocation_metadata() or ())
         authorization = metadata.get("authorization")
-        if not await token_is_valid(self.idp, authorization):
+        if self.refuse_next or not await token_is_valid(self.idp, authorization):
+            self.refuse_next = False
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid token")
         self.tokens.append(str(authorization))
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
 
-async def test_grpc_calls_carry_the_current_token_across_rotations(
-    client: AsyncNexusClient, setup: Setup, idp: OidcServer
-) -> None:
+LOCAL = grpc.LocalConnectionType.LOCAL_TCP
+
+
+@pytest.fixture
+async def provider_api(idp: OidcServer) -> AsyncIterator[tuple[str, CheckingHealth]]:
+    """A provider's gRPC API on loopback (local credentials stand in for TLS)."""
     server = grpc.aio.server()
     servicer = CheckingHealth(idp)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    local = grpc.LocalConnectionType.LOCAL_TCP
-    port = server.add_secure_port("127.0.0.1:0", grpc.local_server_credentials(local))
+    port = server.add_secure_port("127.0.0.1:0", grpc.local_server_credentials(LOCAL))
     await server.start()
+    yield f"127.0.0.1:{port}", servicer
+    await server.stop(0)
+
+
+async def test_grpc_calls_carry_the_current_token_across_rotations(
+    client: AsyncNexusClient, setup: Setup, provider_api: tuple[str, CheckingHealth]
+) -> None:
+    target, servicer = provider_api
     registry, bridge = metered(client)
 
     async def work(channel: grpc.aio.Channel) -> int:
@@ -320,19 +332,45 @@ async def test_grpc_calls_carry_the_current_token_across_rotations(
             await asyncio.sleep(0.1)
         return calls
 
-    try:
-        calls = await asyncio.wait_for(
-            bridge.maintain_grpc(
-                setup.connection_id,
-                f"127.0.0.1:{port}",
-                work,
-                channel_credentials=grpc.local_channel_credentials(local),
-            ),
-            60,
-        )
-    finally:
-        await server.stop(0)
+    calls = await asyncio.wait_for(
+        bridge.maintain_grpc(
+            setup.connection_id,
+            target,
+            work,
+            channel_credentials=grpc.local_channel_credentials(LOCAL),
+        ),
+        60,
+    )
     assert calls == len(servicer.tokens), "every call was accepted"
     renewed = sample(registry, "nexus_bridge_token_refreshes_total", setup.connection_id)
     assert renewed is not None and renewed >= 2
     assert sample(registry, "nexus_bridge_disconnects_total", setup.connection_id) == 0
+
+
+async def test_a_grpc_run_that_fails_is_run_again_over_a_new_channel(
+    client: AsyncNexusClient, setup: Setup, provider_api: tuple[str, CheckingHealth]
+) -> None:
+    target, servicer = provider_api
+    servicer.refuse_next = True
+    registry, bridge = metered(client)
+    runs = 0
+
+    async def work(channel: grpc.aio.Channel) -> str:
+        nonlocal runs
+        runs += 1
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    result = await asyncio.wait_for(
+        bridge.maintain_grpc(
+            setup.connection_id,
+            target,
+            work,
+            channel_credentials=grpc.local_channel_credentials(LOCAL),
+        ),
+        30,
+    )
+    assert (result, runs) == ("SERVING", 2)
+    assert sample(registry, "nexus_bridge_disconnects_total", setup.connection_id) == 1
+    assert sample(registry, "nexus_bridge_connections_total", setup.connection_id) == 2
+    assert sample(registry, "nexus_bridge_connection_status", setup.connection_id) == 0
