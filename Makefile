@@ -59,7 +59,7 @@ test: check-protos lint validate-envoy pytest
 
 # Ratios against a trivial gRPC call measured in the same run; not part of `make test`.
 bench: install
-	$(PY) bench/bench_get_token.py
+	$(PY) bench/bench_get_token.py --tracing
 
 clean:
 	rm -rf .build .nexus-data

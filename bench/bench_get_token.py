@@ -6,9 +6,12 @@ Starts the dev stack (SQLite, or PostgreSQL with ``--database-url``) in a
 temporary directory, connects an api_key provider, registers an agent and a
 nexus provider, then times each path and a gRPC health check (the same server
 with no work: the floor) in the same run, sequentially and concurrently.
-Prints ratios, never absolute targets.
+Prints ratios, never absolute targets. With ``--tracing`` it measures again on
+a second stack that exports every span over OTLP to a receiver on loopback,
+and prints each ratio with export against the same ratio without.
 
     python bench/bench_get_token.py [--calls 500] [--concurrency 20] [--database-url URL]
+                                    [--tracing]
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ async def _agent(channel: grpc.aio.Channel, admin: tuple[tuple[str, str], ...]) 
     return str(created.agent_key)
 
 
-async def _run(stack: Stack, calls: int, concurrency: int, rounds: int) -> None:
+async def _run(stack: Stack, calls: int, concurrency: int, rounds: int) -> dict[str, float]:
+    """Each path's median ratio to the floor, by path and concurrency."""
     admin = (("x-api-key", stack.admin_key),)
     async with grpc.aio.insecure_channel(stack.gateway_target) as channel:
         connection_id = await _connect(channel, admin)
@@ -115,6 +119,7 @@ async def _run(stack: Stack, calls: int, concurrency: int, rounds: int) -> None:
 
         for call in paths.values():
             await _timed(call, 50, 5)  # warm up connections and caches
+        results: dict[str, float] = {}
         for name, call in paths.items():
             for width in (1, concurrency):
                 ratios = []
@@ -122,10 +127,26 @@ async def _run(stack: Stack, calls: int, concurrency: int, rounds: int) -> None:
                     base = await _timed(floor, calls, width)
                     measured = await _timed(call, calls, width)
                     ratios.append(base / measured)
+                label = f"{name:<22} concurrency {width:>3}"
+                results[label] = statistics.median(ratios)
                 print(
-                    f"{name:<22} concurrency {width:>3}: {statistics.median(ratios):5.1f}x "
+                    f"{label}: {results[label]:5.1f}x "
                     f"a trivial gRPC call (median of {rounds} rounds, {calls} calls each)"
                 )
+    return results
+
+
+def _measure(args: argparse.Namespace, extra_env: dict[str, str]) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as data:
+        env = {"NEXUS_REFRESH_LOOP": "false", "NEXUS_LOG_LEVEL": "WARNING", **extra_env}
+        if args.database_url:
+            env["NEXUS_BROKER_DATABASE_URL"] = args.database_url
+            env["NEXUS_POLICY_DATABASE_URL"] = args.database_url
+        stack = Stack(Path(data), {name: free_port() for name in DEV_PORTS}, env=env).start()
+        try:
+            return asyncio.run(_run(stack, args.calls, args.concurrency, args.rounds))
+        finally:
+            stack.stop()
 
 
 def main() -> None:
@@ -134,17 +155,24 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--database-url", default="")
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also measure with every span exported over OTLP, and print what that costs",
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as data:
-        env = {"NEXUS_REFRESH_LOOP": "false", "NEXUS_LOG_LEVEL": "WARNING"}
-        if args.database_url:
-            env["NEXUS_BROKER_DATABASE_URL"] = args.database_url
-            env["NEXUS_POLICY_DATABASE_URL"] = args.database_url
-        stack = Stack(Path(data), {name: free_port() for name in DEV_PORTS}, env=env).start()
-        try:
-            asyncio.run(_run(stack, args.calls, args.concurrency, args.rounds))
-        finally:
-            stack.stop()
+    plain = _measure(args, {})
+    if not args.tracing:
+        return
+    from tests.support.otlp_collector import start_otlp_collector
+
+    with start_otlp_collector() as collector:
+        print("\nwith spans exported over OTLP/gRPC to a receiver on loopback:")
+        traced = _measure(args, {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint})
+        spans = len(collector.spans())
+    print(f"\ncost of exporting traces ({spans} spans received), each path against its own floor:")
+    for label, ratio in traced.items():
+        print(f"{label}: {ratio / plain[label]:5.2f}x the ratio without export")
 
 
 if __name__ == "__main__":
