@@ -120,15 +120,18 @@ async def run_until_signalled(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    log.info("listening on port %d", server.port)
+    # First, so a metrics port already taken stops the service before it serves.
     metrics = serve_metrics(metrics_listen) if metrics_listen else None
-    if metrics is not None:
-        log.info("metrics on port %d", metrics.port)
-    await stop.wait()
-    log.info("stopping (grace %.1fs)", grace)
-    await server.stop(grace)
-    if on_stop is not None:
-        await on_stop()
-    if metrics is not None:
-        metrics.stop()
+    try:
+        await server.start()
+        log.info("listening on port %d", server.port)
+        if metrics is not None:
+            log.info("metrics on port %d", metrics.port)
+        await stop.wait()
+        log.info("stopping (grace %.1fs)", grace)
+        await server.stop(grace)
+        if on_stop is not None:
+            await on_stop()
+    finally:
+        if metrics is not None:
+            metrics.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -132,3 +133,23 @@ async def test_gateway_reports_an_unreachable_broker_as_unavailable(keyring_spec
     finally:
         await gateway.server.stop(0)
         await gateway.close()
+
+
+def test_a_taken_metrics_port_stops_the_service_before_it_serves(keyring_spec: str) -> None:
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        **service_env(
+            "sqlite://",
+            keyring_spec,
+            NEXUS_POLICY_LISTEN=f"127.0.0.1:{port}",
+            NEXUS_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
+        ),
+    }
+    with socket.create_server(("127.0.0.1", metrics_port)):
+        process = subprocess.run(
+            [sys.executable, "-m", "nexus_policy"], env=env, capture_output=True, timeout=60
+        )
+    assert process.returncode != 0
+    assert b"Address already in use" in process.stderr + process.stdout
+    assert b"listening on port" not in process.stderr + process.stdout
