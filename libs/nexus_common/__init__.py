@@ -71,7 +71,7 @@ from ._metrics import MetricsEndpoint, serve_metrics
 from ._paging import decode_page_token, encode_page_token, page_size
 from ._server import MAX_MESSAGE_BYTES, NexusServer, build_server, run_until_signalled
 from ._settings import ConfigError, Env
-from ._tracing import tracing
+from ._tracing import outbound_span, pass_trace_context, tracing
 
 __all__ = [
     "API_KEY_HEADER",
@@ -150,7 +150,9 @@ __all__ = [
     "encode_page_token",
     "generate_key_spec",
     "internal_authenticator",
+    "outbound_span",
     "page_size",
+    "pass_trace_context",
     "redact",
     "reseal_column",
     "run_until_signalled",

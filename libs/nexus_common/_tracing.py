@@ -12,16 +12,19 @@ there. Without an endpoint nothing is recorded, yet a caller's trace context is
 still passed on to the next service.
 
 Spans carry method names, status codes, error messages (which never hold a
-secret) and peer addresses; never metadata values or request data.
+secret) and peer addresses; never metadata values or request data. HTTP calls
+out of Nexus (providers' token endpoints, the customer's backend) are spans
+too, with method, host, path and status: never a query string or a body.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from urllib.parse import urlsplit
 
 import grpc
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.grpc import (
     aio_client_interceptors,
@@ -31,8 +34,16 @@ from opentelemetry.instrumentation.grpc import (
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-__all__ = ["client_tracing", "current_trace_id", "server_tracing", "tracing"]
+__all__ = [
+    "client_tracing",
+    "current_trace_id",
+    "outbound_span",
+    "pass_trace_context",
+    "server_tracing",
+    "tracing",
+]
 
 _ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
@@ -71,3 +82,39 @@ def current_trace_id() -> str | None:
     """The trace the running code belongs to, as 32 hex digits, if any."""
     context = trace.get_current_span().get_span_context()
     return trace.format_trace_id(context.trace_id) if context.is_valid else None
+
+
+@contextlib.contextmanager
+def outbound_span(name: str, method: str, url: str) -> Iterator[Span]:
+    """A client span around an HTTP call leaving Nexus. An exception marks it
+    failed by its type alone: some exceptions' text quotes a URL."""
+    parts = urlsplit(url)
+    attributes: dict[str, str | int] = {
+        "http.request.method": method,
+        "server.address": parts.hostname or "",
+        "url.path": parts.path or "/",
+    }
+    if parts.port:
+        attributes["server.port"] = parts.port
+    with _tracer().start_as_current_span(
+        name,
+        kind=SpanKind.CLIENT,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield span
+        except Exception as exc:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+
+
+def pass_trace_context(headers: MutableMapping[str, str]) -> None:
+    """Add the current trace context (``traceparent``) to an outgoing request's
+    headers, for a service of the operator's own to join the trace."""
+    propagate.inject(headers)
+
+
+def _tracer() -> trace.Tracer:
+    return trace.get_tracer("nexus")

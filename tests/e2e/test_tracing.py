@@ -11,6 +11,9 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from tests.e2e.test_rest_sessions import connect, ok
+from tests.support.backend_auth_server import BackendAuthServer
+from tests.support.oidc_server import start_oidc_server
 from tests.support.otlp_collector import ExportedSpan, OtlpCollector, start_otlp_collector
 from tools.devstack import Stack
 
@@ -119,8 +122,95 @@ def test_a_request_without_trace_context_starts_a_trace_at_the_gateway(
 
     request_session(rest, agent_key, {})
 
-    spans = whole_trace(collector, lambda trace: trace not in before)
-    gateway = one(spans, "nexus-gateway", "SERVER", SESSION_METHOD)
-    assert gateway.parent_span_id == ""
-    assert {s.trace_id for s in spans} == {gateway.trace_id}
+    def ours(span: ExportedSpan) -> bool:
+        # Other traces start meanwhile too (the policy service forwarding audit events).
+        return span.trace_id not in before and span.name == f"/{SESSION_METHOD}"
+
+    (gateway,) = [s for s in collector.wait_for(lambda spans: any(map(ours, spans))) if ours(s)]
+    assert gateway.parent_span_id == "" and gateway.service == "nexus-gateway"
+    spans = whole_trace(collector, lambda trace: trace == gateway.trace_id)
     assert {s.service for s in spans} == {"nexus-gateway", "nexus-broker", "nexus-policy"}
+
+
+def test_calls_out_of_nexus_are_spans_and_the_customer_backend_joins_the_trace(
+    stack: Stack,
+    rest: httpx.Client,
+    agent_key: str,
+    collector: OtlpCollector,
+    backend: BackendAuthServer,
+) -> None:
+    trace_id = secrets.token_hex(16)
+    user = backend.issue_token("sarah", permissions=["acme:gliding"])
+    asked = {
+        "agent_id": "ops-agent",
+        "provider": "internal-ops",
+        "scopes": ["acme:gliding"],
+        "user_context_token": user,
+    }
+    response = rest.post(
+        "/v1/obo-sessions",
+        json=asked,
+        headers={
+            "Authorization": f"Bearer {agent_key}",
+            "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01",
+        },
+    )
+    assert response.status_code == 200, response.text
+
+    spans = collector.wait_for(
+        lambda spans: any(
+            s.trace_id == trace_id and s.kind == "CLIENT" and s.name.startswith("GET ")
+            for s in spans
+        )
+    )
+    (outbound,) = [s for s in spans if s.trace_id == trace_id and s.name == "GET BACKEND_AUTH_URL"]
+    decided = one([s for s in spans if s.trace_id == trace_id], "nexus-policy", "SERVER", EVALUATE)
+    assert outbound.service == "nexus-policy" and outbound.parent_span_id == decided.span_id
+    assert outbound.attributes["http.response.status_code"] == 200
+    assert outbound.attributes["nexus.outcome"] == "accepted"
+    assert outbound.attributes["url.path"] == "/auth/me"
+    assert user not in json.dumps([s.attributes for s in spans])
+    # The backend got the trace context: its own spans would join this trace.
+    assert backend.traceparents[-1].split("-")[1:3] == [trace_id, outbound.span_id]
+
+
+def test_a_provider_refresh_is_a_span_of_the_broker(
+    stack: Stack, rest: httpx.Client, collector: OtlpCollector
+) -> None:
+    admin = {"X-API-Key": stack.admin_key}
+    with start_oidc_server() as idp:
+        provider = ok(
+            rest.post(
+                "/v1/providers",
+                headers=admin,
+                json={
+                    "name": "traced-crm",
+                    "auth_type": "oauth2",
+                    "client_id": "CLIENT_ID",
+                    "client_secret": "CLIENT_SECRET",
+                    "auth_url": f"{idp.issuer}/authorize",
+                    "token_url": f"{idp.issuer}/token",
+                    "scopes": ["crm:read"],
+                    "params": {"skip_scope_on_exchange": True},
+                },
+            )
+        )
+        connection_id = connect(rest, admin, provider["id"], ["crm:read"])
+        trace_id = secrets.token_hex(16)
+        traced = {**admin, "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+        ok(rest.post(f"/v1/refresh/{connection_id}", headers=traced))
+
+    def refreshed(spans: list[ExportedSpan]) -> bool:
+        return any(
+            s.trace_id == trace_id and s.name == "POST provider refresh_token" for s in spans
+        )
+
+    spans = [s for s in collector.wait_for(refreshed) if s.trace_id == trace_id]
+    (outbound,) = [s for s in spans if s.name == "POST provider refresh_token"]
+    broker = one(
+        spans, "nexus-broker", "SERVER", "nexus.broker.v1.ConnectionService/RefreshConnection"
+    )
+    assert outbound.service == "nexus-broker" and outbound.kind == "CLIENT"
+    assert outbound.parent_span_id == broker.span_id
+    assert outbound.attributes["http.response.status_code"] == 200
+    assert outbound.attributes["url.path"] == "/token"

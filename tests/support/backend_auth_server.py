@@ -69,6 +69,8 @@ class BackendAuthServer(LoopbackServer):
         self._mode = "ok"
         self.calls = 0
         self.jwks_calls = 0
+        # The W3C trace context each auth request carried ("" for none).
+        self.traceparents: list[str] = []
         super().__init__(_Handler)
         self.issuer = self.url
         self.audience = AUDIENCE
@@ -142,9 +144,10 @@ class BackendAuthServer(LoopbackServer):
         }
         return jwt.encode(claims, key.private, algorithm="ES256", headers={"kid": key.kid})
 
-    def _answer_auth(self, authorization: str | None) -> tuple[int, bytes]:
+    def _answer_auth(self, authorization: str | None, traceparent: str) -> tuple[int, bytes]:
         with self._lock:
             self.calls += 1
+            self.traceparents.append(traceparent)
             mode = self._mode
             keys = {key.kid: key for key in self._keys}
         if mode == "slow":
@@ -198,7 +201,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         backend: BackendAuthServer = owner(self)
         if self.path == AUTH_PATH:
-            status, body = backend._answer_auth(self.headers.get("Authorization"))
+            status, body = backend._answer_auth(
+                self.headers.get("Authorization"), self.headers.get("traceparent", "")
+            )
         elif self.path == JWKS_PATH:
             status, body = backend._answer_jwks()
         else:

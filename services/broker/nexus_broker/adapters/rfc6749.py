@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import parse_qsl, quote
 
 import httpx
+from nexus_common import outbound_span
 
 from ..domain.connections import TokenSet
 
@@ -88,10 +89,17 @@ class TokenEndpoint:
             body["client_id"] = client.client_id
             if client.auth_method == "client_secret_post" and client.client_secret is not None:
                 body["client_secret"] = client.client_secret
+        purpose = form.get("grant_type") or "revocation"
+        with outbound_span(f"POST provider {purpose}", "POST", url) as span:
+            response = await self._send(url, body, headers)
+            span.set_attribute("http.response.status_code", response.status_code)
+            return self._read(response, now)
+
+    async def _send(
+        self, url: str, body: dict[str, str], headers: dict[str, str]
+    ) -> httpx.Response:
         try:
-            response = await self._http.post(
-                url, data=body, headers=headers, follow_redirects=False
-            )
+            return await self._http.post(url, data=body, headers=headers, follow_redirects=False)
         except httpx.TimeoutException as exc:
             raise TokenEndpointError(
                 "the provider's token endpoint timed out", transient=True
@@ -101,6 +109,9 @@ class TokenEndpoint:
                 f"the provider's token endpoint could not be reached ({type(exc).__name__})",
                 transient=True,
             ) from exc
+
+    @staticmethod
+    def _read(response: httpx.Response, now: datetime) -> dict[str, str]:
         payload = _parse_body(response)
         if response.status_code == 429 or response.status_code >= 500:
             raise TokenEndpointError(

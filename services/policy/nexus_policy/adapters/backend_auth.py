@@ -55,7 +55,10 @@ from nexus_common import (
     JwtVerificationError,
     UserTokenInvalid,
     ValidationFailed,
+    outbound_span,
+    pass_trace_context,
 )
+from opentelemetry.trace import Span
 
 from ..metrics import BACKEND_AUTH_CACHE_HITS, BACKEND_AUTH_REQUESTS, BACKEND_AUTH_SECONDS
 
@@ -191,19 +194,23 @@ class BackendAuthClient:
     async def _ask_backend(self, token: str) -> UserContext:
         started = time.perf_counter()
         outcome = "unavailable"
-        try:
-            context = await self._ask_backend_once(token)
-            outcome = "accepted"
-            return context
-        except UserTokenInvalid:
-            outcome = "rejected"
-            raise
-        finally:
-            BACKEND_AUTH_REQUESTS.labels(outcome).inc()
-            BACKEND_AUTH_SECONDS.observe(time.perf_counter() - started)
+        with outbound_span("GET BACKEND_AUTH_URL", "GET", self._url) as span:
+            try:
+                context = await self._ask_backend_once(token, span)
+                outcome = "accepted"
+                return context
+            except UserTokenInvalid:
+                outcome = "rejected"
+                raise
+            finally:
+                span.set_attribute("nexus.outcome", outcome)
+                BACKEND_AUTH_REQUESTS.labels(outcome).inc()
+                BACKEND_AUTH_SECONDS.observe(time.perf_counter() - started)
 
-    async def _ask_backend_once(self, token: str) -> UserContext:
+    async def _ask_backend_once(self, token: str, span: Span) -> UserContext:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        # The backend is the operator's own: it may join the trace.
+        pass_trace_context(headers)
         try:
             # httpx bounds each phase; this bounds the whole answer, however slowly it drips.
             async with asyncio.timeout(self._timeout_seconds):
@@ -214,6 +221,7 @@ class BackendAuthClient:
                     timeout=httpx.Timeout(self._timeout_seconds),
                     follow_redirects=False,
                 ) as response:
+                    span.set_attribute("http.response.status_code", response.status_code)
                     if response.status_code in (401, 403):
                         raise UserTokenInvalid("the user context token was rejected by the backend")
                     if response.status_code != 200:
