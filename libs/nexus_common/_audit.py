@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from ._auth import current_caller
+from ._db import utc
 from ._logging import redact
 
 __all__ = ["AuditEvent", "current_actor"]
@@ -36,3 +37,15 @@ class AuditEvent:
         """An event by the current caller whose details have every secret-named
         value redacted."""
         return cls(current_actor(), action, resource, now, redact(details))
+
+    @classmethod
+    def from_row(cls, row: Any) -> AuditEvent:
+        """An event read back from a table whose columns are named as its fields."""
+        return cls(
+            actor=row.actor,
+            action=row.action,
+            resource=row.resource,
+            event_time=utc(row.event_time),
+            details=row.details,
+            id=row.id,
+        )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
 
 from tests.support.oidc_server import OidcServer, start_oidc_server
@@ -14,3 +15,9 @@ def idp() -> Iterator[OidcServer]:
     """The real OAuth/OIDC server from npm, fresh for each test."""
     with start_oidc_server() as server:
         yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client

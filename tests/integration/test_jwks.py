@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import jwt
@@ -18,12 +18,6 @@ from tests.support.backend_auth_server import BackendAuthServer, start_backend_a
 def issuer() -> Iterator[BackendAuthServer]:
     with start_backend_auth_server() as server:
         yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 async def _verify(

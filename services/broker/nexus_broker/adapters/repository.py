@@ -205,14 +205,4 @@ class AuditRepository:
                 )
             )
         rows = await self._session.execute(statement.limit(limit))
-        return [
-            AuditEvent(
-                actor=row.actor,
-                action=row.action,
-                resource=row.resource,
-                event_time=utc(row.event_time),
-                details=row.details,
-                id=row.id,
-            )
-            for row in rows
-        ]
+        return [AuditEvent.from_row(row) for row in rows]

@@ -130,17 +130,7 @@ class OutboxRepository:
         rows = await self._session.execute(
             select(audit_outbox).order_by(audit_outbox.c.event_time, audit_outbox.c.id).limit(limit)
         )
-        return [
-            AuditEvent(
-                actor=row.actor,
-                action=row.action,
-                resource=row.resource,
-                event_time=utc(row.event_time),
-                details=row.details,
-                id=row.id,
-            )
-            for row in rows
-        ]
+        return [AuditEvent.from_row(row) for row in rows]
 
     async def remove(self, ids: list[str]) -> None:
         await self._session.execute(delete(audit_outbox).where(audit_outbox.c.id.in_(ids)))
