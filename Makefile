@@ -8,7 +8,8 @@ PROTOC := $(PY) -m grpc_tools.protoc -Iprotos -Iprotos/third_party -I$(GOOGLE_PR
 
 .PHONY: install run test protos check-protos k8s-envoy lint lint-protos validate-envoy pytest bench clean
 
-install: $(VENV)/.installed node_modules/.installed tests/support/oidc/node_modules/.installed
+install: $(VENV)/.installed node_modules/.installed tests/support/oidc/node_modules/.installed \
+	tests/support/certified_oidc/node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,6 +23,10 @@ node_modules/.installed: package.json package-lock.json
 
 tests/support/oidc/node_modules/.installed: tests/support/oidc/package.json tests/support/oidc/package-lock.json
 	npm ci --silent --no-audit --no-fund --prefix tests/support/oidc
+	touch $@
+
+tests/support/certified_oidc/node_modules/.installed: tests/support/certified_oidc/package.json tests/support/certified_oidc/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix tests/support/certified_oidc
 	touch $@
 
 run: install

@@ -71,6 +71,10 @@ def service_env(database_url: str, keyring_spec: str, **extra: str) -> dict[str,
         "NEXUS_REFRESH_LOOP": "false",
         "NEXUS_REFRESH_MIN_BACKOFF_SECONDS": "0.2",
         "NEXUS_REFRESH_MAX_BACKOFF_SECONDS": "0.5",
+        # As `make run`; tests of production's defaults set "production".
+        "NEXUS_ENVIRONMENT": "development",
+        # Tests that force refreshes back to back; the rate limit's own tests set it.
+        "NEXUS_FORCED_REFRESH_INTERVAL_SECONDS": "0",
         **extra,
     }
 

@@ -144,6 +144,8 @@ class Stack:
             "NEXUS_GATEWAY_LISTEN": f"127.0.0.1:{self.ports['gateway']}",
             "NEXUS_GATEWAY_HTTP_LISTEN": f"127.0.0.1:{self.ports['gateway_http']}",
             "NEXUS_PUBLIC_BASE_URL": self.rest_url,
+            # The docs' walkthrough runs as written; production fails closed.
+            "NEXUS_ENVIRONMENT": "development",
             **self.env,
         }
 

@@ -18,7 +18,15 @@
     │   ├── AgentMismatch               reason AGENT_MISMATCH
     │   ├── AgentScopeNotAllowed        reason AGENT_SCOPE_NOT_ALLOWED (metadata: denied_scopes)
     │   ├── UserPermissionMissing       reason USER_PERMISSION_MISSING (metadata: missing)
-    │   └── ScopeNotGranted             reason SCOPE_NOT_GRANTED (metadata: missing_scopes)
+    │   ├── ScopeNotGranted             reason SCOPE_NOT_GRANTED (metadata: missing_scopes)
+    │   ├── CallerNotAllowed            reason CALLER_NOT_ALLOWED
+    │   ├── AgentNotBound               reason AGENT_NOT_BOUND (metadata: agent_id)
+    │   ├── ProviderNotBound            reason PROVIDER_NOT_BOUND (metadata: provider)
+    │   ├── WorkspaceNotBound           reason WORKSPACE_NOT_BOUND (metadata: workspace_id)
+    │   ├── AgentOboOnly                reason AGENT_OBO_ONLY
+    │   ├── ConnectionExceedsAgentScopes reason CONNECTION_EXCEEDS_AGENT_SCOPES
+    │   ├── UserWorkspaceNotOwned       reason USER_WORKSPACE_NOT_OWNED (metadata: workspace_id)
+    │   └── TokenBroaderThanSession     reason TOKEN_BROADER_THAN_SESSION (metadata: token_scopes)
     ├── NotFound                        NOT_FOUND
     │   ├── ProviderNotFound            reason PROVIDER_NOT_FOUND
     │   ├── ConnectionNotFound          reason CONNECTION_NOT_FOUND
@@ -37,6 +45,8 @@
     │   ├── ConnectionAmbiguous         reason CONNECTION_AMBIGUOUS
     │   └── SessionNotSupported         reason SESSION_NOT_SUPPORTED
     ├── RequestTooLarge                 RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE
+    ├── RefreshRateLimited              RESOURCE_EXHAUSTED, reason REFRESH_RATE_LIMITED
+    │                                   (metadata: retry_after_seconds)
     ├── Unavailable                     UNAVAILABLE
     │   ├── DependencyUnavailable       reason DEPENDENCY_UNAVAILABLE
     │   ├── ProviderUnavailable         reason PROVIDER_UNAVAILABLE
@@ -58,12 +68,16 @@ __all__ = [
     "AgentAlreadyExists",
     "AgentDisabled",
     "AgentMismatch",
+    "AgentNotBound",
     "AgentNotFound",
+    "AgentOboOnly",
     "AgentScopeNotAllowed",
     "AlreadyExists",
     "BackendAuthUnavailable",
+    "CallerNotAllowed",
     "ConcurrentModification",
     "ConnectionAmbiguous",
+    "ConnectionExceedsAgentScopes",
     "ConnectionNotActive",
     "ConnectionNotFound",
     "ConnectionReauthRequired",
@@ -81,9 +95,11 @@ __all__ = [
     "PermissionDenied",
     "ProviderAlreadyExists",
     "ProviderDeleted",
+    "ProviderNotBound",
     "ProviderNotFound",
     "ProviderUnavailable",
     "RefreshNotSupported",
+    "RefreshRateLimited",
     "RemoteError",
     "RequestTooLarge",
     "ReturnUrlNotAllowed",
@@ -92,12 +108,15 @@ __all__ = [
     "SessionNotFound",
     "SessionNotSupported",
     "StateInvalid",
+    "TokenBroaderThanSession",
     "Unauthenticated",
     "Unavailable",
     "UnknownField",
     "UserPermissionMissing",
     "UserTokenInvalid",
+    "UserWorkspaceNotOwned",
     "ValidationFailed",
+    "WorkspaceNotBound",
 ]
 
 ERROR_DOMAIN = "nexus.dev"
@@ -307,3 +326,52 @@ class BackendAuthUnavailable(Unavailable):
     """The customer's user backend could not be asked; OBO fails closed."""
 
     reason = "BACKEND_AUTH_UNAVAILABLE"
+
+
+class CallerNotAllowed(PermissionDenied):
+    """The call came with a credential that may not reach credentials at all."""
+
+    reason = "CALLER_NOT_ALLOWED"
+
+
+class AgentNotBound(PermissionDenied):
+    """The agent has no bindings, and this deployment refuses unbound agents."""
+
+    reason = "AGENT_NOT_BOUND"
+
+
+class ProviderNotBound(PermissionDenied):
+    reason = "PROVIDER_NOT_BOUND"
+
+
+class WorkspaceNotBound(PermissionDenied):
+    reason = "WORKSPACE_NOT_BOUND"
+
+
+class AgentOboOnly(PermissionDenied):
+    """The agent may act only on behalf of a user."""
+
+    reason = "AGENT_OBO_ONLY"
+
+
+class ConnectionExceedsAgentScopes(PermissionDenied):
+    """GetToken would release a grant wider than the agent's allowed scopes."""
+
+    reason = "CONNECTION_EXCEEDS_AGENT_SCOPES"
+
+
+class UserWorkspaceNotOwned(PermissionDenied):
+    """An on-behalf-of request reached for a workspace its user does not own."""
+
+    reason = "USER_WORKSPACE_NOT_OWNED"
+
+
+class TokenBroaderThanSession(PermissionDenied):
+    """The provider cannot narrow its token to the session's scopes."""
+
+    reason = "TOKEN_BROADER_THAN_SESSION"
+
+
+class RefreshRateLimited(NexusError):
+    reason = "REFRESH_RATE_LIMITED"
+    grpc_status = "RESOURCE_EXHAUSTED"

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["ConfigError", "Env"]
+__all__ = ["ConfigError", "Deployment", "Env"]
+
+
+class Deployment:
+    """``NEXUS_ENVIRONMENT``: what a deployment does where an admin decided nothing.
+
+    ``production`` (the default) fails closed: an agent without bindings reaches
+    nothing, and a provider that cannot narrow its tokens serves no session asking
+    for less than the connection's grant. ``development`` (``make run``) lets the
+    docs' walkthrough run as written: unbound agents reach every provider and
+    workspace, and broader session tokens are handed out with their real scopes.
+    """
+
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
 
 
 class ConfigError(Exception):
@@ -68,6 +82,12 @@ class Env:
         for index, token in enumerate(filter(None, (t.strip() for t in previous.split(","))), 1):
             accepted[f"internal-previous-{index}"] = token
         return current, accepted
+
+    def deployment(self) -> str:
+        value = self.text("NEXUS_ENVIRONMENT", Deployment.PRODUCTION).lower()
+        if value not in (Deployment.DEVELOPMENT, Deployment.PRODUCTION):
+            raise ConfigError("NEXUS_ENVIRONMENT must be development or production")
+        return value
 
     def database_url(self, name: str) -> str:
         """The service's own URL setting, else ``DATABASE_URL`` shared by all."""

@@ -5,8 +5,8 @@
     ├── NexusAuthError              401 (who is calling?) and 403 (not allowed)
     ├── NexusNotFoundError          404
     ├── NexusConflictError          409
-    ├── NexusUnavailableError       502, 503, 504, and no answer at all (network, timeout)
-    └── NexusUnexpectedError        anything else: 429, 500, a redirect, a body not as documented
+    ├── NexusUnavailableError       429, 502, 503, 504, and no answer at all (network, timeout)
+    └── NexusUnexpectedError        anything else: 500, a redirect, a body not as documented
 
 ``reason`` is the stable ``google.rpc.ErrorInfo`` reason the gateway sent
 (``AGENT_SCOPE_NOT_ALLOWED``, ``USER_PERMISSION_MISSING``...), or ``None`` when
@@ -120,6 +120,8 @@ _BY_STATUS: Mapping[int, type[NexusError]] = {
     403: NexusAuthError,
     404: NexusNotFoundError,
     409: NexusConflictError,
+    # REFRESH_RATE_LIMITED: metadata["retry_after_seconds"] says when.
+    429: NexusUnavailableError,
     502: NexusUnavailableError,
     503: NexusUnavailableError,
     504: NexusUnavailableError,

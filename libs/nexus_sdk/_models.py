@@ -58,6 +58,10 @@ class AgentSession:
     On-behalf-of sessions set ``acting_for``, ``tenant_id`` and
     ``clearance_level`` from the user's context, for the downstream service to
     enforce; they are empty strings otherwise.
+
+    ``token_scopes`` is what ``access_token`` really carries: ``scopes``,
+    unless the provider cannot narrow its tokens and is allowed to hand out
+    broader ones, when it names the connection's whole grant.
     """
 
     session_id: str
@@ -73,6 +77,7 @@ class AgentSession:
     acting_for: str
     tenant_id: str
     clearance_level: str
+    token_scopes: tuple[str, ...] = ()
 
     def expired(self, now: float | None = None, *, leeway: float = 0.0) -> bool:
         """Whether the session has ended by time (``now`` defaults to the clock).
@@ -95,15 +100,13 @@ def token_payload(body: Any) -> TokenPayload:
 
 def agent_session(body: Any) -> AgentSession:
     data = _object(body)
-    scopes = data.get("scopes", [])
-    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
-        raise MalformedAnswer("scopes")
+    scopes = _texts(data, "scopes")
     return AgentSession(
         session_id=_text(data, "session_id", required=True),
         access_token=_text(data, "access_token", required=True),
         token_type=_text(data, "token_type"),
         expires_at=_unix_seconds(data.get("expires_at"), "expires_at"),
-        scopes=tuple(scopes),
+        scopes=scopes,
         provider=_text(data, "provider"),
         connection_id=_text(data, "connection_id"),
         session_token=_text(data, "session_token"),
@@ -111,7 +114,15 @@ def agent_session(body: Any) -> AgentSession:
         acting_for=_text(data, "acting_for"),
         tenant_id=_text(data, "tenant_id"),
         clearance_level=_text(data, "clearance_level"),
+        token_scopes=_texts(data, "token_scopes"),
     )
+
+
+def _texts(data: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    values = data.get(name, [])
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise MalformedAnswer(name)
+    return tuple(values)
 
 
 def _object(value: Any) -> Mapping[str, Any]:

@@ -38,6 +38,7 @@ def stack(
             "NEXUS_DISCOVERY_TIMEOUT_SECONDS": "3",
             "NEXUS_DISCOVERY_RETRY_SECONDS": "0",
             "NEXUS_REFRESH_INTERVAL_SECONDS": "0.5",
+            "NEXUS_FORCED_REFRESH_INTERVAL_SECONDS": "0",
             **stack_env,
         },
     ).start()

@@ -566,7 +566,7 @@ def test_a_gateway_that_does_not_answer_in_time_is_unavailable(stack: Stack, gui
         (404, NexusNotFoundError),
         (409, NexusConflictError),
         (413, NexusInvalidRequestError),
-        (429, NexusUnexpectedError),
+        (429, NexusUnavailableError),
         (500, NexusUnexpectedError),
         (502, NexusUnavailableError),
         (503, NexusUnavailableError),

@@ -15,7 +15,12 @@ def _body(**fields: object) -> bytes:
 
 def test_optional_fields_default_to_empty_and_unknown_fields_are_ignored() -> None:
     answer = parse_answer(_body(user_id="u1", permissions=[], tenant_id=None, extra={"x": 1}))
-    assert answer == UserContext("u1", "", "", frozenset(), None)
+    assert answer == UserContext("u1", "", "", frozenset(), None, frozenset({"u1"}))
+
+
+def test_a_user_owns_the_workspace_named_by_their_id_and_those_listed() -> None:
+    answer = parse_answer(_body(user_id="alice", permissions=[], workspaces=["team-a", "alice"]))
+    assert answer.workspaces == frozenset({"alice", "team-a"})
 
 
 def test_an_integer_clearance_level_is_kept_as_a_string() -> None:
@@ -46,6 +51,10 @@ def test_an_integer_clearance_level_is_kept_as_a_string() -> None:
         (_body(user_id="u1", permissions=[], expires_at="tomorrow"), "expires_at"),
         (_body(user_id="u1", permissions=[], expires_at=False), "expires_at"),
         (b'{"user_id":"u1","permissions":[],"expires_at":Infinity}', "expires_at"),
+        (_body(user_id="u1", permissions=[], workspaces="team-a"), "workspaces"),
+        (_body(user_id="u1", permissions=[], workspaces=[""]), "workspaces"),
+        (_body(user_id="u1", permissions=[], workspaces=[7]), "workspaces"),
+        (_body(user_id="u1", permissions=[], workspaces=["w" * 256]), "workspaces"),
     ],
 )
 def test_an_answer_that_breaks_the_contract_fails_closed(body: bytes, why: str) -> None:

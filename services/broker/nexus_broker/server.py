@@ -123,6 +123,7 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
         connections=connections,
         refresher=refresher,
         policy=PolicyClient(policy),
+        broader_tokens_by_default=settings.broader_session_tokens_by_default,
         signer=SessionSigner(
             deps.uow,
             rotation=timedelta(seconds=settings.signing_key_rotation_seconds),
@@ -138,7 +139,7 @@ def create_broker(settings: BrokerSettings) -> Broker:
     core = create_core(settings)
     registry = ProviderRegistryServicer(core.deps)
     audit_log = AuditLogServicer(core.deps)
-    connection_service = ConnectionServicer(core.connections, core.refresher)
+    connection_service = ConnectionServicer(core.connections, core.refresher, core.sessions.policy)
     session_service = SessionServicer(core.sessions)
     server = build_server(
         address=settings.listen,

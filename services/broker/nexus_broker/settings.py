@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nexus_common import ApiKeySet, ConfigError, Env, Keyring
+from nexus_common import ApiKeySet, ConfigError, Deployment, Env, Keyring
 
 from .domain.connections import RefreshPolicy
 from .domain.sessions import SessionLimits
@@ -41,6 +41,9 @@ class BrokerSettings:
     session_issuer: str
     signing_key_rotation_seconds: float
     session_retention_seconds: float
+    # NEXUS_ENVIRONMENT=development: providers that say nothing may hand
+    # sessions tokens broader than asked, and say so.
+    broader_session_tokens_by_default: bool
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> BrokerSettings:
@@ -73,6 +76,7 @@ class BrokerSettings:
                 jitter_seconds=env.number("NEXUS_REFRESH_JITTER_SECONDS", 30.0),
                 min_backoff_seconds=env.number("NEXUS_REFRESH_MIN_BACKOFF_SECONDS", 5.0),
                 max_backoff_seconds=env.number("NEXUS_REFRESH_MAX_BACKOFF_SECONDS", 900.0),
+                forced_interval_seconds=env.number("NEXUS_FORCED_REFRESH_INTERVAL_SECONDS", 30.0),
             ),
             refresh_loop=env.flag("NEXUS_REFRESH_LOOP", True),
             refresh_interval_seconds=env.number("NEXUS_REFRESH_INTERVAL_SECONDS", 5.0),
@@ -88,6 +92,7 @@ class BrokerSettings:
                 "NEXUS_SIGNING_KEY_ROTATION_SECONDS", 7 * 86400.0
             ),
             session_retention_seconds=env.number("NEXUS_SESSION_RETENTION_SECONDS", 7 * 86400.0),
+            broader_session_tokens_by_default=env.deployment() == Deployment.DEVELOPMENT,
         )
 
 

@@ -19,8 +19,11 @@ from nexus_common import (
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from .adapters.backend_auth import BackendAuthClient, LocalVerification
+from .adapters.broker_sessions import BrokerSessions
 from .adapters.repository import PolicyUnitOfWork
 from .entrypoints.servicers import AgentRegistryServicer, PolicyServicer
+from .service_layer.access import AccessDeps
+from .service_layer.agent_cache import AgentCache
 from .service_layer.agents import RegistryDeps
 from .service_layer.audit_forwarder import AuditForwarder
 from .settings import BackendAuthSettings, PolicySettings
@@ -79,10 +82,17 @@ def create_policy(settings: PolicySettings) -> Policy:
     engine = create_engine(settings.database_url)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     http = httpx.AsyncClient()
-    deps = RegistryDeps(uow=lambda: PolicyUnitOfWork(sessions), clock=_now)
     broker = InternalClient("broker", settings.broker_target, settings.internal_token, 5.0)
+
+    def uow() -> PolicyUnitOfWork:
+        return PolicyUnitOfWork(sessions)
+
+    agents = AgentCache(uow, settings.agent_cache_seconds)
+    deps = RegistryDeps(uow=uow, clock=_now, agents=agents, sessions=BrokerSessions(broker))
     registry = AgentRegistryServicer(deps)
-    decisions = PolicyServicer(deps, _users(http, settings.backend_auth))
+    decisions = PolicyServicer(
+        AccessDeps(agents, _users(http, settings.backend_auth), settings.allow_unbound_agents)
+    )
     server = build_server(
         address=settings.listen,
         registrars=[

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nexus_common import ApiKeySet, ConfigError, Env
+from nexus_common import ApiKeySet, ConfigError, Deployment, Env
 
 __all__ = ["BackendAuthSettings", "PolicySettings"]
 
@@ -39,6 +39,10 @@ class PolicySettings:
     shutdown_grace_seconds: float
     log_level: str
     metrics_listen: str
+    # NEXUS_ENVIRONMENT=development: agents without bindings reach everything.
+    allow_unbound_agents: bool
+    # How stale another replica's view of an agent may be.
+    agent_cache_seconds: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PolicySettings:
@@ -55,7 +59,16 @@ class PolicySettings:
             shutdown_grace_seconds=env.number("NEXUS_SHUTDOWN_GRACE_SECONDS", 10.0),
             log_level=env.text("NEXUS_LOG_LEVEL", "INFO"),
             metrics_listen=env.address("NEXUS_METRICS_LISTEN", ""),
+            allow_unbound_agents=env.deployment() == Deployment.DEVELOPMENT,
+            agent_cache_seconds=_cache_seconds(env),
         )
+
+
+def _cache_seconds(env: Env) -> float:
+    seconds = env.number("NEXUS_POLICY_AGENT_CACHE_SECONDS", 1.0)
+    if not 0 <= seconds <= 60:
+        raise ConfigError("NEXUS_POLICY_AGENT_CACHE_SECONDS must be between 0 and 60")
+    return seconds
 
 
 def _backend_auth(env: Env) -> BackendAuthSettings | None:

@@ -153,9 +153,12 @@ class ConnectionRepository:
             )
         return [self._to_domain(row) for row in await self._session.execute(statement)]
 
-    async def usable_for(self, provider_id: str, workspace_id: str, limit: int) -> list[Connection]:
-        """Connections to a provider that could back a session (in one workspace
-        when given): active ones, and those waiting for the user to reconnect."""
+    async def usable_for(
+        self, provider_id: str, workspaces: frozenset[str] | None, limit: int
+    ) -> list[Connection]:
+        """Connections to a provider that could back a session, in these
+        workspaces (None: in any): active ones, and those waiting for the user
+        to reconnect."""
         statement = (
             select(connections)
             .where(
@@ -165,8 +168,8 @@ class ConnectionRepository:
             .order_by(connections.c.created_at, connections.c.id)
             .limit(limit)
         )
-        if workspace_id:
-            statement = statement.where(connections.c.workspace_id == workspace_id)
+        if workspaces is not None:
+            statement = statement.where(connections.c.workspace_id.in_(sorted(workspaces)))
         return [self._to_domain(row) for row in await self._session.execute(statement)]
 
     async def reseal(self) -> int:

@@ -23,6 +23,7 @@ __all__ = [
     "authorization_attempts",
     "connections",
     "metadata",
+    "narrowed_tokens",
     "providers",
     "signing_keys",
 ]
@@ -138,10 +139,28 @@ agent_sessions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("closed_at", DateTime(timezone=True), nullable=True),
-    # A token narrowed for this session alone (never the connection's), so that
-    # closing the session can revoke it; sealed, AAD "agent_sessions/<id>/access_token".
-    Column("access_token_sealed", LargeBinary, nullable=True),
+    # The narrowed token the session handed out, if any (narrowed_tokens.id).
+    Column("narrowed_token_id", String(36), nullable=True),
     Index("ix_agent_sessions_expires_at", "expires_at"),
+    Index("ix_agent_sessions_agent", "agent_id", "closed_at"),
+)
+
+# Provider tokens narrowed to a scope set, kept until near expiry so that
+# sessions asking the same share one instead of minting one each. Never the
+# connection's own token; sealed, AAD "narrowed_tokens/<id>".
+narrowed_tokens = Table(
+    "narrowed_tokens",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("connection_id", String(36), nullable=False),
+    Column("agent_id", String(63), nullable=False),
+    # SHA-256 (hex) of the sorted, space-joined scopes.
+    Column("scope_key", String(64), nullable=False),
+    Column("access_token_sealed", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Index("ix_narrowed_tokens_key", "connection_id", "agent_id", "scope_key"),
+    Index("ix_narrowed_tokens_agent", "agent_id"),
 )
 
 signing_keys = Table(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -12,11 +13,11 @@ from nexus_common import Keyring, reseal_column, utc
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..domain.sessions import Session, UserStamp
+from ..domain.sessions import NarrowedToken, Session, UserStamp
 from ..domain.signing import ALGORITHM, SigningKey
-from .orm import agent_sessions, signing_keys
+from .orm import agent_sessions, narrowed_tokens, signing_keys
 
-__all__ = ["SessionRepository", "SigningKeyRepository"]
+__all__ = ["NarrowedTokenRepository", "SessionRepository", "SigningKeyRepository", "scope_key"]
 
 
 def _session(row: Any) -> Session:
@@ -36,27 +37,17 @@ def _session(row: Any) -> Session:
         expires_at=utc(row.expires_at),
         user=user,
         closed_at=utc(row.closed_at),
+        narrowed_token_id=row.narrowed_token_id,
         id=row.id,
     )
 
 
-def _token_aad(session_id: str) -> bytes:
-    return f"agent_sessions/{session_id}/access_token".encode()
-
-
 class SessionRepository:
-    def __init__(self, session: AsyncSession, keyring: Keyring) -> None:
+    def __init__(self, session: AsyncSession) -> None:
         self._session = session
-        self._keyring = keyring
 
-    async def add(self, session: Session, narrowed_token: str | None = None) -> None:
-        """Store a session, and the provider token narrowed for it alone, if any."""
+    async def add(self, session: Session) -> None:
         user = session.user
-        sealed = (
-            self._keyring.seal(narrowed_token.encode(), _token_aad(session.id))
-            if narrowed_token
-            else None
-        )
         await self._session.execute(
             agent_sessions.insert().values(
                 id=session.id,
@@ -72,7 +63,7 @@ class SessionRepository:
                 created_at=session.created_at,
                 expires_at=session.expires_at,
                 closed_at=session.closed_at,
-                access_token_sealed=sealed,
+                narrowed_token_id=session.narrowed_token_id,
             )
         )
 
@@ -84,36 +75,137 @@ class SessionRepository:
         ).first()
         return _session(row) if row is not None else None
 
-    async def narrowed_token(self, session_id: str) -> str | None:
-        sealed = await self._session.scalar(
-            select(agent_sessions.c.access_token_sealed).where(agent_sessions.c.id == session_id)
-        )
-        return self._keyring.open(sealed, _token_aad(session_id)).decode() if sealed else None
-
     async def close(self, session_id: str, now: datetime) -> bool:
-        """Close an open session and forget its own token; False when it was
-        already closed."""
+        """Close an open session; False when it was already closed."""
         result = await self._session.execute(
             update(agent_sessions)
             .where(agent_sessions.c.id == session_id, agent_sessions.c.closed_at.is_(None))
-            .values(closed_at=now, access_token_sealed=None)
+            .values(closed_at=now)
         )
         return int(getattr(result, "rowcount", 0)) == 1
 
-    async def reseal(self) -> int:
-        return await reseal_column(
-            self._session,
-            self._keyring,
-            agent_sessions.c.id,
-            agent_sessions.c.access_token_sealed,
-            _token_aad,
+    async def close_for_agent(self, agent_id: str, now: datetime) -> int:
+        result = await self._session.execute(
+            update(agent_sessions)
+            .where(agent_sessions.c.agent_id == agent_id, agent_sessions.c.closed_at.is_(None))
+            .values(closed_at=now)
         )
+        return int(getattr(result, "rowcount", 0))
+
+    async def share_token(self, narrowed_token_id: str, now: datetime) -> bool:
+        """Whether an open session still hands out this narrowed token."""
+        found = await self._session.scalar(
+            select(agent_sessions.c.id)
+            .where(
+                agent_sessions.c.narrowed_token_id == narrowed_token_id,
+                agent_sessions.c.closed_at.is_(None),
+                agent_sessions.c.expires_at > now,
+            )
+            .limit(1)
+        )
+        return found is not None
 
     async def purge(self, expired_before: datetime) -> int:
         result = await self._session.execute(
             delete(agent_sessions).where(agent_sessions.c.expires_at < expired_before)
         )
         return int(getattr(result, "rowcount", 0))
+
+
+def _narrowed_aad(token_id: str) -> bytes:
+    return f"narrowed_tokens/{token_id}".encode()
+
+
+def scope_key(scopes: tuple[str, ...]) -> str:
+    return hashlib.sha256(" ".join(sorted(set(scopes))).encode()).hexdigest()
+
+
+class NarrowedTokenRepository:
+    """Provider tokens narrowed to a scope set, per connection and agent."""
+
+    def __init__(self, session: AsyncSession, keyring: Keyring) -> None:
+        self._session = session
+        self._keyring = keyring
+
+    def _to_domain(self, row: Any) -> NarrowedToken:
+        token = self._keyring.open(row.access_token_sealed, _narrowed_aad(row.id)).decode()
+        return NarrowedToken(
+            id=row.id,
+            connection_id=row.connection_id,
+            agent_id=row.agent_id,
+            access_token=token,
+            created_at=utc(row.created_at),
+            expires_at=utc(row.expires_at),
+        )
+
+    async def find(
+        self, connection_id: str, agent_id: str, scopes: tuple[str, ...]
+    ) -> NarrowedToken | None:
+        """The newest token for this connection, agent and scope set."""
+        row = (
+            await self._session.execute(
+                select(narrowed_tokens)
+                .where(
+                    narrowed_tokens.c.connection_id == connection_id,
+                    narrowed_tokens.c.agent_id == agent_id,
+                    narrowed_tokens.c.scope_key == scope_key(scopes),
+                )
+                .order_by(narrowed_tokens.c.created_at.desc())
+                .limit(1)
+            )
+        ).first()
+        return self._to_domain(row) if row is not None else None
+
+    async def add(self, token: NarrowedToken, scopes: tuple[str, ...]) -> None:
+        await self._session.execute(
+            narrowed_tokens.insert().values(
+                id=token.id,
+                connection_id=token.connection_id,
+                agent_id=token.agent_id,
+                scope_key=scope_key(scopes),
+                access_token_sealed=self._keyring.seal(
+                    token.access_token.encode(), _narrowed_aad(token.id)
+                ),
+                created_at=token.created_at,
+                expires_at=token.expires_at,
+            )
+        )
+
+    async def get(self, token_id: str) -> NarrowedToken | None:
+        row = (
+            await self._session.execute(
+                select(narrowed_tokens).where(narrowed_tokens.c.id == token_id)
+            )
+        ).first()
+        return self._to_domain(row) if row is not None else None
+
+    async def for_agent(self, agent_id: str) -> list[NarrowedToken]:
+        rows = await self._session.execute(
+            select(narrowed_tokens).where(narrowed_tokens.c.agent_id == agent_id)
+        )
+        return [self._to_domain(row) for row in rows]
+
+    async def remove(self, token_ids: list[str]) -> None:
+        if token_ids:
+            await self._session.execute(
+                delete(narrowed_tokens).where(narrowed_tokens.c.id.in_(token_ids))
+            )
+
+    async def purge(self, now: datetime) -> int:
+        """Forget tokens past their expiry, and any stale ones a newer token replaced."""
+        result = await self._session.execute(
+            delete(narrowed_tokens).where(narrowed_tokens.c.expires_at < now)
+        )
+        return int(getattr(result, "rowcount", 0))
+
+    async def reseal(self) -> int:
+        return await reseal_column(
+            self._session,
+            self._keyring,
+            narrowed_tokens.c.id,
+            narrowed_tokens.c.access_token_sealed,
+            _narrowed_aad,
+        )
 
 
 def _key_aad(kid: str) -> bytes:

@@ -63,6 +63,11 @@ class Connection:
     refresh_failures: int = 0
     last_error: str = ""
 
+    def granted_scopes(self, tokens: TokenSet | None) -> tuple[str, ...]:
+        """What the provider granted; RFC 6749 §5.1: a token response without
+        ``scope`` granted what was asked."""
+        return (tokens.scope if tokens is not None else ()) or self.scopes
+
     def status_at(self, now: datetime) -> str:
         """A pending connection whose time ran out reads as expired."""
         if (
@@ -84,6 +89,21 @@ class RefreshPolicy:
     expiry_skew_seconds: float = 30.0
     min_backoff_seconds: float = 5.0
     max_backoff_seconds: float = 900.0
+    # At most one forced refresh per connection in this window, whoever asks.
+    forced_interval_seconds: float = 30.0
+
+    def forced_refresh_wait(self, connection: Connection, now: datetime) -> timedelta | None:
+        """How long a forced refresh must wait, or None when it may go ahead:
+        a token refreshed moments ago is fresh, and a failing provider keeps
+        its backoff whoever asks."""
+        waits = []
+        if connection.last_refreshed_at is not None:
+            window = timedelta(seconds=self.forced_interval_seconds)
+            waits.append(connection.last_refreshed_at + window - now)
+        if connection.refresh_failures and connection.next_refresh_at is not None:
+            waits.append(connection.next_refresh_at - now)
+        wait = max(waits, default=timedelta(0))
+        return wait if wait > timedelta(0) else None
 
     def next_refresh(self, tokens: TokenSet, now: datetime, random: float) -> datetime | None:
         """Ahead of expiry by the lead time, spread by jitter so that tokens

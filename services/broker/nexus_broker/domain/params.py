@@ -39,7 +39,13 @@ CORE_OAUTH_PARAMS = frozenset(
 CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105
 TOKEN_ENDPOINT_AUTH_METHODS = (CLIENT_SECRET_BASIC, "client_secret_post", "none")
 LOCATIONS = ("header", "query", "body")
-_FLAGS = ("skip_scope_on_auth", "skip_scope_on_exchange", "supports_scope_narrowing")
+_FLAGS = (
+    "skip_scope_on_auth",
+    "skip_scope_on_exchange",
+    "supports_scope_narrowing",
+    "revoke_narrowed_tokens",
+)
+_BROADER = "allow_broader_session_tokens"
 _FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _HEADER_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _EXTRA_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -78,6 +84,13 @@ class ProviderParams:
     skip_scope_on_exchange: bool = False
     # Whether the provider can issue a token with fewer scopes on refresh.
     supports_scope_narrowing: bool = False
+    # Whether revoking a narrowed token leaves the connection's grant alone, so
+    # Nexus may revoke it when its last session closes. RFC 7009 §2.1 lets a
+    # server revoke the whole grant instead, so Nexus never assumes it.
+    revoke_narrowed_tokens: bool = False
+    # Whether a session may hand out a token broader than it asked for when
+    # the provider cannot narrow; None leaves it to NEXUS_ENVIRONMENT.
+    allow_broader_session_tokens: bool | None = None
     token_endpoint_auth_method: str = CLIENT_SECRET_BASIC
     auth_params: MappingProxyType[str, str] = field(default_factory=lambda: MappingProxyType({}))
     credential_schema: tuple[CredentialField, ...] = ()
@@ -87,6 +100,8 @@ class ProviderParams:
         for flag in _FLAGS:
             if getattr(self, flag):
                 out[flag] = True
+        if self.allow_broader_session_tokens is not None:
+            out[_BROADER] = self.allow_broader_session_tokens
         if self.token_endpoint_auth_method != CLIENT_SECRET_BASIC:
             out["token_endpoint_auth_method"] = self.token_endpoint_auth_method
         if self.credential_schema:
@@ -157,7 +172,7 @@ def _parse_schema(raw: Any) -> tuple[CredentialField, ...]:
 
 def parse_params(auth_type: str, raw: dict[str, Any]) -> ProviderParams:
     extras: dict[str, str] = {}
-    known = {*_FLAGS, "token_endpoint_auth_method", "credential_schema"}
+    known = {*_FLAGS, _BROADER, "token_endpoint_auth_method", "credential_schema"}
     for key, value in raw.items():
         if key in known:
             continue
@@ -192,7 +207,7 @@ def parse_params(auth_type: str, raw: dict[str, Any]) -> ProviderParams:
         raise _fail(
             "credential_schema", f"a credential schema does not apply to {auth_type} providers"
         )
-    if auth_type != "oauth2" and (extras or any(raw.get(flag) for flag in _FLAGS)):
+    if auth_type != "oauth2" and (extras or any(raw.get(f) for f in (*_FLAGS, _BROADER))):
         raise _fail("", f"OAuth parameters do not apply to {auth_type} providers")
     return ProviderParams(
         skip_scope_on_auth=_flag(raw, "skip_scope_on_auth", "skip_scope_on_auth", False),
@@ -202,6 +217,12 @@ def parse_params(auth_type: str, raw: dict[str, Any]) -> ProviderParams:
         supports_scope_narrowing=_flag(
             raw, "supports_scope_narrowing", "supports_scope_narrowing", False
         ),
+        revoke_narrowed_tokens=_flag(
+            raw, "revoke_narrowed_tokens", "revoke_narrowed_tokens", False
+        ),
+        allow_broader_session_tokens=_flag(raw, _BROADER, _BROADER, False)
+        if _BROADER in raw
+        else None,
         token_endpoint_auth_method=method,
         auth_params=MappingProxyType(extras),
         credential_schema=schema,

@@ -15,6 +15,7 @@ from typing import Any
 from nexus_common import ValidationFailed
 
 __all__ = [
+    "NarrowedToken",
     "Session",
     "SessionKind",
     "SessionLimits",
@@ -68,10 +69,32 @@ class Session:
     expires_at: datetime
     user: UserStamp | None = None
     closed_at: datetime | None = None
+    # The shared narrowed token this session handed out, if it handed out one.
+    narrowed_token_id: str | None = None
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     def active_at(self, now: datetime) -> bool:
         return self.closed_at is None and now < self.expires_at
+
+
+@dataclass(frozen=True)
+class NarrowedToken:
+    """A provider token carrying only some of a connection's scopes, shared by
+    one agent's sessions that ask for the same scopes until it nears expiry."""
+
+    connection_id: str
+    agent_id: str
+    access_token: str
+    created_at: datetime
+    expires_at: datetime | None
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def usable_for(self, lifetime: timedelta, now: datetime, not_before: datetime | None) -> bool:
+        """Good for a whole session of ``lifetime``, and minted after the agent's
+        sessions were last ended."""
+        if not_before is not None and self.created_at < not_before:
+            return False
+        return self.expires_at is None or self.expires_at - now >= lifetime
 
 
 def is_uuid(value: str) -> bool:

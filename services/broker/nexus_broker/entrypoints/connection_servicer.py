@@ -6,7 +6,9 @@ from google.protobuf import empty_pb2
 from grpc.aio import ServicerContext as Context
 from nexus.broker.v1 import connections_pb2 as pb
 from nexus.broker.v1 import connections_pb2_grpc
+from nexus_common import current_caller, principal_of
 
+from ..adapters.policy_client import PolicyClient
 from ..service_layer import connections
 from ..service_layer.connections import ConnectionDeps
 from ..service_layer.tokens import Refresher, get_token, refresh_connection
@@ -16,9 +18,10 @@ __all__ = ["ConnectionServicer"]
 
 
 class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
-    def __init__(self, deps: ConnectionDeps, refresher: Refresher) -> None:
+    def __init__(self, deps: ConnectionDeps, refresher: Refresher, policy: PolicyClient) -> None:
         self._deps = deps
         self._refresher = refresher
+        self._policy = policy
 
     async def RequestConnection(
         self, request: pb.RequestConnectionRequest, context: Context
@@ -79,15 +82,26 @@ class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
         )
 
     async def GetToken(self, request: pb.GetTokenRequest, context: Context) -> pb.TokenPayload:
-        payload = await get_token(request.connection_id, self._deps, self._refresher)
+        payload = await get_token(
+            request.connection_id,
+            principal_of(current_caller.get()),
+            self._deps,
+            self._refresher,
+            self._policy,
+        )
         return token_payload_to_proto(payload)
 
     async def RefreshConnection(
         self, request: pb.RefreshConnectionRequest, context: Context
     ) -> pb.Connection:
-        return connection_to_proto(
-            *await refresh_connection(request.connection_id, self._deps, self._refresher)
+        refreshed = await refresh_connection(
+            request.connection_id,
+            principal_of(current_caller.get()),
+            self._deps,
+            self._refresher,
+            self._policy,
         )
+        return connection_to_proto(*refreshed)
 
     async def ListConnections(
         self, request: pb.ListConnectionsRequest, context: Context

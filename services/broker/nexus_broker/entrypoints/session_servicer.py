@@ -10,6 +10,7 @@ from google.protobuf import empty_pb2
 from grpc.aio import ServicerContext as Context
 from nexus.broker.v1 import sessions_pb2 as pb
 from nexus.broker.v1 import sessions_pb2_grpc
+from nexus_common import current_caller, principal_of
 
 from ..service_layer import sessions
 from ..service_layer.sessions import IssuedSession, SessionDeps, SessionRequest
@@ -47,6 +48,7 @@ def _session_to_proto(issued: IssuedSession) -> pb.AgentSession:
         acting_for=user.user_id if user else "",
         tenant_id=user.tenant_id if user else "",
         clearance_level=user.clearance_level if user else "",
+        token_scopes=issued.token_scopes,
     )
 
 
@@ -86,30 +88,45 @@ class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
     async def CreateAgentSession(
         self, request: pb.CreateAgentSessionRequest, context: Context
     ) -> pb.AgentSession:
-        issued = await sessions.create_session(_request(request, None), self._deps)
+        issued = await sessions.create_session(
+            _request(request, None), principal_of(current_caller.get()), self._deps
+        )
         return _session_to_proto(issued)
 
     async def CreateOboSession(
         self, request: pb.CreateOboSessionRequest, context: Context
     ) -> pb.AgentSession:
         issued = await sessions.create_session(
-            _request(request, request.user_context_token), self._deps
+            _request(request, request.user_context_token),
+            principal_of(current_caller.get()),
+            self._deps,
         )
         return _session_to_proto(issued)
 
     async def CloseAgentSession(
         self, request: pb.CloseAgentSessionRequest, context: Context
     ) -> empty_pb2.Empty:
-        await sessions.close_session(request.session_id, self._deps)
+        await sessions.close_session(
+            request.session_id, principal_of(current_caller.get()), self._deps
+        )
         return empty_pb2.Empty()
 
     async def IntrospectSession(
         self, request: pb.IntrospectSessionRequest, context: Context
     ) -> pb.IntrospectSessionResponse:
-        return _introspection(await sessions.introspect_session(request.token, self._deps))
+        claims = await sessions.introspect_session(
+            request.token, principal_of(current_caller.get()), self._deps
+        )
+        return _introspection(claims)
 
     async def GetJwks(self, request: pb.GetJwksRequest, context: Context) -> httpbody_pb2.HttpBody:
         jwks = await self._deps.signer.jwks(self._deps.connections.now())
         return httpbody_pb2.HttpBody(
             content_type="application/jwk-set+json", data=json.dumps(jwks).encode()
         )
+
+    async def EndAgentSessions(
+        self, request: pb.EndAgentSessionsRequest, context: Context
+    ) -> pb.EndAgentSessionsResponse:
+        closed, revoked = await sessions.end_agent_sessions(request.agent_id, self._deps)
+        return pb.EndAgentSessionsResponse(closed_sessions=closed, revoked_tokens=revoked)

@@ -282,7 +282,7 @@ async def reseal_secrets(uow: Callable[[], BrokerUnitOfWork], now: datetime) -> 
                 await work.connections.reseal(),
                 await work.attempts.reseal(),
                 await work.signing_keys.reseal(),
-                await work.sessions.reseal(),
+                await work.narrowed.reseal(),
             ]
         )
         await work.audit.add(AuditEvent.record("keyring.reseal", "vault", now, resealed=count))

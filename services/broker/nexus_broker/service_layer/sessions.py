@@ -1,10 +1,30 @@
-"""Issuing, closing and introspecting agent and on-behalf-of sessions.
+"""Issuing, closing, introspecting and ending agent and on-behalf-of sessions.
 
-Order of checks for a new session: the request's shape; that an agent asks
-only as itself; the provider; the policy service's gates (the agent's
-allowed scopes, then the user's permissions); the connection and the scopes
-it was granted. Only then is a credential fetched and a session stored.
-Every grant and every denial is audited.
+Order of checks for a new session: the request's shape; the provider; the
+connection the caller named, if any; then the policy service's one decision
+(the agent acts as itself, is bound to the provider and the workspace, is
+allowed the scopes; on behalf of a user, the user holds them and owns the
+workspace), which also says where to look for a connection the caller did not
+name. Only then is a credential fetched and a session stored. Every grant and
+every denial is audited.
+
+What a session hands out is never broader than it says:
+
+- the connection's grant is exactly what was asked: the connection's token;
+- the provider narrows (``supports_scope_narrowing``): a token from a refresh
+  grant asking only the session's scopes, shared by the agent's sessions that
+  ask the same until it nears expiry;
+- otherwise the session is refused (``TOKEN_BROADER_THAN_SESSION``), unless
+  the provider allows broader tokens (``allow_broader_session_tokens``, whose
+  default is ``NEXUS_ENVIRONMENT``'s), and then ``token_scopes`` says what the
+  token really carries.
+
+Closing a session never ends the connection's grant: RFC 7009 §2.1 lets a
+server revoke a whole grant when one of its tokens is revoked, so a narrowed
+token is revoked at the provider only when the provider says that cannot
+happen (``revoke_narrowed_tokens``) and no open session still shares it.
+Otherwise it lapses at its expiry, and introspection reports the closed
+session inactive at once.
 """
 
 from __future__ import annotations
@@ -15,28 +35,30 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from nexus_common import (
-    AgentMismatch,
+    AdminPrincipal,
     AuditEvent,
     ConnectionAmbiguous,
     ConnectionNotFound,
     NexusError,
     NoConnection,
+    Principal,
     ProviderDeleted,
     ProviderUnavailable,
     ScopeNotGranted,
     ScopeNotOffered,
     SessionNotFound,
     SessionNotSupported,
+    TokenBroaderThanSession,
     ValidationFailed,
-    current_caller,
 )
 
-from ..adapters.policy_client import PolicyClient, PolicyDecision
+from ..adapters.policy_client import AccessGrant, PolicyClient, SessionAsk
 from ..adapters.rfc6749 import ClientCredentials, TokenEndpointError
 from ..adapters.rfc7009 import revoke_tokens
 from ..domain.connections import Connection, TokenSet
 from ..domain.providers import AuthType, Provider
 from ..domain.sessions import (
+    NarrowedToken,
     Session,
     SessionKind,
     SessionLimits,
@@ -45,10 +67,11 @@ from ..domain.sessions import (
     validate_request,
 )
 from ..metrics import SESSIONS
+from .access import Action, audit_denial
 from .connections import ConnectionDeps, client_credentials, load_connection
 from .providers import get_provider
 from .signing import SessionSigner
-from .tokens import Refresher, get_token, require_active
+from .tokens import Refresher, release_token, require_active
 from .unit_of_work import BrokerUnitOfWork
 
 log = logging.getLogger("nexus.sessions")
@@ -59,6 +82,7 @@ __all__ = [
     "SessionRequest",
     "close_session",
     "create_session",
+    "end_agent_sessions",
     "introspect_session",
     "purge_sessions",
 ]
@@ -72,6 +96,8 @@ class SessionDeps:
     signer: SessionSigner
     limits: SessionLimits
     issuer: str
+    # For providers that say nothing (NEXUS_ENVIRONMENT=development: allowed).
+    broader_tokens_by_default: bool
 
 
 @dataclass(frozen=True)
@@ -91,20 +117,13 @@ class IssuedSession:
     session: Session
     access_token: str
     session_token: str
+    # What access_token really carries.
+    token_scopes: tuple[str, ...]
 
 
-def _require_self(agent_id: str) -> None:
-    caller = current_caller.get()
-    if caller is not None and caller.kind == "agent" and caller.name != agent_id:
-        raise AgentMismatch(
-            f"the agent {caller.name!r} may request sessions only as itself, not as {agent_id!r}",
-            agent_id=agent_id,
-        )
-
-
-def _may_see(session: Session) -> bool:
-    caller = current_caller.get()
-    return caller is None or caller.kind != "agent" or caller.name == session.agent_id
+def _may_see(caller: Principal, session: Session) -> bool:
+    """Admins see every session; an agent only its own."""
+    return isinstance(caller, AdminPrincipal) or caller.agent_id == session.agent_id
 
 
 async def _session_provider(name: str, deps: SessionDeps) -> Provider:
@@ -120,28 +139,39 @@ async def _session_provider(name: str, deps: SessionDeps) -> Provider:
     return provider
 
 
-async def _resolve_connection(
+async def _named_connection(
     request: SessionRequest, provider: Provider, deps: SessionDeps
-) -> Connection:
-    """The named connection, else the only one that matches; never a guess."""
+) -> tuple[Connection, tuple[str, ...]] | None:
+    """The connection the caller named, with its granted scopes, if it named one."""
+    if not request.connection_id:
+        return None
     async with deps.connections.uow() as uow:
-        if request.connection_id:
-            connection = await load_connection(uow, request.connection_id)
-            if connection.provider_id != provider.id or (
-                request.workspace_id and connection.workspace_id != request.workspace_id
-            ):
-                raise ConnectionNotFound(
-                    f"connection {request.connection_id} is not a connection to "
-                    f"{provider.name}"
-                    + (f" in workspace {request.workspace_id!r}" if request.workspace_id else ""),
-                    connection_id=request.connection_id,
-                )
-            return connection
-        matches = await uow.connections.usable_for(provider.id, request.workspace_id, limit=2)
+        connection = await load_connection(uow, request.connection_id)
+        tokens = await uow.connections.tokens(connection.id)
+    if connection.provider_id != provider.id or (
+        request.workspace_id and connection.workspace_id != request.workspace_id
+    ):
+        where = f" in workspace {request.workspace_id!r}" if request.workspace_id else ""
+        raise ConnectionNotFound(
+            f"connection {request.connection_id} is not a connection to {provider.name}{where}",
+            connection_id=request.connection_id,
+        )
+    return connection, connection.granted_scopes(tokens)
+
+
+async def _find_connection(
+    request: SessionRequest, provider: Provider, reach: frozenset[str] | None, deps: SessionDeps
+) -> Connection:
+    """The only usable connection where the decision allows looking; never a guess."""
+    if request.workspace_id:
+        reach = frozenset({request.workspace_id})
+    async with deps.connections.uow() as uow:
+        matches = await uow.connections.usable_for(provider.id, reach, limit=2)
     where = f" in workspace {request.workspace_id!r}" if request.workspace_id else ""
     if not matches:
         raise NoConnection(
-            f"there is no active connection to {provider.name}{where}; connect one first",
+            f"there is no active connection to {provider.name}{where} that this session "
+            "may use; connect one first",
             provider=provider.name,
         )
     if len(matches) > 1:
@@ -155,22 +185,48 @@ async def _resolve_connection(
 
 @dataclass(frozen=True)
 class _Credential:
-    """The provider token a session hands out, and whether it is its own."""
+    """The provider token a session hands out, and what it carries."""
 
     connection: Connection
     access_token: str
     expires_at: datetime | None
-    narrowed: bool = False
+    token_scopes: tuple[str, ...]
+    narrowed_token_id: str | None = None
+
+
+async def _narrowed(
+    connection: Connection,
+    agent_id: str,
+    scopes: tuple[str, ...],
+    lifetime: timedelta,
+    grant: AccessGrant,
+    deps: SessionDeps,
+) -> NarrowedToken:
+    """A token narrowed to ``scopes``: a shared one good for the whole session,
+    else a new one from a refresh grant (which the connection never stores)."""
+    async with deps.connections.uow() as uow:
+        cached = await uow.narrowed.find(connection.id, agent_id, scopes)
+    now = deps.connections.now()
+    if cached is not None and cached.usable_for(lifetime, now, grant.sessions_valid_after):
+        return cached
+    fresh = await deps.refresher.narrowed(connection.id, scopes)
+    token = NarrowedToken(connection.id, agent_id, fresh.access_token, now, fresh.expires_at)
+    async with deps.connections.uow() as uow:
+        await uow.narrowed.add(token, scopes)
+        await uow.commit()
+    return token
 
 
 async def _provider_credential(
-    request: SessionRequest, provider: Provider, scopes: tuple[str, ...], deps: SessionDeps
+    request: SessionRequest,
+    provider: Provider,
+    connection: Connection,
+    granted: tuple[str, ...],
+    grant: AccessGrant,
+    lifetime: timedelta,
+    deps: SessionDeps,
 ) -> _Credential:
-    connection = await _resolve_connection(request, provider, deps)
-    async with deps.connections.uow() as uow:
-        tokens = await uow.connections.tokens(connection.id)
-    # RFC 6749 §5.1: a token response without "scope" granted what was asked.
-    granted = set((tokens.scope if tokens is not None else ()) or connection.scopes)
+    scopes = grant.scopes
     missing = [scope for scope in scopes if scope not in granted]
     if missing:
         raise ScopeNotGranted(
@@ -179,12 +235,32 @@ async def _provider_credential(
             connection_id=connection.id,
             missing_scopes=", ".join(missing),
         )
-    if provider.params.supports_scope_narrowing and set(scopes) < granted:
+    narrower = set(scopes) < set(granted)
+    if narrower and provider.params.supports_scope_narrowing:
         require_active(connection, provider, deps.connections.now())
-        narrowed = await deps.refresher.narrowed(connection.id, scopes)
-        return _Credential(connection, narrowed.access_token, narrowed.expires_at, narrowed=True)
-    _, credentials, expires_at = await get_token(connection.id, deps.connections, deps.refresher)
-    return _Credential(connection, str(credentials["access_token"]), expires_at)
+        token = await _narrowed(connection, request.agent_id, scopes, lifetime, grant, deps)
+        return _Credential(connection, token.access_token, token.expires_at, scopes, token.id)
+    if narrower and not _broader_allowed(provider, deps):
+        raise TokenBroaderThanSession(
+            f"{provider.name} cannot narrow its tokens, and the connection's token carries "
+            f"{' '.join(sorted(granted))}, more than the {' '.join(scopes)} asked for. Ask for "
+            "all of the connection's scopes, or an admin sets the provider's params: "
+            '"supports_scope_narrowing": true if it can issue narrower tokens on refresh, '
+            'else "allow_broader_session_tokens": true to accept broader ones '
+            f"(PATCH /v1/providers/{provider.id})",
+            provider=provider.name,
+            token_scopes=" ".join(sorted(granted)),
+        )
+    _, credentials, expires_at = await release_token(
+        connection.id, deps.connections, deps.refresher
+    )
+    token_scopes = tuple(sorted(granted)) if narrower else scopes
+    return _Credential(connection, str(credentials["access_token"]), expires_at, token_scopes)
+
+
+def _broader_allowed(provider: Provider, deps: SessionDeps) -> bool:
+    chosen = provider.params.allow_broader_session_tokens
+    return deps.broader_tokens_by_default if chosen is None else chosen
 
 
 def _check_offered(provider: Provider, scopes: tuple[str, ...]) -> None:
@@ -196,33 +272,9 @@ def _check_offered(provider: Provider, scopes: tuple[str, ...]) -> None:
         )
 
 
-async def _audit_denial(
-    deps: SessionDeps, request: SessionRequest, kind: str, error: NexusError
-) -> None:
-    metadata = dict(error.metadata)
-    event = AuditEvent.record(
-        "session.denied",
-        f"agents/{request.agent_id}",
-        deps.connections.now(),
-        kind=kind,
-        agent_id=request.agent_id,
-        provider=request.provider,
-        scopes=sorted(set(request.scopes)),
-        acting_for=metadata.get("user_id", ""),
-        tenant_id=metadata.get("tenant_id", ""),
-        outcome="denied",
-        reason=error.reason,
-    )
-    try:
-        async with deps.connections.uow() as uow:
-            await uow.audit.add(event)
-            await uow.commit()
-    except Exception:
-        # The caller must still learn why they were refused.
-        log.exception("could not record the denial of a session for %s", request.agent_id)
-
-
-async def create_session(request: SessionRequest, deps: SessionDeps) -> IssuedSession:
+async def create_session(
+    request: SessionRequest, caller: Principal, deps: SessionDeps
+) -> IssuedSession:
     validate_request(
         request.agent_id,
         request.provider,
@@ -235,32 +287,58 @@ async def create_session(request: SessionRequest, deps: SessionDeps) -> IssuedSe
     ttl = deps.limits.ttl(request.ttl_seconds)
     kind = SessionKind.AGENT if request.user_context_token is None else SessionKind.OBO
     try:
-        _require_self(request.agent_id)
-        issued = await _issue(request, kind, ttl, deps)
+        issued = await _issue(request, caller, kind, ttl, deps)
     except NexusError as error:
         SESSIONS.labels(kind, "denied", error.reason).inc()
-        await _audit_denial(deps, request, kind, error)
+        metadata = dict(error.metadata)
+        await audit_denial(
+            deps.connections,
+            "session.denied",
+            f"agents/{request.agent_id}",
+            error,
+            kind=kind,
+            agent_id=request.agent_id,
+            provider=request.provider,
+            scopes=sorted(set(request.scopes)),
+            acting_for=metadata.get("user_id", ""),
+            workspace_id=metadata.get("workspace_id", request.workspace_id),
+        )
         raise
     SESSIONS.labels(kind, "granted", "").inc()
     return issued
 
 
 async def _issue(
-    request: SessionRequest, kind: str, ttl: timedelta, deps: SessionDeps
+    request: SessionRequest, caller: Principal, kind: str, ttl: timedelta, deps: SessionDeps
 ) -> IssuedSession:
     provider = await _session_provider(request.provider, deps)
-    decision: PolicyDecision = await deps.policy.evaluate(
-        request.agent_id, request.scopes, request.user_context_token
+    named = await _named_connection(request, provider, deps)
+    grant = await deps.policy.authorize(
+        caller,
+        Action.AGENT_SESSION if kind == SessionKind.AGENT else Action.OBO_SESSION,
+        provider,
+        named[0] if named else None,
+        named[1] if named else (),
+        SessionAsk(
+            request.agent_id, request.scopes, request.user_context_token, request.workspace_id
+        ),
     )
     credential: _Credential | None = None
     if provider.spec.auth_type == AuthType.NEXUS:
-        _check_offered(provider, decision.scopes)
+        _check_offered(provider, grant.scopes)
     else:
-        credential = await _provider_credential(request, provider, decision.scopes, deps)
-    now = deps.connections.now().replace(microsecond=0)
-    expires_at = now + ttl
-    if credential is not None and credential.expires_at is not None:
-        expires_at = min(expires_at, credential.expires_at.replace(microsecond=0))
+        if named is None:
+            connection = await _find_connection(request, provider, grant.workspaces, deps)
+            async with deps.connections.uow() as uow:
+                granted = connection.granted_scopes(await uow.connections.tokens(connection.id))
+        else:
+            connection, granted = named
+        credential = await _provider_credential(
+            request, provider, connection, granted, grant, ttl, deps
+        )
+    now = deps.connections.now()
+    limits = [now + ttl, grant.user_expires_at, credential.expires_at if credential else None]
+    expires_at = min(limit for limit in limits if limit is not None).replace(microsecond=0)
     if expires_at <= now:
         raise ProviderUnavailable(f"the credential for {provider.name} has expired; try again")
     session = Session(
@@ -269,18 +347,17 @@ async def _issue(
         provider_id=provider.id,
         provider_name=provider.name,
         connection_id=credential.connection.id if credential is not None else None,
-        scopes=decision.scopes,
+        scopes=grant.scopes,
         created_at=now,
         expires_at=expires_at,
-        user=decision.user,
+        user=grant.user,
+        narrowed_token_id=credential.narrowed_token_id if credential else None,
     )
     key = await deps.signer.current(now)
     session_token = key.sign(session_claims(session, deps.issuer))
     user = session.user
     async with deps.connections.uow() as uow:
-        await uow.sessions.add(
-            session, credential.access_token if credential and credential.narrowed else None
-        )
+        await uow.sessions.add(session)
         await uow.audit.add(
             AuditEvent.record(
                 "session.granted",
@@ -291,6 +368,7 @@ async def _issue(
                 provider=provider.name,
                 connection_id=session.connection_id or "",
                 scopes=list(session.scopes),
+                token_scopes=list(credential.token_scopes if credential else session.scopes),
                 acting_for=user.user_id if user else "",
                 tenant_id=user.tenant_id if user else "",
                 outcome="granted",
@@ -298,23 +376,15 @@ async def _issue(
             )
         )
         await uow.commit()
-    access_token = credential.access_token if credential is not None else session_token
-    return IssuedSession(session, access_token, session_token)
+    if credential is None:
+        return IssuedSession(session, session_token, session_token, session.scopes)
+    return IssuedSession(session, credential.access_token, session_token, credential.token_scopes)
 
 
-@dataclass(frozen=True)
-class _Revocation:
-    """A token narrowed for a closed session, to revoke at its provider."""
-
-    provider: Provider
-    client: ClientCredentials
-    token: str
-
-
-async def close_session(session_id: str, deps: SessionDeps) -> None:
-    """Close a session; closing a closed one changes nothing. A provider token
-    narrowed for the session alone is revoked at the provider (RFC 7009) when
-    it can be; a token shared with the connection lapses at its expiry."""
+async def close_session(session_id: str, caller: Principal, deps: SessionDeps) -> None:
+    """Close a session; closing a closed one changes nothing. The connection's
+    grant is never touched: see the module's docstring for when a narrowed
+    token is revoked at its provider."""
     if not session_id:
         raise ValidationFailed("session_id is required", field="session_id")
     if not is_uuid(session_id):
@@ -323,11 +393,11 @@ async def close_session(session_id: str, deps: SessionDeps) -> None:
     async with deps.connections.uow() as uow:
         session = await uow.sessions.get(session_id)
         # Another agent's session reads as absent: its existence is not theirs to learn.
-        if session is None or not _may_see(session):
+        if session is None or not _may_see(caller, session):
             raise SessionNotFound(f"no session {session_id}", session_id=session_id)
-        revocation = await _revocation(uow, session)
         if not await uow.sessions.close(session_id, now):
             return
+        revocations = await _forget_unshared(uow, session, now)
         await uow.audit.add(
             AuditEvent.record(
                 "session.closed",
@@ -335,39 +405,104 @@ async def close_session(session_id: str, deps: SessionDeps) -> None:
                 now,
                 agent_id=session.agent_id,
                 provider=session.provider_name,
-                revoke_at_provider=revocation is not None,
+                revoke_at_provider=bool(revocations),
             )
         )
         await uow.commit()
-    if revocation is not None:
-        await _revoke(revocation, deps, now)
+    await _revoke_all(revocations, deps, now)
 
 
-async def _revocation(uow: BrokerUnitOfWork, session: Session) -> _Revocation | None:
-    token = await uow.sessions.narrowed_token(session.id)
-    provider = await uow.providers.get(session.provider_id) if token else None
-    if token is None or provider is None or not provider.revocation_url:
-        return None
-    return _Revocation(provider, await client_credentials(uow, provider), token)
-
-
-async def _revoke(revocation: _Revocation, deps: SessionDeps, now: datetime) -> None:
-    provider = revocation.provider
-    try:
-        await revoke_tokens(
-            deps.connections.tokens,
-            provider.revocation_url,
-            revocation.client,
-            TokenSet(access_token=revocation.token),
-            now,
+async def end_agent_sessions(agent_id: str, deps: SessionDeps) -> tuple[int, int]:
+    """The kill switch: close every open session of the agent and forget its
+    narrowed tokens, revoking those whose provider allows it. Returns how many
+    sessions were closed and tokens revoked."""
+    now = deps.connections.now()
+    async with deps.connections.uow() as uow:
+        closed = await uow.sessions.close_for_agent(agent_id, now)
+        tokens = await uow.narrowed.for_agent(agent_id)
+        await uow.narrowed.remove([token.id for token in tokens])
+        revocations = [
+            revocation
+            for token in tokens
+            if (revocation := await _revocation(uow, token, now)) is not None
+        ]
+        await uow.audit.add(
+            AuditEvent.record(
+                "agent.sessions_ended",
+                f"agents/{agent_id}",
+                now,
+                closed_sessions=closed,
+                revoked_tokens=len(revocations),
+            )
         )
-    except TokenEndpointError as exc:
-        # The session is closed either way; the token lapses at its expiry.
-        log.warning("%s did not confirm revoking a session's token: %s", provider.name, exc.message)
+        await uow.commit()
+    await _revoke_all(revocations, deps, now)
+    return closed, len(revocations)
 
 
-async def introspect_session(token: str, deps: SessionDeps) -> dict[str, Any] | None:
-    """RFC 7662: the claims of an active session token, else None."""
+@dataclass(frozen=True)
+class _Revocation:
+    """A narrowed token to revoke at its provider."""
+
+    provider: Provider
+    client: ClientCredentials
+    token: str
+
+
+async def _forget_unshared(
+    uow: BrokerUnitOfWork, session: Session, now: datetime
+) -> list[_Revocation]:
+    """After a session closed: its narrowed token, if revocable and no longer shared."""
+    if session.narrowed_token_id is None:
+        return []
+    token = await uow.narrowed.get(session.narrowed_token_id)
+    if token is None or await uow.sessions.share_token(token.id, now):
+        return []
+    revocation = await _revocation(uow, token, now)
+    if revocation is None:
+        return []
+    await uow.narrowed.remove([token.id])
+    return [revocation]
+
+
+async def _revocation(
+    uow: BrokerUnitOfWork, token: NarrowedToken, now: datetime
+) -> _Revocation | None:
+    """Only where revoking cannot end the connection's grant, and while it lives."""
+    if token.expires_at is not None and token.expires_at <= now:
+        return None
+    connection = await uow.connections.get(token.connection_id)
+    provider = await uow.providers.get(connection.provider_id) if connection else None
+    if provider is None or not provider.revocation_url:
+        return None
+    if not provider.params.revoke_narrowed_tokens:
+        return None
+    return _Revocation(provider, await client_credentials(uow, provider), token.access_token)
+
+
+async def _revoke_all(revocations: list[_Revocation], deps: SessionDeps, now: datetime) -> None:
+    for revocation in revocations:
+        provider = revocation.provider
+        try:
+            await revoke_tokens(
+                deps.connections.tokens,
+                provider.revocation_url,
+                revocation.client,
+                TokenSet(access_token=revocation.token),
+                now,
+            )
+        except TokenEndpointError as exc:
+            # The session is over either way; the token lapses at its expiry.
+            log.warning(
+                "%s did not confirm revoking a narrowed token: %s", provider.name, exc.message
+            )
+
+
+async def introspect_session(
+    token: str, caller: Principal, deps: SessionDeps
+) -> dict[str, Any] | None:
+    """RFC 7662: the claims of an active session token, else None. Only admins
+    and the session's own agent learn anything; for anyone else it is inactive."""
     if not token:
         raise ValidationFailed("token is required", field="token")
     now = deps.connections.now()
@@ -376,15 +511,19 @@ async def introspect_session(token: str, deps: SessionDeps) -> dict[str, Any] | 
         return None
     async with deps.connections.uow() as uow:
         session = await uow.sessions.get(str(claims["jti"]))
-    if session is None or not session.active_at(now):
+    if session is None or not session.active_at(now) or not _may_see(caller, session):
+        return None
+    if not await deps.policy.session_standing(session.agent_id, session.created_at):
         return None
     return claims
 
 
 async def purge_sessions(deps: SessionDeps, retention: timedelta) -> int:
-    """Forget sessions that ended more than ``retention`` ago; the audit trail
-    keeps their history, and their tokens can no longer verify."""
+    """Forget sessions that ended more than ``retention`` ago, and narrowed
+    tokens past their expiry; the audit trail keeps their history."""
+    now = deps.connections.now()
     async with deps.connections.uow() as uow:
-        purged = await uow.sessions.purge(deps.connections.now() - retention)
+        purged = await uow.sessions.purge(now - retention)
+        await uow.narrowed.purge(now)
         await uow.commit()
     return purged

@@ -18,16 +18,20 @@ from datetime import datetime, timedelta
 from nexus_common import (
     ConnectionNotActive,
     ConnectionReauthRequired,
+    Principal,
     ProviderUnavailable,
     RefreshNotSupported,
+    RefreshRateLimited,
     SessionNotSupported,
 )
 
+from ..adapters.policy_client import PolicyClient
 from ..adapters.rfc6749 import TokenEndpointError
 from ..domain.connections import Connection, ConnectionStatus, TokenSet
 from ..domain.credentials import TokenPayload, oauth2_payload, static_payload
 from ..domain.providers import AuthType, Provider
 from ..metrics import TOKEN_REFRESHES
+from .access import Action, audit_denial, authorize_connection
 from .connections import (
     ConnectionDeps,
     client_credentials,
@@ -37,7 +41,13 @@ from .connections import (
 )
 from .unit_of_work import BrokerUnitOfWork
 
-__all__ = ["Refresher", "get_token", "refresh_connection", "require_active"]
+__all__ = [
+    "Refresher",
+    "get_token",
+    "refresh_connection",
+    "release_token",
+    "require_active",
+]
 
 log = logging.getLogger("nexus.refresh")
 
@@ -354,8 +364,23 @@ async def _release(
     return payload
 
 
-async def get_token(connection_id: str, deps: ConnectionDeps, refresher: Refresher) -> TokenPayload:
-    """Credentials for one connection, refreshed first when at or near expiry."""
+async def get_token(
+    connection_id: str,
+    caller: Principal,
+    deps: ConnectionDeps,
+    refresher: Refresher,
+    policy: PolicyClient,
+) -> TokenPayload:
+    """Credentials for one connection, once the policy service allows the
+    caller; refreshed first when at or near expiry."""
+    await authorize_connection(caller, Action.GET_TOKEN, connection_id, deps, policy)
+    return await release_token(connection_id, deps, refresher)
+
+
+async def release_token(
+    connection_id: str, deps: ConnectionDeps, refresher: Refresher
+) -> TokenPayload:
+    """The connection's credentials, for a caller already allowed them."""
     payload = await _release(connection_id, deps, refresher)
     if payload is None:
         await refresher.refresh(connection_id, force=False)
@@ -365,11 +390,19 @@ async def get_token(connection_id: str, deps: ConnectionDeps, refresher: Refresh
 
 
 async def refresh_connection(
-    connection_id: str, deps: ConnectionDeps, refresher: Refresher
+    connection_id: str,
+    caller: Principal,
+    deps: ConnectionDeps,
+    refresher: Refresher,
+    policy: PolicyClient,
 ) -> tuple[Connection, Provider]:
-    """Refresh now; says so when the provider would not."""
-    connection, provider = await _load_with_provider(connection_id, deps)
-    require_active(connection, provider, deps.now())
+    """Refresh now, once the policy service allows the caller; at most once per
+    connection in each window, and never during the provider's backoff."""
+    connection, provider, _ = await authorize_connection(
+        caller, Action.REFRESH, connection_id, deps, policy
+    )
+    now = deps.now()
+    require_active(connection, provider, now)
     if provider.spec.auth_type != AuthType.OAUTH2:
         raise RefreshNotSupported(
             f"{provider.name} uses static credentials, which do not refresh",
@@ -383,6 +416,26 @@ async def refresh_connection(
             "be refreshed; its current credentials stay in use",
             connection_id=connection_id,
         )
+    wait = deps.refresh.forced_refresh_wait(connection, now)
+    if wait is not None:
+        seconds = max(1, round(wait.total_seconds()))
+        error = RefreshRateLimited(
+            f"the connection to {provider.name} was refreshed moments ago or its provider "
+            f"is failing; its token is not refreshed again for {seconds} s",
+            connection_id=connection_id,
+            retry_after_seconds=str(seconds),
+        )
+        await audit_denial(
+            deps,
+            "refresh.denied",
+            f"connections/{connection_id}",
+            error,
+            workspace_id=connection.workspace_id,
+        )
+        raise error
+    async with deps.uow() as uow:
+        await uow.audit.add(connection_event("refresh.requested", connection, now))
+        await uow.commit()
     await refresher.refresh(connection_id, force=True)
     refreshed, _ = await _load_with_provider(connection_id, deps)
     require_active(refreshed, provider, deps.now())

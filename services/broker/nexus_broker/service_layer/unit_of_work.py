@@ -9,7 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..adapters.connection_repository import AttemptRepository, ConnectionRepository
 from ..adapters.repository import AuditRepository, ProviderRepository
-from ..adapters.session_repository import SessionRepository, SigningKeyRepository
+from ..adapters.session_repository import (
+    NarrowedTokenRepository,
+    SessionRepository,
+    SigningKeyRepository,
+)
 
 __all__ = ["BrokerUnitOfWork"]
 
@@ -20,6 +24,7 @@ class BrokerUnitOfWork(SqlUnitOfWork):
     attempts: AttemptRepository
     audit: AuditRepository
     sessions: SessionRepository
+    narrowed: NarrowedTokenRepository
     signing_keys: SigningKeyRepository
 
     def __init__(self, session_factory: async_sessionmaker[AsyncSession], keyring: Keyring) -> None:
@@ -32,6 +37,7 @@ class BrokerUnitOfWork(SqlUnitOfWork):
         self.connections = ConnectionRepository(self.session, self._keyring)
         self.attempts = AttemptRepository(self.session, self._keyring)
         self.audit = AuditRepository(self.session)
-        self.sessions = SessionRepository(self.session, self._keyring)
+        self.sessions = SessionRepository(self.session)
+        self.narrowed = NarrowedTokenRepository(self.session, self._keyring)
         self.signing_keys = SigningKeyRepository(self.session, self._keyring)
         return self

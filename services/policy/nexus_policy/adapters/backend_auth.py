@@ -12,7 +12,14 @@ The contract a customer implements at ``BACKEND_AUTH_URL``::
         tenant_id        string, optional, default ""
         clearance_level  string or integer, optional, default ""; kept as a string
         expires_at       number, optional: Unix seconds when the user's token expires
+        workspaces       array of strings, optional: workspaces the user owns
+                         besides the one named by their user_id
     401 or 403           the token is not valid (or has expired)
+
+A user owns the workspace named by their ``user_id`` and every workspace
+listed in ``workspaces``; an on-behalf-of session reaches only connections in
+those. The user's token lives until the earlier of its JWT ``exp`` (when it is
+a JWT) and ``expires_at``, and no session acting for them lives longer.
 
 A 401 or 403, or an ``expires_at`` already past, raises ``UserTokenInvalid``.
 Anything else fails closed with ``BackendAuthUnavailable``: another status, a
@@ -43,7 +50,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeGuard
 
 import httpx
@@ -79,7 +86,9 @@ class UserContext:
     tenant_id: str
     clearance_level: str
     permissions: frozenset[str]
-    expires_at: float | None  # Unix seconds, when the backend said
+    # Unix seconds the user's token stops being good, when known.
+    expires_at: float | None
+    workspaces: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -162,10 +171,12 @@ class BackendAuthClient:
         else:
             token_expiry = _unverified_exp(token)
         context = await self._ask_backend(token)
+        if token_expiry is not None:
+            context = replace(context, expires_at=min(token_expiry, context.expires_at or math.inf))
         now = self._clock()
         if context.expires_at is not None and context.expires_at <= now:
             raise UserTokenInvalid("the user context token has expired")
-        limits = [now + self._cache_seconds, token_expiry, context.expires_at]
+        limits = [now + self._cache_seconds, context.expires_at]
         good_until = min(limit for limit in limits if limit is not None)
         if self._cache_seconds > 0 and good_until > now:
             self._cache[key] = (good_until, context)
@@ -293,10 +304,17 @@ def parse_answer(body: bytes) -> UserContext:
     expires_at = answer.get("expires_at")
     if expires_at is not None and not _is_number(expires_at):
         raise malformed("expires_at must be a number of Unix seconds")
+    workspaces = answer.get("workspaces")
+    workspaces = [] if workspaces is None else workspaces
+    if not isinstance(workspaces, list) or not all(
+        isinstance(w, str) and 0 < len(w) <= 255 for w in workspaces
+    ):
+        raise malformed("workspaces must be a list of workspace ids")
     return UserContext(
         user_id=user_id,
         tenant_id=tenant_id,
         clearance_level=str(clearance),
         permissions=frozenset(permissions),
         expires_at=None if expires_at is None else float(expires_at),
+        workspaces=frozenset([user_id, *workspaces]),
     )

@@ -30,6 +30,9 @@ agents = Table(
     Column("key_id", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # {"providers": [...], "workspaces": [...], ...}; NULL for an unbound agent.
+    Column("bindings", JSON, nullable=True),
+    Column("sessions_valid_after", DateTime(timezone=True), nullable=False),
 )
 
 agent_keys = Table(

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..domain.agents import Agent, AgentKey
+from ..domain.bindings import Bindings
 from .orm import agent_keys, agents, audit_outbox
 
 __all__ = ["AgentRepository", "OutboxRepository", "PolicyUnitOfWork"]
@@ -26,7 +27,16 @@ def _agent(row: Any) -> Agent:
         key_id=row.key_id,
         created_at=utc(row.created_at),
         updated_at=utc(row.updated_at),
+        bindings=Bindings.from_dict(row.bindings) if row.bindings is not None else None,
+        sessions_valid_after=utc(row.sessions_valid_after),
     )
+
+
+def _row(agent: Agent) -> dict[str, Any]:
+    return asdict(agent) | {
+        "allowed_scopes": list(agent.allowed_scopes),
+        "bindings": agent.bindings.as_dict() if agent.bindings is not None else None,
+    }
 
 
 class AgentRepository:
@@ -34,7 +44,7 @@ class AgentRepository:
         self._session = session
 
     async def add(self, agent: Agent, key: AgentKey) -> None:
-        values = asdict(agent) | {"allowed_scopes": list(agent.allowed_scopes)}
+        values = _row(agent)
         try:
             async with self._session.begin_nested():
                 await self._session.execute(agents.insert().values(**values))
@@ -58,7 +68,7 @@ class AgentRepository:
         return [_agent(row) for row in await self._session.execute(statement)]
 
     async def save(self, agent: Agent) -> None:
-        values = asdict(agent) | {"allowed_scopes": list(agent.allowed_scopes)}
+        values = _row(agent)
         await self._session.execute(
             update(agents).where(agents.c.agent_id == agent.agent_id).values(**values)
         )

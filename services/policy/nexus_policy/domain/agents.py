@@ -17,6 +17,8 @@ from datetime import datetime
 
 from nexus_common import ValidationFailed
 
+from .bindings import Bindings, validate_bindings
+
 __all__ = [
     "AGENT_ID_PATTERN",
     "Agent",
@@ -50,6 +52,11 @@ class Agent:
     key_id: str
     created_at: datetime
     updated_at: datetime
+    # None: unbound, and the deployment decides (see domain.access).
+    bindings: Bindings | None
+    # Sessions issued before this are over: the kill switch (disable, delete,
+    # or a key rotation without grace) moves it.
+    sessions_valid_after: datetime
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,12 @@ def could_be_agent_id(value: str) -> bool:
     return len(value) <= _MAX_AGENT_ID and bool(AGENT_ID_PATTERN.fullmatch(value))
 
 
-def validate_agent(agent_id: str, description: str, allowed_scopes: tuple[str, ...]) -> None:
+def validate_agent(
+    agent_id: str,
+    description: str,
+    allowed_scopes: tuple[str, ...],
+    bindings: Bindings | None = None,
+) -> None:
     if not agent_id:
         raise ValidationFailed("agent_id is required", field="agent_id")
     if not could_be_agent_id(agent_id):
@@ -128,3 +140,5 @@ def validate_agent(agent_id: str, description: str, allowed_scopes: tuple[str, .
             )
     if len(set(allowed_scopes)) != len(allowed_scopes):
         raise ValidationFailed("allowed_scopes lists a scope twice", field="allowed_scopes")
+    if bindings is not None:
+        validate_bindings(bindings)

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf import empty_pb2, timestamp_pb2
 from grpc.aio import ServicerContext as Context
 from nexus.policy.v1 import agents_pb2, agents_pb2_grpc, policy_pb2, policy_pb2_grpc
-from nexus_common import ValidationFailed
+from nexus_common import AdminPrincipal, AgentPrincipal, Principal, ValidationFailed
 
+from ..domain.access import Action, ConnectionRef, Target
 from ..domain.agents import Agent
+from ..domain.bindings import Bindings
 from ..domain.scopes import check_scopes
 from ..service_layer import agents
-from ..service_layer.decisions import UserDirectory, evaluate_session
+from ..service_layer.access import AccessDeps, authorize, session_standing
 
 __all__ = ["AgentRegistryServicer", "PolicyServicer"]
 
-_UPDATABLE = ("description", "allowed_scopes", "enabled")
+_UPDATABLE = ("description", "allowed_scopes", "enabled", "bindings")
+_ACTIONS = {
+    policy_pb2.AccessRequest.ACTION_GET_TOKEN: Action.GET_TOKEN,
+    policy_pb2.AccessRequest.ACTION_REFRESH: Action.REFRESH,
+    policy_pb2.AccessRequest.ACTION_AGENT_SESSION: Action.AGENT_SESSION,
+    policy_pb2.AccessRequest.ACTION_OBO_SESSION: Action.OBO_SESSION,
+}
 
 
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -26,7 +34,7 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 
 
 def agent_message(agent: Agent) -> agents_pb2.Agent:
-    return agents_pb2.Agent(
+    message = agents_pb2.Agent(
         agent_id=agent.agent_id,
         description=agent.description,
         allowed_scopes=agent.allowed_scopes,
@@ -35,6 +43,47 @@ def agent_message(agent: Agent) -> agents_pb2.Agent:
         create_time=_timestamp(agent.created_at),
         update_time=_timestamp(agent.updated_at),
     )
+    if agent.bindings is not None:
+        bound = agent.bindings
+        message.bindings.CopyFrom(
+            agents_pb2.AgentBindings(
+                providers=bound.providers,
+                workspaces=bound.workspaces,
+                on_behalf_of_only=bound.on_behalf_of_only,
+                full_connection_access=bound.full_connection_access,
+            )
+        )
+    return message
+
+
+def _bindings(given: agents_pb2.Agent) -> Bindings | None:
+    if not given.HasField("bindings"):
+        return None
+    bound = given.bindings
+    return Bindings(
+        providers=tuple(bound.providers),
+        workspaces=tuple(bound.workspaces),
+        on_behalf_of_only=bound.on_behalf_of_only,
+        full_connection_access=bound.full_connection_access,
+    )
+
+
+def _caller(principal: policy_pb2.Principal) -> Principal:
+    if principal.kind == policy_pb2.Principal.KIND_ADMIN:
+        return AdminPrincipal(principal.id)
+    if principal.kind == policy_pb2.Principal.KIND_AGENT and principal.id:
+        return AgentPrincipal(principal.id)
+    raise ValidationFailed("caller must be an admin or an agent", field="caller")
+
+
+def _target(request: policy_pb2.AccessRequest) -> Target:
+    connection = None
+    if request.HasField("connection"):
+        given = request.connection
+        connection = ConnectionRef(
+            given.connection_id, given.workspace_id, tuple(given.granted_scopes)
+        )
+    return Target(request.provider_id, request.provider_name, connection, request.workspace_id)
 
 
 def _change(request: agents_pb2.UpdateAgentRequest) -> agents.AgentChange:
@@ -47,6 +96,7 @@ def _change(request: agents_pb2.UpdateAgentRequest) -> agents.AgentChange:
                 ("description", bool(given.description)),
                 ("allowed_scopes", bool(given.allowed_scopes)),
                 ("enabled", given.HasField("enabled")),
+                ("bindings", given.HasField("bindings")),
             )
             if present
         ]
@@ -65,6 +115,8 @@ def _change(request: agents_pb2.UpdateAgentRequest) -> agents.AgentChange:
         enabled=(given.enabled if given.HasField("enabled") else True)
         if "enabled" in paths
         else None,
+        set_bindings="bindings" in paths,
+        bindings=_bindings(given),
     )
 
 
@@ -82,6 +134,7 @@ class AgentRegistryServicer(agents_pb2_grpc.AgentRegistryServiceServicer):
             given.description,
             tuple(given.allowed_scopes),
             enabled=given.enabled if given.HasField("enabled") else True,
+            bindings=_bindings(given),
         )
         return agents_pb2.CreateAgentResponse(agent=agent_message(agent), agent_key=key)
 
@@ -128,9 +181,8 @@ class AgentRegistryServicer(agents_pb2_grpc.AgentRegistryServiceServicer):
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
-    def __init__(self, deps: agents.RegistryDeps, users: UserDirectory | None) -> None:
+    def __init__(self, deps: AccessDeps) -> None:
         self._deps = deps
-        self._users = users
 
     async def CheckScopes(
         self, request: policy_pb2.CheckScopesRequest, context: Context
@@ -140,19 +192,34 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             allowed=decision.allowed, denied_scopes=decision.denied
         )
 
-    async def EvaluateSession(
-        self, request: policy_pb2.EvaluateSessionRequest, context: Context
-    ) -> policy_pb2.SessionDecision:
-        decision = await evaluate_session(
+    async def AuthorizeAccess(
+        self, request: policy_pb2.AccessRequest, context: Context
+    ) -> policy_pb2.AccessDecision:
+        action = _ACTIONS.get(request.action)
+        if action is None:
+            raise ValidationFailed("action is required", field="action")
+        grant = await authorize(
             self._deps,
-            self._users,
-            request.agent_id,
-            list(request.scopes),
-            request.user_context_token if request.HasField("user_context_token") else None,
+            _caller(request.caller),
+            action,
+            _target(request),
+            agent_id=request.agent_id,
+            scopes=tuple(request.scopes),
+            user_token=request.user_context_token
+            if request.HasField("user_context_token")
+            else None,
         )
-        response = policy_pb2.SessionDecision(agent_id=decision.agent_id, scopes=decision.scopes)
-        if decision.user is not None:
-            user = decision.user
+        reach = grant.reach.workspaces
+        response = policy_pb2.AccessDecision(
+            scopes=grant.scopes,
+            workspaces=sorted(reach or ()),
+            any_workspace=reach is None,
+        )
+        if grant.agent is not None:
+            response.agent_id = grant.agent.agent_id
+            response.sessions_valid_after.CopyFrom(_timestamp(grant.agent.sessions_valid_after))
+        if grant.user is not None:
+            user = grant.user
             response.user.CopyFrom(
                 policy_pb2.UserContext(
                     user_id=user.user_id,
@@ -160,6 +227,15 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                     clearance_level=user.clearance_level,
                     permissions=sorted(user.permissions),
                     token_expires_at=int(user.expires_at or 0),
+                    workspaces=sorted(user.workspaces),
                 )
             )
         return response
+
+    async def CheckSessionStanding(
+        self, request: policy_pb2.SessionStandingRequest, context: Context
+    ) -> policy_pb2.SessionStanding:
+        valid = await session_standing(
+            self._deps, request.agent_id, request.issued_at.ToDatetime(tzinfo=UTC)
+        )
+        return policy_pb2.SessionStanding(valid=valid)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from nexus_common import (
     AgentDisabled,
@@ -28,10 +29,13 @@ from ..domain.agents import (
     key_id_of,
     validate_agent,
 )
+from ..domain.bindings import ANY, Bindings
+from .agent_cache import AgentCache
 
 __all__ = [
     "AgentChange",
     "RegistryDeps",
+    "SessionTerminator",
     "authenticate_agent",
     "create_agent",
     "delete_agent",
@@ -42,14 +46,24 @@ __all__ = [
     "update_agent",
 ]
 
+log = logging.getLogger("nexus.agents")
+
 _MAX_GRACE_SECONDS = 30 * 86400
 _UNAUTHENTICATED = "a valid agent key is required"
+
+
+class SessionTerminator(Protocol):
+    """Ends an agent's open sessions where they live (the broker)."""
+
+    async def end_sessions(self, agent_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
 class RegistryDeps:
     uow: Callable[[], PolicyUnitOfWork]
     clock: Callable[[], datetime]
+    agents: AgentCache
+    sessions: SessionTerminator | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,30 @@ class AgentChange:
     description: str | None = None
     allowed_scopes: tuple[str, ...] | None = None
     enabled: bool | None = None
+    # With set_bindings, bindings replace the agent's (None unbinds it).
+    set_bindings: bool = False
+    bindings: Bindings | None = None
+
+
+def _bindings_audit(bindings: Bindings | None) -> dict[str, Any]:
+    """How an audit event shows bindings; an agent bound to every workspace is
+    flagged, so a reviewer can find each one."""
+    if bindings is None:
+        return {"bindings": None}
+    return {"bindings": bindings.as_dict(), "all_workspaces": bindings.workspaces == (ANY,)}
+
+
+async def _end_sessions(deps: RegistryDeps, agent_id: str) -> None:
+    """Tell the broker at once; if it cannot be told, the sessions are still
+    over (introspection and every release check ``sessions_valid_after``), and
+    only revoking their narrowed tokens at providers is left undone."""
+    deps.agents.invalidate(agent_id)
+    if deps.sessions is None:
+        return
+    try:
+        await deps.sessions.end_sessions(agent_id)
+    except Exception:
+        log.warning("could not ask the broker to end the sessions of %s", agent_id, exc_info=True)
 
 
 async def _record(
@@ -95,12 +133,15 @@ async def create_agent(
     allowed_scopes: tuple[str, ...],
     *,
     enabled: bool,
+    bindings: Bindings | None = None,
 ) -> tuple[Agent, str]:
     """Register an agent; returns it with its key, which is never shown again."""
-    validate_agent(agent_id, description, allowed_scopes)
+    validate_agent(agent_id, description, allowed_scopes, bindings)
     now = deps.clock()
     key, secret = _new_key(agent_id, now)
-    agent = Agent(agent_id, description, allowed_scopes, enabled, key.key_id, now, now)
+    agent = Agent(
+        agent_id, description, allowed_scopes, enabled, key.key_id, now, now, bindings, now
+    )
     async with deps.uow() as uow:
         await uow.agents.add(agent, key)
         await _record(
@@ -110,8 +151,10 @@ async def create_agent(
             now,
             allowed_scopes=list(allowed_scopes),
             enabled=enabled,
+            **_bindings_audit(bindings),
         )
         await uow.commit()
+    deps.agents.invalidate(agent_id)
     return agent, secret
 
 
@@ -132,18 +175,26 @@ async def list_agents(deps: RegistryDeps, size: int, token: str) -> tuple[list[A
 
 
 async def update_agent(deps: RegistryDeps, agent_id: str, change: AgentChange) -> Agent:
+    """Change an agent; disabling it ends its sessions at once."""
+    now = deps.clock()
     async with deps.uow() as uow:
         agent = await load_agent(uow, agent_id, for_update=True)
+        enabled = agent.enabled if change.enabled is None else change.enabled
+        disabling = agent.enabled and not enabled
         updated = replace(
             agent,
             description=agent.description if change.description is None else change.description,
             allowed_scopes=(
                 agent.allowed_scopes if change.allowed_scopes is None else change.allowed_scopes
             ),
-            enabled=agent.enabled if change.enabled is None else change.enabled,
-            updated_at=deps.clock(),
+            enabled=enabled,
+            bindings=change.bindings if change.set_bindings else agent.bindings,
+            updated_at=now,
+            sessions_valid_after=now if disabling else agent.sessions_valid_after,
         )
-        validate_agent(updated.agent_id, updated.description, updated.allowed_scopes)
+        validate_agent(
+            updated.agent_id, updated.description, updated.allowed_scopes, updated.bindings
+        )
         await uow.agents.save(updated)
         await _record(
             uow,
@@ -152,23 +203,32 @@ async def update_agent(deps: RegistryDeps, agent_id: str, change: AgentChange) -
             updated.updated_at,
             allowed_scopes=list(updated.allowed_scopes),
             enabled=updated.enabled,
+            sessions_ended=disabling,
+            **_bindings_audit(updated.bindings),
         )
         await uow.commit()
+    deps.agents.invalidate(agent_id)
+    if disabling:
+        await _end_sessions(deps, agent_id)
     return updated
 
 
 async def delete_agent(deps: RegistryDeps, agent_id: str) -> None:
+    """Delete an agent and its keys; its sessions end at once."""
     async with deps.uow() as uow:
         agent = await load_agent(uow, agent_id, for_update=True)
         await uow.agents.delete(agent_id)
-        await _record(uow, "agent.delete", agent, deps.clock())
+        await _record(uow, "agent.delete", agent, deps.clock(), sessions_ended=True)
         await uow.commit()
+    await _end_sessions(deps, agent_id)
 
 
 async def rotate_agent_key(
     deps: RegistryDeps, agent_id: str, grace_seconds: int
 ) -> tuple[Agent, str, datetime]:
-    """Issue a new key; the previous ones stop after the grace period (at once for 0)."""
+    """Issue a new key; the previous ones stop after the grace period. With no
+    grace period the agent's sessions end too: whoever held the old key may
+    hold them."""
     if not 0 <= grace_seconds <= _MAX_GRACE_SECONDS:
         raise ValidationFailed(
             f"grace_period_seconds must be between 0 and {_MAX_GRACE_SECONDS}",
@@ -181,7 +241,13 @@ async def rotate_agent_key(
         await uow.agents.retire_keys(agent_id, until, now)
         key, secret = _new_key(agent_id, now)
         await uow.agents.add_key(key)
-        rotated = replace(agent, key_id=key.key_id, updated_at=now)
+        ending = grace_seconds == 0
+        rotated = replace(
+            agent,
+            key_id=key.key_id,
+            updated_at=now,
+            sessions_valid_after=now if ending else agent.sessions_valid_after,
+        )
         await uow.agents.save(rotated)
         await _record(
             uow,
@@ -190,8 +256,12 @@ async def rotate_agent_key(
             now,
             previous_key_id=agent.key_id,
             previous_keys_expire_at=until.isoformat(),
+            sessions_ended=ending,
         )
         await uow.commit()
+    deps.agents.invalidate(agent_id)
+    if ending:
+        await _end_sessions(deps, agent_id)
     return rotated, secret, until
 
 

@@ -117,6 +117,7 @@ class AgentSession(_message.Message):
     ACTING_FOR_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
     CLEARANCE_LEVEL_FIELD_NUMBER: _builtins.int
+    TOKEN_SCOPES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     access_token: _builtins.str
     """What to send to the provider: the provider's access token for oauth2
@@ -139,6 +140,13 @@ class AgentSession(_message.Message):
     clearance_level: _builtins.str
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def token_scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The scopes access_token really carries. Equal to scopes unless the
+        provider cannot narrow tokens and is allowed to hand out broader ones
+        (params.allow_broader_session_tokens); then it lists the connection's grant.
+        """
+
     def __init__(
         self,
         *,
@@ -154,10 +162,11 @@ class AgentSession(_message.Message):
         acting_for: _builtins.str = ...,
         tenant_id: _builtins.str = ...,
         clearance_level: _builtins.str = ...,
+        token_scopes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "acting_for", b"acting_for", "agent_id", b"agent_id", "clearance_level", b"clearance_level", "connection_id", b"connection_id", "expires_at", b"expires_at", "provider", b"provider", "scopes", b"scopes", "session_id", b"session_id", "session_token", b"session_token", "tenant_id", b"tenant_id", "token_type", b"token_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "acting_for", b"acting_for", "agent_id", b"agent_id", "clearance_level", b"clearance_level", "connection_id", b"connection_id", "expires_at", b"expires_at", "provider", b"provider", "scopes", b"scopes", "session_id", b"session_id", "session_token", b"session_token", "tenant_id", b"tenant_id", "token_scopes", b"token_scopes", "token_type", b"token_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -332,3 +341,46 @@ class GetJwksRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetJwksRequest: _TypeAlias = GetJwksRequest  # noqa: Y015
+
+@_typing.final
+class EndAgentSessionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndAgentSessionsRequest: _TypeAlias = EndAgentSessionsRequest  # noqa: Y015
+
+@_typing.final
+class EndAgentSessionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLOSED_SESSIONS_FIELD_NUMBER: _builtins.int
+    REVOKED_TOKENS_FIELD_NUMBER: _builtins.int
+    closed_sessions: _builtins.int
+    """How many open sessions were closed."""
+    revoked_tokens: _builtins.int
+    """How many narrowed tokens were revoked at their provider."""
+    def __init__(
+        self,
+        *,
+        closed_sessions: _builtins.int = ...,
+        revoked_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed_sessions", b"closed_sessions", "revoked_tokens", b"revoked_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndAgentSessionsResponse: _TypeAlias = EndAgentSessionsResponse  # noqa: Y015

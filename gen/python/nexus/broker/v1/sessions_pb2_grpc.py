@@ -64,6 +64,11 @@ class SessionServiceStub:
                 request_serializer=nexus_dot_broker_dot_v1_dot_sessions__pb2.GetJwksRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.EndAgentSessions = channel.unary_unary(
+                '/nexus.broker.v1.SessionService/EndAgentSessions',
+                request_serializer=nexus_dot_broker_dot_v1_dot_sessions__pb2.EndAgentSessionsRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_sessions__pb2.EndAgentSessionsResponse.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
@@ -107,6 +112,15 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EndAgentSessions(self, request, context):
+        """Internal (the policy service's kill switch): close every open session of
+        an agent and forget the tokens narrowed for it, revoking them at providers
+        where that cannot end the connection's grant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +148,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.GetJwks,
                     request_deserializer=nexus_dot_broker_dot_v1_dot_sessions__pb2.GetJwksRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'EndAgentSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndAgentSessions,
+                    request_deserializer=nexus_dot_broker_dot_v1_dot_sessions__pb2.EndAgentSessionsRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_sessions__pb2.EndAgentSessionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +293,33 @@ class SessionService:
             '/nexus.broker.v1.SessionService/GetJwks',
             nexus_dot_broker_dot_v1_dot_sessions__pb2.GetJwksRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndAgentSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.broker.v1.SessionService/EndAgentSessions',
+            nexus_dot_broker_dot_v1_dot_sessions__pb2.EndAgentSessionsRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_sessions__pb2.EndAgentSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,11 @@ class SessionServiceStub:
     """RFC 7662 semantics: whether a session token is still active, and its claims."""
     GetJwks: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.GetJwksRequest, _httpbody_pb2.HttpBody]
     """The public keys that verify session tokens, as a JWK Set (RFC 7517)."""
+    EndAgentSessions: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.EndAgentSessionsRequest, _sessions_pb2.EndAgentSessionsResponse]
+    """Internal (the policy service's kill switch): close every open session of
+    an agent and forget the tokens narrowed for it, revoking them at providers
+    where that cannot end the connection's grant.
+    """
 
 @_typing.type_check_only
 class SessionServiceAsyncStub(SessionServiceStub):
@@ -69,6 +74,11 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """RFC 7662 semantics: whether a session token is still active, and its claims."""
     GetJwks: _aio.UnaryUnaryMultiCallable[_sessions_pb2.GetJwksRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """The public keys that verify session tokens, as a JWK Set (RFC 7517)."""
+    EndAgentSessions: _aio.UnaryUnaryMultiCallable[_sessions_pb2.EndAgentSessionsRequest, _sessions_pb2.EndAgentSessionsResponse]  # type: ignore[assignment]
+    """Internal (the policy service's kill switch): close every open session of
+    an agent and forget the tokens narrowed for it, revoking them at providers
+    where that cannot end the connection's grant.
+    """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Agent sessions: discrete, least-privilege credential grants. The broker asks
@@ -116,5 +126,16 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """The public keys that verify session tokens, as a JWK Set (RFC 7517)."""
+
+    @_abc_1.abstractmethod
+    def EndAgentSessions(
+        self,
+        request: _sessions_pb2.EndAgentSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sessions_pb2.EndAgentSessionsResponse, _abc.Awaitable[_sessions_pb2.EndAgentSessionsResponse]]:
+        """Internal (the policy service's kill switch): close every open session of
+        an agent and forget the tokens narrowed for it, revoking them at providers
+        where that cannot end the connection's grant.
+        """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,7 +28,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnexus/policy/v1/agents.proto\x12\x0fnexus.policy.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x02\n\x05\x41gent\x12\x17\n\x08\x61gent_id\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\x19\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0e\x61llowed_scopes\x18\x03 \x03(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x07\x65nabled\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x14\n\x06key_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\n\n\x08_enabled\"A\n\x12\x43reateAgentRequest\x12+\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x16.nexus.policy.v1.AgentB\x04\xe2\x41\x01\x02\"O\n\x13\x43reateAgentResponse\x12%\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x16.nexus.policy.v1.Agent\x12\x11\n\tagent_key\x18\x02 \x01(\t\")\n\x0fGetAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"F\n\x11ListAgentsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"U\n\x12ListAgentsResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.nexus.policy.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"x\n\x12UpdateAgentRequest\x12+\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x16.nexus.policy.v1.AgentB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\",\n\x12\x44\x65leteAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"S\n\x15RotateAgentKeyRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\"\n\x14grace_period_seconds\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\"\x90\x01\n\x16RotateAgentKeyResponse\x12%\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x16.nexus.policy.v1.Agent\x12\x11\n\tagent_key\x18\x02 \x01(\t\x12<\n\x18previous_key_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x18\x41uthenticateAgentRequest\x12\x17\n\tagent_key\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"-\n\x19\x41uthenticateAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t2\xf4\x04\n\x14\x41gentRegistryService\x12X\n\x0b\x43reateAgent\x12#.nexus.policy.v1.CreateAgentRequest\x1a$.nexus.policy.v1.CreateAgentResponse\x12\x44\n\x08GetAgent\x12 .nexus.policy.v1.GetAgentRequest\x1a\x16.nexus.policy.v1.Agent\x12U\n\nListAgents\x12\".nexus.policy.v1.ListAgentsRequest\x1a#.nexus.policy.v1.ListAgentsResponse\x12J\n\x0bUpdateAgent\x12#.nexus.policy.v1.UpdateAgentRequest\x1a\x16.nexus.policy.v1.Agent\x12J\n\x0b\x44\x65leteAgent\x12#.nexus.policy.v1.DeleteAgentRequest\x1a\x16.google.protobuf.Empty\x12\x61\n\x0eRotateAgentKey\x12&.nexus.policy.v1.RotateAgentKeyRequest\x1a\'.nexus.policy.v1.RotateAgentKeyResponse\x12j\n\x11\x41uthenticateAgent\x12).nexus.policy.v1.AuthenticateAgentRequest\x1a*.nexus.policy.v1.AuthenticateAgentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnexus/policy/v1/agents.proto\x12\x0fnexus.policy.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x02\n\x05\x41gent\x12\x17\n\x08\x61gent_id\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\x19\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0e\x61llowed_scopes\x18\x03 \x03(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x07\x65nabled\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x14\n\x06key_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x08\x62indings\x18\x08 \x01(\x0b\x32\x1e.nexus.policy.v1.AgentBindingsB\x04\xe2\x41\x01\x01\x42\n\n\x08_enabled\"\x89\x01\n\rAgentBindings\x12\x17\n\tproviders\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nworkspaces\x18\x02 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1f\n\x11on_behalf_of_only\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12$\n\x16\x66ull_connection_access\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\"A\n\x12\x43reateAgentRequest\x12+\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x16.nexus.policy.v1.AgentB\x04\xe2\x41\x01\x02\"O\n\x13\x43reateAgentResponse\x12%\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x16.nexus.policy.v1.Agent\x12\x11\n\tagent_key\x18\x02 \x01(\t\")\n\x0fGetAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"F\n\x11ListAgentsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"U\n\x12ListAgentsResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.nexus.policy.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"x\n\x12UpdateAgentRequest\x12+\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x16.nexus.policy.v1.AgentB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\",\n\x12\x44\x65leteAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"S\n\x15RotateAgentKeyRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\"\n\x14grace_period_seconds\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\"\x90\x01\n\x16RotateAgentKeyResponse\x12%\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x16.nexus.policy.v1.Agent\x12\x11\n\tagent_key\x18\x02 \x01(\t\x12<\n\x18previous_key_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x18\x41uthenticateAgentRequest\x12\x17\n\tagent_key\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"-\n\x19\x41uthenticateAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t2\xf4\x04\n\x14\x41gentRegistryService\x12X\n\x0b\x43reateAgent\x12#.nexus.policy.v1.CreateAgentRequest\x1a$.nexus.policy.v1.CreateAgentResponse\x12\x44\n\x08GetAgent\x12 .nexus.policy.v1.GetAgentRequest\x1a\x16.nexus.policy.v1.Agent\x12U\n\nListAgents\x12\".nexus.policy.v1.ListAgentsRequest\x1a#.nexus.policy.v1.ListAgentsResponse\x12J\n\x0bUpdateAgent\x12#.nexus.policy.v1.UpdateAgentRequest\x1a\x16.nexus.policy.v1.Agent\x12J\n\x0b\x44\x65leteAgent\x12#.nexus.policy.v1.DeleteAgentRequest\x1a\x16.google.protobuf.Empty\x12\x61\n\x0eRotateAgentKey\x12&.nexus.policy.v1.RotateAgentKeyRequest\x1a\'.nexus.policy.v1.RotateAgentKeyResponse\x12j\n\x11\x41uthenticateAgent\x12).nexus.policy.v1.AuthenticateAgentRequest\x1a*.nexus.policy.v1.AuthenticateAgentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,6 +49,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENT'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_AGENT'].fields_by_name['update_time']._loaded_options = None
   _globals['_AGENT'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_AGENT'].fields_by_name['bindings']._loaded_options = None
+  _globals['_AGENT'].fields_by_name['bindings']._serialized_options = b'\342A\001\001'
+  _globals['_AGENTBINDINGS'].fields_by_name['providers']._loaded_options = None
+  _globals['_AGENTBINDINGS'].fields_by_name['providers']._serialized_options = b'\342A\001\002'
+  _globals['_AGENTBINDINGS'].fields_by_name['workspaces']._loaded_options = None
+  _globals['_AGENTBINDINGS'].fields_by_name['workspaces']._serialized_options = b'\342A\001\001'
+  _globals['_AGENTBINDINGS'].fields_by_name['on_behalf_of_only']._loaded_options = None
+  _globals['_AGENTBINDINGS'].fields_by_name['on_behalf_of_only']._serialized_options = b'\342A\001\001'
+  _globals['_AGENTBINDINGS'].fields_by_name['full_connection_access']._loaded_options = None
+  _globals['_AGENTBINDINGS'].fields_by_name['full_connection_access']._serialized_options = b'\342A\001\001'
   _globals['_CREATEAGENTREQUEST'].fields_by_name['agent']._loaded_options = None
   _globals['_CREATEAGENTREQUEST'].fields_by_name['agent']._serialized_options = b'\342A\001\002'
   _globals['_GETAGENTREQUEST'].fields_by_name['agent_id']._loaded_options = None
@@ -70,29 +80,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHENTICATEAGENTREQUEST'].fields_by_name['agent_key']._loaded_options = None
   _globals['_AUTHENTICATEAGENTREQUEST'].fields_by_name['agent_key']._serialized_options = b'\342A\001\002'
   _globals['_AGENT']._serialized_start=179
-  _globals['_AGENT']._serialized_end=440
-  _globals['_CREATEAGENTREQUEST']._serialized_start=442
-  _globals['_CREATEAGENTREQUEST']._serialized_end=507
-  _globals['_CREATEAGENTRESPONSE']._serialized_start=509
-  _globals['_CREATEAGENTRESPONSE']._serialized_end=588
-  _globals['_GETAGENTREQUEST']._serialized_start=590
-  _globals['_GETAGENTREQUEST']._serialized_end=631
-  _globals['_LISTAGENTSREQUEST']._serialized_start=633
-  _globals['_LISTAGENTSREQUEST']._serialized_end=703
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=705
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=790
-  _globals['_UPDATEAGENTREQUEST']._serialized_start=792
-  _globals['_UPDATEAGENTREQUEST']._serialized_end=912
-  _globals['_DELETEAGENTREQUEST']._serialized_start=914
-  _globals['_DELETEAGENTREQUEST']._serialized_end=958
-  _globals['_ROTATEAGENTKEYREQUEST']._serialized_start=960
-  _globals['_ROTATEAGENTKEYREQUEST']._serialized_end=1043
-  _globals['_ROTATEAGENTKEYRESPONSE']._serialized_start=1046
-  _globals['_ROTATEAGENTKEYRESPONSE']._serialized_end=1190
-  _globals['_AUTHENTICATEAGENTREQUEST']._serialized_start=1192
-  _globals['_AUTHENTICATEAGENTREQUEST']._serialized_end=1243
-  _globals['_AUTHENTICATEAGENTRESPONSE']._serialized_start=1245
-  _globals['_AUTHENTICATEAGENTRESPONSE']._serialized_end=1290
-  _globals['_AGENTREGISTRYSERVICE']._serialized_start=1293
-  _globals['_AGENTREGISTRYSERVICE']._serialized_end=1921
+  _globals['_AGENT']._serialized_end=496
+  _globals['_AGENTBINDINGS']._serialized_start=499
+  _globals['_AGENTBINDINGS']._serialized_end=636
+  _globals['_CREATEAGENTREQUEST']._serialized_start=638
+  _globals['_CREATEAGENTREQUEST']._serialized_end=703
+  _globals['_CREATEAGENTRESPONSE']._serialized_start=705
+  _globals['_CREATEAGENTRESPONSE']._serialized_end=784
+  _globals['_GETAGENTREQUEST']._serialized_start=786
+  _globals['_GETAGENTREQUEST']._serialized_end=827
+  _globals['_LISTAGENTSREQUEST']._serialized_start=829
+  _globals['_LISTAGENTSREQUEST']._serialized_end=899
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=901
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=986
+  _globals['_UPDATEAGENTREQUEST']._serialized_start=988
+  _globals['_UPDATEAGENTREQUEST']._serialized_end=1108
+  _globals['_DELETEAGENTREQUEST']._serialized_start=1110
+  _globals['_DELETEAGENTREQUEST']._serialized_end=1154
+  _globals['_ROTATEAGENTKEYREQUEST']._serialized_start=1156
+  _globals['_ROTATEAGENTKEYREQUEST']._serialized_end=1239
+  _globals['_ROTATEAGENTKEYRESPONSE']._serialized_start=1242
+  _globals['_ROTATEAGENTKEYRESPONSE']._serialized_end=1386
+  _globals['_AUTHENTICATEAGENTREQUEST']._serialized_start=1388
+  _globals['_AUTHENTICATEAGENTREQUEST']._serialized_end=1439
+  _globals['_AUTHENTICATEAGENTRESPONSE']._serialized_start=1441
+  _globals['_AUTHENTICATEAGENTRESPONSE']._serialized_end=1486
+  _globals['_AGENTREGISTRYSERVICE']._serialized_start=1489
+  _globals['_AGENTREGISTRYSERVICE']._serialized_end=2117
 # @@protoc_insertion_point(module_scope)

@@ -31,6 +31,7 @@ class Agent(_message.Message):
     KEY_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    BINDINGS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Unique; lower-case letters, digits and dashes, e.g. "crm-agent"."""
     description: _builtins.str
@@ -46,6 +47,14 @@ class Agent(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def bindings(self) -> Global___AgentBindings:
+        """What the agent may reach: providers and workspaces. allowed_scopes bounds
+        what it may ask for; bindings bound where. An agent without bindings gets
+        the deployment's rule for unbound agents (NEXUS_ENVIRONMENT): anything in
+        development, nothing in production.
+        """
+
     def __init__(
         self,
         *,
@@ -56,16 +65,62 @@ class Agent(_message.Message):
         key_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        bindings: Global___AgentBindings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "create_time", b"create_time", "enabled", b"enabled", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "bindings", b"bindings", "create_time", b"create_time", "enabled", b"enabled", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "agent_id", b"agent_id", "allowed_scopes", b"allowed_scopes", "create_time", b"create_time", "description", b"description", "enabled", b"enabled", "key_id", b"key_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "agent_id", b"agent_id", "allowed_scopes", b"allowed_scopes", "bindings", b"bindings", "create_time", b"create_time", "description", b"description", "enabled", b"enabled", "key_id", b"key_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
 
 Global___Agent: _TypeAlias = Agent  # noqa: Y015
+
+@_typing.final
+class AgentBindings(_message.Message):
+    """Where an agent may act. Replaced as a whole by an update."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    WORKSPACES_FIELD_NUMBER: _builtins.int
+    ON_BEHALF_OF_ONLY_FIELD_NUMBER: _builtins.int
+    FULL_CONNECTION_ACCESS_FIELD_NUMBER: _builtins.int
+    on_behalf_of_only: _builtins.bool
+    """The agent acts only on behalf of a user, in the workspaces that user owns:
+    on-behalf-of sessions only, no GetToken and no agent sessions.
+    """
+    full_connection_access: _builtins.bool
+    """GetToken may release a connection whose granted scopes go beyond the
+    agent's allowed_scopes. Without it, such a connection is reached only
+    through sessions, which are narrowed to what the agent asks.
+    """
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Provider names the agent may use, or ["*"] for every provider."""
+
+    @_builtins.property
+    def workspaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Workspaces the agent may act in, or ["*"] for every workspace. Leave empty
+        with on_behalf_of_only.
+        """
+
+    def __init__(
+        self,
+        *,
+        providers: _abc.Iterable[_builtins.str] | None = ...,
+        workspaces: _abc.Iterable[_builtins.str] | None = ...,
+        on_behalf_of_only: _builtins.bool = ...,
+        full_connection_access: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["full_connection_access", b"full_connection_access", "on_behalf_of_only", b"on_behalf_of_only", "providers", b"providers", "workspaces", b"workspaces"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentBindings: _TypeAlias = AgentBindings  # noqa: Y015
 
 @_typing.final
 class CreateAgentRequest(_message.Message):

@@ -6,7 +6,9 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -68,70 +70,6 @@ class CheckScopesResponse(_message.Message):
 Global___CheckScopesResponse: _TypeAlias = CheckScopesResponse  # noqa: Y015
 
 @_typing.final
-class EvaluateSessionRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    AGENT_ID_FIELD_NUMBER: _builtins.int
-    SCOPES_FIELD_NUMBER: _builtins.int
-    USER_CONTEXT_TOKEN_FIELD_NUMBER: _builtins.int
-    agent_id: _builtins.str
-    user_context_token: _builtins.str
-    """Set for on-behalf-of requests: the human user's token, checked at
-    BACKEND_AUTH_URL.
-    """
-    @_builtins.property
-    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    def __init__(
-        self,
-        *,
-        agent_id: _builtins.str = ...,
-        scopes: _abc.Iterable[_builtins.str] | None = ...,
-        user_context_token: _builtins.str | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_user_context_token", b"_user_context_token", "user_context_token", b"user_context_token"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_user_context_token", b"_user_context_token", "agent_id", b"agent_id", "scopes", b"scopes", "user_context_token", b"user_context_token"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__user_context_token: _TypeAlias = _typing.Literal["user_context_token"]  # noqa: Y015
-    _WhichOneofArgType__user_context_token: _TypeAlias = _typing.Literal["_user_context_token", b"_user_context_token"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__user_context_token) -> _WhichOneofReturnType__user_context_token | None: ...
-
-Global___EvaluateSessionRequest: _TypeAlias = EvaluateSessionRequest  # noqa: Y015
-
-@_typing.final
-class SessionDecision(_message.Message):
-    """A grant: both gates passed."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    AGENT_ID_FIELD_NUMBER: _builtins.int
-    SCOPES_FIELD_NUMBER: _builtins.int
-    USER_FIELD_NUMBER: _builtins.int
-    agent_id: _builtins.str
-    @_builtins.property
-    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The granted scopes, sorted and without repeats."""
-
-    @_builtins.property
-    def user(self) -> Global___UserContext:
-        """Who the agent acts for; set for on-behalf-of requests only."""
-
-    def __init__(
-        self,
-        *,
-        agent_id: _builtins.str = ...,
-        scopes: _abc.Iterable[_builtins.str] | None = ...,
-        user: Global___UserContext | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "scopes", b"scopes", "user", b"user"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___SessionDecision: _TypeAlias = SessionDecision  # noqa: Y015
-
-@_typing.final
 class UserContext(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -140,13 +78,20 @@ class UserContext(_message.Message):
     CLEARANCE_LEVEL_FIELD_NUMBER: _builtins.int
     PERMISSIONS_FIELD_NUMBER: _builtins.int
     TOKEN_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    WORKSPACES_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     tenant_id: _builtins.str
     clearance_level: _builtins.str
     token_expires_at: _builtins.int
-    """Unix seconds when the user's token expires, when known; 0 when not."""
+    """Unix seconds when the user's token expires (the earlier of its JWT exp
+    and the backend's expires_at), when known; 0 when not.
+    """
     @_builtins.property
     def permissions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def workspaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The workspaces the user owns: their user_id, and any the backend listed."""
+
     def __init__(
         self,
         *,
@@ -155,11 +100,262 @@ class UserContext(_message.Message):
         clearance_level: _builtins.str = ...,
         permissions: _abc.Iterable[_builtins.str] | None = ...,
         token_expires_at: _builtins.int = ...,
+        workspaces: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clearance_level", b"clearance_level", "permissions", b"permissions", "tenant_id", b"tenant_id", "token_expires_at", b"token_expires_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clearance_level", b"clearance_level", "permissions", b"permissions", "tenant_id", b"tenant_id", "token_expires_at", b"token_expires_at", "user_id", b"user_id", "workspaces", b"workspaces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UserContext: _TypeAlias = UserContext  # noqa: Y015
+
+@_typing.final
+class Principal(_message.Message):
+    """Who is asking, as the gateway established it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Principal._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: Principal._Kind.ValueType  # 0
+        KIND_ADMIN: Principal._Kind.ValueType  # 1
+        """An admin key: the customer's backend. Full access."""
+        KIND_AGENT: Principal._Kind.ValueType  # 2
+        """An agent key."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: Principal.Kind.ValueType  # 0
+    KIND_ADMIN: Principal.Kind.ValueType  # 1
+    """An admin key: the customer's backend. Full access."""
+    KIND_AGENT: Principal.Kind.ValueType  # 2
+    """An agent key."""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    kind: Global___Principal.Kind.ValueType
+    id: _builtins.str
+    """The agent's id, or the admin key's name."""
+    def __init__(
+        self,
+        *,
+        kind: Global___Principal.Kind.ValueType = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Principal: _TypeAlias = Principal  # noqa: Y015
+
+@_typing.final
+class ConnectionRef(_message.Message):
+    """The connection a credential would come from, as the broker stores it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_ID_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    GRANTED_SCOPES_FIELD_NUMBER: _builtins.int
+    connection_id: _builtins.str
+    workspace_id: _builtins.str
+    @_builtins.property
+    def granted_scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The scopes the provider granted the connection."""
+
+    def __init__(
+        self,
+        *,
+        connection_id: _builtins.str = ...,
+        workspace_id: _builtins.str = ...,
+        granted_scopes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_id", b"connection_id", "granted_scopes", b"granted_scopes", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConnectionRef: _TypeAlias = ConnectionRef  # noqa: Y015
+
+@_typing.final
+class AccessRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Action:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[AccessRequest._Action.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        ACTION_UNSPECIFIED: AccessRequest._Action.ValueType  # 0
+        ACTION_GET_TOKEN: AccessRequest._Action.ValueType  # 1
+        """Release a connection's credentials (GetToken, and the Bridge's fetches)."""
+        ACTION_REFRESH: AccessRequest._Action.ValueType  # 2
+        """Refresh a connection's token now."""
+        ACTION_AGENT_SESSION: AccessRequest._Action.ValueType  # 3
+        ACTION_OBO_SESSION: AccessRequest._Action.ValueType  # 4
+
+    class Action(_Action, metaclass=_ActionEnumTypeWrapper): ...
+    ACTION_UNSPECIFIED: AccessRequest.Action.ValueType  # 0
+    ACTION_GET_TOKEN: AccessRequest.Action.ValueType  # 1
+    """Release a connection's credentials (GetToken, and the Bridge's fetches)."""
+    ACTION_REFRESH: AccessRequest.Action.ValueType  # 2
+    """Refresh a connection's token now."""
+    ACTION_AGENT_SESSION: AccessRequest.Action.ValueType  # 3
+    ACTION_OBO_SESSION: AccessRequest.Action.ValueType  # 4
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    USER_CONTEXT_TOKEN_FIELD_NUMBER: _builtins.int
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_NAME_FIELD_NUMBER: _builtins.int
+    CONNECTION_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    action: Global___AccessRequest.Action.ValueType
+    agent_id: _builtins.str
+    """Sessions: the agent the session is for. An agent may ask only as itself."""
+    user_context_token: _builtins.str
+    """On-behalf-of sessions: the user's token, checked at BACKEND_AUTH_URL."""
+    provider_id: _builtins.str
+    provider_name: _builtins.str
+    workspace_id: _builtins.str
+    """Sessions: the workspace the caller asked to look in, if any."""
+    @_builtins.property
+    def caller(self) -> Global___Principal: ...
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Sessions: the scopes asked for."""
+
+    @_builtins.property
+    def connection(self) -> Global___ConnectionRef:
+        """The connection, when known; a session that names none leaves it unset."""
+
+    def __init__(
+        self,
+        *,
+        action: Global___AccessRequest.Action.ValueType = ...,
+        caller: Global___Principal | None = ...,
+        agent_id: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+        user_context_token: _builtins.str | None = ...,
+        provider_id: _builtins.str = ...,
+        provider_name: _builtins.str = ...,
+        connection: Global___ConnectionRef | None = ...,
+        workspace_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_user_context_token", b"_user_context_token", "caller", b"caller", "connection", b"connection", "user_context_token", b"user_context_token"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_user_context_token", b"_user_context_token", "action", b"action", "agent_id", b"agent_id", "caller", b"caller", "connection", b"connection", "provider_id", b"provider_id", "provider_name", b"provider_name", "scopes", b"scopes", "user_context_token", b"user_context_token", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__user_context_token: _TypeAlias = _typing.Literal["user_context_token"]  # noqa: Y015
+    _WhichOneofArgType__user_context_token: _TypeAlias = _typing.Literal["_user_context_token", b"_user_context_token"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__user_context_token) -> _WhichOneofReturnType__user_context_token | None: ...
+
+Global___AccessRequest: _TypeAlias = AccessRequest  # noqa: Y015
+
+@_typing.final
+class AccessDecision(_message.Message):
+    """A grant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    WORKSPACES_FIELD_NUMBER: _builtins.int
+    ANY_WORKSPACE_FIELD_NUMBER: _builtins.int
+    SESSIONS_VALID_AFTER_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """The agent acting; empty for an admin."""
+    any_workspace: _builtins.bool
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Sessions: the granted scopes, sorted and without repeats."""
+
+    @_builtins.property
+    def user(self) -> Global___UserContext:
+        """On-behalf-of sessions: who the agent acts for."""
+
+    @_builtins.property
+    def workspaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where a session may look for its connection: these workspaces, or any
+        when any_workspace is set.
+        """
+
+    @_builtins.property
+    def sessions_valid_after(self) -> _timestamp_pb2.Timestamp:
+        """Credentials minted for this agent before then must not be handed out
+        again: its sessions were ended. Unset for an admin.
+        """
+
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+        user: Global___UserContext | None = ...,
+        workspaces: _abc.Iterable[_builtins.str] | None = ...,
+        any_workspace: _builtins.bool = ...,
+        sessions_valid_after: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sessions_valid_after", b"sessions_valid_after", "user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "any_workspace", b"any_workspace", "scopes", b"scopes", "sessions_valid_after", b"sessions_valid_after", "user", b"user", "workspaces", b"workspaces"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessDecision: _TypeAlias = AccessDecision  # noqa: Y015
+
+@_typing.final
+class SessionStandingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp:
+        """When the session was issued."""
+
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "issued_at", b"issued_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionStandingRequest: _TypeAlias = SessionStandingRequest  # noqa: Y015
+
+@_typing.final
+class SessionStanding(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALID_FIELD_NUMBER: _builtins.int
+    valid: _builtins.bool
+    """False when the agent is gone, disabled, or its sessions were ended after issued_at."""
+    def __init__(
+        self,
+        *,
+        valid: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["valid", b"valid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionStanding: _TypeAlias = SessionStanding  # noqa: Y015

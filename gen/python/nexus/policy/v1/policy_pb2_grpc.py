@@ -41,10 +41,15 @@ class PolicyServiceStub:
                 request_serializer=nexus_dot_policy_dot_v1_dot_policy__pb2.CheckScopesRequest.SerializeToString,
                 response_deserializer=nexus_dot_policy_dot_v1_dot_policy__pb2.CheckScopesResponse.FromString,
                 _registered_method=True)
-        self.EvaluateSession = channel.unary_unary(
-                '/nexus.policy.v1.PolicyService/EvaluateSession',
-                request_serializer=nexus_dot_policy_dot_v1_dot_policy__pb2.EvaluateSessionRequest.SerializeToString,
-                response_deserializer=nexus_dot_policy_dot_v1_dot_policy__pb2.SessionDecision.FromString,
+        self.AuthorizeAccess = channel.unary_unary(
+                '/nexus.policy.v1.PolicyService/AuthorizeAccess',
+                request_serializer=nexus_dot_policy_dot_v1_dot_policy__pb2.AccessRequest.SerializeToString,
+                response_deserializer=nexus_dot_policy_dot_v1_dot_policy__pb2.AccessDecision.FromString,
+                _registered_method=True)
+        self.CheckSessionStanding = channel.unary_unary(
+                '/nexus.policy.v1.PolicyService/CheckSessionStanding',
+                request_serializer=nexus_dot_policy_dot_v1_dot_policy__pb2.SessionStandingRequest.SerializeToString,
+                response_deserializer=nexus_dot_policy_dot_v1_dot_policy__pb2.SessionStanding.FromString,
                 _registered_method=True)
 
 
@@ -60,13 +65,25 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def EvaluateSession(self, request, context):
-        """Decides a session request: the agent must exist, be enabled and be
-        allowed every requested scope; for on-behalf-of requests the user (as the
-        customer's backend reports them) must also hold every requested scope.
-        A denial is an error whose reason names the gate that failed:
-        AGENT_NOT_FOUND, AGENT_DISABLED, AGENT_SCOPE_NOT_ALLOWED,
-        USER_TOKEN_INVALID, USER_PERMISSION_MISSING or BACKEND_AUTH_UNAVAILABLE.
+    def AuthorizeAccess(self, request, context):
+        """The one decision on credentials: may this caller use this connection (or,
+        for a session that names none, which workspaces may it look in) for these
+        scopes. The broker asks it on every path that releases or refreshes a
+        credential. A denial is an error whose reason names the rule that failed:
+        AGENT_NOT_FOUND, AGENT_DISABLED, AGENT_MISMATCH, AGENT_NOT_BOUND,
+        PROVIDER_NOT_BOUND, WORKSPACE_NOT_BOUND, AGENT_OBO_ONLY,
+        AGENT_SCOPE_NOT_ALLOWED, CONNECTION_EXCEEDS_AGENT_SCOPES,
+        USER_TOKEN_INVALID, USER_PERMISSION_MISSING, USER_WORKSPACE_NOT_OWNED or
+        BACKEND_AUTH_UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckSessionStanding(self, request, context):
+        """Whether a session an agent was issued at issued_at may still be used:
+        disabling or deleting the agent, or rotating its key with no grace
+        period, ends every session issued before.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,10 +97,15 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     request_deserializer=nexus_dot_policy_dot_v1_dot_policy__pb2.CheckScopesRequest.FromString,
                     response_serializer=nexus_dot_policy_dot_v1_dot_policy__pb2.CheckScopesResponse.SerializeToString,
             ),
-            'EvaluateSession': grpc.unary_unary_rpc_method_handler(
-                    servicer.EvaluateSession,
-                    request_deserializer=nexus_dot_policy_dot_v1_dot_policy__pb2.EvaluateSessionRequest.FromString,
-                    response_serializer=nexus_dot_policy_dot_v1_dot_policy__pb2.SessionDecision.SerializeToString,
+            'AuthorizeAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthorizeAccess,
+                    request_deserializer=nexus_dot_policy_dot_v1_dot_policy__pb2.AccessRequest.FromString,
+                    response_serializer=nexus_dot_policy_dot_v1_dot_policy__pb2.AccessDecision.SerializeToString,
+            ),
+            'CheckSessionStanding': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckSessionStanding,
+                    request_deserializer=nexus_dot_policy_dot_v1_dot_policy__pb2.SessionStandingRequest.FromString,
+                    response_serializer=nexus_dot_policy_dot_v1_dot_policy__pb2.SessionStanding.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -126,7 +148,7 @@ class PolicyService:
             _registered_method=True)
 
     @staticmethod
-    def EvaluateSession(request,
+    def AuthorizeAccess(request,
             target,
             options=(),
             channel_credentials=None,
@@ -139,9 +161,36 @@ class PolicyService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/nexus.policy.v1.PolicyService/EvaluateSession',
-            nexus_dot_policy_dot_v1_dot_policy__pb2.EvaluateSessionRequest.SerializeToString,
-            nexus_dot_policy_dot_v1_dot_policy__pb2.SessionDecision.FromString,
+            '/nexus.policy.v1.PolicyService/AuthorizeAccess',
+            nexus_dot_policy_dot_v1_dot_policy__pb2.AccessRequest.SerializeToString,
+            nexus_dot_policy_dot_v1_dot_policy__pb2.AccessDecision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckSessionStanding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.policy.v1.PolicyService/CheckSessionStanding',
+            nexus_dot_policy_dot_v1_dot_policy__pb2.SessionStandingRequest.SerializeToString,
+            nexus_dot_policy_dot_v1_dot_policy__pb2.SessionStanding.FromString,
             options,
             channel_credentials,
             insecure,

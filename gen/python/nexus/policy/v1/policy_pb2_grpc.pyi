@@ -37,13 +37,21 @@ class PolicyServiceStub:
     def __new__(cls, channel: _aio.Channel) -> PolicyServiceAsyncStub: ...
     CheckScopes: _grpc.UnaryUnaryMultiCallable[_policy_pb2.CheckScopesRequest, _policy_pb2.CheckScopesResponse]
     """Decides whether requested scopes stay within the scopes a principal may hold."""
-    EvaluateSession: _grpc.UnaryUnaryMultiCallable[_policy_pb2.EvaluateSessionRequest, _policy_pb2.SessionDecision]
-    """Decides a session request: the agent must exist, be enabled and be
-    allowed every requested scope; for on-behalf-of requests the user (as the
-    customer's backend reports them) must also hold every requested scope.
-    A denial is an error whose reason names the gate that failed:
-    AGENT_NOT_FOUND, AGENT_DISABLED, AGENT_SCOPE_NOT_ALLOWED,
-    USER_TOKEN_INVALID, USER_PERMISSION_MISSING or BACKEND_AUTH_UNAVAILABLE.
+    AuthorizeAccess: _grpc.UnaryUnaryMultiCallable[_policy_pb2.AccessRequest, _policy_pb2.AccessDecision]
+    """The one decision on credentials: may this caller use this connection (or,
+    for a session that names none, which workspaces may it look in) for these
+    scopes. The broker asks it on every path that releases or refreshes a
+    credential. A denial is an error whose reason names the rule that failed:
+    AGENT_NOT_FOUND, AGENT_DISABLED, AGENT_MISMATCH, AGENT_NOT_BOUND,
+    PROVIDER_NOT_BOUND, WORKSPACE_NOT_BOUND, AGENT_OBO_ONLY,
+    AGENT_SCOPE_NOT_ALLOWED, CONNECTION_EXCEEDS_AGENT_SCOPES,
+    USER_TOKEN_INVALID, USER_PERMISSION_MISSING, USER_WORKSPACE_NOT_OWNED or
+    BACKEND_AUTH_UNAVAILABLE.
+    """
+    CheckSessionStanding: _grpc.UnaryUnaryMultiCallable[_policy_pb2.SessionStandingRequest, _policy_pb2.SessionStanding]
+    """Whether a session an agent was issued at issued_at may still be used:
+    disabling or deleting the agent, or rotating its key with no grace
+    period, ends every session issued before.
     """
 
 @_typing.type_check_only
@@ -55,13 +63,21 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CheckScopes: _aio.UnaryUnaryMultiCallable[_policy_pb2.CheckScopesRequest, _policy_pb2.CheckScopesResponse]  # type: ignore[assignment]
     """Decides whether requested scopes stay within the scopes a principal may hold."""
-    EvaluateSession: _aio.UnaryUnaryMultiCallable[_policy_pb2.EvaluateSessionRequest, _policy_pb2.SessionDecision]  # type: ignore[assignment]
-    """Decides a session request: the agent must exist, be enabled and be
-    allowed every requested scope; for on-behalf-of requests the user (as the
-    customer's backend reports them) must also hold every requested scope.
-    A denial is an error whose reason names the gate that failed:
-    AGENT_NOT_FOUND, AGENT_DISABLED, AGENT_SCOPE_NOT_ALLOWED,
-    USER_TOKEN_INVALID, USER_PERMISSION_MISSING or BACKEND_AUTH_UNAVAILABLE.
+    AuthorizeAccess: _aio.UnaryUnaryMultiCallable[_policy_pb2.AccessRequest, _policy_pb2.AccessDecision]  # type: ignore[assignment]
+    """The one decision on credentials: may this caller use this connection (or,
+    for a session that names none, which workspaces may it look in) for these
+    scopes. The broker asks it on every path that releases or refreshes a
+    credential. A denial is an error whose reason names the rule that failed:
+    AGENT_NOT_FOUND, AGENT_DISABLED, AGENT_MISMATCH, AGENT_NOT_BOUND,
+    PROVIDER_NOT_BOUND, WORKSPACE_NOT_BOUND, AGENT_OBO_ONLY,
+    AGENT_SCOPE_NOT_ALLOWED, CONNECTION_EXCEEDS_AGENT_SCOPES,
+    USER_TOKEN_INVALID, USER_PERMISSION_MISSING, USER_WORKSPACE_NOT_OWNED or
+    BACKEND_AUTH_UNAVAILABLE.
+    """
+    CheckSessionStanding: _aio.UnaryUnaryMultiCallable[_policy_pb2.SessionStandingRequest, _policy_pb2.SessionStanding]  # type: ignore[assignment]
+    """Whether a session an agent was issued at issued_at may still be used:
+    disabling or deleting the agent, or rotating its key with no grace
+    period, ends every session issued before.
     """
 
 class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -78,17 +94,31 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         """Decides whether requested scopes stay within the scopes a principal may hold."""
 
     @_abc_1.abstractmethod
-    def EvaluateSession(
+    def AuthorizeAccess(
         self,
-        request: _policy_pb2.EvaluateSessionRequest,
+        request: _policy_pb2.AccessRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_policy_pb2.SessionDecision, _abc.Awaitable[_policy_pb2.SessionDecision]]:
-        """Decides a session request: the agent must exist, be enabled and be
-        allowed every requested scope; for on-behalf-of requests the user (as the
-        customer's backend reports them) must also hold every requested scope.
-        A denial is an error whose reason names the gate that failed:
-        AGENT_NOT_FOUND, AGENT_DISABLED, AGENT_SCOPE_NOT_ALLOWED,
-        USER_TOKEN_INVALID, USER_PERMISSION_MISSING or BACKEND_AUTH_UNAVAILABLE.
+    ) -> _typing.Union[_policy_pb2.AccessDecision, _abc.Awaitable[_policy_pb2.AccessDecision]]:
+        """The one decision on credentials: may this caller use this connection (or,
+        for a session that names none, which workspaces may it look in) for these
+        scopes. The broker asks it on every path that releases or refreshes a
+        credential. A denial is an error whose reason names the rule that failed:
+        AGENT_NOT_FOUND, AGENT_DISABLED, AGENT_MISMATCH, AGENT_NOT_BOUND,
+        PROVIDER_NOT_BOUND, WORKSPACE_NOT_BOUND, AGENT_OBO_ONLY,
+        AGENT_SCOPE_NOT_ALLOWED, CONNECTION_EXCEEDS_AGENT_SCOPES,
+        USER_TOKEN_INVALID, USER_PERMISSION_MISSING, USER_WORKSPACE_NOT_OWNED or
+        BACKEND_AUTH_UNAVAILABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckSessionStanding(
+        self,
+        request: _policy_pb2.SessionStandingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.SessionStanding, _abc.Awaitable[_policy_pb2.SessionStanding]]:
+        """Whether a session an agent was issued at issued_at may still be used:
+        disabling or deleting the agent, or rotating its key with no grace
+        period, ends every session issued before.
         """
 
 def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,80 @@
+"""Asking the policy service before a credential is released or refreshed,
+and recording both answers in the audit trail."""
+
+from __future__ import annotations
+
+import logging
+
+from nexus_common import AgentPrincipal, AuditEvent, NexusError, Principal
+
+from ..adapters.policy_client import AccessGrant, PolicyClient
+from ..domain.connections import Connection
+from ..domain.providers import AuthType, Provider
+from .connections import ConnectionDeps, load_connection, provider_of
+
+__all__ = ["Action", "audit_denial", "authorize_connection"]
+
+log = logging.getLogger("nexus.access")
+
+
+class Action:
+    GET_TOKEN = "get_token"  # noqa: S105 - an action name
+    REFRESH = "refresh"
+    AGENT_SESSION = "agent_session"
+    OBO_SESSION = "obo_session"
+
+
+def _agent_of(caller: Principal) -> str:
+    return caller.agent_id if isinstance(caller, AgentPrincipal) else ""
+
+
+async def audit_denial(
+    deps: ConnectionDeps, event: str, resource: str, error: NexusError, **details: object
+) -> None:
+    """Record a refusal; the caller must still learn why, so a failure to
+    record is logged rather than raised."""
+    record = AuditEvent.record(
+        event, resource, deps.now(), outcome="denied", reason=error.reason, **details
+    )
+    try:
+        async with deps.uow() as uow:
+            await uow.audit.add(record)
+            await uow.commit()
+    except Exception:
+        log.exception("could not record a denial (%s) of %s", error.reason, resource)
+
+
+async def authorize_connection(
+    caller: Principal,
+    action: str,
+    connection_id: str,
+    deps: ConnectionDeps,
+    policy: PolicyClient,
+) -> tuple[Connection, Provider, AccessGrant]:
+    """The connection and its provider, once the policy service allowed
+    ``caller`` to take ``action`` on it; a denial is audited and raised."""
+    async with deps.uow() as uow:
+        connection = await load_connection(uow, connection_id)
+        provider = await provider_of(uow, connection)
+        tokens = (
+            await uow.connections.tokens(connection_id)
+            if provider.spec.auth_type == AuthType.OAUTH2
+            else None
+        )
+    try:
+        grant = await policy.authorize(
+            caller, action, provider, connection, connection.granted_scopes(tokens)
+        )
+    except NexusError as error:
+        await audit_denial(
+            deps,
+            "access.denied",
+            f"connections/{connection.id}",
+            error,
+            action=action,
+            agent_id=_agent_of(caller),
+            workspace_id=connection.workspace_id,
+            provider=provider.name,
+        )
+        raise
+    return connection, provider, grant
