@@ -332,6 +332,18 @@ async def test_provider_outage_keeps_the_connection_usable_until_it_recovers(
     assert status.next_refresh_at.ToDatetime(UTC) > datetime.now(UTC)
     assert (await token(services, connection_id)).credentials["access_token"]
     behave(idp, token="ok")
+    # The backoff holds for everyone, forced refreshes included.
+    calls = stats(idp)["token_calls"]["refresh_token"]  # type: ignore[index]
+    message = await expect_error(
+        force_refresh(services, connection_id),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "REFRESH_RATE_LIMITED",
+    )
+    assert "is failing" in message
+    assert stats(idp)["token_calls"]["refresh_token"] == calls  # type: ignore[index]
+    await asyncio.sleep(
+        (status.next_refresh_at.ToDatetime(UTC) - datetime.now(UTC)).total_seconds() + 0.1
+    )
     recovered = await force_refresh(services, connection_id)
     assert recovered.status == "active" and recovered.last_error == ""
 

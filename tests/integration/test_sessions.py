@@ -300,22 +300,27 @@ async def test_session_expiry_never_outlives_the_provider_token(
     assert session.expires_at <= int(time.time()) + 120
 
 
-async def test_a_provider_that_narrows_scopes_gets_a_narrowed_token(
+async def test_a_provider_that_narrows_scopes_gets_a_narrowed_token_shared_until_near_expiry(
     services: Services, idp: OidcServer, app: AppServer
 ) -> None:
     await register_crm(services, idp, supports_scope_narrowing=True)
     await connect_crm(services, app)
     key = await register_agent(services, "crm-agent", ["crm:contacts:read"])
     refreshes = stats(idp)["token_calls"].get("refresh_token", 0)  # type: ignore[union-attr]
-
-    session = await sessions(services).CreateAgentSession(
-        agent_session(agent_id="crm-agent", provider="salesforce", scopes=["crm:contacts:read"]),
-        metadata=bearer(key),
+    read_only = agent_session(
+        agent_id="crm-agent", provider="salesforce", scopes=["crm:contacts:read"]
     )
+
+    session = await sessions(services).CreateAgentSession(read_only, metadata=bearer(key))
+    again = await sessions(services).CreateAgentSession(read_only, metadata=bearer(key))
 
     provider_claims = jwt.decode(session.access_token, options={"verify_signature": False})
     assert provider_claims["scope"] == "crm:contacts:read"
+    assert list(session.token_scopes) == ["crm:contacts:read"]
+    # One refresh grant served both sessions: the narrowed token is cached.
     assert stats(idp)["token_calls"]["refresh_token"] == refreshes + 1  # type: ignore[index]
+    assert again.access_token == session.access_token
+    assert again.session_id != session.session_id
     assert await userinfo_status(idp, session.access_token) == 200
     # The connection keeps its full grant: a plain token read is not narrowed.
     full = await connections(services).GetToken(
@@ -323,14 +328,49 @@ async def test_a_provider_that_narrows_scopes_gets_a_narrowed_token(
     )
     assert full.credentials["access_token"] != session.access_token
 
-    # The narrowed token is the session's own, so closing revokes it at the
-    # provider (RFC 7009); the connection's token lives on.
-    await sessions(services).CloseAgentSession(
-        sessions_pb2.CloseAgentSessionRequest(session_id=session.session_id),
-        metadata=bearer(key),
+    # By default a provider may revoke the whole grant when one token is revoked
+    # (RFC 7009 §2.1), so closing never revokes: the session is over at once,
+    # and its token lapses at its expiry.
+    for each in (session, again):
+        await sessions(services).CloseAgentSession(
+            sessions_pb2.CloseAgentSessionRequest(session_id=each.session_id),
+            metadata=bearer(key),
+        )
+    assert stats(idp)["revoked"] == []
+    assert not (await introspect(services, session.session_token, key)).active
+    assert await userinfo_status(idp, full.credentials["access_token"]) == 200
+
+
+async def test_a_provider_whose_revocation_spares_the_grant_revokes_when_the_last_session_closes(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    await register_crm(
+        services, idp, supports_scope_narrowing=True, revoke_narrowed_tokens=True
     )
-    assert session.access_token in stats(idp)["revoked"]  # type: ignore[operator]
-    assert await userinfo_status(idp, session.access_token) == 401
+    await connect_crm(services, app)
+    key = await register_agent(services, "crm-agent", ["crm:contacts:read"])
+    read_only = agent_session(
+        agent_id="crm-agent", provider="salesforce", scopes=["crm:contacts:read"]
+    )
+    first = await sessions(services).CreateAgentSession(read_only, metadata=bearer(key))
+    second = await sessions(services).CreateAgentSession(read_only, metadata=bearer(key))
+    assert first.access_token == second.access_token
+
+    await sessions(services).CloseAgentSession(
+        sessions_pb2.CloseAgentSessionRequest(session_id=first.session_id), metadata=bearer(key)
+    )
+    # Still shared by the second session: not revoked yet.
+    assert stats(idp)["revoked"] == []
+    assert await userinfo_status(idp, second.access_token) == 200
+
+    await sessions(services).CloseAgentSession(
+        sessions_pb2.CloseAgentSessionRequest(session_id=second.session_id), metadata=bearer(key)
+    )
+    assert second.access_token in stats(idp)["revoked"]  # type: ignore[operator]
+    assert await userinfo_status(idp, second.access_token) == 401
+    full = await connections(services).GetToken(
+        connections_pb2.GetTokenRequest(connection_id=first.connection_id), metadata=ADMIN
+    )
     assert await userinfo_status(idp, full.credentials["access_token"]) == 200
 
 
@@ -584,7 +624,8 @@ async def test_agent_keys_read_tokens_but_not_admin_methods(
 ) -> None:
     await register_crm(services, idp)
     connection_id = await connect_crm(services, app)
-    key = await register_agent(services, "crm-agent", ["crm:contacts:read"])
+    # Allowed every scope the connection was granted, so GetToken may release it.
+    key = await register_agent(services, "crm-agent", CRM_SCOPES)
 
     payload = await connections(services).GetToken(
         connections_pb2.GetTokenRequest(connection_id=connection_id), metadata=bearer(key)

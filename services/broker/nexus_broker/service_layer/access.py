@@ -71,7 +71,7 @@ async def authorize_connection(
             "access.denied",
             f"connections/{connection.id}",
             error,
-            action=action,
+            attempted=action,
             agent_id=_agent_of(caller),
             workspace_id=connection.workspace_id,
             provider=provider.name,

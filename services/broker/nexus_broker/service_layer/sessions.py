@@ -428,7 +428,7 @@ async def end_agent_sessions(agent_id: str, deps: SessionDeps) -> tuple[int, int
         ]
         await uow.audit.add(
             AuditEvent.record(
-                "agent.sessions_ended",
+                "sessions.ended",
                 f"agents/{agent_id}",
                 now,
                 closed_sessions=closed,
