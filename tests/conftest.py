@@ -92,8 +92,17 @@ class Services:
 
 
 @pytest.fixture
+def service_overrides() -> dict[str, str]:
+    """Settings a test module adds to its services' (override the fixture)."""
+    return {}
+
+
+@pytest.fixture
 async def services(
-    database_url: str, keyring_spec: str, backend: BackendAuthServer
+    database_url: str,
+    keyring_spec: str,
+    backend: BackendAuthServer,
+    service_overrides: dict[str, str],
 ) -> AsyncIterator[Services]:
     from nexus_broker.server import create_broker
     from nexus_broker.server import migrate_database as migrate_broker
@@ -117,6 +126,7 @@ async def services(
         # The policy service hands its audit events to the broker.
         NEXUS_BROKER_LISTEN=f"127.0.0.1:{broker_port}",
         NEXUS_BROKER_TARGET=f"127.0.0.1:{broker_port}",
+        **service_overrides,
     )
     migrate_broker(database_url)
     migrate_policy(database_url)

@@ -149,6 +149,7 @@ def provided(container: Doc) -> set[str]:
 _LIB_READS = {
     "internal_tokens()": {"NEXUS_INTERNAL_TOKEN", "NEXUS_INTERNAL_TOKEN_PREVIOUS"},
     "database_url(": {"DATABASE_URL"},
+    "deployment()": {"NEXUS_ENVIRONMENT"},
 }
 _NAME = re.compile(r'"((?:NEXUS_|DATABASE_URL|BACKEND_AUTH_URL)[A-Z0-9_]*)"')
 

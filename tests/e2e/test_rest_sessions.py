@@ -512,6 +512,6 @@ def test_each_service_process_serves_metrics_of_what_it_did(
         grown("broker", "nexus_sessions_total", reason="AGENT_SCOPE_NOT_ALLOWED", kind="agent") == 1
     )
     # The policy service authenticated the agent's key and decided both requests.
-    assert grown("policy", handled, grpc_method="EvaluateSession") == 2
+    assert grown("policy", handled, grpc_method="AuthorizeAccess") == 2
     assert grown("policy", handled, grpc_method="AuthenticateAgent", grpc_code="OK") == 2
     assert not any(key in text for text in after.values() for key in guide["keys"].values())

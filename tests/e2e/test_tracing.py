@@ -20,7 +20,7 @@ from tools.devstack import Stack
 SESSION_METHOD = "nexus.gateway.v1.SessionService/CreateAgentSession"
 AUTHENTICATE = "nexus.policy.v1.AgentRegistryService/AuthenticateAgent"
 BROKER_SESSION = "nexus.broker.v1.SessionService/CreateAgentSession"
-EVALUATE = "nexus.policy.v1.PolicyService/EvaluateSession"
+EVALUATE = "nexus.policy.v1.PolicyService/AuthorizeAccess"
 
 
 @pytest.fixture(scope="module")

@@ -69,6 +69,7 @@ async def test_the_backend_answer_becomes_the_user_context(
         clearance_level="3",
         permissions=frozenset({"repo:read", "mail:send"}),
         expires_at=context.expires_at,
+        workspaces=frozenset({"alice"}),
     )
     assert context.expires_at is not None
     assert before + 300 <= context.expires_at <= time.time() + 300

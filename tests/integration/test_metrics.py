@@ -162,6 +162,8 @@ async def test_token_refreshes_are_counted_by_outcome(
     with pytest.raises(grpc.aio.AioRpcError):
         await force_refresh(services, connection_id)
     behave(idp, token="ok")
+    # The backoff (at most 0.5 s here) holds for forced refreshes too.
+    await asyncio.sleep(0.6)
     await force_refresh(services, connection_id)
     behave(idp, token="invalid_grant")
     with pytest.raises(grpc.aio.AioRpcError):

@@ -344,9 +344,7 @@ async def test_a_provider_that_narrows_scopes_gets_a_narrowed_token_shared_until
 async def test_a_provider_whose_revocation_spares_the_grant_revokes_when_the_last_session_closes(
     services: Services, idp: OidcServer, app: AppServer
 ) -> None:
-    await register_crm(
-        services, idp, supports_scope_narrowing=True, revoke_narrowed_tokens=True
-    )
+    await register_crm(services, idp, supports_scope_narrowing=True, revoke_narrowed_tokens=True)
     await connect_crm(services, app)
     key = await register_agent(services, "crm-agent", ["crm:contacts:read"])
     read_only = agent_session(

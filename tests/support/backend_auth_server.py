@@ -85,11 +85,15 @@ class BackendAuthServer(LoopbackServer):
         tenant_id: str = "",
         clearance_level: str | int = "",
         expires_in: int = 300,
+        workspaces: list[str] | None = None,
     ) -> str:
-        """A token this backend accepts until ``expires_in`` seconds from now."""
+        """A token this backend accepts until ``expires_in`` seconds from now. With
+        ``workspaces``, the answer lists them as the user's besides their own."""
         with self._lock:
             key = self._keys[-1]
-        return self._sign(key, user_id, permissions, tenant_id, clearance_level, expires_in)
+        return self._sign(
+            key, user_id, permissions, tenant_id, clearance_level, expires_in, workspaces
+        )
 
     def forge_token(
         self,
@@ -130,6 +134,7 @@ class BackendAuthServer(LoopbackServer):
         tenant_id: str,
         clearance_level: str | int,
         expires_in: int,
+        workspaces: list[str] | None = None,
     ) -> str:
         now = int(time.time())
         claims = {
@@ -142,6 +147,8 @@ class BackendAuthServer(LoopbackServer):
             "clearance_level": clearance_level,
             "permissions": permissions,
         }
+        if workspaces is not None:
+            claims["workspaces"] = workspaces
         return jwt.encode(claims, key.private, algorithm="ES256", headers={"kid": key.kid})
 
     def _answer_auth(self, authorization: str | None, traceparent: str) -> tuple[int, bytes]:
@@ -182,6 +189,8 @@ class BackendAuthServer(LoopbackServer):
             "permissions": claims.get("permissions", []),
             "expires_at": claims["exp"],
         }
+        if "workspaces" in claims:
+            answer["workspaces"] = claims["workspaces"]
         return 200, json.dumps(answer).encode()
 
     def _answer_jwks(self) -> tuple[int, bytes]:

@@ -64,8 +64,9 @@ class Bindings:
         )
 
 
-# What an unbound agent reaches where the deployment allows unbound agents.
-OPEN_BINDINGS = Bindings(providers=(ANY,), workspaces=(ANY,))
+# What an unbound agent reaches where the deployment allows unbound agents
+# (development): everything, so the docs' snippets run as written.
+OPEN_BINDINGS = Bindings(providers=(ANY,), workspaces=(ANY,), full_connection_access=True)
 
 
 def _check_list(values: tuple[str, ...], field: str) -> None:

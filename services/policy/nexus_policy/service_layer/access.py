@@ -9,6 +9,7 @@ from typing import Protocol
 
 from nexus_common import (
     AdminPrincipal,
+    AgentMismatch,
     AgentNotFound,
     AgentPrincipal,
     FailedPrecondition,
@@ -87,6 +88,12 @@ async def authorize(
     if isinstance(caller, AdminPrincipal) and not session:
         return Grant(None, (), None, decide(caller, action, None, None, target))
     if session:
+        if isinstance(caller, AgentPrincipal) and caller.agent_id != agent_id:
+            # Before the agent is looked up: another agent's existence is not theirs to learn.
+            raise AgentMismatch(
+                f"the agent {caller.agent_id!r} may act only as itself, not as {agent_id!r}",
+                agent_id=agent_id,
+            )
         acting = agent_id
         wanted = requested_scopes(scopes)
     else:

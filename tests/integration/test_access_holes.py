@@ -1,0 +1,390 @@
+"""Each way an agent could once reach more than it was granted, tried again
+over gRPC through the gateway with production's defaults, on SQLite and
+PostgreSQL: the real OAuth server from npm, a real customer backend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+from nexus.broker.v1 import connections_pb2, providers_pb2, sessions_pb2
+from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from nexus.policy.v1 import agents_pb2
+
+from tests.conftest import Services
+from tests.integration.helpers import ADMIN, expect_error
+from tests.integration.test_connections import connections
+from tests.integration.test_sessions import (
+    CRM_SCOPES,
+    agent_session,
+    agents,
+    bearer,
+    connect_crm,
+    introspect,
+    register_crm,
+    sessions,
+)
+from tests.support.app_server import AppServer
+from tests.support.backend_auth_server import BackendAuthServer
+from tests.support.oidc_server import OidcServer, stats
+
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+READ = "crm:contacts:read"
+
+
+@pytest.fixture
+def service_overrides() -> dict[str, str]:
+    return {"NEXUS_ENVIRONMENT": "production"}
+
+
+async def register_agent(
+    services: Services,
+    agent_id: str,
+    scopes: list[str],
+    **bindings: Any,
+) -> str:
+    agent = agents_pb2.Agent(agent_id=agent_id, allowed_scopes=scopes)
+    if bindings:
+        agent.bindings.CopyFrom(agents_pb2.AgentBindings(**bindings))
+    created = await agents(services).CreateAgent(
+        gateway_pb2.CreateAgentRequest(agent=agent), metadata=ADMIN
+    )
+    return created.agent_key
+
+
+async def get_token(services: Services, connection_id: str, key: str) -> Any:
+    return await connections(services).GetToken(
+        connections_pb2.GetTokenRequest(connection_id=connection_id), metadata=bearer(key)
+    )
+
+
+def obo_session(user_token: str, **fields: Any) -> gateway_pb2.CreateOboSessionRequest:
+    return gateway_pb2.CreateOboSessionRequest(
+        session=sessions_pb2.CreateOboSessionRequest(
+            provider="salesforce", scopes=[READ], user_context_token=user_token, **fields
+        )
+    )
+
+
+async def test_an_agent_reads_no_connection_outside_its_bindings(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    await register_crm(services, idp)
+    alice = await connect_crm(services, app, "alice")
+    bob = await connect_crm(services, app, "bob")
+    calendar = await register_agent(
+        services, "calendar-agent", ["calendar:read"], providers=["calendar"], workspaces=["*"]
+    )
+    alice_only = await register_agent(
+        services, "alice-agent", CRM_SCOPES, providers=["salesforce"], workspaces=["alice"]
+    )
+
+    for connection_id in (alice, bob):
+        await expect_error(
+            get_token(services, connection_id, calendar), DENIED, "PROVIDER_NOT_BOUND"
+        )
+    message = await expect_error(
+        get_token(services, bob, alice_only), DENIED, "WORKSPACE_NOT_BOUND"
+    )
+    assert "'bob'" in message and "PATCH /admin/v1/agents/alice-agent" in message
+    assert (await get_token(services, alice, alice_only)).credentials["access_token"]
+
+
+async def test_get_token_releases_no_grant_wider_than_the_agent_may_hold(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    await register_crm(services, idp)
+    connection_id = await connect_crm(services, app, "alice")
+    reader = await register_agent(
+        services, "reader", [READ], providers=["salesforce"], workspaces=["alice"]
+    )
+    message = await expect_error(
+        get_token(services, connection_id, reader), DENIED, "CONNECTION_EXCEEDS_AGENT_SCOPES"
+    )
+    assert "crm:contacts:write" in message and "/v1/agent-sessions" in message
+    assert "full_connection_access" in message
+
+    full = await register_agent(
+        services,
+        "full-reader",
+        [READ],
+        providers=["salesforce"],
+        workspaces=["alice"],
+        full_connection_access=True,
+    )
+    assert (await get_token(services, connection_id, full)).credentials["access_token"]
+
+
+async def test_an_unbound_agent_is_refused_with_the_patch_that_binds_it(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    await register_crm(services, idp)
+    connection_id = await connect_crm(services, app, "user_sarah")
+    key = await register_agent(services, "crm-agent", CRM_SCOPES)
+
+    message = await expect_error(get_token(services, connection_id, key), DENIED, "AGENT_NOT_BOUND")
+    assert (
+        'PATCH /admin/v1/agents/crm-agent {"bindings": {"providers": ["salesforce"], '
+        '"workspaces": ["user_sarah"]}}' in message
+    )
+    # Applying the fix as the message gives it lets the same call through.
+    await agents(services).UpdateAgent(
+        gateway_pb2.UpdateAgentRequest(
+            agent_id="crm-agent",
+            agent=agents_pb2.Agent(
+                bindings=agents_pb2.AgentBindings(
+                    providers=["salesforce"], workspaces=["user_sarah"]
+                )
+            ),
+        ),
+        metadata=ADMIN,
+    )
+    assert (await get_token(services, connection_id, key)).credentials["access_token"]
+
+
+async def test_agent_sessions_stay_in_the_agents_workspaces(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    await register_crm(services, idp, supports_scope_narrowing=True)
+    bob = await connect_crm(services, app, "bob")
+    key = await register_agent(
+        services, "crm-agent", [READ], providers=["salesforce"], workspaces=["alice"]
+    )
+    asked: dict[str, Any] = {"agent_id": "crm-agent", "provider": "salesforce", "scopes": [READ]}
+    # Without a connection named, the search looks only where the agent is bound.
+    await expect_error(
+        sessions(services).CreateAgentSession(agent_session(**asked), metadata=bearer(key)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "NO_CONNECTION",
+    )
+    for named in ({"workspace_id": "bob"}, {"connection_id": bob}):
+        await expect_error(
+            sessions(services).CreateAgentSession(
+                agent_session(**asked, **named), metadata=bearer(key)
+            ),
+            DENIED,
+            "WORKSPACE_NOT_BOUND",
+        )
+    alice = await connect_crm(services, app, "alice")
+    session = await sessions(services).CreateAgentSession(
+        agent_session(**asked), metadata=bearer(key)
+    )
+    assert session.connection_id == alice
+
+
+async def test_an_obo_session_acting_for_alice_never_gets_bobs_token(
+    services: Services, idp: OidcServer, app: AppServer, backend: BackendAuthServer
+) -> None:
+    await register_crm(services, idp, supports_scope_narrowing=True)
+    bob = await connect_crm(services, app, "bob")
+    key = await register_agent(
+        services, "ops-agent", [READ], providers=["salesforce"], on_behalf_of_only=True
+    )
+    alice_token = backend.issue_token("alice", permissions=[READ])
+    stub = sessions(services)
+
+    await expect_error(
+        stub.CreateOboSession(obo_session(alice_token, agent_id="ops-agent"), metadata=bearer(key)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "NO_CONNECTION",
+    )
+    for named in ({"connection_id": bob}, {"workspace_id": "bob"}):
+        message = await expect_error(
+            stub.CreateOboSession(
+                obo_session(alice_token, agent_id="ops-agent", **named), metadata=bearer(key)
+            ),
+            DENIED,
+            "USER_WORKSPACE_NOT_OWNED",
+        )
+        assert "'alice'" in message and "'bob'" in message
+
+    # The backend may list further workspaces the user owns.
+    team = await connect_crm(services, app, "team-alice")
+    teamed = backend.issue_token("alice", permissions=[READ], workspaces=["team-alice"])
+    obo = await stub.CreateOboSession(
+        obo_session(teamed, agent_id="ops-agent"), metadata=bearer(key)
+    )
+    assert obo.connection_id == team and obo.acting_for == "alice"
+    # An OBO-only agent gets nothing without a user.
+    await expect_error(get_token(services, bob, key), DENIED, "AGENT_OBO_ONLY")
+
+
+async def test_a_session_never_carries_more_than_it_says_without_saying_so(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    await register_crm(services, idp)  # cannot narrow
+    await connect_crm(services, app, "alice")
+    key = await register_agent(
+        services, "crm-agent", [READ], providers=["salesforce"], workspaces=["alice"]
+    )
+    read_only = agent_session(agent_id="crm-agent", provider="salesforce", scopes=[READ])
+
+    message = await expect_error(
+        sessions(services).CreateAgentSession(read_only, metadata=bearer(key)),
+        DENIED,
+        "TOKEN_BROADER_THAN_SESSION",
+    )
+    assert "allow_broader_session_tokens" in message and "supports_scope_narrowing" in message
+
+    providers = gateway_pb2_grpc.ProviderServiceStub(services.gateway)
+    marked = providers_pb2.Provider()
+    marked.params.update({"allow_broader_session_tokens": True})
+    await providers.UpdateProvider(
+        gateway_pb2.UpdateProviderRequest(
+            id="salesforce",
+            provider=marked,
+            update_mask=field_mask_pb2.FieldMask(paths=["params"]),
+        ),
+        metadata=ADMIN,
+    )
+    session = await sessions(services).CreateAgentSession(read_only, metadata=bearer(key))
+    assert list(session.scopes) == [READ]
+    assert sorted(session.token_scopes) == sorted(CRM_SCOPES)
+
+
+async def _session(services: Services, key: str) -> sessions_pb2.AgentSession:
+    return await sessions(services).CreateAgentSession(
+        agent_session(agent_id="crm-agent", provider="salesforce", scopes=[READ]),
+        metadata=bearer(key),
+    )
+
+
+async def _admin_sees(services: Services, token: str) -> bool:
+    answer = await sessions(services).IntrospectSession(
+        gateway_pb2.IntrospectSessionRequest(
+            introspection=sessions_pb2.IntrospectSessionRequest(token=token)
+        ),
+        metadata=ADMIN,
+    )
+    return answer.active
+
+
+@pytest.mark.parametrize("kill", ["disable", "delete", "rotate"])
+async def test_ending_an_agent_ends_its_sessions_at_once(
+    services: Services, idp: OidcServer, app: AppServer, kill: str
+) -> None:
+    await register_crm(services, idp, supports_scope_narrowing=True, revoke_narrowed_tokens=True)
+    await connect_crm(services, app, "alice")
+    key = await register_agent(
+        services, "crm-agent", [READ], providers=["salesforce"], workspaces=["alice"]
+    )
+    session = await _session(services, key)
+    assert await _admin_sees(services, session.session_token)
+
+    stub = agents(services)
+    if kill == "disable":
+        await stub.UpdateAgent(
+            gateway_pb2.UpdateAgentRequest(
+                agent_id="crm-agent", agent=agents_pb2.Agent(enabled=False)
+            ),
+            metadata=ADMIN,
+        )
+    elif kill == "delete":
+        await stub.DeleteAgent(agents_pb2.DeleteAgentRequest(agent_id="crm-agent"), metadata=ADMIN)
+    else:
+        await stub.RotateAgentKey(
+            gateway_pb2.RotateAgentKeyRequest(agent_id="crm-agent"), metadata=ADMIN
+        )
+
+    assert not await _admin_sees(services, session.session_token)
+    # The provider supports it, so the narrowed token is revoked there too.
+    assert session.access_token in stats(idp)["revoked"]  # type: ignore[operator]
+
+
+async def test_a_key_rotation_with_grace_keeps_the_sessions(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    await register_crm(services, idp, supports_scope_narrowing=True)
+    await connect_crm(services, app, "alice")
+    key = await register_agent(
+        services, "crm-agent", [READ], providers=["salesforce"], workspaces=["alice"]
+    )
+    session = await _session(services, key)
+    await agents(services).RotateAgentKey(
+        gateway_pb2.RotateAgentKeyRequest(
+            agent_id="crm-agent",
+            rotation=agents_pb2.RotateAgentKeyRequest(grace_period_seconds=60),
+        ),
+        metadata=ADMIN,
+    )
+    assert await _admin_sees(services, session.session_token)
+
+
+async def test_only_admins_and_the_sessions_own_agent_may_introspect_it(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    await register_crm(services, idp, supports_scope_narrowing=True)
+    await connect_crm(services, app, "alice")
+    key = await register_agent(
+        services, "crm-agent", [READ], providers=["salesforce"], workspaces=["alice"]
+    )
+    other = await register_agent(services, "other-agent", [READ], providers=["*"], workspaces=["*"])
+    session = await _session(services, key)
+
+    assert (await introspect(services, session.session_token, key)).active
+    assert await _admin_sees(services, session.session_token)
+    stranger = await introspect(services, session.session_token, other)
+    assert stranger == sessions_pb2.IntrospectSessionResponse(active=False)
+
+
+async def test_an_obo_session_never_outlives_its_users_token(
+    services: Services, idp: OidcServer, app: AppServer, backend: BackendAuthServer
+) -> None:
+    await register_crm(services, idp, supports_scope_narrowing=True)
+    await connect_crm(services, app, "alice")
+    key = await register_agent(
+        services, "ops-agent", [READ], providers=["salesforce"], on_behalf_of_only=True
+    )
+    short = backend.issue_token("alice", permissions=[READ], expires_in=30)
+    obo = await sessions(services).CreateOboSession(
+        obo_session(short, agent_id="ops-agent", ttl_seconds=1800), metadata=bearer(key)
+    )
+    assert obo.expires_at <= int(time.time()) + 30
+
+
+WINDOW = 4.0
+
+
+@pytest.mark.parametrize(
+    "service_overrides",
+    [{"NEXUS_ENVIRONMENT": "production", "NEXUS_FORCED_REFRESH_INTERVAL_SECONDS": str(WINDOW)}],
+)
+async def test_forced_refreshes_make_at_most_one_provider_call_per_window(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    await register_crm(services, idp)
+    connection_id = await connect_crm(services, app, "alice")
+    key = await register_agent(
+        services, "crm-agent", CRM_SCOPES, providers=["salesforce"], workspaces=["alice"]
+    )
+    before = stats(idp)["token_calls"].get("refresh_token", 0)  # type: ignore[union-attr]
+    # Connecting counts as a refresh: the window starts then.
+    connected = await connections(services).CheckConnection(
+        connections_pb2.CheckConnectionRequest(connection_id=connection_id), metadata=ADMIN
+    )
+    opens = connected.last_refreshed_at.ToDatetime(UTC) + timedelta(seconds=WINDOW)
+    await asyncio.sleep(max(0.0, (opens - datetime.now(UTC)).total_seconds()) + 0.1)
+
+    def refresh() -> Any:
+        return connections(services).RefreshConnection(
+            connections_pb2.RefreshConnectionRequest(connection_id=connection_id),
+            metadata=bearer(key),
+        )
+
+    # Ten at once, then ten one after another: one call reaches the provider.
+    answers = list(await asyncio.gather(*(refresh() for _ in range(10)), return_exceptions=True))
+    for _ in range(10):
+        answers += await asyncio.gather(refresh(), return_exceptions=True)
+    limited = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+    assert stats(idp)["token_calls"]["refresh_token"] == before + 1  # type: ignore[index]
+    assert len(limited) >= 10 and len(answers) - len(limited) >= 1
+    assert all(a.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for a in limited)
+    message = await expect_error(
+        refresh(), grpc.StatusCode.RESOURCE_EXHAUSTED, "REFRESH_RATE_LIMITED"
+    )
+    assert "refreshed moments ago" in message
