@@ -1,6 +1,9 @@
 """The hot paths against the floor of a trivial gRPC call: GetToken with an
 admin key, GetToken with an agent key (one more hop, to the policy service,
-to authenticate the agent), and issuing an agent session.
+to authenticate the agent), issuing an agent session, and the access decision
+alone (the policy service's AuthorizeAccess, which every GetToken now asks).
+
+The stack runs with production's defaults: the agent is explicitly bound.
 
 Starts the dev stack (SQLite, or PostgreSQL with ``--database-url``) in a
 temporary directory, connects an api_key provider, registers an agent and a
@@ -29,7 +32,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nexus.broker.v1 import connections_pb2, providers_pb2, sessions_pb2
 from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from nexus.policy.v1 import agents_pb2
+from nexus.policy.v1 import agents_pb2, policy_pb2, policy_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.devstack import DEV_PORTS, Stack, free_port
@@ -82,24 +85,44 @@ async def _agent(channel: grpc.aio.Channel, admin: tuple[tuple[str, str], ...]) 
         ),
         metadata=admin,
     )
+    bindings = agents_pb2.AgentBindings(providers=["bench-api", "bench-ops"], workspaces=["bench"])
     created = await gateway_pb2_grpc.AgentServiceStub(channel).CreateAgent(
         gateway_pb2.CreateAgentRequest(
-            agent=agents_pb2.Agent(agent_id="bench-agent", allowed_scopes=["ops"])
+            agent=agents_pb2.Agent(
+                agent_id="bench-agent", allowed_scopes=["ops"], bindings=bindings
+            )
         ),
         metadata=admin,
     )
     return str(created.agent_key)
 
 
+def _decision(connection_id: str) -> policy_pb2.AccessRequest:
+    """What the broker asks the policy service on each GetToken with the agent key."""
+    return policy_pb2.AccessRequest(
+        action=policy_pb2.AccessRequest.ACTION_GET_TOKEN,
+        caller=policy_pb2.Principal(kind=policy_pb2.Principal.KIND_AGENT, id="bench-agent"),
+        provider_id="bench-api-id",
+        provider_name="bench-api",
+        connection=policy_pb2.ConnectionRef(connection_id=connection_id, workspace_id="bench"),
+    )
+
+
 async def _run(stack: Stack, calls: int, concurrency: int, rounds: int) -> dict[str, float]:
     """Each path's median ratio to the floor, by path and concurrency."""
     admin = (("x-api-key", stack.admin_key),)
-    async with grpc.aio.insecure_channel(stack.gateway_target) as channel:
+    internal = (("x-nexus-internal-token", stack.env["NEXUS_INTERNAL_TOKEN"]),)
+    async with (
+        grpc.aio.insecure_channel(stack.gateway_target) as channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports['policy']}") as policy_channel,
+    ):
         connection_id = await _connect(channel, admin)
         agent = (("authorization", f"Bearer {await _agent(channel, admin)}"),)
         tokens = gateway_pb2_grpc.ConnectionServiceStub(channel)
         sessions = gateway_pb2_grpc.SessionServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
+        policy = policy_pb2_grpc.PolicyServiceStub(policy_channel)
+        decision = _decision(connection_id)
         token_request = connections_pb2.GetTokenRequest(connection_id=connection_id)
         session_request = gateway_pb2.CreateAgentSessionRequest(
             session=sessions_pb2.CreateAgentSessionRequest(
@@ -112,6 +135,7 @@ async def _run(stack: Stack, calls: int, concurrency: int, rounds: int) -> dict[
             "CreateAgentSession": lambda: sessions.CreateAgentSession(
                 session_request, metadata=agent
             ),
+            "AuthorizeAccess alone": lambda: policy.AuthorizeAccess(decision, metadata=internal),
         }
 
         def floor() -> Awaitable[object]:
@@ -138,7 +162,12 @@ async def _run(stack: Stack, calls: int, concurrency: int, rounds: int) -> dict[
 
 def _measure(args: argparse.Namespace, extra_env: dict[str, str]) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as data:
-        env = {"NEXUS_REFRESH_LOOP": "false", "NEXUS_LOG_LEVEL": "WARNING", **extra_env}
+        env = {
+            "NEXUS_REFRESH_LOOP": "false",
+            "NEXUS_LOG_LEVEL": "WARNING",
+            "NEXUS_ENVIRONMENT": "production",
+            **extra_env,
+        }
         if args.database_url:
             env["NEXUS_BROKER_DATABASE_URL"] = args.database_url
             env["NEXUS_POLICY_DATABASE_URL"] = args.database_url

@@ -226,6 +226,9 @@ def test_step_4_crm_agent_gets_a_read_only_session_and_no_write(
     )
     assert session["connection_id"] == guide["connections"]["salesforce"]
     assert session["scopes"] == ["crm:contacts:read"] and session["token_type"] == "Bearer"
+    # The guide's salesforce cannot narrow; `make run` (development) hands out the
+    # connection's token and says what it really carries.
+    assert session["token_scopes"] == ["crm:contacts:read", "crm:contacts:write"]
     assert isinstance(session["expires_at"], int)
     assert session["expires_at"] <= int(time.time()) + 900
     userinfo = httpx.get(

@@ -388,3 +388,33 @@ async def test_forced_refreshes_make_at_most_one_provider_call_per_window(
         refresh(), grpc.StatusCode.RESOURCE_EXHAUSTED, "REFRESH_RATE_LIMITED"
     )
     assert "refreshed moments ago" in message
+
+
+async def test_a_binding_change_applies_to_the_very_next_decision(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    """The policy service caches agents for the hot path; a change drops the entry."""
+    await register_crm(services, idp)
+    bob = await connect_crm(services, app, "bob")
+    key = await register_agent(
+        services, "crm-agent", CRM_SCOPES, providers=["salesforce"], workspaces=["alice"]
+    )
+    await expect_error(get_token(services, bob, key), DENIED, "WORKSPACE_NOT_BOUND")
+
+    async def bind(*workspaces: str) -> None:
+        await agents(services).UpdateAgent(
+            gateway_pb2.UpdateAgentRequest(
+                agent_id="crm-agent",
+                agent=agents_pb2.Agent(
+                    bindings=agents_pb2.AgentBindings(
+                        providers=["salesforce"], workspaces=list(workspaces)
+                    )
+                ),
+            ),
+            metadata=ADMIN,
+        )
+
+    await bind("alice", "bob")
+    assert (await get_token(services, bob, key)).credentials["access_token"]
+    await bind("alice")
+    await expect_error(get_token(services, bob, key), DENIED, "WORKSPACE_NOT_BOUND")

@@ -11,8 +11,11 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import grpc
+import pytest
 import sqlalchemy as sa
 from google.protobuf import field_mask_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from nexus.broker.v1 import audit_pb2, connections_pb2, sessions_pb2
 from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from nexus.policy.v1 import agents_pb2
@@ -600,3 +603,90 @@ async def test_admin_changes_to_agents_join_the_audit_trail(services: Services) 
     await create(services, "marker-agent")
     after = await agent_audit_trail(services, 5)
     assert [e.resource for e in after[4:]] == ["agents/marker-agent"]
+
+
+async def _bind(
+    services: Services, agent_id: str, bindings: agents_pb2.AgentBindings | None
+) -> agents_pb2.Agent:
+    agent = agents_pb2.Agent()
+    if bindings is not None:
+        agent.bindings.CopyFrom(bindings)
+    return await registry(services).UpdateAgent(
+        gateway_pb2.UpdateAgentRequest(
+            agent_id=agent_id, agent=agent, update_mask=field_mask_pb2.FieldMask(paths=["bindings"])
+        ),
+        metadata=ADMIN,
+    )
+
+
+async def test_admins_read_change_and_clear_an_agents_bindings(services: Services) -> None:
+    bound = agents_pb2.AgentBindings(providers=["salesforce"], workspaces=["alice", "bob"])
+    agent = agents_pb2.Agent(agent_id="crm-agent", allowed_scopes=["crm:contacts:read"])
+    agent.bindings.CopyFrom(bound)
+    await registry(services).CreateAgent(
+        gateway_pb2.CreateAgentRequest(agent=agent), metadata=ADMIN
+    )
+    assert (await get(services, "crm-agent")).bindings == bound
+
+    obo_only = agents_pb2.AgentBindings(providers=["*"], on_behalf_of_only=True)
+    assert (await _bind(services, "crm-agent", obo_only)).bindings == obo_only
+    # A change of another field leaves the bindings alone.
+    await registry(services).UpdateAgent(
+        gateway_pb2.UpdateAgentRequest(
+            agent_id="crm-agent", agent=agents_pb2.Agent(description="reads contacts")
+        ),
+        metadata=ADMIN,
+    )
+    assert (await get(services, "crm-agent")).bindings == obo_only
+
+    cleared = await _bind(services, "crm-agent", None)
+    assert not cleared.HasField("bindings")
+
+
+_Bind = agents_pb2.AgentBindings
+
+
+@pytest.mark.parametrize(
+    ("bindings", "field"),
+    [
+        (_Bind(workspaces=["alice"]), "bindings.providers"),
+        (_Bind(providers=["salesforce"]), "bindings.workspaces"),
+        (_Bind(providers=["*"], workspaces=["a"], on_behalf_of_only=True), "bindings.workspaces"),
+        (_Bind(providers=["*", "salesforce"], workspaces=["a"]), "bindings.providers"),
+        (_Bind(providers=["x"], workspaces=["a", "a"]), "bindings.workspaces"),
+        (_Bind(providers=["x"], workspaces=["with space"]), "bindings.workspaces"),
+        (_Bind(providers=["x"], workspaces=["w" * 256]), "bindings.workspaces"),
+    ],
+)
+async def test_bindings_that_make_no_sense_are_refused_and_nothing_changes(
+    services: Services, bindings: agents_pb2.AgentBindings, field: str
+) -> None:
+    await create(services, "crm-agent")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _bind(services, "crm-agent", bindings)
+    assert refused.value.code() == INVALID
+    status = rpc_status.from_call(refused.value)
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert (info.reason, info.metadata["field"]) == ("VALIDATION_FAILED", field)
+    assert not (await get(services, "crm-agent")).HasField("bindings")
+
+
+async def test_binding_changes_are_audited_and_every_workspace_is_flagged(
+    services: Services,
+) -> None:
+    await create(services, "crm-agent")
+    await _bind(services, "crm-agent", agents_pb2.AgentBindings(providers=["*"], workspaces=["*"]))
+    await _bind(
+        services, "crm-agent", agents_pb2.AgentBindings(providers=["crm"], workspaces=["alice"])
+    )
+
+    events = await agent_audit_trail(services, 3)
+
+    assert [e.action for e in events] == ["agent.create", "agent.update", "agent.update"]
+    assert events[0].details["bindings"] is None
+    assert events[1].details["all_workspaces"] is True
+    assert events[1].details["bindings"]["workspaces"] == ["*"]
+    assert events[2].details["all_workspaces"] is False
+    assert events[2].details["bindings"]["providers"] == ["crm"]

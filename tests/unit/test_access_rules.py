@@ -1,0 +1,132 @@
+"""The access decision as a table: callers x actions x targets, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pytest
+from nexus_common import AdminPrincipal, AgentPrincipal, NexusError, Principal
+from nexus_policy.domain.access import (
+    Action,
+    ConnectionRef,
+    Reach,
+    Target,
+    decide,
+    effective_bindings,
+)
+from nexus_policy.domain.agents import Agent
+from nexus_policy.domain.bindings import OPEN_BINDINGS, Bindings
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+READ, WRITE = "crm:read", "crm:write"
+
+
+def agent(agent_id: str, bindings: Bindings | None, *, enabled: bool = True) -> Agent:
+    return Agent(agent_id, "", (READ,), enabled, "k" * 16, NOW, NOW, bindings, NOW)
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: str
+    permissions: frozenset[str]
+    workspaces: frozenset[str]
+
+
+ALICE = User("alice", frozenset({READ}), frozenset({"alice", "team"}))
+AGENTS = {
+    "ws-a": agent("ws-a", Bindings(("*",), ("alice",))),
+    "crm-only": agent("crm-only", Bindings(("crm",), ("*",))),
+    "obo-only": agent("obo-only", Bindings(("*",), (), on_behalf_of_only=True)),
+    "star": agent("star", Bindings(("*",), ("*",))),
+    "full": agent("full", Bindings(("*",), ("*",), full_connection_access=True)),
+    "off": agent("off", Bindings(("*",), ("*",)), enabled=False),
+}
+
+
+def target(workspace: str, provider: str = "crm", granted: tuple[str, ...] = (READ,)) -> Target:
+    return Target(f"id-{provider}", provider, ConnectionRef("c1", workspace, granted))
+
+
+def answer(caller: Principal, action: str, name: str, tgt: Target, user: User | None) -> str:
+    acting = AGENTS[name]
+    try:
+        decide(caller, action, acting, acting.bindings, tgt, (READ,), user)
+    except NexusError as error:
+        return error.reason
+    return "OK"
+
+
+CASES = [
+    # caller, action, agent, target, expected
+    ("agent", Action.GET_TOKEN, "ws-a", target("alice"), "OK"),
+    ("agent", Action.GET_TOKEN, "ws-a", target("bob"), "WORKSPACE_NOT_BOUND"),
+    ("agent", Action.GET_TOKEN, "crm-only", target("bob", "mail"), "PROVIDER_NOT_BOUND"),
+    ("agent", Action.GET_TOKEN, "obo-only", target("alice"), "AGENT_OBO_ONLY"),
+    ("agent", Action.GET_TOKEN, "off", target("alice"), "AGENT_DISABLED"),
+    (
+        "agent",
+        Action.GET_TOKEN,
+        "star",
+        target("bob", granted=(READ, WRITE)),
+        "CONNECTION_EXCEEDS_AGENT_SCOPES",
+    ),
+    ("agent", Action.GET_TOKEN, "full", target("bob", granted=(READ, WRITE)), "OK"),
+    ("agent", Action.REFRESH, "ws-a", target("bob"), "WORKSPACE_NOT_BOUND"),
+    ("agent", Action.AGENT_SESSION, "ws-a", target("alice", granted=(READ, WRITE)), "OK"),
+    ("agent", Action.AGENT_SESSION, "obo-only", target("alice"), "AGENT_OBO_ONLY"),
+    ("agent", Action.OBO_SESSION, "obo-only", target("team"), "OK"),
+    ("agent", Action.OBO_SESSION, "obo-only", target("bob"), "USER_WORKSPACE_NOT_OWNED"),
+    ("agent", Action.OBO_SESSION, "ws-a", target("team"), "WORKSPACE_NOT_BOUND"),
+    ("agent", Action.OBO_SESSION, "crm-only", target("alice", "mail"), "PROVIDER_NOT_BOUND"),
+    ("admin", Action.GET_TOKEN, "obo-only", target("bob", "mail", (READ, WRITE)), "OK"),
+    ("admin", Action.AGENT_SESSION, "ws-a", target("bob"), "WORKSPACE_NOT_BOUND"),
+    ("other", Action.AGENT_SESSION, "ws-a", target("alice"), "AGENT_MISMATCH"),
+]
+
+
+@pytest.mark.parametrize(("who", "action", "name", "tgt", "expected"), CASES)
+def test_each_cell_of_the_access_table(
+    who: str, action: str, name: str, tgt: Target, expected: str
+) -> None:
+    caller: Principal = {
+        "agent": AgentPrincipal(name),
+        "admin": AdminPrincipal("backend"),
+        "other": AgentPrincipal("someone-else"),
+    }[who]
+    user = ALICE if action == Action.OBO_SESSION else None
+    assert answer(caller, action, name, tgt, user) == expected
+
+
+def test_a_session_without_a_connection_looks_only_where_it_may() -> None:
+    open_search = Target("id-crm", "crm")
+    ws_a = AGENTS["ws-a"]
+    assert decide(
+        AgentPrincipal("ws-a"), Action.AGENT_SESSION, ws_a, ws_a.bindings, open_search, (READ,)
+    ) == Reach(frozenset({"alice"}))
+    obo = AGENTS["obo-only"]
+    assert decide(
+        AgentPrincipal("obo-only"),
+        Action.OBO_SESSION,
+        obo,
+        obo.bindings,
+        open_search,
+        (READ,),
+        ALICE,
+    ) == Reach(frozenset({"alice", "team"}))
+    star = AGENTS["star"]
+    assert decide(
+        AgentPrincipal("star"), Action.AGENT_SESSION, star, star.bindings, open_search, (READ,)
+    ) == Reach(None)
+
+
+def test_an_unbound_agent_gets_the_deployments_rule() -> None:
+    unbound = agent("new-agent", None)
+    assert effective_bindings(unbound, target("alice"), allow_unbound=True) == OPEN_BINDINGS
+    with pytest.raises(NexusError) as refused:
+        effective_bindings(unbound, target("alice"), allow_unbound=False)
+    assert refused.value.reason == "AGENT_NOT_BOUND"
+    assert (
+        'PATCH /admin/v1/agents/new-agent {"bindings": {"providers": ["crm"], '
+        '"workspaces": ["alice"]}}' in refused.value.message
+    )
