@@ -19,16 +19,9 @@ token, which is never rotated.
 
 from __future__ import annotations
 
-import json
-import os
-import selectors
-import shutil
-import subprocess
-import tempfile
-import time
-from pathlib import Path
-from types import TracebackType
 from typing import Any
+
+from tests.support.node_server import REPO_ROOT, NodeServer, start_node_server
 
 __all__ = [
     "ACCOUNT_ID",
@@ -41,26 +34,20 @@ __all__ = [
     "start_certified_oidc",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CERTIFIED_OIDC_DIR = REPO_ROOT / "tests" / "support" / "certified_oidc"
 CLIENT_ID = "nexus-client"
 CLIENT_SECRET = "s3cret"  # a throwaway test client's secret
 ACCOUNT_ID = "user-1"
 SCOPES = ("openid", "offline_access", "crm:contacts:read", "crm:contacts:write")
-STARTUP_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 5.0
 
 
-class CertifiedOidc:
+class CertifiedOidc(NodeServer):
     """A running provider; stop it with ``stop()`` or by leaving a ``with`` block."""
 
     client_id = CLIENT_ID
     client_secret = CLIENT_SECRET
-
-    def __init__(self, process: subprocess.Popen[bytes], issuer: str, port: int) -> None:
-        self._process = process
-        self.issuer = issuer
-        self.port = port
+    issuer: str
+    port: int
 
     @property
     def discovery_url(self) -> str:
@@ -78,92 +65,19 @@ class CertifiedOidc:
     def introspection_url(self) -> str:
         return f"{self.issuer}/token/introspection"
 
-    def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        for pipe in (self._process.stdin, self._process.stdout):
-            if pipe is not None:
-                pipe.close()
-
-    def __enter__(self) -> CertifiedOidc:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 def start_certified_oidc(redirect_uris: list[str], port: int = 0) -> CertifiedOidc:
     """Start a provider on 127.0.0.1 (a free port unless given) with a fresh RS256 key,
     whose client registers ``redirect_uris``."""
-    if not (CERTIFIED_OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
-        raise RuntimeError(
-            "the certified test OIDC server is not installed: run "
-            f"`npm ci --prefix {CERTIFIED_OIDC_DIR.relative_to(REPO_ROOT)}` in {REPO_ROOT}"
-        )
-    node = shutil.which("node")
-    if node is None:
-        raise RuntimeError(
-            "`node` is not on PATH; the certified test OIDC server needs Node.js 20 or newer"
-        )
-
-    cmd = [node, str(CERTIFIED_OIDC_DIR / "server.mjs"), str(port), "--exit-on-stdin-eof"]
+    args = [str(port)]
     for uri in redirect_uris:
-        cmd += ["--redirect-uri", uri]
-    # stdin stays open for the server's lifetime: if this process dies without
-    # stop(), the pipe closes and the server exits instead of lingering.
-    # stderr goes to a file so a failed start can be explained without a
-    # reader thread to keep a pipe drained.
-    with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(
-            cmd,
-            cwd=CERTIFIED_OIDC_DIR,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-        )
-        try:
-            ready = json.loads(_read_ready_line(process))
-        except BaseException as failure:
-            process.kill()
-            process.wait()
-            for pipe in (process.stdin, process.stdout):
-                if pipe is not None:
-                    pipe.close()
-            stderr.seek(0)
-            detail = stderr.read().decode(errors="replace").strip()
-            raise RuntimeError(
-                f"certified test OIDC server did not start: {failure}\n{detail}"
-            ) from failure
-    return CertifiedOidc(process, ready["issuer"], ready["port"])
-
-
-def _read_ready_line(process: subprocess.Popen[bytes]) -> str:
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    received = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while b"\n" not in received:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no ready line within {STARTUP_TIMEOUT_S:.0f}s")
-            if selector.select(remaining):
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    raise RuntimeError(f"server exited with code {process.wait()}")
-                received += chunk
-    return received.partition(b"\n")[0].decode()
+        args += ["--redirect-uri", uri]
+    process, ready = start_node_server(
+        CERTIFIED_OIDC_DIR, "oidc-provider", args, "certified test OIDC server"
+    )
+    server = CertifiedOidc(process)
+    server.issuer, server.port = ready["issuer"], ready["port"]
+    return server
 
 
 def certified_stats(server: CertifiedOidc) -> dict[str, Any]:

@@ -153,7 +153,10 @@ class Refresher:
                     connection.last_refreshed_at is not None
                     and connection.last_refreshed_at >= started
                 )
-                if refreshed_elsewhere or (not force and not self.due(connection, now)):
+                # Read under the lease's transaction: a forced refresh that lost the
+                # race to another one (here or in another broker) has nothing to do.
+                limited = force and self.deps.refresh.forced_refresh_wait(connection, now)
+                if refreshed_elsewhere or limited or (not force and not self.due(connection, now)):
                     return
                 claimed = await uow.connections.claim(
                     connection_id, self.owner, now, now + timedelta(seconds=self.lease_seconds)
