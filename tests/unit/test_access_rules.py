@@ -29,11 +29,12 @@ def agent(agent_id: str, bindings: Bindings | None, *, enabled: bool = True) -> 
 @dataclass(frozen=True)
 class User:
     user_id: str
+    tenant_id: str
     permissions: frozenset[str]
     workspaces: frozenset[str]
 
 
-ALICE = User("alice", frozenset({READ}), frozenset({"alice", "team"}))
+ALICE = User("alice", "acme", frozenset({READ}), frozenset({"alice", "team"}))
 AGENTS = {
     "ws-a": agent("ws-a", Bindings(("*",), ("alice",))),
     "crm-only": agent("crm-only", Bindings(("crm",), ("*",))),
@@ -89,11 +90,12 @@ CASES = [
 def test_each_cell_of_the_access_table(
     who: str, action: str, name: str, tgt: Target, expected: str
 ) -> None:
-    caller: Principal = {
+    callers: dict[str, Principal] = {
         "agent": AgentPrincipal(name),
         "admin": AdminPrincipal("backend"),
         "other": AgentPrincipal("someone-else"),
-    }[who]
+    }
+    caller = callers[who]
     user = ALICE if action == Action.OBO_SESSION else None
     assert answer(caller, action, name, tgt, user) == expected
 

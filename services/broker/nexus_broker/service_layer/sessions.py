@@ -301,6 +301,7 @@ async def create_session(
             provider=request.provider,
             scopes=sorted(set(request.scopes)),
             acting_for=metadata.get("user_id", ""),
+            tenant_id=metadata.get("tenant_id", ""),
             workspace_id=metadata.get("workspace_id", request.workspace_id),
         )
         raise

@@ -74,6 +74,8 @@ class UserContext(Protocol):
     @property
     def user_id(self) -> str: ...
     @property
+    def tenant_id(self) -> str: ...
+    @property
     def permissions(self) -> frozenset[str]: ...
     @property
     def workspaces(self) -> frozenset[str]: ...
@@ -210,6 +212,7 @@ def _check_user(
             missing=", ".join(missing),
             # The agent holds the user's token, so naming its user reveals nothing new.
             user_id=user.user_id,
+            tenant_id=user.tenant_id,
         )
     owned = user.workspaces
     asked = target.connection.workspace_id if target.connection else target.workspace_id
