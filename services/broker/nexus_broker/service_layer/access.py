@@ -4,6 +4,7 @@ and recording both answers in the audit trail."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from nexus_common import AgentPrincipal, AuditEvent, NexusError, Principal
 
@@ -12,7 +13,7 @@ from ..domain.connections import Connection
 from ..domain.providers import AuthType, Provider
 from .connections import ConnectionDeps, load_connection, provider_of
 
-__all__ = ["Action", "audit_denial", "authorize_connection"]
+__all__ = ["Action", "Decide", "audit_denial", "authorize_connection", "connection_decision"]
 
 log = logging.getLogger("nexus.access")
 
@@ -44,15 +45,45 @@ async def audit_denial(
         log.exception("could not record a denial (%s) of %s", error.reason, resource)
 
 
+Decide = Callable[[Connection, Provider, tuple[str, ...]], Awaitable[AccessGrant]]
+
+
+def connection_decision(
+    caller: Principal, action: str, deps: ConnectionDeps, policy: PolicyClient
+) -> Decide:
+    """Ask whether ``caller`` may take ``action`` on a connection, given what it
+    was granted; a denial is audited and raised."""
+
+    async def decide(
+        connection: Connection, provider: Provider, granted: tuple[str, ...]
+    ) -> AccessGrant:
+        try:
+            return await policy.authorize(caller, action, provider, connection, granted)
+        except NexusError as error:
+            await audit_denial(
+                deps,
+                "access.denied",
+                f"connections/{connection.id}",
+                error,
+                attempted=action,
+                agent_id=_agent_of(caller),
+                workspace_id=connection.workspace_id,
+                provider=provider.name,
+            )
+            raise
+
+    return decide
+
+
 async def authorize_connection(
     caller: Principal,
     action: str,
     connection_id: str,
     deps: ConnectionDeps,
     policy: PolicyClient,
-) -> tuple[Connection, Provider, AccessGrant]:
+) -> tuple[Connection, Provider]:
     """The connection and its provider, once the policy service allowed
-    ``caller`` to take ``action`` on it; a denial is audited and raised."""
+    ``caller`` to take ``action`` on it."""
     async with deps.uow() as uow:
         connection = await load_connection(uow, connection_id)
         provider = await provider_of(uow, connection)
@@ -61,20 +92,6 @@ async def authorize_connection(
             if provider.spec.auth_type == AuthType.OAUTH2
             else None
         )
-    try:
-        grant = await policy.authorize(
-            caller, action, provider, connection, connection.granted_scopes(tokens)
-        )
-    except NexusError as error:
-        await audit_denial(
-            deps,
-            "access.denied",
-            f"connections/{connection.id}",
-            error,
-            attempted=action,
-            agent_id=_agent_of(caller),
-            workspace_id=connection.workspace_id,
-            provider=provider.name,
-        )
-        raise
-    return connection, provider, grant
+    decide = connection_decision(caller, action, deps, policy)
+    await decide(connection, provider, connection.granted_scopes(tokens))
+    return connection, provider

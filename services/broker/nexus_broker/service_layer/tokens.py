@@ -31,7 +31,7 @@ from ..domain.connections import Connection, ConnectionStatus, TokenSet
 from ..domain.credentials import TokenPayload, oauth2_payload, static_payload
 from ..domain.providers import AuthType, Provider
 from ..metrics import TOKEN_REFRESHES
-from .access import Action, audit_denial, authorize_connection
+from .access import Action, Decide, audit_denial, authorize_connection, connection_decision
 from .connections import (
     ConnectionDeps,
     client_credentials,
@@ -339,24 +339,31 @@ async def _load_with_provider(
 
 
 async def _release(
-    connection_id: str, deps: ConnectionDeps, refresher: Refresher | None
+    connection_id: str,
+    deps: ConnectionDeps,
+    refresher: Refresher | None,
+    decide: Decide | None = None,
 ) -> TokenPayload | None:
     """Hand out the stored credentials in one transaction: read the connection,
-    its provider and credentials, record the release. None when a refresher is
-    given and the token must be refreshed first."""
+    its provider and credentials, ask ``decide`` (when given) whether they may
+    go out, record the release. None when a refresher is given and the token
+    must be refreshed first."""
     now = deps.now()
     async with deps.uow() as uow:
         connection = await load_connection(uow, connection_id)
         provider = await provider_of(uow, connection)
+        oauth2 = provider.spec.auth_type == AuthType.OAUTH2
+        tokens = await uow.connections.tokens(connection_id) if oauth2 else None
+        if decide is not None:
+            await decide(connection, provider, connection.granted_scopes(tokens))
         require_active(connection, provider, now)
-        if provider.spec.auth_type != AuthType.OAUTH2:
+        if not oauth2:
             payload = static_payload(
                 provider, await uow.connections.static_credentials(connection_id)
             )
         elif refresher is not None and refresher.due(connection, now):
             return None
         else:
-            tokens = await uow.connections.tokens(connection_id)
             if tokens is None or tokens.expires_within(now, 0):
                 raise ProviderUnavailable(
                     f"the token expired and {provider.name} could not refresh it: "
@@ -376,15 +383,16 @@ async def get_token(
 ) -> TokenPayload:
     """Credentials for one connection, once the policy service allows the
     caller; refreshed first when at or near expiry."""
-    await authorize_connection(caller, Action.GET_TOKEN, connection_id, deps, policy)
-    return await release_token(connection_id, deps, refresher)
+    decide = connection_decision(caller, Action.GET_TOKEN, deps, policy)
+    return await release_token(connection_id, deps, refresher, decide)
 
 
 async def release_token(
-    connection_id: str, deps: ConnectionDeps, refresher: Refresher
+    connection_id: str, deps: ConnectionDeps, refresher: Refresher, decide: Decide | None = None
 ) -> TokenPayload:
-    """The connection's credentials, for a caller already allowed them."""
-    payload = await _release(connection_id, deps, refresher)
+    """The connection's credentials; ``decide`` is asked first unless the
+    caller was already allowed them (a session's decision covers its token)."""
+    payload = await _release(connection_id, deps, refresher, decide)
     if payload is None:
         await refresher.refresh(connection_id, force=False)
         payload = await _release(connection_id, deps, None)
@@ -401,7 +409,7 @@ async def refresh_connection(
 ) -> tuple[Connection, Provider]:
     """Refresh now, once the policy service allows the caller; at most once per
     connection in each window, and never during the provider's backoff."""
-    connection, provider, _ = await authorize_connection(
+    connection, provider = await authorize_connection(
         caller, Action.REFRESH, connection_id, deps, policy
     )
     now = deps.now()
