@@ -18,6 +18,7 @@ its own (test_holes.py); here only bindings decide.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -350,3 +351,76 @@ def test_grants_and_denials_on_these_paths_are_in_the_audit_trail(
         for e in refusals
     )
     assert not any(key in json.dumps(trail) for key in world.keys.values())
+
+
+def _introspect(rest: httpx.Client, headers: dict[str, str], token: str) -> dict[str, Any]:
+    return dict(
+        _ok(rest.post("/v1/agent-sessions:introspect", headers=headers, json={"token": token}))
+    )
+
+
+def test_only_the_sessions_own_agent_and_admins_see_it_through_envoy(
+    rest: httpx.Client, world: World
+) -> None:
+    own = {"Authorization": f"Bearer {world.keys['star-agent']}"}
+    session = _ok(
+        rest.post(
+            "/v1/agent-sessions",
+            headers=own,
+            json=_session_body("star-agent", world.connections["bob-crm"], "crm"),
+        )
+    )
+    token = session["session_token"]
+    assert _introspect(rest, own, token)["active"] is True
+    assert _introspect(rest, world.admin, token)["client_id"] == "star-agent"
+    stranger = {"Authorization": f"Bearer {world.keys['ws-a-agent']}"}
+    assert _introspect(rest, stranger, token) == {"active": False}
+
+
+def test_an_obo_session_through_envoy_ends_with_its_users_token(
+    rest: httpx.Client, world: World, backend: BackendAuthServer
+) -> None:
+    short = backend.issue_token("alice", permissions=["crm:contacts:read"], expires_in=30)
+    body = _session_body("obo-agent", world.connections["alice-crm"], "crm")
+    obo = _ok(
+        rest.post(
+            "/v1/obo-sessions",
+            headers={"Authorization": f"Bearer {world.keys['obo-agent']}"},
+            json=body | {"user_context_token": short, "ttl_seconds": 1800},
+        )
+    )
+    assert obo["acting_for"] == "alice"
+    assert obo["expires_at"] <= int(time.time()) + 30
+
+
+def test_disabling_an_agent_ends_its_sessions_through_envoy(
+    rest: httpx.Client, stack: Stack, world: World, app: AppServer
+) -> None:
+    key = _ok(
+        rest.post(
+            "/admin/v1/agents",
+            headers=world.admin,
+            json={
+                "agent_id": "doomed-agent",
+                "allowed_scopes": CRM_SCOPES,
+                "bindings": {"providers": ["crm"], "workspaces": ["alice"]},
+            },
+        )
+    )["agent_key"]
+    session = _ok(
+        rest.post(
+            "/v1/agent-sessions",
+            headers={"Authorization": f"Bearer {key}"},
+            json=_session_body("doomed-agent", world.connections["alice-crm"], "crm"),
+        )
+    )
+    assert _introspect(rest, world.admin, session["session_token"])["active"] is True
+
+    _ok(rest.patch("/admin/v1/agents/doomed-agent", headers=world.admin, json={"enabled": False}))
+
+    assert _introspect(rest, world.admin, session["session_token"]) == {"active": False}
+    refused = rest.get(
+        f"/v1/token/{world.connections['alice-crm']}", headers={"Authorization": f"Bearer {key}"}
+    )
+    assert refused.status_code == 403
+    assert refused.json()["details"][0]["reason"] == "AGENT_DISABLED"
