@@ -258,6 +258,8 @@ Nexus is running (SQLite in {data_dir}, logs in {data_dir / "logs"}).
                     {stack.metrics_url("broker")} (broker)
                     {stack.metrics_url("policy")} (policy)
   Admin API key:    {stack.admin_key}
+  Environment:      {stack.env["NEXUS_ENVIRONMENT"]} (agents without bindings reach everything;
+                    production refuses them: see the README's "Access")
 
 Try:
   curl -H 'X-API-Key: {stack.admin_key}' {stack.rest_url}/v1/providers

@@ -56,6 +56,7 @@ def test_run_prints_addresses_and_key_then_stops_everything_on_ctrl_c(tmp_path: 
         assert f"REST (Envoy):     http://127.0.0.1:{ports['rest']}" in banner
         assert f"gRPC (gateway):   127.0.0.1:{ports['gateway']}" in banner
         key = banner.split("Admin API key:")[1].split()[0]
+        assert "Environment:      development" in banner
         listed = httpx.get(
             f"http://127.0.0.1:{ports['rest']}/v1/providers", headers={"X-API-Key": key}
         )
