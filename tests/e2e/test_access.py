@@ -72,7 +72,7 @@ def _ok(response: httpx.Response) -> Any:
     return response.json()
 
 
-def _connect_crm(rest: httpx.Client, admin: dict[str, str], workspace: str) -> str:
+def connect_crm(rest: httpx.Client, admin: dict[str, str], workspace: str) -> str:
     started = _ok(
         rest.post(
             "/v1/request-connection",
@@ -111,26 +111,33 @@ def _connect_weather(
     return str(started["connection_id"])
 
 
+def register_crm(
+    rest: httpx.Client, admin: dict[str, str], idp: OidcServer, **params: object
+) -> None:
+    """The crm provider, on the real OAuth server from npm."""
+    _ok(
+        rest.post(
+            "/v1/providers",
+            headers=admin,
+            json={
+                "name": "crm",
+                "auth_type": "oauth2",
+                "client_id": "nexus-client",
+                "client_secret": "s3cret",
+                "issuer": idp.issuer,
+                "enable_discovery": True,
+                "scopes": CRM_SCOPES,
+                "params": params,
+            },
+        )
+    )
+
+
 @pytest.fixture(scope="module")
 def world(stack: Stack, idp: OidcServer, app: AppServer) -> World:
     admin = {"X-API-Key": stack.admin_key}
     with httpx.Client(base_url=stack.rest_url, timeout=30) as rest:
-        _ok(
-            rest.post(
-                "/v1/providers",
-                headers=admin,
-                json={
-                    "name": "crm",
-                    "auth_type": "oauth2",
-                    "client_id": "nexus-client",
-                    "client_secret": "s3cret",
-                    "issuer": idp.issuer,
-                    "enable_discovery": True,
-                    "scopes": CRM_SCOPES,
-                    "params": {"supports_scope_narrowing": True},
-                },
-            )
-        )
+        register_crm(rest, admin, idp, supports_scope_narrowing=True)
         _ok(
             rest.post(
                 "/v1/providers",
@@ -164,7 +171,7 @@ def world(stack: Stack, idp: OidcServer, app: AppServer) -> World:
         }
         connections = {}
         for user in ("alice", "bob"):
-            connections[f"{user}-crm"] = _connect_crm(rest, admin, user)
+            connections[f"{user}-crm"] = connect_crm(rest, admin, user)
             connections[f"{user}-weather"] = _connect_weather(rest, admin, user, app)
     return World(keys, connections, admin)
 

@@ -12,7 +12,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from tests.e2e.test_access import CRM_SCOPES, _connect_crm, _ok
+from tests.e2e.test_access import CRM_SCOPES, _ok, connect_crm, register_crm
 from tests.support.oidc_server import OidcServer, start_oidc_server, stats
 from tools.devstack import Stack
 
@@ -37,22 +37,8 @@ def test_forced_refreshes_through_envoy_make_one_provider_call_per_window(
     rest: httpx.Client, stack: Stack, idp: OidcServer
 ) -> None:
     admin = {"X-API-Key": stack.admin_key}
-    _ok(
-        rest.post(
-            "/v1/providers",
-            headers=admin,
-            json={
-                "name": "crm",
-                "auth_type": "oauth2",
-                "client_id": "nexus-client",
-                "client_secret": "s3cret",
-                "issuer": idp.issuer,
-                "enable_discovery": True,
-                "scopes": CRM_SCOPES,
-            },
-        )
-    )
-    connection_id = _connect_crm(rest, admin, "alice")
+    register_crm(rest, admin, idp)
+    connection_id = connect_crm(rest, admin, "alice")
     key = _ok(
         rest.post(
             "/admin/v1/agents",
