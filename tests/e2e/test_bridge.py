@@ -19,7 +19,7 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from nexus_sdk import AsyncNexusClient, NexusClientOptions, NexusNotFoundError
+from nexus_sdk import AsyncNexusClient, NexusAuthError, NexusClientOptions, NexusNotFoundError
 from nexus_sdk.bridge import Bridge, BridgeError, BridgeOptions, RetryPolicy, Send
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import ServerConnection, serve
@@ -278,6 +278,34 @@ async def test_an_unknown_connection_ends_the_bridge(
             30,
         )
     assert isinstance(failed.value.__cause__, NexusNotFoundError)
+
+
+async def test_an_agent_not_bound_to_the_connections_workspace_gets_no_bridge(
+    stack: Stack, setup: Setup, stream: StreamServer
+) -> None:
+    """The Bridge's fetches are GetToken calls: the same access decision holds."""
+    admin = {"X-API-Key": stack.admin_key}
+    async with httpx.AsyncClient(base_url=stack.rest_url, headers=admin, timeout=30) as rest:
+        elsewhere = ok(
+            await rest.post(
+                "/admin/v1/agents",
+                json={
+                    "agent_id": "elsewhere-agent",
+                    "allowed_scopes": ["stream:read"],
+                    "bindings": {"providers": ["market-data"], "workspaces": ["someone-else"]},
+                },
+            )
+        )
+    options = NexusClientOptions(gateway_url=stack.rest_url, agent_key=elsewhere["agent_key"])
+    async with AsyncNexusClient(options) as nexus:
+        bridge = Bridge(nexus, options=OPTIONS)
+        with pytest.raises(BridgeError) as failed:
+            await asyncio.wait_for(
+                bridge.maintain_websocket(setup.connection_id, stream.url, Recorder()), 30
+            )
+    cause = failed.value.__cause__
+    assert isinstance(cause, NexusAuthError) and cause.reason == "WORKSPACE_NOT_BOUND"
+    assert stream.opened == []
 
 
 class CheckingHealth(health.aio.HealthServicer):
