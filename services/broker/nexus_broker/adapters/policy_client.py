@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2
 from nexus.policy.v1 import policy_pb2, policy_pb2_grpc
 from nexus_common import AdminPrincipal, InternalClient, Principal
 
+from ..domain.access import Action
 from ..domain.connections import Connection
 from ..domain.providers import Provider
 from ..domain.sessions import UserStamp
@@ -16,10 +17,10 @@ from ..domain.sessions import UserStamp
 __all__ = ["AccessGrant", "PolicyClient", "SessionAsk"]
 
 _ACTIONS = {
-    "get_token": policy_pb2.AccessRequest.ACTION_GET_TOKEN,
-    "refresh": policy_pb2.AccessRequest.ACTION_REFRESH,
-    "agent_session": policy_pb2.AccessRequest.ACTION_AGENT_SESSION,
-    "obo_session": policy_pb2.AccessRequest.ACTION_OBO_SESSION,
+    Action.GET_TOKEN: policy_pb2.AccessRequest.ACTION_GET_TOKEN,
+    Action.REFRESH: policy_pb2.AccessRequest.ACTION_REFRESH,
+    Action.AGENT_SESSION: policy_pb2.AccessRequest.ACTION_AGENT_SESSION,
+    Action.OBO_SESSION: policy_pb2.AccessRequest.ACTION_OBO_SESSION,
 }
 
 

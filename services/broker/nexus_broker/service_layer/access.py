@@ -13,16 +13,9 @@ from ..domain.connections import Connection
 from ..domain.providers import AuthType, Provider
 from .connections import ConnectionDeps, load_connection, provider_of
 
-__all__ = ["Action", "Decide", "audit_denial", "authorize_connection", "connection_decision"]
+__all__ = ["Decide", "audit_denial", "authorize_connection", "connection_decision"]
 
 log = logging.getLogger("nexus.access")
-
-
-class Action:
-    GET_TOKEN = "get_token"  # noqa: S105 - an action name
-    REFRESH = "refresh"
-    AGENT_SESSION = "agent_session"
-    OBO_SESSION = "obo_session"
 
 
 def _agent_of(caller: Principal) -> str:

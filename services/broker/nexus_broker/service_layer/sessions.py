@@ -55,6 +55,7 @@ from nexus_common import (
 from ..adapters.policy_client import AccessGrant, PolicyClient, SessionAsk
 from ..adapters.rfc6749 import ClientCredentials, TokenEndpointError
 from ..adapters.rfc7009 import revoke_tokens
+from ..domain.access import Action
 from ..domain.connections import Connection, TokenSet
 from ..domain.providers import AuthType, Provider
 from ..domain.sessions import (
@@ -67,7 +68,7 @@ from ..domain.sessions import (
     validate_request,
 )
 from ..metrics import SESSIONS
-from .access import Action, audit_denial
+from .access import audit_denial
 from .connections import ConnectionDeps, client_credentials, load_connection
 from .providers import get_provider
 from .signing import SessionSigner

@@ -27,11 +27,12 @@ from nexus_common import (
 
 from ..adapters.policy_client import PolicyClient
 from ..adapters.rfc6749 import TokenEndpointError
+from ..domain.access import Action
 from ..domain.connections import Connection, ConnectionStatus, TokenSet
 from ..domain.credentials import TokenPayload, oauth2_payload, static_payload
 from ..domain.providers import AuthType, Provider
 from ..metrics import TOKEN_REFRESHES
-from .access import Action, Decide, audit_denial, authorize_connection, connection_decision
+from .access import Decide, audit_denial, authorize_connection, connection_decision
 from .connections import (
     ConnectionDeps,
     client_credentials,
