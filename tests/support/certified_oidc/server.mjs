@@ -26,7 +26,7 @@
 // - GET /__control/stats counts token calls per grant type, token errors,
 //   revocation and introspection calls, and finished interactions per prompt
 //   (login, consent): a consent after a revocation shows the Grant was deleted.
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import { parseArgs } from 'node:util';
 import Provider from 'oidc-provider';
@@ -73,9 +73,16 @@ const { port } = server.address();
 const issuer = `http://${HOST}:${port}`;
 
 // A fresh signing key per run: nothing may depend on a key that outlives the server.
-const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+// Made as PEM and read back before the JWK export: on Node 20.20, exporting a key
+// object straight from generateKeyPairSync as JWK deadlocks about once in a few
+// hundred runs (the main thread waits on a futex forever); read back, it never did.
+const { privateKey: pem } = generateKeyPairSync('rsa', {
+  modulusLength: 2048,
+  privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  publicKeyEncoding: { type: 'spki', format: 'pem' },
+});
 const signingKey = {
-  ...privateKey.export({ format: 'jwk' }),
+  ...createPrivateKey(pem).export({ format: 'jwk' }),
   kid: randomBytes(8).toString('hex'),
   alg: 'RS256',
   use: 'sig',
