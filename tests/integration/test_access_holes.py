@@ -12,11 +12,17 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
-from nexus.broker.v1 import connections_pb2, providers_pb2, sessions_pb2
+from nexus.broker.v1 import (
+    connections_pb2,
+    connections_pb2_grpc,
+    providers_pb2,
+    sessions_pb2,
+    sessions_pb2_grpc,
+)
 from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from nexus.policy.v1 import agents_pb2
 
-from tests.conftest import Services
+from tests.conftest import INTERNAL_TOKEN, Services
 from tests.integration.helpers import ADMIN, expect_error
 from tests.integration.test_connections import connections
 from tests.integration.test_sessions import (
@@ -418,3 +424,33 @@ async def test_a_binding_change_applies_to_the_very_next_decision(
     assert (await get_token(services, bob, key)).credentials["access_token"]
     await bind("alice")
     await expect_error(get_token(services, bob, key), DENIED, "WORKSPACE_NOT_BOUND")
+
+
+async def test_a_service_call_without_a_caller_gets_no_credential_and_no_kill_switch_by_mistake(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    """Straight to the broker with the internal token but no caller the gateway
+    established: no caller, no credential."""
+    await register_crm(services, idp)
+    connection_id = await connect_crm(services, app, "alice")
+    internal = (("x-nexus-internal-token", INTERNAL_TOKEN),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{services.broker_port}") as channel:
+        broker_tokens = connections_pb2_grpc.ConnectionServiceStub(channel)
+        for call in (broker_tokens.GetToken, broker_tokens.RefreshConnection):
+            request_type = (
+                connections_pb2.GetTokenRequest
+                if call is broker_tokens.GetToken
+                else connections_pb2.RefreshConnectionRequest
+            )
+            await expect_error(
+                call(request_type(connection_id=connection_id), metadata=internal),
+                DENIED,
+                "CALLER_NOT_ALLOWED",
+            )
+        await expect_error(
+            sessions_pb2_grpc.SessionServiceStub(channel).EndAgentSessions(
+                sessions_pb2.EndAgentSessionsRequest(agent_id=""), metadata=internal
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "VALIDATION_FAILED",
+        )

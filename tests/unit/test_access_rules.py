@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from nexus_broker.domain.sessions import NarrowedToken
 from nexus_common import AdminPrincipal, AgentPrincipal, NexusError, Principal
 from nexus_policy.domain.access import (
     Action,
@@ -132,3 +133,14 @@ def test_an_unbound_agent_gets_the_deployments_rule() -> None:
         'PATCH /admin/v1/agents/new-agent {"bindings": {"providers": ["crm"], '
         '"workspaces": ["alice"]}}' in refused.value.message
     )
+
+
+def test_a_narrowed_token_is_shared_only_while_it_outlives_the_session() -> None:
+    hour, quarter = timedelta(hours=1), timedelta(minutes=15)
+    fresh = NarrowedToken("c1", "a1", "t", NOW, NOW + hour)
+    assert fresh.usable_for(quarter, NOW, None)
+    assert not fresh.usable_for(quarter, NOW + hour - quarter / 2, None)
+    # Minted before the agent's sessions were ended: never handed out again.
+    assert not fresh.usable_for(quarter, NOW, NOW + timedelta(seconds=1))
+    # No expiry given by the provider: nothing says when it stops working.
+    assert not NarrowedToken("c1", "a1", "t", NOW, None).usable_for(quarter, NOW, None)

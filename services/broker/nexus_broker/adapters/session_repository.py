@@ -10,14 +10,14 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from nexus_common import Keyring, reseal_column, utc
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..domain.sessions import NarrowedToken, Session, UserStamp
 from ..domain.signing import ALGORITHM, SigningKey
 from .orm import agent_sessions, narrowed_tokens, signing_keys
 
-__all__ = ["NarrowedTokenRepository", "SessionRepository", "SigningKeyRepository", "scope_key"]
+__all__ = ["NarrowedTokenRepository", "SessionRepository", "SigningKeyRepository"]
 
 
 def _session(row: Any) -> Session:
@@ -116,7 +116,7 @@ def _narrowed_aad(token_id: str) -> bytes:
     return f"narrowed_tokens/{token_id}".encode()
 
 
-def scope_key(scopes: tuple[str, ...]) -> str:
+def _scope_key(scopes: tuple[str, ...]) -> str:
     return hashlib.sha256(" ".join(sorted(set(scopes))).encode()).hexdigest()
 
 
@@ -148,7 +148,7 @@ class NarrowedTokenRepository:
                 .where(
                     narrowed_tokens.c.connection_id == connection_id,
                     narrowed_tokens.c.agent_id == agent_id,
-                    narrowed_tokens.c.scope_key == scope_key(scopes),
+                    narrowed_tokens.c.scope_key == _scope_key(scopes),
                 )
                 .order_by(narrowed_tokens.c.created_at.desc())
                 .limit(1)
@@ -162,7 +162,7 @@ class NarrowedTokenRepository:
                 id=token.id,
                 connection_id=token.connection_id,
                 agent_id=token.agent_id,
-                scope_key=scope_key(scopes),
+                scope_key=_scope_key(scopes),
                 access_token_sealed=self._keyring.seal(
                     token.access_token.encode(), _narrowed_aad(token.id)
                 ),
@@ -191,10 +191,19 @@ class NarrowedTokenRepository:
                 delete(narrowed_tokens).where(narrowed_tokens.c.id.in_(token_ids))
             )
 
-    async def purge(self, now: datetime) -> int:
-        """Forget tokens past their expiry, and any stale ones a newer token replaced."""
+    async def purge(self, now: datetime, unexpiring_before: datetime) -> int:
+        """Forget tokens past their expiry, and those without one minted before
+        ``unexpiring_before`` (no session that could still revoke them is left)."""
         result = await self._session.execute(
-            delete(narrowed_tokens).where(narrowed_tokens.c.expires_at < now)
+            delete(narrowed_tokens).where(
+                or_(
+                    narrowed_tokens.c.expires_at < now,
+                    and_(
+                        narrowed_tokens.c.expires_at.is_(None),
+                        narrowed_tokens.c.created_at < unexpiring_before,
+                    ),
+                )
+            )
         )
         return int(getattr(result, "rowcount", 0))
 

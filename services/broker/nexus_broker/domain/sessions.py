@@ -91,10 +91,11 @@ class NarrowedToken:
 
     def usable_for(self, lifetime: timedelta, now: datetime, not_before: datetime | None) -> bool:
         """Good for a whole session of ``lifetime``, and minted after the agent's
-        sessions were last ended."""
+        sessions were last ended. A token whose expiry the provider did not say
+        is never shared: nothing tells when it stops working."""
         if not_before is not None and self.created_at < not_before:
             return False
-        return self.expires_at is None or self.expires_at - now >= lifetime
+        return self.expires_at is not None and self.expires_at - now >= lifetime
 
 
 def is_uuid(value: str) -> bool:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from nexus_common import AgentPrincipal, AuditEvent, NexusError, Principal
 
 from ..adapters.policy_client import AccessGrant, PolicyClient
-from ..domain.connections import Connection
+from ..domain.connections import Connection, TokenSet
 from ..domain.providers import AuthType, Provider
 from .connections import ConnectionDeps, load_connection, provider_of
 
@@ -74,9 +74,9 @@ async def authorize_connection(
     connection_id: str,
     deps: ConnectionDeps,
     policy: PolicyClient,
-) -> tuple[Connection, Provider]:
-    """The connection and its provider, once the policy service allowed
-    ``caller`` to take ``action`` on it."""
+) -> tuple[Connection, Provider, TokenSet | None]:
+    """The connection, its provider and (for OAuth) its tokens, once the policy
+    service allowed ``caller`` to take ``action`` on it."""
     async with deps.uow() as uow:
         connection = await load_connection(uow, connection_id)
         provider = await provider_of(uow, connection)
@@ -87,4 +87,4 @@ async def authorize_connection(
         )
     decide = connection_decision(caller, action, deps, policy)
     await decide(connection, provider, connection.granted_scopes(tokens))
-    return connection, provider
+    return connection, provider, tokens

@@ -77,6 +77,9 @@ from .unit_of_work import BrokerUnitOfWork
 
 log = logging.getLogger("nexus.sessions")
 
+# As the policy service's agent ids, and the agent_sessions column.
+_MAX_AGENT_ID = 63
+
 __all__ = [
     "IssuedSession",
     "SessionDeps",
@@ -418,6 +421,8 @@ async def end_agent_sessions(agent_id: str, deps: SessionDeps) -> tuple[int, int
     """The kill switch: close every open session of the agent and forget its
     narrowed tokens, revoking those whose provider allows it. Returns how many
     sessions were closed and tokens revoked."""
+    if not agent_id or len(agent_id) > _MAX_AGENT_ID:
+        raise ValidationFailed(f"agent_id must be 1-{_MAX_AGENT_ID} characters", field="agent_id")
     now = deps.connections.now()
     async with deps.connections.uow() as uow:
         closed = await uow.sessions.close_for_agent(agent_id, now)
@@ -526,6 +531,6 @@ async def purge_sessions(deps: SessionDeps, retention: timedelta) -> int:
     now = deps.connections.now()
     async with deps.connections.uow() as uow:
         purged = await uow.sessions.purge(now - retention)
-        await uow.narrowed.purge(now)
+        await uow.narrowed.purge(now, now - retention)
         await uow.commit()
     return purged

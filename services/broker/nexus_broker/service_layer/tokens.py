@@ -410,7 +410,7 @@ async def refresh_connection(
 ) -> tuple[Connection, Provider]:
     """Refresh now, once the policy service allows the caller; at most once per
     connection in each window, and never during the provider's backoff."""
-    connection, provider = await authorize_connection(
+    connection, provider, tokens = await authorize_connection(
         caller, Action.REFRESH, connection_id, deps, policy
     )
     now = deps.now()
@@ -420,8 +420,6 @@ async def refresh_connection(
             f"{provider.name} uses static credentials, which do not refresh",
             connection_id=connection_id,
         )
-    async with deps.uow() as uow:
-        tokens = await uow.connections.tokens(connection_id)
     if tokens is None or not tokens.refresh_token:
         raise RefreshNotSupported(
             f"{provider.name} issued no refresh token for this connection, so it cannot "
