@@ -484,8 +484,8 @@ async def test_basic_auth_through_the_json_api(services: Services, app: AppServe
 async def run_refresh_loop_once(services: Services) -> None:
     """One pass of the broker's background loop, as it runs every few seconds."""
     refresher = services.broker.core.refresher
-    for connection_id in await refresher.claim_due(batch=50):
-        await refresher.refresh_claimed(connection_id)
+    for lease in await refresher.claim_due(batch=50):
+        await refresher.refresh_claimed(lease)
 
 
 async def stored_refresh_token(services: Services, connection_id: str) -> str | None:

@@ -14,7 +14,8 @@ SESSIONS = Counter(
 )
 TOKEN_REFRESHES = Counter(
     "nexus_token_refreshes_total",
-    "Connection token refreshes: succeeded, retrying (a transient provider failure, "
-    "backing off) or reauth_required (the user must reconnect).",
+    "Connection token refreshes: succeeded, retrying (a transient failure, backing "
+    "off), reauth_required (the user must reconnect) or discarded (the lease was taken "
+    "over before the result was stored).",
     ["outcome"],
 )

@@ -39,6 +39,7 @@ from .entrypoints.connection_servicer import ConnectionServicer
 from .entrypoints.servicers import AuditLogServicer, ProviderRegistryServicer
 from .entrypoints.session_servicer import SessionServicer
 from .service_layer.connections import ConnectionDeps
+from .service_layer.leases import RefreshLeases
 from .service_layer.providers import RegistryDeps
 from .service_layer.sessions import SessionDeps
 from .service_layer.signing import SessionSigner
@@ -114,6 +115,12 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
         pending_ttl=timedelta(seconds=settings.connection_ttl_seconds),
         refresh=settings.refresh,
         random=random.random,
+        leases=RefreshLeases(
+            uow=deps.uow,
+            clock=_now,
+            seconds=settings.refresh_lease_seconds,
+            call_seconds=settings.provider_timeout_seconds,
+        ),
     )
     refresher = Refresher(connections)
     policy = InternalClient(

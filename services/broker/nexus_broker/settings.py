@@ -34,6 +34,7 @@ class BrokerSettings:
     refresh: RefreshPolicy
     refresh_loop: bool
     refresh_interval_seconds: float
+    refresh_lease_seconds: float
     internal_token: str
     policy_target: str
     policy_timeout_seconds: float
@@ -80,6 +81,7 @@ class BrokerSettings:
             ),
             refresh_loop=env.flag("NEXUS_REFRESH_LOOP", True),
             refresh_interval_seconds=env.number("NEXUS_REFRESH_INTERVAL_SECONDS", 5.0),
+            refresh_lease_seconds=_lease_seconds(env),
             internal_token=env.internal_tokens()[0],
             policy_target=env.text("NEXUS_POLICY_TARGET", "127.0.0.1:50071"),
             # Above the policy service's own backend timeout, so its answer arrives.
@@ -101,6 +103,14 @@ def _state_key(value: str) -> bytes:
     if len(key) < 32:
         raise ConfigError("NEXUS_STATE_KEY must be at least 32 characters")
     return key
+
+
+def _lease_seconds(env: Env) -> float:
+    seconds = env.number("NEXUS_REFRESH_LEASE_SECONDS", 30.0)
+    # Renewed every quarter of its length: shorter would hammer the database.
+    if not 1 <= seconds <= 3600:
+        raise ConfigError("NEXUS_REFRESH_LEASE_SECONDS must be between 1 and 3600")
+    return seconds
 
 
 def _session_limits(env: Env) -> SessionLimits:

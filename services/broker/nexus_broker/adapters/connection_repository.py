@@ -11,7 +11,7 @@ from nexus_common import Keyring, reseal_column, utc
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..domain.connections import Connection, ConnectionStatus, TokenSet
+from ..domain.connections import Connection, ConnectionStatus, Lease, TokenSet
 from .orm import authorization_attempts, connections
 
 __all__ = ["Attempt", "AttemptRepository", "ConnectionRepository"]
@@ -93,12 +93,21 @@ class ConnectionRepository:
         self,
         connection: Connection,
         *,
-        read_at: datetime,
+        read_at: datetime | None = None,
+        lease: Lease | None = None,
         tokens: TokenSet | None = None,
         static: dict[str, str] | None = None,
         wipe_credentials: bool = False,
     ) -> bool:
-        """Store ``connection`` (and new credentials) if nobody changed it since it was read."""
+        """Store ``connection`` (and new credentials) if nobody changed it since
+        it was read at ``read_at``, or, under a lease, while the row still
+        carries that lease's fence."""
+        conditions = [connections.c.id == connection.id]
+        if read_at is not None:
+            conditions.append(connections.c.updated_at == read_at)
+        if lease is not None:
+            conditions.append(connections.c.lease_owner == lease.fence)
+        assert len(conditions) > 1, "an unconditional write would lose a concurrent one"
         values = self._values(connection)
         if wipe_credentials:
             values["credentials_sealed"] = None
@@ -109,9 +118,7 @@ class ConnectionRepository:
                 connection.id, {"kind": "static", "values": static}
             )
         result = await self._session.execute(
-            update(connections)
-            .where(connections.c.id == connection.id, connections.c.updated_at == read_at)
-            .values(**values)
+            update(connections).where(*conditions).values(**values)
         )
         return int(getattr(result, "rowcount", 0)) == 1
 
@@ -204,22 +211,38 @@ class ConnectionRepository:
         )
         return list((await self._session.scalars(statement)).all())
 
-    async def claim(self, connection_id: str, owner: str, now: datetime, until: datetime) -> bool:
+    async def claim(self, lease: Lease, now: datetime) -> bool:
         """Take the refresh lease unless someone holds an unexpired one."""
         result = await self._session.execute(
             update(connections)
             .where(
-                connections.c.id == connection_id,
+                connections.c.id == lease.connection_id,
                 or_(connections.c.lease_until.is_(None), connections.c.lease_until < now),
             )
-            .values(lease_until=until, lease_owner=owner)
+            .values(lease_until=lease.until, lease_owner=lease.fence)
         )
         return int(getattr(result, "rowcount", 0)) == 1
 
-    async def release(self, connection_id: str, owner: str) -> None:
+    async def renew(self, lease: Lease, until: datetime) -> bool:
+        """Extend a lease; False once another claim has replaced its fence.
+        A lapsed lease nobody claimed since is still this holder's to extend."""
+        result = await self._session.execute(
+            update(connections)
+            .where(
+                connections.c.id == lease.connection_id,
+                connections.c.lease_owner == lease.fence,
+            )
+            .values(lease_until=until)
+        )
+        return int(getattr(result, "rowcount", 0)) == 1
+
+    async def release(self, lease: Lease) -> None:
         await self._session.execute(
             update(connections)
-            .where(connections.c.id == connection_id, connections.c.lease_owner == owner)
+            .where(
+                connections.c.id == lease.connection_id,
+                connections.c.lease_owner == lease.fence,
+            )
             .values(lease_until=None, lease_owner=None)
         )
 

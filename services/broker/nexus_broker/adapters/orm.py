@@ -98,6 +98,7 @@ connections = Table(
     Column("refresh_failures", Integer, nullable=False, default=0),
     Column("last_error", Text, nullable=False, default=""),
     # A refresh in progress: whoever holds an unexpired lease refreshes; others wait.
+    # lease_owner holds the claim's fence (broker id and a per-claim nonce).
     Column("lease_until", DateTime(timezone=True), nullable=True),
     Column("lease_owner", String(64), nullable=True),
     Index("ix_connections_workspace", "workspace_id", "created_at"),

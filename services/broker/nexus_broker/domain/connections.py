@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-__all__ = ["Connection", "ConnectionStatus", "RefreshPolicy", "TokenSet"]
+__all__ = ["Connection", "ConnectionStatus", "Lease", "RefreshPolicy", "TokenSet"]
 
 
 class ConnectionStatus:
@@ -77,6 +77,20 @@ class Connection:
         ):
             return ConnectionStatus.EXPIRED
         return self.status
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One broker's right to refresh (or revoke) one connection until ``until``.
+
+    ``fence`` is drawn afresh for every claim and stored on the row. A write
+    made under the lease counts only while the row still carries this fence,
+    so a holder whose lease lapsed and was claimed again can no longer
+    overwrite what the next holder stored."""
+
+    connection_id: str
+    fence: str
+    until: datetime
 
 
 @dataclass(frozen=True)

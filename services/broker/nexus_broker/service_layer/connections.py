@@ -39,6 +39,7 @@ from ..domain.providers import STATIC_AUTH_TYPES, AuthType, Provider
 from ..domain.return_urls import ReturnUrlPolicy, append_query
 from ..domain.rfc7636 import CODE_CHALLENGE_METHOD, code_challenge, new_code_verifier
 from ..domain.state import StateSigner
+from .leases import RefreshLeases
 from .providers import RegistryDeps, get_provider
 from .unit_of_work import BrokerUnitOfWork
 
@@ -75,6 +76,7 @@ class ConnectionDeps:
     pending_ttl: timedelta
     refresh: RefreshPolicy
     random: Callable[[], float]
+    leases: RefreshLeases
 
     @property
     def uow(self) -> Callable[[], BrokerUnitOfWork]:
@@ -451,44 +453,54 @@ async def revoke_connection(
     connection_id: str, deps: ConnectionDeps
 ) -> tuple[Connection, Provider]:
     """Revoke locally, and at the provider when it has a revocation endpoint.
-    The stored credentials are wiped either way."""
+    The stored credentials are wiped either way. Done under the refresh lease:
+    a refresh in flight (in any broker) finishes first, and the tokens it
+    minted are the ones revoked."""
     async with deps.uow() as uow:
         connection = await load_connection(uow, connection_id)
         provider = await provider_of(uow, connection)
-        tokens = await uow.connections.tokens(connection_id)
-        client = await client_credentials(uow, provider)
     if connection.status == ConnectionStatus.REVOKED:
         return connection, provider
-    now = deps.now()
-    note = ""
-    if tokens is not None and provider.revocation_url:
-        try:
-            await revoke_tokens(deps.tokens, provider.revocation_url, client, tokens, now)
-        except TokenEndpointError as exc:
-            note = f"revoked in Nexus; the provider did not confirm: {exc.message}"
-    revoked = replace(
-        connection,
-        status=ConnectionStatus.REVOKED,
-        updated_at=now,
-        next_refresh_at=None,
-        last_error=note,
-    )
-    async with deps.uow() as uow:
-        if not await uow.connections.save(
-            revoked, read_at=connection.updated_at, wipe_credentials=True
-        ):
-            raise ConnectionNotActive(
-                "the connection changed meanwhile; try again", status=connection.status
-            )
-        await uow.audit.add(
-            connection_event(
-                "connection.revoke",
-                revoked,
-                now,
-                at_provider=bool(tokens and provider.revocation_url and not note),
-            )
+    async with deps.leases.held(connection_id) as lease:
+        async with deps.uow() as uow:
+            connection = await load_connection(uow, connection_id)
+            tokens = await uow.connections.tokens(connection_id)
+            client = await client_credentials(uow, provider)
+        if connection.status == ConnectionStatus.REVOKED:
+            return connection, provider
+        now = deps.now()
+        note = ""
+        if tokens is not None and provider.revocation_url:
+            held = tokens
+            try:
+                await deps.leases.call(
+                    lease,
+                    lambda: revoke_tokens(deps.tokens, provider.revocation_url, client, held, now),
+                )
+            except TokenEndpointError as exc:
+                note = f"revoked in Nexus; the provider did not confirm: {exc.message}"
+        revoked = replace(
+            connection,
+            status=ConnectionStatus.REVOKED,
+            updated_at=now,
+            next_refresh_at=None,
+            last_error=note,
         )
-        await uow.commit()
+        async with deps.uow() as uow:
+            if not await uow.connections.save(revoked, lease=lease, wipe_credentials=True):
+                raise ConnectionNotActive(
+                    "the connection changed meanwhile; try again", status=connection.status
+                )
+            await uow.connections.release(lease)
+            await uow.audit.add(
+                connection_event(
+                    "connection.revoke",
+                    revoked,
+                    now,
+                    at_provider=bool(tokens and provider.revocation_url and not note),
+                )
+            )
+            await uow.commit()
     return revoked, provider
 
 

@@ -1,17 +1,17 @@
 """Handing out credentials, and refreshing OAuth tokens exactly once at a time.
 
 Refreshes are single-flight twice over: within a broker, concurrent callers
-share one in-flight refresh; across brokers, a lease on the connection row
-(taken with a conditional UPDATE) lets one replica refresh while the others
-wait for its result. A rotated refresh token is stored in the same
-transaction that releases the lease, so it is never lost.
+share one in-flight refresh; across brokers, a fenced lease on the connection
+row (see leases.py) lets one replica refresh while the others wait for its
+result. A rotated refresh token is stored in the same transaction that
+releases the lease, so it is never lost while the lease holds; a result whose
+lease was taken over is discarded, never written over the new holder's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -26,9 +26,10 @@ from nexus_common import (
 )
 
 from ..adapters.policy_client import PolicyClient
-from ..adapters.rfc6749 import TokenEndpointError
+from ..adapters.rfc6749 import ClientCredentials, TokenEndpointError
+from ..adapters.rfc7009 import revoke_tokens
 from ..domain.access import Action
-from ..domain.connections import Connection, ConnectionStatus, TokenSet
+from ..domain.connections import Connection, ConnectionStatus, Lease, TokenSet
 from ..domain.credentials import TokenPayload, oauth2_payload, static_payload
 from ..domain.providers import AuthType, Provider
 from ..metrics import TOKEN_REFRESHES
@@ -40,6 +41,7 @@ from .connections import (
     load_connection,
     provider_of,
 )
+from .leases import RefreshLeases
 from .unit_of_work import BrokerUnitOfWork
 
 __all__ = [
@@ -65,11 +67,13 @@ class Refresher:
     """Refreshes tokens for one broker; shared by GetToken and the refresh loop."""
 
     deps: ConnectionDeps
-    lease_seconds: float = 30.0
-    owner: str = field(default_factory=lambda: uuid.uuid4().hex)
     # Keyed by (connection, forced): a forced refresh must not settle for an
     # unforced one that found nothing to do.
     _inflight: dict[tuple[str, bool], asyncio.Future[None]] = field(default_factory=dict)
+
+    @property
+    def leases(self) -> RefreshLeases:
+        return self.deps.leases
 
     async def refresh(self, connection_id: str, *, force: bool) -> None:
         """Refresh unless a refresh (here or in another broker) makes it unnecessary."""
@@ -81,48 +85,35 @@ class Refresher:
             pending.add_done_callback(lambda _: self._inflight.pop(key, None))
         await asyncio.shield(pending)
 
-    async def _claim(self, connection_id: str) -> None:
-        """Take the connection's lease, waiting while another refresh holds it."""
-        deadline = self.deps.now() + timedelta(seconds=self.lease_seconds + 5)
-        while True:
-            now = self.deps.now()
-            async with self.deps.uow() as uow:
-                claimed = await uow.connections.claim(
-                    connection_id, self.owner, now, now + timedelta(seconds=self.lease_seconds)
-                )
-                await uow.commit()
-            if claimed:
-                return
-            if now >= deadline:
-                raise ProviderUnavailable(
-                    "another broker is still refreshing this connection; retry"
-                )
-            await asyncio.sleep(0.1)
-
     async def narrowed(self, connection_id: str, scopes: tuple[str, ...]) -> TokenSet:
         """A token carrying only ``scopes``, from a refresh grant that asks for
         fewer (RFC 6749 §6). It is handed out, never stored, so the connection
         keeps its full grant; a rotated refresh token is stored under the lease."""
-        await self._claim(connection_id)
-        try:
+        async with self.leases.held(connection_id) as lease:
             async with self.deps.uow() as uow:
                 connection = await load_connection(uow, connection_id)
                 tokens = await uow.connections.tokens(connection_id)
                 provider = await provider_of(uow, connection)
                 client = await client_credentials(uow, provider)
+            now = self.deps.now()
+            # Revoked (or needing the user) while this broker waited for the lease.
+            require_active(connection, provider, now)
             if tokens is None or not tokens.refresh_token:
                 raise SessionNotSupported(
                     f"{provider.name} issued no refresh token for this connection, so "
                     "Nexus cannot narrow its scopes"
                 )
-            now = self.deps.now()
+            refresh_token = tokens.refresh_token
             try:
-                fresh = await self.deps.tokens.refresh(
-                    provider.token_url,
-                    client,
-                    refresh_token=tokens.refresh_token,
-                    scopes=scopes,
-                    now=now,
+                fresh = await self.leases.call(
+                    lease,
+                    lambda: self.deps.tokens.refresh(
+                        provider.token_url,
+                        client,
+                        refresh_token=refresh_token,
+                        scopes=scopes,
+                        now=now,
+                    ),
                 )
             except TokenEndpointError as exc:
                 raise ProviderUnavailable(
@@ -131,19 +122,22 @@ class Refresher:
                 ) from exc
             if fresh.refresh_token and fresh.refresh_token != tokens.refresh_token:
                 async with self.deps.uow() as uow:
-                    await uow.connections.save(
+                    saved = await uow.connections.save(
                         replace(connection, updated_at=now),
-                        read_at=connection.updated_at,
+                        lease=lease,
                         tokens=replace(tokens, refresh_token=fresh.refresh_token),
                     )
                     await uow.commit()
+                if not saved:
+                    await self._discard(lease, connection, provider, client, tokens, fresh)
+                    raise ProviderUnavailable(
+                        "another broker took over this connection's refresh meanwhile; retry"
+                    )
             return fresh
-        finally:
-            await self._release(connection_id)
 
     async def _refresh_once(self, connection_id: str, *, force: bool) -> None:
         started = self.deps.now()
-        deadline = started + timedelta(seconds=self.lease_seconds + 5)
+        deadline = started + timedelta(seconds=self.leases.wait_seconds)
         while True:
             now = self.deps.now()
             async with self.deps.uow() as uow:
@@ -159,12 +153,10 @@ class Refresher:
                 limited = force and self.deps.refresh.forced_refresh_wait(connection, now)
                 if refreshed_elsewhere or limited or (not force and not self.due(connection, now)):
                     return
-                claimed = await uow.connections.claim(
-                    connection_id, self.owner, now, now + timedelta(seconds=self.lease_seconds)
-                )
+                lease = await self.leases.try_claim(uow, connection_id)
                 await uow.commit()
-            if claimed:
-                await self.refresh_claimed(connection_id)
+            if lease is not None:
+                await self.refresh_claimed(lease)
                 return
             if now >= deadline:
                 raise ProviderUnavailable(
@@ -184,69 +176,158 @@ class Refresher:
         )
         return expires is not None and expires - now <= skew and not backing_off
 
-    async def refresh_claimed(self, connection_id: str) -> None:
-        """Refresh a connection whose lease this broker holds, then release it."""
+    async def refresh_claimed(self, lease: Lease) -> None:
+        """Refresh a connection whose lease this broker holds. However it ends,
+        the lease is released: with the outcome, or, on a failure nobody
+        foresaw, with the failure recorded and a backoff before the next try."""
+        try:
+            await self._refresh_leased(lease)
+        except Exception as exc:
+            await self._record_unexpected(lease, exc)
+        finally:
+            # Nothing happens when the outcome's write released it already.
+            await self.leases.release(lease)
+
+    async def _refresh_leased(self, lease: Lease) -> None:
         async with self.deps.uow() as uow:
-            connection = await load_connection(uow, connection_id)
-            tokens = await uow.connections.tokens(connection_id)
+            connection = await load_connection(uow, lease.connection_id)
+            tokens = await uow.connections.tokens(lease.connection_id)
             provider = await provider_of(uow, connection)
             client = await client_credentials(uow, provider)
+        if connection.status != ConnectionStatus.ACTIVE:
+            return  # revoked (or needing the user) since it was found due
         now = self.deps.now()
         if tokens is not None and not tokens.refresh_token and not tokens.expires_within(now, 0):
-            # Nothing to refresh and nothing wrong: a token that is still good.
-            await self._release(connection_id)
-            return
+            return  # nothing to refresh and nothing wrong: a token that is still good
         if tokens is None or not tokens.refresh_token:
             await self._record(
+                lease,
                 connection,
                 now,
                 status=ConnectionStatus.ATTENTION,
                 error="the provider gave no refresh token; the user must reconnect",
             )
             return
+        refresh_token = tokens.refresh_token
         narrowed = provider.params.supports_scope_narrowing and connection.scopes
         try:
-            fresh = await self.deps.tokens.refresh(
-                provider.token_url,
-                client,
-                refresh_token=tokens.refresh_token,
-                scopes=connection.scopes if narrowed else None,
-                now=now,
+            fresh = await self.leases.call(
+                lease,
+                lambda: self.deps.tokens.refresh(
+                    provider.token_url,
+                    client,
+                    refresh_token=refresh_token,
+                    scopes=connection.scopes if narrowed else None,
+                    now=now,
+                ),
             )
         except TokenEndpointError as exc:
-            if exc.transient:
-                failures = connection.refresh_failures + 1
-                wait = self.deps.refresh.backoff(failures, exc.retry_after, self.deps.random())
-                await self._record(
-                    connection,
-                    now,
-                    failures=failures,
-                    error=exc.message,
-                    next_refresh_at=now + wait,
-                )
-            else:
-                await self._record(
-                    connection,
-                    now,
-                    status=ConnectionStatus.ATTENTION,
-                    error=f"{exc.message}; the user must reconnect",
-                )
+            await self._record_provider_error(lease, connection, now, exc)
             return
         merged = tokens.after_refresh(fresh)
-        await self._record(
+        stored = await self._record(
+            lease,
             replace(connection, token_expires_at=merged.expires_at, last_refreshed_at=now),
             now,
             tokens=merged,
             next_refresh_at=self.deps.refresh.next_refresh(merged, now, self.deps.random()),
         )
+        if not stored:
+            await self._discard(lease, connection, provider, client, tokens, fresh)
 
-    async def _release(self, connection_id: str) -> None:
+    async def _record_provider_error(
+        self, lease: Lease, connection: Connection, now: datetime, exc: TokenEndpointError
+    ) -> None:
+        if not exc.transient:
+            await self._record(
+                lease,
+                connection,
+                now,
+                status=ConnectionStatus.ATTENTION,
+                error=f"{exc.message}; the user must reconnect",
+            )
+            return
+        failures = connection.refresh_failures + 1
+        wait = self.deps.refresh.backoff(failures, exc.retry_after, self.deps.random())
+        await self._record(
+            lease,
+            connection,
+            now,
+            failures=failures,
+            error=exc.message,
+            next_refresh_at=now + wait,
+        )
+
+    async def _record_unexpected(self, lease: Lease, exc: Exception) -> None:
+        """A fault nobody foresaw (a bug, a replica missing a key): recorded as a
+        failed refresh that backs off like a failing provider, never retried hot.
+        Only the exception's type is stored: its text may quote a secret."""
+        log.exception("refreshing connection %s failed unexpectedly", lease.connection_id)
+        try:
+            async with self.deps.uow() as uow:
+                connection = await load_connection(uow, lease.connection_id)
+            now = self.deps.now()
+            failures = connection.refresh_failures + 1
+            await self._record(
+                lease,
+                connection,
+                now,
+                failures=failures,
+                error=f"the refresh failed unexpectedly ({type(exc).__name__}); retrying later",
+                next_refresh_at=now + self.deps.refresh.backoff(failures, None, self.deps.random()),
+            )
+        except Exception:
+            log.exception("could not record the failed refresh of %s", lease.connection_id)
+
+    async def _discard(
+        self,
+        lease: Lease,
+        connection: Connection,
+        provider: Provider,
+        client: ClientCredentials,
+        spent: TokenSet,
+        fresh: TokenSet,
+    ) -> None:
+        """A result this broker may no longer store: its lease was taken over.
+        The row is the new holder's, who learns the grant's state from the
+        provider itself. A rotated refresh token minted here is lost with this
+        result and no one could ever revoke it later, so it is revoked now
+        (with its access token) where the provider allows."""
+        rotated = bool(fresh.refresh_token) and fresh.refresh_token != spent.refresh_token
+        revoked = False
+        now = self.deps.now()
+        if rotated and provider.revocation_url:
+            try:
+                async with asyncio.timeout(self.leases.call_seconds):
+                    await revoke_tokens(
+                        self.deps.tokens, provider.revocation_url, client, fresh, now
+                    )
+                revoked = True
+            except (TokenEndpointError, TimeoutError):
+                pass
+        log.warning(
+            "connection %s: its refresh lease was taken over before the result was "
+            "stored; the result is discarded (rotated refresh token: %s, revoked: %s)",
+            lease.connection_id,
+            rotated,
+            revoked,
+        )
+        TOKEN_REFRESHES.labels("discarded").inc()
         async with self.deps.uow() as uow:
-            await uow.connections.release(connection_id, self.owner)
+            await uow.audit.add(
+                connection_event(
+                    "refresh.discarded",
+                    connection,
+                    now,
+                    rotated=rotated,
+                    revoked_at_provider=revoked,
+                )
+            )
             await uow.commit()
 
     async def _record(
         self,
+        lease: Lease,
         connection: Connection,
         now: datetime,
         *,
@@ -255,7 +336,9 @@ class Refresher:
         failures: int = 0,
         next_refresh_at: datetime | None = None,
         tokens: TokenSet | None = None,
-    ) -> None:
+    ) -> bool:
+        """Store the outcome and release the lease in one transaction, only
+        while this broker still holds the lease. False: the outcome was not stored."""
         outcome = replace(
             connection,
             status=status,
@@ -265,10 +348,8 @@ class Refresher:
             updated_at=now,
         )
         async with self.deps.uow() as uow:
-            saved = await uow.connections.save(
-                outcome, read_at=connection.updated_at, tokens=tokens
-            )
-            await uow.connections.release(connection.id, self.owner)
+            saved = await uow.connections.save(outcome, lease=lease, tokens=tokens)
+            await uow.connections.release(lease)
             if saved:
                 TOKEN_REFRESHES.labels(_refresh_outcome(tokens, status)).inc()
                 action = "refresh.succeeded" if tokens is not None else "refresh.failed"
@@ -278,36 +359,32 @@ class Refresher:
                     )
                 )
             await uow.commit()
+        return saved
 
     async def run(self, interval: float, batch: int = 50, concurrency: int = 8) -> None:
         """The background loop: claim due connections and refresh them."""
         limit = asyncio.Semaphore(concurrency)
 
-        async def one(connection_id: str) -> None:
+        async def one(lease: Lease) -> None:
             async with limit:
-                try:
-                    await self.refresh_claimed(connection_id)
-                except Exception:
-                    log.exception("refreshing connection %s failed", connection_id)
+                await self.refresh_claimed(lease)
 
         while True:
-            claimed: list[str] = []
+            claimed: list[Lease] = []
             try:
                 claimed = await self.claim_due(batch)
-                await asyncio.gather(*(one(c) for c in claimed))
+                await asyncio.gather(*(one(lease) for lease in claimed))
             except Exception:
                 log.exception("refresh loop iteration failed")
             if not claimed:
                 await asyncio.sleep(interval)
 
-    async def claim_due(self, batch: int) -> list[str]:
-        now = self.deps.now()
-        until = now + timedelta(seconds=self.lease_seconds)
+    async def claim_due(self, batch: int) -> list[Lease]:
         async with self.deps.uow() as uow:
-            due = await uow.connections.due_for_refresh(now, batch)
-            claimed = [c for c in due if await uow.connections.claim(c, self.owner, now, until)]
+            due = await uow.connections.due_for_refresh(self.deps.now(), batch)
+            claimed = [await self.leases.try_claim(uow, c) for c in due]
             await uow.commit()
-        return claimed
+        return [lease for lease in claimed if lease is not None]
 
 
 def _refresh_outcome(tokens: TokenSet | None, status: str) -> str:
