@@ -1,0 +1,131 @@
+"""An OAuth provider on loopback that rotates refresh tokens and counts their uses.
+
+Every refresh answers with a new refresh token and spends the one sent: a
+spent token is refused with ``invalid_grant``, as providers with reuse
+detection do (RFC 9700 §4.14.2). Each token sent is counted, whatever the
+answer, so a test sees any token sent twice. ``stall_next_refresh`` holds the
+next refresh's answer back for that many seconds (the token counts as sent
+the moment it arrives); ``before_refresh_answer`` runs, once, just before the
+next refresh is answered. Revocations (RFC 7009) are recorded in order.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
+
+from tests.support.loopback import LoopbackServer, owner
+
+__all__ = ["RotatingProvider"]
+
+
+class RotatingProvider(LoopbackServer):
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.uses: Counter[str] = Counter()
+        self.issued: list[tuple[str, str]] = []  # (access token, refresh token), oldest first
+        self.revoked: list[str] = []
+        self.expires_in = 3600
+        self.stall_next_refresh = 0.0
+        self.refresh_arrived = threading.Event()
+        self.before_refresh_answer: Callable[[], None] | None = None
+        self._live: set[str] = set()
+        self._codes: set[str] = set()
+        super().__init__(_Handler)
+
+    @property
+    def refresh_calls(self) -> int:
+        with self.lock:
+            return sum(self.uses.values())
+
+    def issue(self) -> dict[str, object]:
+        access, refresh = f"at-{secrets.token_hex(8)}", f"rt-{secrets.token_hex(8)}"
+        with self.lock:
+            self._live.add(refresh)
+            self.issued.append((access, refresh))
+        return {
+            "access_token": access,
+            "token_type": "Bearer",
+            "refresh_token": refresh,
+            "expires_in": self.expires_in,
+        }
+
+    def new_code(self) -> str:
+        code = secrets.token_hex(8)
+        with self.lock:
+            self._codes.add(code)
+        return code
+
+    def redeem(self, code: str) -> bool:
+        with self.lock:
+            found = code in self._codes
+            self._codes.discard(code)
+        return found
+
+    def spend(self, refresh_token: str) -> bool:
+        """Count a use; True when the token was live (and is spent now)."""
+        with self.lock:
+            self.uses[refresh_token] += 1
+            stall, self.stall_next_refresh = self.stall_next_refresh, 0.0
+            hook, self.before_refresh_answer = self.before_refresh_answer, None
+        self.refresh_arrived.set()
+        time.sleep(stall)
+        if hook is not None:
+            hook()
+        with self.lock:
+            live = refresh_token in self._live
+            self._live.discard(refresh_token)
+        return live
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib's name
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib's name
+        url = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if url.path != "/authorize":
+            self._answer(404, {"error": "not_found"})
+            return
+        code = owner(self).new_code()
+        target = query["redirect_uri"] + "?" + urlencode({"code": code, "state": query["state"]})
+        self.send_response(302)
+        self.send_header("Location", target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib's name
+        provider: RotatingProvider = owner(self)
+        length = int(self.headers.get("Content-Length", "0"))
+        form = dict(parse_qsl(self.rfile.read(length).decode()))
+        path = urlsplit(self.path).path
+        if path == "/revoke":
+            with provider.lock:
+                provider.revoked.append(form.get("token", ""))
+            self._answer(200, {})
+        elif path != "/token":
+            self._answer(404, {"error": "not_found"})
+        elif form.get("grant_type") == "authorization_code" and provider.redeem(form["code"]):
+            self._answer(200, provider.issue())
+        elif form.get("grant_type") == "refresh_token" and provider.spend(form["refresh_token"]):
+            self._answer(200, provider.issue())
+        else:
+            self._answer(400, {"error": "invalid_grant"})
+
+    def _answer(self, status: int, body: dict[str, object]) -> None:
+        data = json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up waiting; what it was sent no longer matters
