@@ -44,6 +44,8 @@ from tests.support.rotating_provider import RotatingProvider
 
 LEASE_SECONDS = 1
 STALL_SECONDS = 2.5
+# The total deadline of one provider call (NEXUS_PROVIDER_TIMEOUT_SECONDS) where a test sets it.
+DEADLINE_SECONDS = 1.5
 
 
 @pytest.fixture
@@ -217,6 +219,28 @@ async def test_an_unexpected_failure_releases_the_lease_with_backoff_and_is_reco
     status = await check(services, connection_id)
     assert status.status == "active" and status.last_error == ""
     assert provider.refresh_calls == 1
+
+
+async def test_a_provider_that_drips_its_answer_is_cut_off_at_the_deadline(
+    services: Services, app: AppServer, provider: RotatingProvider
+) -> None:
+    connection_id = await connect(services, app, provider)
+    spent_refresh = provider.issued[-1][1]
+    await asyncio.sleep(1.1)
+    provider.drip_next_refresh = 4 * DEADLINE_SECONDS
+    async with replica(services, NEXUS_PROVIDER_TIMEOUT_SECONDS=str(DEADLINE_SECONDS)) as broker:
+        (lease,) = await broker.refresher.claim_due(batch=50)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await broker.refresher.refresh_claimed(lease)
+        assert loop.time() - started < 2 * DEADLINE_SECONDS
+
+    row = lease_row(services, connection_id)
+    assert row["lease_owner"] is None and row["lease_until"] is None
+    assert row["refresh_failures"] == 1
+    status = await check(services, connection_id)
+    assert status.status == "active" and "deadline" in status.last_error
+    assert provider.uses == Counter({spent_refresh: 1})
 
 
 async def test_revoke_waits_for_a_refresh_in_flight_and_revokes_what_it_minted(

@@ -5,8 +5,10 @@ spent token is refused with ``invalid_grant``, as providers with reuse
 detection do (RFC 9700 §4.14.2). Each token sent is counted, whatever the
 answer, so a test sees any token sent twice. ``stall_next_refresh`` holds the
 next refresh's answer back for that many seconds (the token counts as sent
-the moment it arrives); ``before_refresh_answer`` runs, once, just before the
-next refresh is answered. Revocations (RFC 7009) are recorded in order.
+the moment it arrives); ``drip_next_refresh`` sends the next refresh's answer
+a byte at a time over that many seconds, which no per-read timeout catches;
+``before_refresh_answer`` runs, once, just before the next refresh is
+answered. Revocations (RFC 7009) are recorded in order.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class RotatingProvider(LoopbackServer):
         self.revoked: list[str] = []
         self.expires_in = 3600
         self.stall_next_refresh = 0.0
+        self.drip_next_refresh = 0.0
         self.refresh_arrived = threading.Event()
         self.before_refresh_answer: Callable[[], None] | None = None
         self._live: set[str] = set()
@@ -68,6 +71,11 @@ class RotatingProvider(LoopbackServer):
             self._codes.discard(code)
         return found
 
+    def take_drip(self) -> float:
+        with self.lock:
+            drip, self.drip_next_refresh = self.drip_next_refresh, 0.0
+        return drip
+
     def spend(self, refresh_token: str) -> bool:
         """Count a use; True when the token was live (and is spent now)."""
         with self.lock:
@@ -85,10 +93,10 @@ class RotatingProvider(LoopbackServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib's name
+    def do_GET(self) -> None:
         url = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         if url.path != "/authorize":
@@ -101,7 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib's name
+    def do_POST(self) -> None:
         provider: RotatingProvider = owner(self)
         length = int(self.headers.get("Content-Length", "0"))
         form = dict(parse_qsl(self.rfile.read(length).decode()))
@@ -115,17 +123,23 @@ class _Handler(BaseHTTPRequestHandler):
         elif form.get("grant_type") == "authorization_code" and provider.redeem(form["code"]):
             self._answer(200, provider.issue())
         elif form.get("grant_type") == "refresh_token" and provider.spend(form["refresh_token"]):
-            self._answer(200, provider.issue())
+            self._answer(200, provider.issue(), drip=provider.take_drip())
         else:
             self._answer(400, {"error": "invalid_grant"})
 
-    def _answer(self, status: int, body: dict[str, object]) -> None:
+    def _answer(self, status: int, body: dict[str, object], drip: float = 0.0) -> None:
         data = json.dumps(body).encode()
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            if not drip:
+                self.wfile.write(data)
+                return
+            for index in range(len(data)):
+                self.wfile.write(data[index : index + 1])
+                self.wfile.flush()
+                time.sleep(drip / len(data))
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up waiting; what it was sent no longer matters

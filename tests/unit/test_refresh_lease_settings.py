@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import pytest
+from nexus_broker.settings import BrokerSettings
+from nexus_common import ConfigError, generate_key_spec
+
+BASE = {
+    "NEXUS_INTERNAL_TOKEN": "t" * 32,
+    "NEXUS_BROKER_DATABASE_URL": "sqlite://",
+    "NEXUS_KEYRING": generate_key_spec(1),
+    "NEXUS_STATE_KEY": "s" * 32,
+}
+
+
+def test_the_refresh_lease_is_thirty_seconds_unless_set() -> None:
+    assert BrokerSettings.from_env(BASE).refresh_lease_seconds == 30
+    lease = BrokerSettings.from_env(BASE | {"NEXUS_REFRESH_LEASE_SECONDS": "2.5"})
+    assert lease.refresh_lease_seconds == 2.5
+
+
+@pytest.mark.parametrize("value", ["0", "0.5", "-3", "nan", "inf", "3601", "soon"])
+def test_a_refresh_lease_out_of_range_refuses_to_start(value: str) -> None:
+    with pytest.raises(ConfigError, match="NEXUS_REFRESH_LEASE_SECONDS"):
+        BrokerSettings.from_env(BASE | {"NEXUS_REFRESH_LEASE_SECONDS": value})
