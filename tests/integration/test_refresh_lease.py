@@ -3,7 +3,7 @@ loopback that rotates refresh tokens and counts every use of each one.
 
 Broker A is the one behind the gateway; broker B is a second broker core with
 its own engine, HTTP client and leases, against the same database, as a second
-replica would be. The lease is 1 s here, so a provider that stalls 2.5 s
+replica would be. The lease is 2 s here, so a provider that stalls 5 s
 answers well past it."""
 
 from __future__ import annotations
@@ -42,10 +42,11 @@ from tests.support.app_server import AppServer
 from tests.support.postgres import fresh_database, postgres_url
 from tests.support.rotating_provider import RotatingProvider
 
-LEASE_SECONDS = 1
-STALL_SECONDS = 2.5
+# Renewed every 0.5 s, so a test survives an event loop stalled for a second on a busy machine.
+LEASE_SECONDS = 2
+STALL_SECONDS = 5
 # The total deadline of one provider call (NEXUS_PROVIDER_TIMEOUT_SECONDS) where a test sets it.
-DEADLINE_SECONDS = 1.5
+DEADLINE_SECONDS = 3
 
 
 @pytest.fixture
@@ -227,7 +228,7 @@ async def test_a_provider_that_drips_its_answer_is_cut_off_at_the_deadline(
     connection_id = await connect(services, app, provider)
     spent_refresh = provider.issued[-1][1]
     await asyncio.sleep(1.1)
-    provider.drip_next_refresh = 4 * DEADLINE_SECONDS
+    provider.drip_next_refresh = 3 * DEADLINE_SECONDS
     async with replica(services, NEXUS_PROVIDER_TIMEOUT_SECONDS=str(DEADLINE_SECONDS)) as broker:
         (lease,) = await broker.refresher.claim_due(batch=50)
         loop = asyncio.get_running_loop()
