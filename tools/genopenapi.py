@@ -46,7 +46,7 @@ _TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 # Methods whose REST answer is an HttpBody: what that body is. Every such method must be here.
 _HTTP_BODY_RESPONSES: Mapping[str, tuple[str, Schema]] = {
     "nexus.gateway.v1.SessionService.GetJwks": (
-        "application/json",
+        "application/jwk-set+json",
         {
             "description": "A JWK Set (RFC 7517) with the public keys that verify session tokens.",
             "type": "object",

@@ -32,25 +32,26 @@ def _run(args: list[str]) -> None:
         raise SystemExit(f"protoc failed: {' '.join(args)}")
 
 
+def proto_sources() -> list[str]:
+    return sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "nexus").rglob("*.proto"))
+
+
+def described_descriptor_set(sources: list[str], out: Path) -> None:
+    """The descriptor set the OpenAPI document is built from: with the protos' comments,
+    which Envoy's descriptor set leaves out."""
+    _run(["--include_imports", "--include_source_info", f"--descriptor_set_out={out}", *sources])
+
+
 def _openapi(sources: list[str], openapi_out: Path) -> None:
-    """The document takes its descriptions from the protos' comments, which Envoy's
-    descriptor set leaves out."""
     with tempfile.TemporaryDirectory() as scratch:
         described = Path(scratch) / "described.pb"
-        _run(
-            [
-                "--include_imports",
-                "--include_source_info",
-                f"--descriptor_set_out={described}",
-                *sources,
-            ]
-        )
+        described_descriptor_set(sources, described)
         openapi_out.parent.mkdir(parents=True, exist_ok=True)
         openapi_out.write_text(genopenapi.render(described.read_bytes()))
 
 
 def main(python_out: Path, descriptor_out: Path, openapi_out: Path) -> None:
-    sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "nexus").rglob("*.proto"))
+    sources = proto_sources()
     python_out.mkdir(parents=True, exist_ok=True)
     descriptor_out.parent.mkdir(parents=True, exist_ok=True)
     _run(
