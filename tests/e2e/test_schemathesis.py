@@ -26,10 +26,11 @@ CHECKS = (
     "content_type_conformance",
     "response_schema_conformance",
 )
-EXAMPLES_PER_OPERATION = 15
+EXAMPLES_PER_OPERATION = 10
 SEED = 20261130
-# Under a minute on a quiet machine; the budget leaves room for a loaded CI runner.
-TIME_BUDGET_SECONDS = 240
+# About two minutes on PostgreSQL; the budget caps it on a loaded runner (what was generated
+# by then is still checked).
+TIME_BUDGET_SECONDS = 150
 
 
 def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_document(
