@@ -43,6 +43,7 @@ from ._errors import (
     InvalidArgument,
     InvalidPageToken,
     MalformedJson,
+    MalformedRequest,
     NexusError,
     NoConnection,
     NotFound,
@@ -66,6 +67,7 @@ from ._errors import (
     Unauthenticated,
     Unavailable,
     UnknownField,
+    UserContextInvalid,
     UserPermissionMissing,
     UserTokenInvalid,
     UserWorkspaceNotOwned,
@@ -77,7 +79,7 @@ from ._jwks import JwksUnavailable, JwksVerifier, JwtVerificationError
 from ._keyring import Keyring, KeyringError, generate_key_spec
 from ._logging import configure_logging, redact
 from ._metrics import MetricsEndpoint, serve_metrics
-from ._paging import decode_page_token, encode_page_token, page_size
+from ._paging import PageTokens, page_size
 from ._principal import AdminPrincipal, AgentPrincipal, Principal, principal_of
 from ._server import MAX_MESSAGE_BYTES, NexusServer, build_server, run_until_signalled
 from ._settings import ConfigError, Deployment, Env
@@ -130,12 +132,14 @@ __all__ = [
     "Keyring",
     "KeyringError",
     "MalformedJson",
+    "MalformedRequest",
     "MetricsEndpoint",
     "Migrations",
     "NexusError",
     "NexusServer",
     "NoConnection",
     "NotFound",
+    "PageTokens",
     "PermissionDenied",
     "Principal",
     "ProviderAlreadyExists",
@@ -158,6 +162,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UnknownField",
+    "UserContextInvalid",
     "UserPermissionMissing",
     "UserTokenInvalid",
     "UserWorkspaceNotOwned",
@@ -169,8 +174,6 @@ __all__ = [
     "create_engine",
     "current_actor",
     "current_caller",
-    "decode_page_token",
-    "encode_page_token",
     "generate_key_spec",
     "internal_authenticator",
     "outbound_span",
