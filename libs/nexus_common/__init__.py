@@ -16,7 +16,15 @@ from ._auth import (
     internal_authenticator,
 )
 from ._client import InternalClient
-from ._db import Migrations, SqlUnitOfWork, create_engine, reseal_column, sync_url, utc
+from ._db import (
+    Migrations,
+    SqlUnitOfWork,
+    create_engine,
+    reseal_column,
+    retry_stale,
+    sync_url,
+    utc,
+)
 from ._errors import (
     ERROR_DOMAIN,
     AgentAlreadyExists,
@@ -36,6 +44,7 @@ from ._errors import (
     ConnectionNotFound,
     ConnectionReauthRequired,
     CredentialsRejected,
+    DatabaseUnavailable,
     DependencyUnavailable,
     DiscoveryDocumentInvalid,
     FailedPrecondition,
@@ -117,6 +126,7 @@ __all__ = [
     "ConnectionNotFound",
     "ConnectionReauthRequired",
     "CredentialsRejected",
+    "DatabaseUnavailable",
     "DependencyUnavailable",
     "Deployment",
     "DiscoveryDocumentInvalid",
@@ -182,6 +192,7 @@ __all__ = [
     "principal_of",
     "redact",
     "reseal_column",
+    "retry_stale",
     "run_until_signalled",
     "serve_metrics",
     "sync_url",

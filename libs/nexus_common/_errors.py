@@ -51,6 +51,7 @@
     │                                   (metadata: retry_after_seconds)
     ├── Unavailable                     UNAVAILABLE
     │   ├── DependencyUnavailable       reason DEPENDENCY_UNAVAILABLE
+    │   ├── DatabaseUnavailable         reason DATABASE_UNAVAILABLE (RetryInfo)
     │   ├── ProviderUnavailable         reason PROVIDER_UNAVAILABLE
     │   └── BackendAuthUnavailable      reason BACKEND_AUTH_UNAVAILABLE
     ├── Internal                        INTERNAL, reason INTERNAL
@@ -58,7 +59,8 @@
 
 Messages are written for a person and must never contain a secret or an
 upstream response body. ``metadata`` carries machine-readable specifics such
-as the offending field. Both may echo what a caller sent, so both are clipped
+as the offending field; ``retry_after_seconds``, when set, becomes a
+``google.rpc.RetryInfo``. Both message and metadata may echo what a caller sent, so both are clipped
 (``MAX_MESSAGE_CHARS``, ``MAX_METADATA_CHARS``): an echoed 6 KB id must not
 make the status itself too large to send.
 """
@@ -88,6 +90,7 @@ __all__ = [
     "ConnectionNotFound",
     "ConnectionReauthRequired",
     "CredentialsRejected",
+    "DatabaseUnavailable",
     "DependencyUnavailable",
     "DiscoveryDocumentInvalid",
     "FailedPrecondition",
@@ -148,6 +151,8 @@ class NexusError(Exception):
     reason: str = "UNKNOWN"
     # A grpc.StatusCode name; kept a string so the domain never imports grpc.
     grpc_status: str = "UNKNOWN"
+    # When to try again, for faults that pass by themselves.
+    retry_after_seconds: float | None = None
 
     def __init__(self, message: str, **metadata: str) -> None:
         message = clip(message, MAX_MESSAGE_CHARS)
@@ -291,6 +296,21 @@ class Unavailable(NexusError):
 
 class DependencyUnavailable(Unavailable):
     reason = "DEPENDENCY_UNAVAILABLE"
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database could not be reached or dropped the connection.
+
+    ``stale`` says the connection was one the pool handed out after the
+    database had dropped it, before anything was committed: a fresh
+    connection may succeed at once."""
+
+    reason = "DATABASE_UNAVAILABLE"
+    retry_after_seconds = 1.0
+
+    def __init__(self, message: str, *, stale: bool = False, **metadata: str) -> None:
+        super().__init__(message, **metadata)
+        self.stale = stale
 
 
 class Internal(NexusError):
