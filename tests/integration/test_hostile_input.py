@@ -15,8 +15,8 @@ import pytest
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from nexus.broker.v1 import audit_pb2, connections_pb2, providers_pb2, sessions_pb2
-from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from nexus.broker.v1 import audit_pb2, connections_pb2, providers_pb2
+from nexus.gateway.v1 import gateway_pb2_grpc
 from nexus.policy.v1 import agents_pb2
 from nexus_common._auth import INTERNAL_TOKEN_HEADER
 
@@ -205,9 +205,7 @@ async def test_an_undecodable_request_without_a_credential_is_still_unauthentica
     services: Services,
 ) -> None:
     await expect_error(
-        _raw_call(services.gateway, "/nexus.gateway.v1.ConnectionService/GetToken")(
-            UNDECODABLE[0]
-        ),
+        _raw_call(services.gateway, "/nexus.gateway.v1.ConnectionService/GetToken")(UNDECODABLE[0]),
         grpc.StatusCode.UNAUTHENTICATED,
         "UNAUTHENTICATED",
     )

@@ -52,7 +52,9 @@ def test_a_database_outage_says_when_to_try_again() -> None:
 
 def test_echoed_input_is_clipped_in_message_and_metadata() -> None:
     huge = "x" * 6000
-    error = nexus_common.ConnectionNotFound(f"no connection has the id {huge!r}", connection_id=huge)
+    error = nexus_common.ConnectionNotFound(
+        f"no connection has the id {huge!r}", connection_id=huge
+    )
     assert len(error.message) <= _errors.MAX_MESSAGE_CHARS
     assert error.message.endswith("characters)") and "6027 characters" in error.message
     assert len(error.metadata["connection_id"]) <= _errors.MAX_METADATA_CHARS

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import pytest
 import base64
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from nexus_common import (
