@@ -16,7 +16,15 @@ from ._auth import (
     internal_authenticator,
 )
 from ._client import InternalClient
-from ._db import Migrations, SqlUnitOfWork, create_engine, reseal_column, sync_url, utc
+from ._db import (
+    Migrations,
+    SqlUnitOfWork,
+    create_engine,
+    reseal_column,
+    retry_stale,
+    sync_url,
+    utc,
+)
 from ._errors import (
     ERROR_DOMAIN,
     AgentAlreadyExists,
@@ -36,6 +44,7 @@ from ._errors import (
     ConnectionNotFound,
     ConnectionReauthRequired,
     CredentialsRejected,
+    DatabaseUnavailable,
     DependencyUnavailable,
     DiscoveryDocumentInvalid,
     FailedPrecondition,
@@ -43,6 +52,7 @@ from ._errors import (
     InvalidArgument,
     InvalidPageToken,
     MalformedJson,
+    MalformedRequest,
     NexusError,
     NoConnection,
     NotFound,
@@ -66,6 +76,7 @@ from ._errors import (
     Unauthenticated,
     Unavailable,
     UnknownField,
+    UserContextInvalid,
     UserPermissionMissing,
     UserTokenInvalid,
     UserWorkspaceNotOwned,
@@ -77,7 +88,7 @@ from ._jwks import JwksUnavailable, JwksVerifier, JwtVerificationError
 from ._keyring import Keyring, KeyringError, generate_key_spec
 from ._logging import configure_logging, redact
 from ._metrics import MetricsEndpoint, serve_metrics
-from ._paging import decode_page_token, encode_page_token, page_size
+from ._paging import PageTokens, page_size
 from ._principal import AdminPrincipal, AgentPrincipal, Principal, principal_of
 from ._server import MAX_MESSAGE_BYTES, NexusServer, build_server, run_until_signalled
 from ._settings import ConfigError, Deployment, Env
@@ -115,6 +126,7 @@ __all__ = [
     "ConnectionNotFound",
     "ConnectionReauthRequired",
     "CredentialsRejected",
+    "DatabaseUnavailable",
     "DependencyUnavailable",
     "Deployment",
     "DiscoveryDocumentInvalid",
@@ -130,12 +142,14 @@ __all__ = [
     "Keyring",
     "KeyringError",
     "MalformedJson",
+    "MalformedRequest",
     "MetricsEndpoint",
     "Migrations",
     "NexusError",
     "NexusServer",
     "NoConnection",
     "NotFound",
+    "PageTokens",
     "PermissionDenied",
     "Principal",
     "ProviderAlreadyExists",
@@ -158,6 +172,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UnknownField",
+    "UserContextInvalid",
     "UserPermissionMissing",
     "UserTokenInvalid",
     "UserWorkspaceNotOwned",
@@ -169,8 +184,6 @@ __all__ = [
     "create_engine",
     "current_actor",
     "current_caller",
-    "decode_page_token",
-    "encode_page_token",
     "generate_key_spec",
     "internal_authenticator",
     "outbound_span",
@@ -179,6 +192,7 @@ __all__ = [
     "principal_of",
     "redact",
     "reseal_column",
+    "retry_stale",
     "run_until_signalled",
     "serve_metrics",
     "sync_url",

@@ -32,6 +32,14 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+def _retry_delay(details: list[Any]) -> float | None:
+    for detail in details:
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(retry):
+            return float(retry.retry_delay.ToNanoseconds()) / 1e9
+    return None
+
+
 class InternalClient:
     """A channel to one internal service, with the token every call needs.
 
@@ -58,10 +66,14 @@ class InternalClient:
 
     def _translate(self, exc: grpc.aio.AioRpcError) -> NexusError:
         status = rpc_status.from_call(exc)
-        for detail in status.details if status is not None else ():
+        details = list(status.details) if status is not None else []
+        for detail in details:
             info = error_details_pb2.ErrorInfo()
             if detail.Unpack(info):
-                return RemoteError(exc.code().name, info.reason, status.message, **info.metadata)
+                assert status is not None
+                error = RemoteError(exc.code().name, info.reason, status.message, **info.metadata)
+                error.retry_after_seconds = _retry_delay(details)
+                return error
         if exc.code() in _UNREACHABLE:
             return DependencyUnavailable(f"the {self.service} service is unavailable; try again")
         return Internal(f"the {self.service} service failed")

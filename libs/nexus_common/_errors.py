@@ -5,12 +5,14 @@
     │   ├── ValidationFailed            reason VALIDATION_FAILED
     │   ├── InvalidPageToken            reason INVALID_PAGE_TOKEN
     │   ├── MalformedJson               reason MALFORMED_JSON
+    │   ├── MalformedRequest            reason MALFORMED_REQUEST
     │   ├── UnknownField                reason UNKNOWN_FIELD
     │   ├── DiscoveryDocumentInvalid    reason DISCOVERY_DOCUMENT_INVALID
     │   ├── StateInvalid                reason STATE_INVALID
     │   ├── ReturnUrlNotAllowed         reason RETURN_URL_NOT_ALLOWED
     │   ├── ScopeNotOffered             reason SCOPE_NOT_OFFERED
-    │   └── CredentialsRejected         reason CREDENTIALS_REJECTED
+    │   ├── CredentialsRejected         reason CREDENTIALS_REJECTED
+    │   └── UserContextInvalid          reason USER_CONTEXT_INVALID
     ├── Unauthenticated                 UNAUTHENTICATED, reason UNAUTHENTICATED
     │   └── UserTokenInvalid            reason USER_TOKEN_INVALID
     ├── PermissionDenied                PERMISSION_DENIED, reason PERMISSION_DENIED
@@ -49,6 +51,7 @@
     │                                   (metadata: retry_after_seconds)
     ├── Unavailable                     UNAVAILABLE
     │   ├── DependencyUnavailable       reason DEPENDENCY_UNAVAILABLE
+    │   ├── DatabaseUnavailable         reason DATABASE_UNAVAILABLE (RetryInfo)
     │   ├── ProviderUnavailable         reason PROVIDER_UNAVAILABLE
     │   └── BackendAuthUnavailable      reason BACKEND_AUTH_UNAVAILABLE
     ├── Internal                        INTERNAL, reason INTERNAL
@@ -56,7 +59,10 @@
 
 Messages are written for a person and must never contain a secret or an
 upstream response body. ``metadata`` carries machine-readable specifics such
-as the offending field.
+as the offending field; ``retry_after_seconds``, when set, becomes a
+``google.rpc.RetryInfo``. Both message and metadata may echo what a caller sent, so both are clipped
+(``MAX_MESSAGE_CHARS``, ``MAX_METADATA_CHARS``): an echoed 6 KB id must not
+make the status itself too large to send.
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ from collections.abc import Mapping
 
 __all__ = [
     "ERROR_DOMAIN",
+    "MAX_MESSAGE_CHARS",
+    "MAX_METADATA_CHARS",
     "AgentAlreadyExists",
     "AgentDisabled",
     "AgentMismatch",
@@ -82,6 +90,7 @@ __all__ = [
     "ConnectionNotFound",
     "ConnectionReauthRequired",
     "CredentialsRejected",
+    "DatabaseUnavailable",
     "DependencyUnavailable",
     "DiscoveryDocumentInvalid",
     "FailedPrecondition",
@@ -89,6 +98,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidPageToken",
     "MalformedJson",
+    "MalformedRequest",
     "NexusError",
     "NoConnection",
     "NotFound",
@@ -112,6 +122,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UnknownField",
+    "UserContextInvalid",
     "UserPermissionMissing",
     "UserTokenInvalid",
     "UserWorkspaceNotOwned",
@@ -120,6 +131,18 @@ __all__ = [
 ]
 
 ERROR_DOMAIN = "nexus.dev"
+# gRPC sends the status twice (grpc-message, and grpc-status-details-bin in
+# base64) within a default 8 KiB of headers: these bounds keep it well inside.
+MAX_MESSAGE_CHARS = 1024
+MAX_METADATA_CHARS = 256
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    marker = f"…({len(text)} characters)"
+    return text[: max(0, limit - len(marker))] + marker
 
 
 class NexusError(Exception):
@@ -128,11 +151,17 @@ class NexusError(Exception):
     reason: str = "UNKNOWN"
     # A grpc.StatusCode name; kept a string so the domain never imports grpc.
     grpc_status: str = "UNKNOWN"
+    # When to try again, for faults that pass by themselves.
+    retry_after_seconds: float | None = None
 
     def __init__(self, message: str, **metadata: str) -> None:
+        message = clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
-        self.metadata: Mapping[str, str] = metadata
+        self.metadata: Mapping[str, str] = {
+            clip(key, MAX_METADATA_CHARS): clip(value, MAX_METADATA_CHARS)
+            for key, value in metadata.items()
+        }
 
 
 class RemoteError(NexusError):
@@ -161,6 +190,12 @@ class MalformedJson(InvalidArgument):
     reason = "MALFORMED_JSON"
 
 
+class MalformedRequest(InvalidArgument):
+    """A gRPC request whose bytes are not the method's request message."""
+
+    reason = "MALFORMED_REQUEST"
+
+
 class UnknownField(InvalidArgument):
     reason = "UNKNOWN_FIELD"
 
@@ -183,6 +218,12 @@ class ScopeNotOffered(InvalidArgument):
 
 class CredentialsRejected(InvalidArgument):
     reason = "CREDENTIALS_REJECTED"
+
+
+class UserContextInvalid(InvalidArgument):
+    """The user backend vouched for a user Nexus cannot act for (an id too long to keep)."""
+
+    reason = "USER_CONTEXT_INVALID"
 
 
 class Unauthenticated(NexusError):
@@ -255,6 +296,21 @@ class Unavailable(NexusError):
 
 class DependencyUnavailable(Unavailable):
     reason = "DEPENDENCY_UNAVAILABLE"
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database could not be reached or dropped the connection.
+
+    ``stale`` says the connection was one the pool handed out after the
+    database had dropped it, before anything was committed: a fresh
+    connection may succeed at once."""
+
+    reason = "DATABASE_UNAVAILABLE"
+    retry_after_seconds = 1.0
+
+    def __init__(self, message: str, *, stale: bool = False, **metadata: str) -> None:
+        super().__init__(message, **metadata)
+        self.stale = stale
 
 
 class Internal(NexusError):

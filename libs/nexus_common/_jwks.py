@@ -214,5 +214,5 @@ class JwksVerifier:
             ) from exc
         try:
             return json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise JwksUnavailable("the issuer's key set is not valid JSON") from exc

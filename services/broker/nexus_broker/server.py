@@ -22,6 +22,7 @@ from nexus_common import (
     InternalClient,
     Migrations,
     NexusServer,
+    PageTokens,
     build_server,
     create_engine,
     internal_authenticator,
@@ -102,6 +103,7 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
         clock=_now,
         discovery_retry_seconds=settings.discovery_retry_seconds,
         discovery_max_age_seconds=settings.discovery_max_age_seconds,
+        pages=PageTokens(settings.internal_token.encode(), "broker"),
     )
     connections = ConnectionDeps(
         registry=deps,

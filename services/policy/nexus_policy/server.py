@@ -12,6 +12,7 @@ from nexus_common import (
     InternalClient,
     Migrations,
     NexusServer,
+    PageTokens,
     build_server,
     create_engine,
     internal_authenticator,
@@ -88,7 +89,13 @@ def create_policy(settings: PolicySettings) -> Policy:
         return PolicyUnitOfWork(sessions)
 
     agents = AgentCache(uow, settings.agent_cache_seconds)
-    deps = RegistryDeps(uow=uow, clock=_now, agents=agents, sessions=BrokerSessions(broker))
+    deps = RegistryDeps(
+        uow=uow,
+        clock=_now,
+        agents=agents,
+        pages=PageTokens(settings.internal_token.encode(), "policy"),
+        sessions=BrokerSessions(broker),
+    )
     registry = AgentRegistryServicer(deps)
     decisions = PolicyServicer(
         AccessDeps(agents, _users(http, settings.backend_auth), settings.allow_unbound_agents)

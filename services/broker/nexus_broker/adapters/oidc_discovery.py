@@ -69,7 +69,7 @@ class DiscoveryClient:
             ) from exc
         try:
             return json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise DiscoveryDocumentInvalid(
                 "the discovery document is not valid JSON", field="issuer"
             ) from exc

@@ -14,14 +14,14 @@ import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import parse_qsl, quote
 
 import httpx
 from nexus_common import outbound_span
 
-from ..domain.connections import TokenSet
+from ..domain.connections import TokenSet, token_lifetime
 
 __all__ = ["ClientCredentials", "TokenEndpoint", "TokenEndpointError"]
 
@@ -61,12 +61,16 @@ def _retry_after(value: str | None, now: datetime) -> float | None:
         return None
 
 
+def _not_json(constant: str) -> object:
+    raise ValueError(f"{constant} is not JSON (RFC 8259 §6)")
+
+
 def _parse_body(response: httpx.Response) -> dict[str, str]:
     content = response.content[:_MAX_BODY]
     if "json" in response.headers.get("content-type", "") or content.lstrip().startswith(b"{"):
         try:
-            parsed = json.loads(content)
-        except ValueError:
+            parsed = json.loads(content, parse_constant=_not_json)
+        except (ValueError, RecursionError):
             return {}
         return {str(k): v for k, v in parsed.items()} if isinstance(parsed, dict) else {}
     return dict(parse_qsl(content.decode("utf-8", "replace")))
@@ -136,11 +140,13 @@ class TokenEndpoint:
             raise TokenEndpointError(
                 "the provider's token response has no access_token", transient=False
             )
-        expires_in = payload.get("expires_in")
         try:
-            lifetime = float(expires_in) if expires_in not in (None, "") else None  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            lifetime = None
+            lifetime = token_lifetime(payload.get("expires_in"))
+        except ValueError as exc:
+            raise TokenEndpointError(
+                "the provider's token response has an expires_in that is not a lifetime",
+                transient=False,
+            ) from exc
         refresh_token = payload.get("refresh_token")
         scope = payload.get("scope")
         return TokenSet(
@@ -149,7 +155,7 @@ class TokenEndpoint:
             refresh_token=refresh_token
             if isinstance(refresh_token, str) and refresh_token
             else None,
-            expires_at=now + timedelta(seconds=lifetime) if lifetime is not None else None,
+            expires_at=now + lifetime if lifetime is not None else None,
             scope=tuple(scope.split()) if isinstance(scope, str) else (),
         )
 

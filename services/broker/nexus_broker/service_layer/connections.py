@@ -22,8 +22,6 @@ from nexus_common import (
     ScopeNotOffered,
     StateInvalid,
     ValidationFailed,
-    decode_page_token,
-    encode_page_token,
     page_size,
 )
 
@@ -433,7 +431,7 @@ async def list_connections(
     if not workspace_id:
         raise ValidationFailed("workspace_id is required", field="workspace_id")
     filters = {"workspace_id": workspace_id}
-    position = decode_page_token(page_token, filters)
+    position = deps.registry.pages.decode(page_token, filters)
     after = (datetime.fromisoformat(position[0]), position[1]) if position else None
     limit = page_size(requested_size)
     now = deps.now()
@@ -443,7 +441,7 @@ async def list_connections(
         listed = [(replace(c, status=c.status_at(now)), await provider_of(uow, c)) for c in page]
     token = ""
     if len(found) > limit:
-        token = encode_page_token([page[-1].created_at.isoformat(), page[-1].id], filters)
+        token = deps.registry.pages.encode([page[-1].created_at.isoformat(), page[-1].id], filters)
     return ConnectionPage(listed, token)
 
 

@@ -12,11 +12,10 @@ from nexus_common import (
     AuditEvent,
     ConcurrentModification,
     DiscoveryDocumentInvalid,
+    PageTokens,
     ProviderDeleted,
     ProviderNotFound,
     ValidationFailed,
-    decode_page_token,
-    encode_page_token,
     page_size,
 )
 
@@ -52,6 +51,7 @@ class RegistryDeps:
     clock: Callable[[], datetime]
     discovery_retry_seconds: float
     discovery_max_age_seconds: float
+    pages: PageTokens
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ async def list_providers(
             f"auth_type must be one of {', '.join(AUTH_TYPES)}", field="auth_type"
         )
     filters = {"category": category, "auth_type": auth_type, "show_deleted": show_deleted}
-    after = decode_page_token(page_token, filters)
+    after = deps.pages.decode(page_token, filters)
     limit = page_size(requested_size)
     async with deps.uow() as uow:
         found = await uow.providers.list(
@@ -178,7 +178,7 @@ async def list_providers(
             )
         )
     page, more = found[:limit], len(found) > limit
-    token = encode_page_token([page[-1].name, page[-1].id], filters) if more else ""
+    token = deps.pages.encode([page[-1].name, page[-1].id], filters) if more else ""
     return ProviderPage(page, token)
 
 

@@ -389,8 +389,11 @@ class TokenPayload(_message.Message):
     STRATEGY_FIELD_NUMBER: _builtins.int
     CREDENTIALS_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
-    expires_at: _builtins.int
-    """Unix seconds; absent for credentials that do not expire."""
+    expires_at: _builtins.float
+    """Unix seconds; absent for credentials that do not expire. A double, so
+    that any real expiry fits (a uint32 ends in 2106) and proto3 JSON prints
+    it as a number (it prints 64-bit integers as strings). Always whole.
+    """
     @_builtins.property
     def strategy(self) -> _struct_pb2.Struct:
         """{"type": "oauth2" | "api_key" | "basic_auth", ...how to apply the credentials}"""
@@ -402,7 +405,7 @@ class TokenPayload(_message.Message):
         *,
         strategy: _struct_pb2.Struct | None = ...,
         credentials: _struct_pb2.Struct | None = ...,
-        expires_at: _builtins.int | None = ...,
+        expires_at: _builtins.float | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at", "credentials", b"credentials", "expires_at", b"expires_at", "strategy", b"strategy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
