@@ -28,8 +28,8 @@ __all__ = [
     "validate_spec",
 ]
 
-NAME_PATTERN = re.compile(r"^[a-z0-9-]+$")
-_CATEGORY_PATTERN = re.compile(r"^[a-z0-9-]*$")
+NAME_PATTERN = re.compile(r"[a-z0-9-]+")
+_CATEGORY_PATTERN = re.compile(r"[a-z0-9-]*")
 _MAX_NAME = 63
 _MAX_DESCRIPTION = 1024
 _MAX_SCOPES = 100
@@ -213,7 +213,7 @@ def validate_spec(spec: ProviderSpec, *, has_secret: bool) -> ProviderSpec:
     client secret is (or will be) stored."""
     if not spec.name:
         raise _fail("name", "name is required")
-    if len(spec.name) > _MAX_NAME or not NAME_PATTERN.match(spec.name):
+    if len(spec.name) > _MAX_NAME or not NAME_PATTERN.fullmatch(spec.name):
         raise _fail(
             "name",
             f"name must be 1-{_MAX_NAME} lower-case letters, digits or dashes "
@@ -228,7 +228,7 @@ def validate_spec(spec: ProviderSpec, *, has_secret: bool) -> ProviderSpec:
         )
     if len(spec.description) > _MAX_DESCRIPTION:
         raise _fail("description", f"description is longer than {_MAX_DESCRIPTION} characters")
-    if len(spec.category) > _MAX_NAME or not _CATEGORY_PATTERN.match(spec.category):
+    if len(spec.category) > _MAX_NAME or not _CATEGORY_PATTERN.fullmatch(spec.category):
         raise _fail("category", "category must be lower-case letters, digits or dashes")
     if len(spec.client_id) > _MAX_CLIENT_FIELD or len(spec.client_secret or "") > _MAX_CLIENT_FIELD:
         raise _fail("client_id", "client_id and client_secret must be under 1024 characters")

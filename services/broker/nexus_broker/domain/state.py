@@ -18,7 +18,7 @@ from nexus_common import StateInvalid
 
 __all__ = ["SignedState", "StateSigner"]
 
-_FORMAT = re.compile(r"^([A-Za-z0-9_-]{16,64})\.(\d{1,12})\.([A-Za-z0-9_-]{43})$")
+_FORMAT = re.compile(r"([A-Za-z0-9_-]{16,64})\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class StateSigner:
 
     def verify(self, token: str, now: datetime) -> str:
         """The attempt id of a genuine, unexpired state; else StateInvalid."""
-        match = _FORMAT.match(token or "")
+        match = _FORMAT.fullmatch(token or "")
         if match is None:
             raise StateInvalid("the state parameter is missing or malformed")
         attempt_id, expiry_text, mac = match.groups()
