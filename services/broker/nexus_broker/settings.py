@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nexus_common import ApiKeySet, ConfigError, Deployment, Env, Keyring
 
@@ -16,8 +16,9 @@ __all__ = ["BrokerSettings"]
 @dataclass(frozen=True)
 class BrokerSettings:
     listen: str
-    database_url: str
-    keyring: Keyring
+    # May hold a database password.
+    database_url: str = field(repr=False)
+    keyring: Keyring = field(repr=False)
     internal_tokens: ApiKeySet
     discovery_timeout_seconds: float
     discovery_retry_seconds: float
@@ -27,14 +28,14 @@ class BrokerSettings:
     log_level: str
     metrics_listen: str
     public_base_url: str
-    state_key: bytes
+    state_key: bytes = field(repr=False)
     return_url_allowlist: tuple[str, ...]
     connection_ttl_seconds: float
     provider_timeout_seconds: float
     refresh: RefreshPolicy
     refresh_loop: bool
     refresh_interval_seconds: float
-    internal_token: str
+    internal_token: str = field(repr=False)
     policy_target: str
     policy_timeout_seconds: float
     sessions: SessionLimits

@@ -8,7 +8,7 @@ set). Without it, on-behalf-of sessions are refused.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nexus_common import ApiKeySet, ConfigError, Deployment, Env
 
@@ -17,7 +17,8 @@ __all__ = ["BackendAuthSettings", "PolicySettings"]
 
 @dataclass(frozen=True)
 class BackendAuthSettings:
-    url: str
+    # May hold credentials (user:password@ or a key in the query).
+    url: str = field(repr=False)
     timeout_seconds: float
     cache_seconds: float
     # Local verification of user tokens before asking the backend; all or none.
@@ -29,10 +30,11 @@ class BackendAuthSettings:
 @dataclass(frozen=True)
 class PolicySettings:
     listen: str
-    database_url: str
+    # May hold a database password.
+    database_url: str = field(repr=False)
     auto_migrate: bool
     internal_tokens: ApiKeySet
-    internal_token: str
+    internal_token: str = field(repr=False)
     broker_target: str
     audit_forward_interval_seconds: float
     backend_auth: BackendAuthSettings | None

@@ -62,7 +62,7 @@ class ProviderSpec:
     category: str = ""
     client_id: str = ""
     # None means "unchanged" on update and "none" on create.
-    client_secret: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
     auth_url: str = ""
     token_url: str = ""
     issuer: str = ""

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from nexus_common import StateInvalid
@@ -25,7 +25,7 @@ _FORMAT = re.compile(r"([A-Za-z0-9_-]{16,64})\.([0-9]{1,12})\.([A-Za-z0-9_-]{43}
 class SignedState:
     attempt_id: str
     expires_at: datetime
-    token: str
+    token: str = field(repr=False)
 
 
 class StateSigner:
