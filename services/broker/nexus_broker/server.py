@@ -106,7 +106,7 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
     connections = ConnectionDeps(
         registry=deps,
         tokens=TokenEndpoint(http),
-        id_tokens=IdTokenVerifier(http),
+        id_tokens=IdTokenVerifier(http, min_refetch_seconds=settings.jwks_min_refetch_seconds),
         checker=CredentialChecker(http),
         signer=StateSigner(settings.state_key),
         return_urls=ReturnUrlPolicy(settings.return_url_allowlist),

@@ -32,6 +32,7 @@ class BrokerSettings:
     return_url_allowlist: tuple[str, ...]
     connection_ttl_seconds: float
     provider_timeout_seconds: float
+    jwks_min_refetch_seconds: float
     refresh: RefreshPolicy
     refresh_loop: bool
     refresh_interval_seconds: float
@@ -72,6 +73,7 @@ class BrokerSettings:
             ),
             connection_ttl_seconds=env.number("NEXUS_CONNECTION_TTL_SECONDS", 600.0),
             provider_timeout_seconds=env.number("NEXUS_PROVIDER_TIMEOUT_SECONDS", 10.0),
+            jwks_min_refetch_seconds=env.jwks_min_refetch_seconds(),
             refresh=RefreshPolicy(
                 lead_seconds=env.number("NEXUS_REFRESH_LEAD_SECONDS", 300.0),
                 jitter_seconds=env.number("NEXUS_REFRESH_JITTER_SECONDS", 30.0),

@@ -25,6 +25,7 @@ class BackendAuthSettings:
     token_issuer: str
     token_audience: str
     token_jwks_uri: str
+    jwks_min_refetch_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -99,4 +100,5 @@ def _backend_auth(env: Env) -> BackendAuthSettings | None:
         token_issuer=local[0],
         token_audience=local[1],
         token_jwks_uri=local[2],
+        jwks_min_refetch_seconds=env.jwks_min_refetch_seconds(),
     )
