@@ -128,6 +128,7 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
             deps.uow,
             rotation=timedelta(seconds=settings.signing_key_rotation_seconds),
             longest_session=timedelta(seconds=settings.sessions.max_ttl_seconds),
+            jwks_cache=timedelta(seconds=settings.jwks_cache_seconds),
         ),
         limits=settings.sessions,
         issuer=settings.session_issuer,

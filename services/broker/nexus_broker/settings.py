@@ -42,6 +42,7 @@ class BrokerSettings:
     sessions: SessionLimits
     session_issuer: str
     signing_key_rotation_seconds: float
+    jwks_cache_seconds: float
     session_retention_seconds: float
     # NEXUS_ENVIRONMENT=development: providers that say nothing may hand
     # sessions tokens broader than asked, and say so.
@@ -94,6 +95,7 @@ class BrokerSettings:
             signing_key_rotation_seconds=env.number(
                 "NEXUS_SIGNING_KEY_ROTATION_SECONDS", 7 * 86400.0
             ),
+            jwks_cache_seconds=_jwks_cache_seconds(env),
             session_retention_seconds=env.number("NEXUS_SESSION_RETENTION_SECONDS", 7 * 86400.0),
             broader_session_tokens_by_default=env.deployment() == Deployment.DEVELOPMENT,
         )
@@ -104,6 +106,13 @@ def _state_key(value: str) -> bytes:
     if len(key) < 32:
         raise ConfigError("NEXUS_STATE_KEY must be at least 32 characters")
     return key
+
+
+def _jwks_cache_seconds(env: Env) -> float:
+    seconds = env.number("NEXUS_JWKS_CACHE_SECONDS", 60.0)
+    if not 0 <= seconds <= 3600:
+        raise ConfigError("NEXUS_JWKS_CACHE_SECONDS must be between 0 and 3600")
+    return seconds
 
 
 def _session_limits(env: Env) -> SessionLimits:
