@@ -55,14 +55,24 @@ class InternalClient:
         self._timeout = timeout
 
     async def call(self, method: Callable[..., Awaitable[Response]], request: Any) -> Response:
+        return (await self.call_with_headers(method, request))[0]
+
+    async def call_with_headers(
+        self, method: Callable[..., Awaitable[Response]], request: Any
+    ) -> tuple[Response, dict[str, str]]:
+        """The answer and the callee's initial metadata (its response headers)."""
         metadata = [(INTERNAL_TOKEN_HEADER, self._token)]
         caller = current_caller.get()
         if caller is not None:
             metadata.append((CALLER_HEADER, str(caller)))
         try:
-            return await method(request, metadata=metadata, timeout=self._timeout)
+            # A grpc.aio call: awaitable, and it also holds the response headers.
+            call: Any = method(request, metadata=metadata, timeout=self._timeout)
+            response: Response = await call
+            headers = await call.initial_metadata()
         except grpc.aio.AioRpcError as exc:
             raise self._translate(exc) from exc
+        return response, {key: value for key, value in headers or () if isinstance(value, str)}
 
     def _translate(self, exc: grpc.aio.AioRpcError) -> NexusError:
         status = rpc_status.from_call(exc)

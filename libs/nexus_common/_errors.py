@@ -40,6 +40,8 @@
     ├── ConcurrentModification          ABORTED, reason CONCURRENT_MODIFICATION
     ├── FailedPrecondition              FAILED_PRECONDITION
     │   ├── ProviderDeleted             reason PROVIDER_DELETED
+    │   ├── SecretRequiredForEndpointChange
+    │   │                   reason SECRET_REQUIRED_FOR_ENDPOINT_CHANGE (metadata: fields)
     │   ├── ConnectionNotActive         reason CONNECTION_NOT_ACTIVE (metadata: status)
     │   ├── RefreshNotSupported         reason REFRESH_NOT_SUPPORTED
     │   ├── ConnectionReauthRequired    reason CONNECTION_REAUTH_REQUIRED
@@ -115,6 +117,7 @@ __all__ = [
     "ReturnUrlNotAllowed",
     "ScopeNotGranted",
     "ScopeNotOffered",
+    "SecretRequiredForEndpointChange",
     "SessionNotFound",
     "SessionNotSupported",
     "StateInvalid",
@@ -270,6 +273,13 @@ class FailedPrecondition(NexusError):
 
 class ProviderDeleted(FailedPrecondition):
     reason = "PROVIDER_DELETED"
+
+
+class SecretRequiredForEndpointChange(FailedPrecondition):
+    """An endpoint of a provider holding a client secret changes, and the
+    request does not give the secret again: the stored one must not follow."""
+
+    reason = "SECRET_REQUIRED_FOR_ENDPOINT_CHANGE"
 
 
 class RequestTooLarge(NexusError):

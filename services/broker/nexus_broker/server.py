@@ -108,7 +108,7 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
     connections = ConnectionDeps(
         registry=deps,
         tokens=TokenEndpoint(http),
-        id_tokens=IdTokenVerifier(http),
+        id_tokens=IdTokenVerifier(http, min_refetch_seconds=settings.jwks_min_refetch_seconds),
         checker=CredentialChecker(http),
         signer=StateSigner(settings.state_key),
         return_urls=ReturnUrlPolicy(settings.return_url_allowlist),
@@ -130,6 +130,7 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
             deps.uow,
             rotation=timedelta(seconds=settings.signing_key_rotation_seconds),
             longest_session=timedelta(seconds=settings.sessions.max_ttl_seconds),
+            jwks_cache=timedelta(seconds=settings.jwks_cache_seconds),
         ),
         limits=settings.sessions,
         issuer=settings.session_issuer,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nexus_common import ApiKeySet, ConfigError, Deployment, Env, Keyring
 
@@ -16,8 +16,9 @@ __all__ = ["BrokerSettings"]
 @dataclass(frozen=True)
 class BrokerSettings:
     listen: str
-    database_url: str
-    keyring: Keyring
+    # May hold a database password.
+    database_url: str = field(repr=False)
+    keyring: Keyring = field(repr=False)
     internal_tokens: ApiKeySet
     discovery_timeout_seconds: float
     discovery_retry_seconds: float
@@ -27,19 +28,21 @@ class BrokerSettings:
     log_level: str
     metrics_listen: str
     public_base_url: str
-    state_key: bytes
+    state_key: bytes = field(repr=False)
     return_url_allowlist: tuple[str, ...]
     connection_ttl_seconds: float
     provider_timeout_seconds: float
+    jwks_min_refetch_seconds: float
     refresh: RefreshPolicy
     refresh_loop: bool
     refresh_interval_seconds: float
-    internal_token: str
+    internal_token: str = field(repr=False)
     policy_target: str
     policy_timeout_seconds: float
     sessions: SessionLimits
     session_issuer: str
     signing_key_rotation_seconds: float
+    jwks_cache_seconds: float
     session_retention_seconds: float
     # NEXUS_ENVIRONMENT=development: providers that say nothing may hand
     # sessions tokens broader than asked, and say so.
@@ -71,6 +74,7 @@ class BrokerSettings:
             ),
             connection_ttl_seconds=env.number("NEXUS_CONNECTION_TTL_SECONDS", 600.0),
             provider_timeout_seconds=env.number("NEXUS_PROVIDER_TIMEOUT_SECONDS", 10.0),
+            jwks_min_refetch_seconds=env.jwks_min_refetch_seconds(),
             refresh=RefreshPolicy(
                 lead_seconds=env.number("NEXUS_REFRESH_LEAD_SECONDS", 300.0),
                 jitter_seconds=env.number("NEXUS_REFRESH_JITTER_SECONDS", 30.0),
@@ -91,6 +95,7 @@ class BrokerSettings:
             signing_key_rotation_seconds=env.number(
                 "NEXUS_SIGNING_KEY_ROTATION_SECONDS", 7 * 86400.0
             ),
+            jwks_cache_seconds=_jwks_cache_seconds(env),
             session_retention_seconds=env.number("NEXUS_SESSION_RETENTION_SECONDS", 7 * 86400.0),
             broader_session_tokens_by_default=env.deployment() == Deployment.DEVELOPMENT,
         )
@@ -101,6 +106,13 @@ def _state_key(value: str) -> bytes:
     if len(key) < 32:
         raise ConfigError("NEXUS_STATE_KEY must be at least 32 characters")
     return key
+
+
+def _jwks_cache_seconds(env: Env) -> float:
+    seconds = env.number("NEXUS_JWKS_CACHE_SECONDS", 60.0)
+    if not 0 <= seconds <= 3600:
+        raise ConfigError("NEXUS_JWKS_CACHE_SECONDS must be between 0 and 3600")
+    return seconds
 
 
 def _session_limits(env: Env) -> SessionLimits:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nexus_common import ApiKeySet, ConfigError, Env
 
@@ -15,7 +15,7 @@ class GatewaySettings:
     listen: str
     http_listen: str
     admin_keys: ApiKeySet
-    internal_token: str
+    internal_token: str = field(repr=False)
     broker_target: str
     policy_target: str
     upstream_timeout_seconds: float

@@ -76,6 +76,7 @@ def _users(
         timeout_seconds=settings.timeout_seconds,
         cache_seconds=settings.cache_seconds,
         local=local,
+        jwks_min_refetch_seconds=settings.jwks_min_refetch_seconds,
     )
 
 

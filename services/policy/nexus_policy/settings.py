@@ -8,7 +8,7 @@ set). Without it, on-behalf-of sessions are refused.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nexus_common import ApiKeySet, ConfigError, Deployment, Env
 
@@ -17,22 +17,25 @@ __all__ = ["BackendAuthSettings", "PolicySettings"]
 
 @dataclass(frozen=True)
 class BackendAuthSettings:
-    url: str
+    # May hold credentials (user:password@ or a key in the query).
+    url: str = field(repr=False)
     timeout_seconds: float
     cache_seconds: float
     # Local verification of user tokens before asking the backend; all or none.
     token_issuer: str
     token_audience: str
     token_jwks_uri: str
+    jwks_min_refetch_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
 class PolicySettings:
     listen: str
-    database_url: str
+    # May hold a database password.
+    database_url: str = field(repr=False)
     auto_migrate: bool
     internal_tokens: ApiKeySet
-    internal_token: str
+    internal_token: str = field(repr=False)
     broker_target: str
     audit_forward_interval_seconds: float
     backend_auth: BackendAuthSettings | None
@@ -97,4 +100,5 @@ def _backend_auth(env: Env) -> BackendAuthSettings | None:
         token_issuer=local[0],
         token_audience=local[1],
         token_jwks_uri=local[2],
+        jwks_min_refetch_seconds=env.jwks_min_refetch_seconds(),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -230,8 +230,8 @@ class Attempt:
 
     id: str
     connection_id: str
-    code_verifier: str | None
-    nonce: str | None
+    code_verifier: str | None = field(repr=False)
+    nonce: str | None = field(repr=False)
     expires_at: datetime
     used_at: datetime | None
 

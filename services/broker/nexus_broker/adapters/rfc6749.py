@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import parse_qsl, quote
@@ -46,7 +46,7 @@ class TokenEndpointError(Exception):
 @dataclass(frozen=True)
 class ClientCredentials:
     client_id: str
-    client_secret: str | None
+    client_secret: str | None = field(repr=False)
     auth_method: str  # client_secret_basic | client_secret_post | none
 
 

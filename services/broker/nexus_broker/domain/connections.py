@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 __all__ = [
@@ -63,9 +63,9 @@ class ConnectionStatus:
 class TokenSet:
     """What an OAuth token endpoint granted (RFC 6749 §5.1)."""
 
-    access_token: str
+    access_token: str = field(repr=False)
     token_type: str = "Bearer"  # noqa: S105 - a scheme name
-    refresh_token: str | None = None
+    refresh_token: str | None = field(default=None, repr=False)
     expires_at: datetime | None = None
     scope: tuple[str, ...] = ()
 

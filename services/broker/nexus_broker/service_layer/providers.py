@@ -27,6 +27,8 @@ from ..domain.providers import (
     SETTABLE_FIELDS,
     Provider,
     ProviderSpec,
+    check_secret_follows_endpoints,
+    endpoint_changes,
     validate_spec,
 )
 from .unit_of_work import BrokerUnitOfWork
@@ -214,6 +216,9 @@ async def update_provider(
         bool(patch.client_secret) if "client_secret" in changed else current.has_client_secret
     )
     merged = validate_spec(merged, has_secret=has_secret)
+    moved = endpoint_changes(current.spec, merged)
+    # Checked before discovery, so a refused change reaches out to no new host.
+    check_secret_follows_endpoints(current, moved, secret_given="client_secret" in changed)
     now = deps.clock()
     discovery = current.discovery
     if {"issuer", "enable_discovery"} & changed:
@@ -239,8 +244,30 @@ async def update_provider(
                 **_audit_view(patch),
             )
         )
+        if moved:
+            await uow.audit.add(_endpoint_change(current, updated, changed, now))
         await uow.commit()
     return updated
+
+
+def _endpoint_change(
+    current: Provider, updated: Provider, changed: set[str], now: datetime
+) -> AuditEvent:
+    before, after = current.endpoints(), updated.endpoints()
+    return AuditEvent.record(
+        "provider.endpoint_change",
+        _resource(updated),
+        now,
+        name=updated.name,
+        endpoints={
+            name: {"old": before[name], "new": after[name]}
+            for name in before
+            if before[name] != after[name]
+            or getattr(current.spec, name) != getattr(updated.spec, name)
+        },
+        # Whether the request gave a client secret; never the secret itself.
+        client_secret_given="client_secret" in changed,
+    )
 
 
 async def delete_provider(id_or_name: str, deps: RegistryDeps) -> Provider:

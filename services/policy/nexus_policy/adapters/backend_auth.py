@@ -118,6 +118,7 @@ class BackendAuthClient:
         timeout_seconds: float,
         cache_seconds: float,
         local: LocalVerification | None = None,
+        jwks_min_refetch_seconds: float = 30.0,
         clock: Callable[[], float] = time.time,
         cache_size: int = 10_000,
     ) -> None:
@@ -126,7 +127,9 @@ class BackendAuthClient:
         self._timeout_seconds = timeout_seconds
         self._cache_seconds = cache_seconds
         self._local = local
-        self._jwks = JwksVerifier(http, timeout_seconds=timeout_seconds)
+        self._jwks = JwksVerifier(
+            http, timeout_seconds=timeout_seconds, min_refetch_seconds=jwks_min_refetch_seconds
+        )
         self._clock = clock
         self._cache_size = cache_size
         # SHA-256 of a token -> (Unix seconds the entry is good until, answer), oldest use first.
