@@ -12,6 +12,8 @@ from nexus_common import (
     AuditEvent,
     ConcurrentModification,
     DiscoveryDocumentInvalid,
+    OutboundAddressNotAllowed,
+    OutboundPolicy,
     ProviderDeleted,
     ProviderNotFound,
     ValidationFailed,
@@ -30,6 +32,7 @@ from ..domain.providers import (
     ProviderSpec,
     validate_spec,
 )
+from .endpoints import check_discovered_endpoints, check_spec_endpoints
 from .unit_of_work import BrokerUnitOfWork
 
 __all__ = [
@@ -52,6 +55,7 @@ class RegistryDeps:
     clock: Callable[[], datetime]
     discovery_retry_seconds: float
     discovery_max_age_seconds: float
+    outbound: OutboundPolicy
 
 
 @dataclass(frozen=True)
@@ -84,11 +88,14 @@ async def _discover(spec: ProviderSpec, now: datetime, deps: RegistryDeps) -> Di
         return Discovery.pending(
             f"{exc.reason}; discovery will be retried when the provider is next used", now
         )
-    return parse_discovery_document(spec.issuer, document, now)
+    discovery = parse_discovery_document(spec.issuer, document, now)
+    await check_discovered_endpoints(discovery, deps.outbound)
+    return discovery
 
 
 async def create_provider(spec: ProviderSpec, deps: RegistryDeps) -> Provider:
     spec = validate_spec(spec, has_secret=bool(spec.client_secret))
+    await check_spec_endpoints(spec, deps.outbound)
     now = deps.clock()
     # Discovery runs before the transaction so no row lock waits on the network.
     discovery = await _discover(spec, now, deps)
@@ -136,7 +143,7 @@ async def get_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
         return provider
     try:
         discovery = await _discover(provider.spec, now, deps)
-    except DiscoveryDocumentInvalid as exc:
+    except (DiscoveryDocumentInvalid, OutboundAddressNotAllowed) as exc:
         # Reading must not fail because the issuer misbehaves now; say so instead.
         discovery = Discovery.pending(f"{exc.message}; discovery will be retried", now)
     if discovery.status != DiscoveryStatus.COMPLETE and provider.discovery.is_complete:
@@ -214,6 +221,7 @@ async def update_provider(
         bool(patch.client_secret) if "client_secret" in changed else current.has_client_secret
     )
     merged = validate_spec(merged, has_secret=has_secret)
+    await check_spec_endpoints(merged, deps.outbound, changed)
     now = deps.clock()
     discovery = current.discovery
     if {"issuer", "enable_discovery"} & changed:

@@ -60,6 +60,7 @@ from nexus_common import (
     JwksUnavailable,
     JwksVerifier,
     JwtVerificationError,
+    OutboundRefused,
     UserTokenInvalid,
     ValidationFailed,
     outbound_span,
@@ -240,6 +241,8 @@ class BackendAuthClient:
                             f"the user backend answered HTTP {response.status_code}"
                         )
                     body = await _read_capped(response)
+        except OutboundRefused as exc:
+            raise BackendAuthUnavailable(f"the user backend was not called: {exc}") from exc
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise BackendAuthUnavailable(
                 f"the user backend did not answer within {self._timeout_seconds:g} s"
