@@ -33,7 +33,7 @@ LOOPBACK = "127.0.0.0/8,::1/128"
         ("fc00::1", "unique local"),
         ("224.0.0.1", "multicast"),
         ("ff02::1", "multicast"),
-        ("0.0.0.0", "unspecified"),
+        ("0.0.0.0", "unspecified"),  # noqa: S104 (a destination, not a bind)
         ("::", "unspecified"),
         ("240.0.0.1", "reserved"),
         # IPv6 forms that reach an IPv4 address are judged by that address.
@@ -116,7 +116,9 @@ def test_every_address_a_name_resolves_to_is_checked() -> None:
 def test_plain_http_reaches_only_allowlisted_networks() -> None:
     refusal = asyncio.run(_policy(answers=["93.184.216.34"]).url_refusal("http://x.example/t"))
     assert refusal is not None and "https only" in refusal
-    assert asyncio.run(_policy(answers=["93.184.216.34"]).url_refusal("https://x.example/t")) is None
+    assert (
+        asyncio.run(_policy(answers=["93.184.216.34"]).url_refusal("https://x.example/t")) is None
+    )
 
 
 @pytest.mark.parametrize(

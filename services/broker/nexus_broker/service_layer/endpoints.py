@@ -9,6 +9,7 @@ endpoints of a discovery document, third-party content, get the same check.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from urllib.parse import urljoin
 
@@ -37,27 +38,35 @@ _DISCOVERED_URLS = (
 )
 
 
-async def _check(field: str, label: str, url: str, policy: OutboundPolicy) -> None:
-    problem = await policy.url_refusal(url)
-    if problem is not None:
-        raise OutboundAddressNotAllowed(f"{label} is refused: {problem}", field=field)
+async def _check_all(checks: list[tuple[str, str, str]], policy: OutboundPolicy) -> None:
+    """Refuse the first (field, label, url) whose url the policy refuses.
+
+    The names resolve concurrently, so slow DNS costs one deadline, not one per URL."""
+    problems = await asyncio.gather(*(policy.url_refusal(url) for _, _, url in checks))
+    for (field, label, _), problem in zip(checks, problems, strict=True):
+        if problem is not None:
+            raise OutboundAddressNotAllowed(f"{label} is refused: {problem}", field=field)
 
 
 async def check_spec_endpoints(
     spec: ProviderSpec, policy: OutboundPolicy, fields: Iterable[str] = _SPEC_URLS
 ) -> None:
     """Refuse the spec's URLs among ``fields`` that point where Nexus may not call."""
+    checks = []
     for name in _SPEC_URLS:
         value = getattr(spec, name)
         if name not in fields or not value:
             continue
         if name == "user_info_endpoint" and value.startswith("/"):
             value = urljoin(spec.api_base_url.rstrip("/") + "/", value.lstrip("/"))
-        await _check(name, name, value, policy)
+        checks.append((name, name, value))
+    await _check_all(checks, policy)
 
 
 async def check_discovered_endpoints(discovery: Discovery, policy: OutboundPolicy) -> None:
-    for name in _DISCOVERED_URLS:
-        value = getattr(discovery, name)
-        if value:
-            await _check(name, f"the discovery document's {name}", value, policy)
+    checks = [
+        (name, f"the discovery document's {name}", getattr(discovery, name))
+        for name in _DISCOVERED_URLS
+        if getattr(discovery, name)
+    ]
+    await _check_all(checks, policy)
