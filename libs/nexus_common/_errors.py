@@ -11,6 +11,7 @@
     │   ├── StateInvalid                reason STATE_INVALID
     │   ├── ReturnUrlNotAllowed         reason RETURN_URL_NOT_ALLOWED
     │   ├── ScopeNotOffered             reason SCOPE_NOT_OFFERED
+    │   ├── OutboundAddressNotAllowed   reason OUTBOUND_ADDRESS_NOT_ALLOWED (metadata: field)
     │   ├── CredentialsRejected         reason CREDENTIALS_REJECTED
     │   └── UserContextInvalid          reason USER_CONTEXT_INVALID
     ├── Unauthenticated                 UNAUTHENTICATED, reason UNAUTHENTICATED
@@ -104,6 +105,7 @@ __all__ = [
     "NexusError",
     "NoConnection",
     "NotFound",
+    "OutboundAddressNotAllowed",
     "PermissionDenied",
     "ProviderAlreadyExists",
     "ProviderDeleted",
@@ -217,6 +219,12 @@ class ReturnUrlNotAllowed(InvalidArgument):
 
 class ScopeNotOffered(InvalidArgument):
     reason = "SCOPE_NOT_OFFERED"
+
+
+class OutboundAddressNotAllowed(InvalidArgument):
+    """An endpoint is, or resolves to, an address Nexus may not call (see ``_outbound``)."""
+
+    reason = "OUTBOUND_ADDRESS_NOT_ALLOWED"
 
 
 class CredentialsRejected(InvalidArgument):

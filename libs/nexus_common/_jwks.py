@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import jwt
 
+from ._outbound import OutboundRefused
+
 __all__ = ["JwksUnavailable", "JwksVerifier", "JwtVerificationError"]
 
 # Accepted signature algorithms (RFC 7518 §3.1, RFC 8037) and the JWK key type each needs.
@@ -214,6 +216,8 @@ class JwksVerifier:
                     body += chunk
                     if len(body) > _MAX_JWKS_BYTES:
                         raise JwksUnavailable("the issuer's key set is larger than 256 KiB")
+        except OutboundRefused as exc:
+            raise JwksUnavailable(f"the issuer's key set was not fetched: {exc}") from exc
         except httpx.TimeoutException as exc:
             raise JwksUnavailable("the issuer's key set did not arrive in time") from exc
         except httpx.HTTPError as exc:

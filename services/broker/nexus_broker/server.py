@@ -26,6 +26,7 @@ from nexus_common import (
     build_server,
     create_engine,
     internal_authenticator,
+    outbound_client,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -96,10 +97,11 @@ def _now() -> datetime:
 def create_core(settings: BrokerSettings) -> BrokerCore:
     engine = create_engine(settings.database_url)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
-    http = httpx.AsyncClient(timeout=httpx.Timeout(settings.provider_timeout_seconds))
+    http = outbound_client(settings.outbound, httpx.Timeout(settings.provider_timeout_seconds))
     deps = RegistryDeps(
         uow=lambda: BrokerUnitOfWork(sessions, settings.keyring),
         discovery=DiscoveryClient(http, settings.discovery_timeout_seconds),
+        outbound=settings.outbound,
         clock=_now,
         discovery_retry_seconds=settings.discovery_retry_seconds,
         discovery_max_age_seconds=settings.discovery_max_age_seconds,

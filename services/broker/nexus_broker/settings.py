@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from nexus_common import ApiKeySet, ConfigError, Deployment, Env, Keyring
+from nexus_common import (
+    DEFAULT_MAX_BODY_BYTES,
+    ApiKeySet,
+    ConfigError,
+    Deployment,
+    Env,
+    Keyring,
+    OutboundPolicy,
+)
 
 from .domain.connections import RefreshPolicy
 from .domain.sessions import SessionLimits
@@ -33,6 +41,8 @@ class BrokerSettings:
     connection_ttl_seconds: float
     provider_timeout_seconds: float
     jwks_min_refetch_seconds: float
+    # Where provider calls may go; each takes at most provider_timeout_seconds in all.
+    outbound: OutboundPolicy
     refresh: RefreshPolicy
     refresh_loop: bool
     refresh_interval_seconds: float
@@ -75,6 +85,7 @@ class BrokerSettings:
             connection_ttl_seconds=env.number("NEXUS_CONNECTION_TTL_SECONDS", 600.0),
             provider_timeout_seconds=env.number("NEXUS_PROVIDER_TIMEOUT_SECONDS", 10.0),
             jwks_min_refetch_seconds=env.jwks_min_refetch_seconds(),
+            outbound=_outbound(env, env.number("NEXUS_PROVIDER_TIMEOUT_SECONDS", 10.0)),
             refresh=RefreshPolicy(
                 lead_seconds=env.number("NEXUS_REFRESH_LEAD_SECONDS", 300.0),
                 jitter_seconds=env.number("NEXUS_REFRESH_JITTER_SECONDS", 30.0),
@@ -99,6 +110,15 @@ class BrokerSettings:
             session_retention_seconds=env.number("NEXUS_SESSION_RETENTION_SECONDS", 7 * 86400.0),
             broader_session_tokens_by_default=env.deployment() == Deployment.DEVELOPMENT,
         )
+
+
+def _outbound(env: Env, deadline_seconds: float) -> OutboundPolicy:
+    return OutboundPolicy.parse(
+        allowed_networks=env.text("NEXUS_OUTBOUND_ALLOWED_NETWORKS", ""),
+        denied_ports=env.text("NEXUS_OUTBOUND_DENIED_PORTS", ""),
+        max_body_bytes=env.integer("NEXUS_OUTBOUND_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+        deadline_seconds=deadline_seconds,
+    )
 
 
 def _state_key(value: str) -> bytes:

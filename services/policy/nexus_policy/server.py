@@ -16,6 +16,7 @@ from nexus_common import (
     build_server,
     create_engine,
     internal_authenticator,
+    outbound_client,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -83,7 +84,7 @@ def _users(
 def create_policy(settings: PolicySettings) -> Policy:
     engine = create_engine(settings.database_url)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
-    http = httpx.AsyncClient()
+    http = outbound_client(settings.outbound, httpx.Timeout(settings.outbound.deadline_seconds))
     broker = InternalClient("broker", settings.broker_target, settings.internal_token, 5.0)
 
     def uow() -> PolicyUnitOfWork:

@@ -12,6 +12,8 @@ from nexus_common import (
     AuditEvent,
     ConcurrentModification,
     DiscoveryDocumentInvalid,
+    OutboundAddressNotAllowed,
+    OutboundPolicy,
     PageTokens,
     ProviderDeleted,
     ProviderNotFound,
@@ -31,6 +33,7 @@ from ..domain.providers import (
     endpoint_changes,
     validate_spec,
 )
+from .endpoints import check_discovered_endpoints, check_spec_endpoints
 from .unit_of_work import BrokerUnitOfWork
 
 __all__ = [
@@ -54,6 +57,7 @@ class RegistryDeps:
     discovery_retry_seconds: float
     discovery_max_age_seconds: float
     pages: PageTokens
+    outbound: OutboundPolicy
 
 
 @dataclass(frozen=True)
@@ -86,11 +90,14 @@ async def _discover(spec: ProviderSpec, now: datetime, deps: RegistryDeps) -> Di
         return Discovery.pending(
             f"{exc.reason}; discovery will be retried when the provider is next used", now
         )
-    return parse_discovery_document(spec.issuer, document, now)
+    discovery = parse_discovery_document(spec.issuer, document, now)
+    await check_discovered_endpoints(discovery, deps.outbound)
+    return discovery
 
 
 async def create_provider(spec: ProviderSpec, deps: RegistryDeps) -> Provider:
     spec = validate_spec(spec, has_secret=bool(spec.client_secret))
+    await check_spec_endpoints(spec, deps.outbound)
     now = deps.clock()
     # Discovery runs before the transaction so no row lock waits on the network.
     discovery = await _discover(spec, now, deps)
@@ -138,7 +145,7 @@ async def get_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
         return provider
     try:
         discovery = await _discover(provider.spec, now, deps)
-    except DiscoveryDocumentInvalid as exc:
+    except (DiscoveryDocumentInvalid, OutboundAddressNotAllowed) as exc:
         # Reading must not fail because the issuer misbehaves now; say so instead.
         discovery = Discovery.pending(f"{exc.message}; discovery will be retried", now)
     if discovery.status != DiscoveryStatus.COMPLETE and provider.discovery.is_complete:
@@ -219,6 +226,7 @@ async def update_provider(
     moved = endpoint_changes(current.spec, merged)
     # Checked before discovery, so a refused change reaches out to no new host.
     check_secret_follows_endpoints(current, moved, secret_given="client_secret" in changed)
+    await check_spec_endpoints(merged, deps.outbound, changed)
     now = deps.clock()
     discovery = current.discovery
     if {"issuer", "enable_discovery"} & changed:

@@ -62,6 +62,7 @@ from nexus_common import (
     JwksUnavailable,
     JwksVerifier,
     JwtVerificationError,
+    OutboundRefused,
     UserContextInvalid,
     UserTokenInvalid,
     ValidationFailed,
@@ -251,6 +252,8 @@ class BackendAuthClient:
                             f"the user backend answered HTTP {response.status_code}"
                         )
                     body = await _read_capped(response)
+        except OutboundRefused as exc:
+            raise BackendAuthUnavailable(f"the user backend was not called: {exc}") from exc
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise BackendAuthUnavailable(
                 f"the user backend did not answer within {self._timeout_seconds:g} s"
