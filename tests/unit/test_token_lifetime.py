@@ -69,7 +69,7 @@ def _answer(body: bytes) -> httpx.Response:
     ids=["float-literal", "500-digit-int", "text"],
 )
 def test_a_huge_literal_in_a_token_response_is_capped(body: bytes) -> None:
-    tokens = TokenEndpoint._token_set(TokenEndpoint._read(_answer(body), NOW), NOW)
+    tokens = TokenEndpoint._token_set(TokenEndpoint._read(_answer(body), body, NOW), NOW)
     assert tokens.expires_at == NOW + MAX_TOKEN_LIFETIME
 
 
@@ -86,7 +86,7 @@ def test_a_huge_literal_in_a_token_response_is_capped(body: bytes) -> None:
 )
 def test_a_token_response_with_nonsense_is_a_provider_error(body: bytes) -> None:
     with pytest.raises(TokenEndpointError) as caught:
-        TokenEndpoint._token_set(TokenEndpoint._read(_answer(body), NOW), NOW)
+        TokenEndpoint._token_set(TokenEndpoint._read(_answer(body), body, NOW), NOW)
     assert not caught.value.transient
     assert json.dumps(caught.value.message)  # a plain sentence, never the body
     assert b"3600" not in caught.value.message.encode()
