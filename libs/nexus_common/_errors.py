@@ -10,7 +10,9 @@
     │   ├── StateInvalid                reason STATE_INVALID
     │   ├── ReturnUrlNotAllowed         reason RETURN_URL_NOT_ALLOWED
     │   ├── ScopeNotOffered             reason SCOPE_NOT_OFFERED
-    │   └── CredentialsRejected         reason CREDENTIALS_REJECTED
+    │   ├── CredentialsRejected         reason CREDENTIALS_REJECTED
+    │   ├── IssuerMismatch              reason ISSUER_MISMATCH
+    │   └── CallbackProviderMismatch    reason CALLBACK_PROVIDER_MISMATCH
     ├── Unauthenticated                 UNAUTHENTICATED, reason UNAUTHENTICATED
     │   └── UserTokenInvalid            reason USER_TOKEN_INVALID
     ├── PermissionDenied                PERMISSION_DENIED, reason PERMISSION_DENIED
@@ -26,7 +28,8 @@
     │   ├── AgentOboOnly                reason AGENT_OBO_ONLY
     │   ├── ConnectionExceedsAgentScopes reason CONNECTION_EXCEEDS_AGENT_SCOPES
     │   ├── UserWorkspaceNotOwned       reason USER_WORKSPACE_NOT_OWNED (metadata: workspace_id)
-    │   └── TokenBroaderThanSession     reason TOKEN_BROADER_THAN_SESSION (metadata: token_scopes)
+    │   ├── TokenBroaderThanSession     reason TOKEN_BROADER_THAN_SESSION (metadata: token_scopes)
+    │   └── BrowserMismatch             reason BROWSER_MISMATCH
     ├── NotFound                        NOT_FOUND
     │   ├── ProviderNotFound            reason PROVIDER_NOT_FOUND
     │   ├── ConnectionNotFound          reason CONNECTION_NOT_FOUND
@@ -43,7 +46,8 @@
     │   ├── ConnectionReauthRequired    reason CONNECTION_REAUTH_REQUIRED
     │   ├── NoConnection                reason NO_CONNECTION
     │   ├── ConnectionAmbiguous         reason CONNECTION_AMBIGUOUS
-    │   └── SessionNotSupported         reason SESSION_NOT_SUPPORTED
+    │   ├── SessionNotSupported         reason SESSION_NOT_SUPPORTED
+    │   └── CaptureAttemptsExhausted    reason CAPTURE_ATTEMPTS_EXHAUSTED
     ├── RequestTooLarge                 RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE
     ├── RefreshRateLimited              RESOURCE_EXHAUSTED, reason REFRESH_RATE_LIMITED
     │                                   (metadata: retry_after_seconds)
@@ -74,7 +78,10 @@ __all__ = [
     "AgentScopeNotAllowed",
     "AlreadyExists",
     "BackendAuthUnavailable",
+    "BrowserMismatch",
+    "CallbackProviderMismatch",
     "CallerNotAllowed",
+    "CaptureAttemptsExhausted",
     "ConcurrentModification",
     "ConnectionAmbiguous",
     "ConnectionExceedsAgentScopes",
@@ -88,6 +95,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "InvalidPageToken",
+    "IssuerMismatch",
     "MalformedJson",
     "NexusError",
     "NoConnection",
@@ -183,6 +191,20 @@ class ScopeNotOffered(InvalidArgument):
 
 class CredentialsRejected(InvalidArgument):
     reason = "CREDENTIALS_REJECTED"
+
+
+class IssuerMismatch(InvalidArgument):
+    """The authorization response came without the provider's RFC 9207 ``iss``
+    where it must have one, or with another issuer's (a mix-up, RFC 9700 §4.4)."""
+
+    reason = "ISSUER_MISMATCH"
+
+
+class CallbackProviderMismatch(InvalidArgument):
+    """An authorization response reached another provider's callback than the
+    one its state was issued for (a mix-up, RFC 9700 §4.4)."""
+
+    reason = "CALLBACK_PROVIDER_MISMATCH"
 
 
 class Unauthenticated(NexusError):
@@ -370,6 +392,19 @@ class TokenBroaderThanSession(PermissionDenied):
     """The provider cannot narrow its token to the session's scopes."""
 
     reason = "TOKEN_BROADER_THAN_SESSION"
+
+
+class BrowserMismatch(PermissionDenied):
+    """A browser other than the one that opened auth_url tried to continue it
+    (connection injection, RFC 9700 §4.7)."""
+
+    reason = "BROWSER_MISMATCH"
+
+
+class CaptureAttemptsExhausted(FailedPrecondition):
+    """Every live credential check of a capture state is spent; the state is too."""
+
+    reason = "CAPTURE_ATTEMPTS_EXHAUSTED"
 
 
 class RefreshRateLimited(NexusError):
