@@ -436,6 +436,9 @@ async def complete_authorization(response: AuthorizationResponse, deps: Connecti
             connection, attempt, deps, now, status=ConnectionStatus.FAILED, error=mix_up
         )
         return _outcome_url(failed)
+    # RFC 6749 §4.1.3: the exchange repeats the redirect URI the request carried.
+    redirect_uri = attempt.redirect_uri
+    assert redirect_uri is not None  # _mix_up refused an attempt without one
     if error or not code:
         # Only RFC 6749 §4.1.2.1 codes are echoed; anything else could be injected text.
         reason = error if error in _OAUTH_ERROR_CODES else "authorization_failed"
@@ -450,7 +453,7 @@ async def complete_authorization(response: AuthorizationResponse, deps: Connecti
             provider.token_url,
             client,
             code=code,
-            redirect_uri=attempt.redirect_uri or deps.callback_url(provider.name),
+            redirect_uri=redirect_uri,
             code_verifier=attempt.code_verifier,
             scopes=None if provider.params.skip_scope_on_exchange else connection.scopes,
             now=now,
