@@ -13,6 +13,8 @@
     │   ├── ScopeNotOffered             reason SCOPE_NOT_OFFERED
     │   ├── OutboundAddressNotAllowed   reason OUTBOUND_ADDRESS_NOT_ALLOWED (metadata: field)
     │   ├── CredentialsRejected         reason CREDENTIALS_REJECTED
+    │   ├── IssuerMismatch              reason ISSUER_MISMATCH
+    │   ├── CallbackProviderMismatch    reason CALLBACK_PROVIDER_MISMATCH
     │   └── UserContextInvalid          reason USER_CONTEXT_INVALID
     ├── Unauthenticated                 UNAUTHENTICATED, reason UNAUTHENTICATED
     │   └── UserTokenInvalid            reason USER_TOKEN_INVALID
@@ -29,7 +31,8 @@
     │   ├── AgentOboOnly                reason AGENT_OBO_ONLY
     │   ├── ConnectionExceedsAgentScopes reason CONNECTION_EXCEEDS_AGENT_SCOPES
     │   ├── UserWorkspaceNotOwned       reason USER_WORKSPACE_NOT_OWNED (metadata: workspace_id)
-    │   └── TokenBroaderThanSession     reason TOKEN_BROADER_THAN_SESSION (metadata: token_scopes)
+    │   ├── TokenBroaderThanSession     reason TOKEN_BROADER_THAN_SESSION (metadata: token_scopes)
+    │   └── BrowserMismatch             reason BROWSER_MISMATCH
     ├── NotFound                        NOT_FOUND
     │   ├── ProviderNotFound            reason PROVIDER_NOT_FOUND
     │   ├── ConnectionNotFound          reason CONNECTION_NOT_FOUND
@@ -48,7 +51,8 @@
     │   ├── ConnectionReauthRequired    reason CONNECTION_REAUTH_REQUIRED
     │   ├── NoConnection                reason NO_CONNECTION
     │   ├── ConnectionAmbiguous         reason CONNECTION_AMBIGUOUS
-    │   └── SessionNotSupported         reason SESSION_NOT_SUPPORTED
+    │   ├── SessionNotSupported         reason SESSION_NOT_SUPPORTED
+    │   └── CaptureAttemptsExhausted    reason CAPTURE_ATTEMPTS_EXHAUSTED
     ├── RequestTooLarge                 RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE
     ├── RefreshRateLimited              RESOURCE_EXHAUSTED, reason REFRESH_RATE_LIMITED
     │                                   (metadata: retry_after_seconds)
@@ -85,7 +89,10 @@ __all__ = [
     "AgentScopeNotAllowed",
     "AlreadyExists",
     "BackendAuthUnavailable",
+    "BrowserMismatch",
+    "CallbackProviderMismatch",
     "CallerNotAllowed",
+    "CaptureAttemptsExhausted",
     "ConcurrentModification",
     "ConnectionAmbiguous",
     "ConnectionExceedsAgentScopes",
@@ -100,6 +107,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "InvalidPageToken",
+    "IssuerMismatch",
     "MalformedJson",
     "MalformedRequest",
     "NexusError",
@@ -235,6 +243,20 @@ class UserContextInvalid(InvalidArgument):
     """The user backend vouched for a user Nexus cannot act for (an id too long to keep)."""
 
     reason = "USER_CONTEXT_INVALID"
+
+
+class IssuerMismatch(InvalidArgument):
+    """The authorization response came without the provider's RFC 9207 ``iss``
+    where it must have one, or with another issuer's (a mix-up, RFC 9700 §4.4)."""
+
+    reason = "ISSUER_MISMATCH"
+
+
+class CallbackProviderMismatch(InvalidArgument):
+    """An authorization response reached another provider's callback than the
+    one its state was issued for (a mix-up, RFC 9700 §4.4)."""
+
+    reason = "CALLBACK_PROVIDER_MISMATCH"
 
 
 class Unauthenticated(NexusError):
@@ -444,6 +466,19 @@ class TokenBroaderThanSession(PermissionDenied):
     """The provider cannot narrow its token to the session's scopes."""
 
     reason = "TOKEN_BROADER_THAN_SESSION"
+
+
+class BrowserMismatch(PermissionDenied):
+    """A browser other than the one that opened auth_url tried to continue it
+    (connection injection, RFC 9700 §4.7)."""
+
+    reason = "BROWSER_MISMATCH"
+
+
+class CaptureAttemptsExhausted(FailedPrecondition):
+    """Every live credential check of a capture state is spent; the state is too."""
+
+    reason = "CAPTURE_ATTEMPTS_EXHAUSTED"
 
 
 class RefreshRateLimited(NexusError):

@@ -44,6 +44,7 @@ _FLAGS = (
     "skip_scope_on_exchange",
     "supports_scope_narrowing",
     "revoke_narrowed_tokens",
+    "authorization_response_iss_parameter_supported",
 )
 _BROADER = "allow_broader_session_tokens"
 _FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -88,6 +89,9 @@ class ProviderParams:
     # Nexus may revoke it when its last session closes. RFC 7009 §2.1 lets a
     # server revoke the whole grant instead, so Nexus never assumes it.
     revoke_narrowed_tokens: bool = False
+    # RFC 9207: the provider sends ``iss`` in authorization responses, so one
+    # without it is refused (discovery can say so too).
+    authorization_response_iss_parameter_supported: bool = False
     # Whether a session may hand out a token broader than it asked for when
     # the provider cannot narrow; None leaves it to NEXUS_ENVIRONMENT.
     allow_broader_session_tokens: bool | None = None
@@ -219,6 +223,12 @@ def parse_params(auth_type: str, raw: dict[str, Any]) -> ProviderParams:
         ),
         revoke_narrowed_tokens=_flag(
             raw, "revoke_narrowed_tokens", "revoke_narrowed_tokens", False
+        ),
+        authorization_response_iss_parameter_supported=_flag(
+            raw,
+            "authorization_response_iss_parameter_supported",
+            "authorization_response_iss_parameter_supported",
+            False,
         ),
         allow_broader_session_tokens=_flag(raw, _BROADER, _BROADER, False)
         if _BROADER in raw

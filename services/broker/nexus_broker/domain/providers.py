@@ -132,6 +132,14 @@ class Provider:
         return self.spec.revocation_url or self.discovery.revocation_endpoint
 
     @property
+    def sends_iss(self) -> bool:
+        """Whether authorization responses must carry ``iss`` (RFC 9207)."""
+        return (
+            self.params.authorization_response_iss_parameter_supported
+            or self.discovery.authorization_response_iss_parameter_supported
+        )
+
+    @property
     def user_info_endpoint(self) -> str:
         return self.spec.user_info_endpoint or self.discovery.userinfo_endpoint
 
@@ -213,6 +221,12 @@ def _check_oauth2(spec: ProviderSpec, has_secret: bool, params: ProviderParams) 
             "client_secret",
             "client_secret is required for oauth2 providers "
             '(set params.token_endpoint_auth_method to "none" for a public client)',
+        )
+    if params.authorization_response_iss_parameter_supported and not spec.issuer:
+        raise _fail(
+            "issuer",
+            "issuer is required when params.authorization_response_iss_parameter_supported "
+            "is true: authorization responses' iss is compared with it",
         )
     if spec.enable_discovery:
         if not spec.issuer:
