@@ -2,7 +2,8 @@
 # One image for every Nexus service. Each Kubernetes Deployment picks its service with
 # `command` (python -m nexus_gateway | nexus_broker | nexus_policy); the migration Job runs
 # `python -m nexus_broker migrate` and `python -m nexus_policy migrate`; Envoy's init
-# container copies the transcoder descriptor from /opt/nexus/nexus.pb.
+# container copies the transcoder descriptor from /opt/nexus/nexus.pb and the OpenAPI document
+# Envoy serves from /opt/nexus/openapi.json.
 #
 # Build from the repository root:   docker build -t nexus:0.1.0 .
 # For reproducible builds pin the base by digest: --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:...
@@ -29,6 +30,7 @@ RUN groupadd --system --gid 10001 nexus \
        --shell /usr/sbin/nologin nexus
 COPY --from=build /opt/venv /opt/venv
 COPY envoy/nexus.pb /opt/nexus/nexus.pb
+COPY envoy/openapi.json /opt/nexus/openapi.json
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1

@@ -32,15 +32,17 @@ tests/support/certified_oidc/node_modules/.installed: tests/support/certified_oi
 run: install
 	$(PY) tools/devstack.py
 
-# Generated code is committed; `check-protos` fails when it is stale.
+# Generated code (and envoy/openapi.json, the REST surface) is committed; `check-protos` fails
+# when it is stale.
 protos: $(VENV)/.installed
-	$(PY) tools/genprotos.py gen/python envoy/nexus.pb
+	$(PY) -m tools.genprotos gen/python envoy/nexus.pb envoy/openapi.json
 
 check-protos: $(VENV)/.installed
 	rm -rf .build/protos && mkdir -p .build/protos
-	$(PY) tools/genprotos.py .build/protos/python .build/protos/nexus.pb
+	$(PY) -m tools.genprotos .build/protos/python .build/protos/nexus.pb .build/protos/openapi.json
 	diff -r gen/python .build/protos/python -x __pycache__ || (echo "generated code is stale: run make protos" && exit 1)
 	cmp envoy/nexus.pb .build/protos/nexus.pb || (echo "envoy/nexus.pb is stale: run make protos" && exit 1)
+	cmp envoy/openapi.json .build/protos/openapi.json || (echo "envoy/openapi.json is stale: run make protos" && exit 1)
 
 # deploy/k8s/envoy-config.yaml is rendered from envoy/envoy.yaml; the deploy tests fail when stale.
 k8s-envoy: $(VENV)/.installed

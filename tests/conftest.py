@@ -22,6 +22,7 @@ from tests.support.postgres import fresh_database, postgres_url
 ADMIN_KEY = "nxa_test_admin_key_0123456789"
 INTERNAL_TOKEN = "internal-test-token-0123456789"
 STATE_KEY = "state-signing-key-for-tests-0123456789abcdef"
+LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -73,6 +74,9 @@ def service_env(database_url: str, keyring_spec: str, **extra: str) -> dict[str,
         "NEXUS_REFRESH_MAX_BACKOFF_SECONDS": "0.5",
         # As `make run`; tests of production's defaults set "production".
         "NEXUS_ENVIRONMENT": "development",
+        # The OAuth servers, apps and backends of the tests listen on loopback; production
+        # allows no address that is not public.
+        "NEXUS_OUTBOUND_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,
         # Tests that force refreshes back to back; the rate limit's own tests set it.
         "NEXUS_FORCED_REFRESH_INTERVAL_SECONDS": "0",
         **extra,

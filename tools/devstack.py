@@ -146,6 +146,10 @@ class Stack:
             "NEXUS_PUBLIC_BASE_URL": self.rest_url,
             # The docs' walkthrough runs as written; production fails closed.
             "NEXUS_ENVIRONMENT": "development",
+            # Providers and backends on this machine may be called, but never the
+            # stack's own listeners (Envoy's admin port would let a token_url stop Envoy).
+            "NEXUS_OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+            "NEXUS_OUTBOUND_DENIED_PORTS": ",".join(str(p) for p in sorted(self.ports.values())),
             **self.env,
         }
 

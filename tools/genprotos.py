@@ -1,15 +1,19 @@
-"""Generate Python code, type stubs and Envoy's descriptor set from protos/.
+"""Generate Python code, type stubs, Envoy's descriptor set and the OpenAPI document
+of the REST surface from protos/.
 
-Usage: genprotos.py PYTHON_OUT DESCRIPTOR_OUT
+Usage: python -m tools.genprotos PYTHON_OUT DESCRIPTOR_OUT OPENAPI_OUT
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 import grpc_tools
 from grpc_tools import protoc
+
+from tools import genopenapi
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
@@ -28,8 +32,26 @@ def _run(args: list[str]) -> None:
         raise SystemExit(f"protoc failed: {' '.join(args)}")
 
 
-def main(python_out: Path, descriptor_out: Path) -> None:
-    sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "nexus").rglob("*.proto"))
+def proto_sources() -> list[str]:
+    return sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "nexus").rglob("*.proto"))
+
+
+def described_descriptor_set(sources: list[str], out: Path) -> None:
+    """The descriptor set the OpenAPI document is built from: with the protos' comments,
+    which Envoy's descriptor set leaves out."""
+    _run(["--include_imports", "--include_source_info", f"--descriptor_set_out={out}", *sources])
+
+
+def _openapi(sources: list[str], openapi_out: Path) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        described = Path(scratch) / "described.pb"
+        described_descriptor_set(sources, described)
+        openapi_out.parent.mkdir(parents=True, exist_ok=True)
+        openapi_out.write_text(genopenapi.render(described.read_bytes()))
+
+
+def main(python_out: Path, descriptor_out: Path, openapi_out: Path) -> None:
+    sources = proto_sources()
     python_out.mkdir(parents=True, exist_ok=True)
     descriptor_out.parent.mkdir(parents=True, exist_ok=True)
     _run(
@@ -49,6 +71,7 @@ def main(python_out: Path, descriptor_out: Path) -> None:
             *DESCRIPTOR_EXTRAS,
         ]
     )
+    _openapi(sources, openapi_out)
     for package in {p.parent for p in python_out.rglob("*_pb2.py")}:
         while package != python_out:
             (package / "__init__.py").touch()
@@ -56,4 +79,4 @@ def main(python_out: Path, descriptor_out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))

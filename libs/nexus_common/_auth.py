@@ -79,6 +79,10 @@ class ApiKeySet:
     def __bool__(self) -> bool:
         return bool(self._digests)
 
+    def __repr__(self) -> str:
+        # Names only: even a key's digest would let a guess be checked offline.
+        return f"ApiKeySet(names={[name for name, _ in self._digests]})"
+
     def match(self, presented: str | None) -> str:
         """Return the matching key's name, or raise Unauthenticated."""
         candidate = _digest(presented or "")

@@ -32,6 +32,14 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+def _retry_delay(details: list[Any]) -> float | None:
+    for detail in details:
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(retry):
+            return float(retry.retry_delay.ToNanoseconds()) / 1e9
+    return None
+
+
 class InternalClient:
     """A channel to one internal service, with the token every call needs.
 
@@ -47,21 +55,35 @@ class InternalClient:
         self._timeout = timeout
 
     async def call(self, method: Callable[..., Awaitable[Response]], request: Any) -> Response:
+        return (await self.call_with_headers(method, request))[0]
+
+    async def call_with_headers(
+        self, method: Callable[..., Awaitable[Response]], request: Any
+    ) -> tuple[Response, dict[str, str]]:
+        """The answer and the callee's initial metadata (its response headers)."""
         metadata = [(INTERNAL_TOKEN_HEADER, self._token)]
         caller = current_caller.get()
         if caller is not None:
             metadata.append((CALLER_HEADER, str(caller)))
         try:
-            return await method(request, metadata=metadata, timeout=self._timeout)
+            # A grpc.aio call: awaitable, and it also holds the response headers.
+            call: Any = method(request, metadata=metadata, timeout=self._timeout)
+            response: Response = await call
+            headers = await call.initial_metadata()
         except grpc.aio.AioRpcError as exc:
             raise self._translate(exc) from exc
+        return response, {key: value for key, value in headers or () if isinstance(value, str)}
 
     def _translate(self, exc: grpc.aio.AioRpcError) -> NexusError:
         status = rpc_status.from_call(exc)
-        for detail in status.details if status is not None else ():
+        details = list(status.details) if status is not None else []
+        for detail in details:
             info = error_details_pb2.ErrorInfo()
             if detail.Unpack(info):
-                return RemoteError(exc.code().name, info.reason, status.message, **info.metadata)
+                assert status is not None
+                error = RemoteError(exc.code().name, info.reason, status.message, **info.metadata)
+                error.retry_after_seconds = _retry_delay(details)
+                return error
         if exc.code() in _UNREACHABLE:
             return DependencyUnavailable(f"the {self.service} service is unavailable; try again")
         return Internal(f"the {self.service} service failed")

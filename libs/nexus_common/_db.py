@@ -3,17 +3,23 @@
 Services run on SQLAlchemy's asyncio engine: aiosqlite for the embedded
 default and psycopg 3 for PostgreSQL. Alembic runs with the matching
 synchronous driver, once at start-up.
+
+Losing the database is a fault that passes: a unit of work turns it into
+``DatabaseUnavailable`` (``UNAVAILABLE`` with a retry hint), which clients
+retry, never an internal error. ``retry_stale`` runs an all-or-nothing unit of
+work once more when the pool had handed out a connection the database had
+already dropped.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, overload
+from typing import Any, Self, TypeVar, overload
 
 from alembic import command
 from alembic.config import Config
@@ -22,7 +28,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Table, event, select, update
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -31,6 +38,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
+from ._errors import DatabaseUnavailable
 from ._keyring import Keyring
 
 __all__ = [
@@ -38,11 +46,17 @@ __all__ = [
     "SqlUnitOfWork",
     "create_engine",
     "reseal_column",
+    "retry_stale",
     "sync_url",
     "utc",
 ]
 
 log = logging.getLogger("nexus.db")
+
+T = TypeVar("T")
+# Bounds how long a request waits on a database that does not answer a
+# connection attempt (a dropped network, not a refused one).
+_CONNECT_TIMEOUT_SECONDS = 5
 
 
 @overload
@@ -83,7 +97,12 @@ def create_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     # Parameters may be sealed secrets or tokens; keep them out of error messages.
-    return create_async_engine(async_url, pool_pre_ping=True, hide_parameters=True)
+    return create_async_engine(
+        async_url,
+        pool_pre_ping=True,
+        hide_parameters=True,
+        connect_args={"connect_timeout": _CONNECT_TIMEOUT_SECONDS},
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -161,16 +180,30 @@ def _use_wal(url: str) -> None:
         engine.dispose()
 
 
+def _connectivity_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database was out of reach, rather than that a
+    statement was wrong: refused or dropped connections, a full pool, and
+    the server's operational faults (restarts, deadlocks, cancelled queries)."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    )
+
+
 class SqlUnitOfWork:
-    """``async with uow:`` opens a session that rolls back unless committed."""
+    """``async with uow:`` opens a session that rolls back unless committed.
+    Losing the database inside it raises ``DatabaseUnavailable``."""
 
     session: AsyncSession
 
     def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
         self._session_factory = session_factory
+        self._committing = False
 
     async def __aenter__(self) -> Self:
         self.session = self._session_factory()
+        self._committing = False
         return self
 
     async def __aexit__(
@@ -179,11 +212,43 @@ class SqlUnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.session.rollback()
-        await self.session.close()
+        lost = exc is not None and _connectivity_lost(exc)
+        try:
+            await self.session.rollback()
+            await self.session.close()
+        except SQLAlchemyError as cleanup:
+            # The connection is gone with the database and the pool discards
+            # it; nothing was left to undo, and the outcome stands.
+            if not _connectivity_lost(cleanup):
+                raise
+        if lost:
+            assert exc is not None
+            # A commit that failed may have happened: only an earlier failure is stale.
+            stale = isinstance(exc, DBAPIError) and exc.connection_invalidated
+            log.warning("database unavailable: %s", type(getattr(exc, "orig", exc)).__name__)
+            raise DatabaseUnavailable(
+                "the database is unavailable; try again shortly",
+                stale=stale and not self._committing,
+            ) from exc
 
     async def commit(self) -> None:
+        self._committing = True
         await self.session.commit()
+        self._committing = False
+
+
+async def retry_stale(unit: Callable[[], Awaitable[T]]) -> T:
+    """Run ``unit``, a use case whose database work is one all-or-nothing unit
+    of work, and once more if it failed only on a connection the database had
+    dropped before the pool handed it out: after a database restart, the
+    first use of each pooled connection fails that way."""
+    try:
+        return await unit()
+    except DatabaseUnavailable as error:
+        if not error.stale:
+            raise
+        log.info("retrying on a fresh connection after a stale one")
+    return await unit()
 
 
 async def reseal_column(

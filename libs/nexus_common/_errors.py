@@ -5,12 +5,17 @@
     │   ├── ValidationFailed            reason VALIDATION_FAILED
     │   ├── InvalidPageToken            reason INVALID_PAGE_TOKEN
     │   ├── MalformedJson               reason MALFORMED_JSON
+    │   ├── MalformedRequest            reason MALFORMED_REQUEST
     │   ├── UnknownField                reason UNKNOWN_FIELD
     │   ├── DiscoveryDocumentInvalid    reason DISCOVERY_DOCUMENT_INVALID
     │   ├── StateInvalid                reason STATE_INVALID
     │   ├── ReturnUrlNotAllowed         reason RETURN_URL_NOT_ALLOWED
     │   ├── ScopeNotOffered             reason SCOPE_NOT_OFFERED
-    │   └── CredentialsRejected         reason CREDENTIALS_REJECTED
+    │   ├── OutboundAddressNotAllowed   reason OUTBOUND_ADDRESS_NOT_ALLOWED (metadata: field)
+    │   ├── CredentialsRejected         reason CREDENTIALS_REJECTED
+    │   ├── IssuerMismatch              reason ISSUER_MISMATCH
+    │   ├── CallbackProviderMismatch    reason CALLBACK_PROVIDER_MISMATCH
+    │   └── UserContextInvalid          reason USER_CONTEXT_INVALID
     ├── Unauthenticated                 UNAUTHENTICATED, reason UNAUTHENTICATED
     │   └── UserTokenInvalid            reason USER_TOKEN_INVALID
     ├── PermissionDenied                PERMISSION_DENIED, reason PERMISSION_DENIED
@@ -26,7 +31,8 @@
     │   ├── AgentOboOnly                reason AGENT_OBO_ONLY
     │   ├── ConnectionExceedsAgentScopes reason CONNECTION_EXCEEDS_AGENT_SCOPES
     │   ├── UserWorkspaceNotOwned       reason USER_WORKSPACE_NOT_OWNED (metadata: workspace_id)
-    │   └── TokenBroaderThanSession     reason TOKEN_BROADER_THAN_SESSION (metadata: token_scopes)
+    │   ├── TokenBroaderThanSession     reason TOKEN_BROADER_THAN_SESSION (metadata: token_scopes)
+    │   └── BrowserMismatch             reason BROWSER_MISMATCH
     ├── NotFound                        NOT_FOUND
     │   ├── ProviderNotFound            reason PROVIDER_NOT_FOUND
     │   ├── ConnectionNotFound          reason CONNECTION_NOT_FOUND
@@ -38,17 +44,21 @@
     ├── ConcurrentModification          ABORTED, reason CONCURRENT_MODIFICATION
     ├── FailedPrecondition              FAILED_PRECONDITION
     │   ├── ProviderDeleted             reason PROVIDER_DELETED
+    │   ├── SecretRequiredForEndpointChange
+    │   │                   reason SECRET_REQUIRED_FOR_ENDPOINT_CHANGE (metadata: fields)
     │   ├── ConnectionNotActive         reason CONNECTION_NOT_ACTIVE (metadata: status)
     │   ├── RefreshNotSupported         reason REFRESH_NOT_SUPPORTED
     │   ├── ConnectionReauthRequired    reason CONNECTION_REAUTH_REQUIRED
     │   ├── NoConnection                reason NO_CONNECTION
     │   ├── ConnectionAmbiguous         reason CONNECTION_AMBIGUOUS
-    │   └── SessionNotSupported         reason SESSION_NOT_SUPPORTED
+    │   ├── SessionNotSupported         reason SESSION_NOT_SUPPORTED
+    │   └── CaptureAttemptsExhausted    reason CAPTURE_ATTEMPTS_EXHAUSTED
     ├── RequestTooLarge                 RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE
     ├── RefreshRateLimited              RESOURCE_EXHAUSTED, reason REFRESH_RATE_LIMITED
     │                                   (metadata: retry_after_seconds)
     ├── Unavailable                     UNAVAILABLE
     │   ├── DependencyUnavailable       reason DEPENDENCY_UNAVAILABLE
+    │   ├── DatabaseUnavailable         reason DATABASE_UNAVAILABLE (RetryInfo)
     │   ├── ProviderUnavailable         reason PROVIDER_UNAVAILABLE
     │   └── BackendAuthUnavailable      reason BACKEND_AUTH_UNAVAILABLE
     ├── Internal                        INTERNAL, reason INTERNAL
@@ -56,7 +66,10 @@
 
 Messages are written for a person and must never contain a secret or an
 upstream response body. ``metadata`` carries machine-readable specifics such
-as the offending field.
+as the offending field; ``retry_after_seconds``, when set, becomes a
+``google.rpc.RetryInfo``. Both message and metadata may echo what a caller sent, so both are clipped
+(``MAX_MESSAGE_CHARS``, ``MAX_METADATA_CHARS``): an echoed 6 KB id must not
+make the status itself too large to send.
 """
 
 from __future__ import annotations
@@ -65,6 +78,8 @@ from collections.abc import Mapping
 
 __all__ = [
     "ERROR_DOMAIN",
+    "MAX_MESSAGE_CHARS",
+    "MAX_METADATA_CHARS",
     "AgentAlreadyExists",
     "AgentDisabled",
     "AgentMismatch",
@@ -74,7 +89,10 @@ __all__ = [
     "AgentScopeNotAllowed",
     "AlreadyExists",
     "BackendAuthUnavailable",
+    "BrowserMismatch",
+    "CallbackProviderMismatch",
     "CallerNotAllowed",
+    "CaptureAttemptsExhausted",
     "ConcurrentModification",
     "ConnectionAmbiguous",
     "ConnectionExceedsAgentScopes",
@@ -82,16 +100,20 @@ __all__ = [
     "ConnectionNotFound",
     "ConnectionReauthRequired",
     "CredentialsRejected",
+    "DatabaseUnavailable",
     "DependencyUnavailable",
     "DiscoveryDocumentInvalid",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
     "InvalidPageToken",
+    "IssuerMismatch",
     "MalformedJson",
+    "MalformedRequest",
     "NexusError",
     "NoConnection",
     "NotFound",
+    "OutboundAddressNotAllowed",
     "PermissionDenied",
     "ProviderAlreadyExists",
     "ProviderDeleted",
@@ -105,6 +127,7 @@ __all__ = [
     "ReturnUrlNotAllowed",
     "ScopeNotGranted",
     "ScopeNotOffered",
+    "SecretRequiredForEndpointChange",
     "SessionNotFound",
     "SessionNotSupported",
     "StateInvalid",
@@ -112,6 +135,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UnknownField",
+    "UserContextInvalid",
     "UserPermissionMissing",
     "UserTokenInvalid",
     "UserWorkspaceNotOwned",
@@ -120,6 +144,18 @@ __all__ = [
 ]
 
 ERROR_DOMAIN = "nexus.dev"
+# gRPC sends the status twice (grpc-message, and grpc-status-details-bin in
+# base64) within a default 8 KiB of headers: these bounds keep it well inside.
+MAX_MESSAGE_CHARS = 1024
+MAX_METADATA_CHARS = 256
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    marker = f"…({len(text)} characters)"
+    return text[: max(0, limit - len(marker))] + marker
 
 
 class NexusError(Exception):
@@ -128,11 +164,17 @@ class NexusError(Exception):
     reason: str = "UNKNOWN"
     # A grpc.StatusCode name; kept a string so the domain never imports grpc.
     grpc_status: str = "UNKNOWN"
+    # When to try again, for faults that pass by themselves.
+    retry_after_seconds: float | None = None
 
     def __init__(self, message: str, **metadata: str) -> None:
+        message = clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
-        self.metadata: Mapping[str, str] = metadata
+        self.metadata: Mapping[str, str] = {
+            clip(key, MAX_METADATA_CHARS): clip(value, MAX_METADATA_CHARS)
+            for key, value in metadata.items()
+        }
 
 
 class RemoteError(NexusError):
@@ -161,6 +203,12 @@ class MalformedJson(InvalidArgument):
     reason = "MALFORMED_JSON"
 
 
+class MalformedRequest(InvalidArgument):
+    """A gRPC request whose bytes are not the method's request message."""
+
+    reason = "MALFORMED_REQUEST"
+
+
 class UnknownField(InvalidArgument):
     reason = "UNKNOWN_FIELD"
 
@@ -181,8 +229,34 @@ class ScopeNotOffered(InvalidArgument):
     reason = "SCOPE_NOT_OFFERED"
 
 
+class OutboundAddressNotAllowed(InvalidArgument):
+    """An endpoint is, or resolves to, an address Nexus may not call (see ``_outbound``)."""
+
+    reason = "OUTBOUND_ADDRESS_NOT_ALLOWED"
+
+
 class CredentialsRejected(InvalidArgument):
     reason = "CREDENTIALS_REJECTED"
+
+
+class UserContextInvalid(InvalidArgument):
+    """The user backend vouched for a user Nexus cannot act for (an id too long to keep)."""
+
+    reason = "USER_CONTEXT_INVALID"
+
+
+class IssuerMismatch(InvalidArgument):
+    """The authorization response came without the provider's RFC 9207 ``iss``
+    where it must have one, or with another issuer's (a mix-up, RFC 9700 §4.4)."""
+
+    reason = "ISSUER_MISMATCH"
+
+
+class CallbackProviderMismatch(InvalidArgument):
+    """An authorization response reached another provider's callback than the
+    one its state was issued for (a mix-up, RFC 9700 §4.4)."""
+
+    reason = "CALLBACK_PROVIDER_MISMATCH"
 
 
 class Unauthenticated(NexusError):
@@ -231,6 +305,13 @@ class ProviderDeleted(FailedPrecondition):
     reason = "PROVIDER_DELETED"
 
 
+class SecretRequiredForEndpointChange(FailedPrecondition):
+    """An endpoint of a provider holding a client secret changes, and the
+    request does not give the secret again: the stored one must not follow."""
+
+    reason = "SECRET_REQUIRED_FOR_ENDPOINT_CHANGE"
+
+
 class RequestTooLarge(NexusError):
     reason = "REQUEST_TOO_LARGE"
     grpc_status = "RESOURCE_EXHAUSTED"
@@ -255,6 +336,21 @@ class Unavailable(NexusError):
 
 class DependencyUnavailable(Unavailable):
     reason = "DEPENDENCY_UNAVAILABLE"
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database could not be reached or dropped the connection.
+
+    ``stale`` says the connection was one the pool handed out after the
+    database had dropped it, before anything was committed: a fresh
+    connection may succeed at once."""
+
+    reason = "DATABASE_UNAVAILABLE"
+    retry_after_seconds = 1.0
+
+    def __init__(self, message: str, *, stale: bool = False, **metadata: str) -> None:
+        super().__init__(message, **metadata)
+        self.stale = stale
 
 
 class Internal(NexusError):
@@ -370,6 +466,19 @@ class TokenBroaderThanSession(PermissionDenied):
     """The provider cannot narrow its token to the session's scopes."""
 
     reason = "TOKEN_BROADER_THAN_SESSION"
+
+
+class BrowserMismatch(PermissionDenied):
+    """A browser other than the one that opened auth_url tried to continue it
+    (connection injection, RFC 9700 §4.7)."""
+
+    reason = "BROWSER_MISMATCH"
+
+
+class CaptureAttemptsExhausted(FailedPrecondition):
+    """Every live credential check of a capture state is spent; the state is too."""
+
+    reason = "CAPTURE_ATTEMPTS_EXHAUSTED"
 
 
 class RefreshRateLimited(NexusError):

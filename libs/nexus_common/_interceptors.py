@@ -10,20 +10,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
-from google.protobuf.message import Message
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ._auth import Authenticator, current_caller
-from ._errors import ERROR_DOMAIN, Internal, NexusError, RequestTooLarge, ValidationFailed
+from ._errors import (
+    ERROR_DOMAIN,
+    Internal,
+    MalformedRequest,
+    NexusError,
+    RequestTooLarge,
+    ValidationFailed,
+)
 from ._tracing import current_trace_id
 
 __all__ = [
+    "MAX_ID_CHARS",
+    "MAX_PAGE_TOKEN_CHARS",
     "PUBLIC_METHOD_PREFIXES",
     "AuthInterceptor",
     "ErrorMappingInterceptor",
@@ -42,15 +51,33 @@ PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
+# Every id Nexus stores fits in 255 characters; a longer one names nothing.
+MAX_ID_CHARS = 255
+# Page tokens Nexus issues are far shorter; a longer one is not one of them.
+MAX_PAGE_TOKEN_CHARS = 1024
+# OAuth client ids are the provider's, not Nexus's, and some are long.
+_NOT_NEXUS_IDS = frozenset({"client_id"})
+
+
+def _packed(detail: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
+
 
 def to_grpc_status(error: NexusError) -> grpc.Status:
+    """The status for ``error``: one ErrorInfo, and a RetryInfo when the
+    error says when to try again."""
     info = error_details_pb2.ErrorInfo(
         reason=error.reason, domain=ERROR_DOMAIN, metadata=dict(error.metadata)
     )
-    detail = any_pb2.Any()
-    detail.Pack(info)
+    details = [_packed(info)]
+    if error.retry_after_seconds is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
+        details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
     code = grpc.StatusCode[error.grpc_status]
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
+    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
     return rpc_status.to_status(status)
 
 
@@ -156,39 +183,101 @@ class ErrorMappingInterceptor(UnaryInterceptor):
         return mapped
 
 
-def _field_with_nul(message: Message) -> str | None:
-    """The first string field holding a NUL character, by its path."""
+def _strings(message: Message, path: str = "") -> Iterator[tuple[str, str, str]]:
+    """Every string in a message, nested ones too: (field name, its path, value)."""
     for field, value in message.ListFields():
+        where = f"{path}{field.name}"
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             items: list[Any] = [v for pair in value.items() for v in pair]
         else:
             items = list(value) if field.is_repeated else [value]
         for item in items:
-            if isinstance(item, str) and "\x00" in item:
-                return field.name
-            if isinstance(item, Message):
-                inner = _field_with_nul(item)
-                if inner is not None:
-                    return f"{field.name}.{inner}"
-    return None
+            if isinstance(item, str):
+                yield field.name, where, item
+            elif isinstance(item, Message):
+                yield from _strings(item, f"{where}.")
+
+
+def _field_with_nul(message: Message) -> str | None:
+    """The first string field holding a NUL character, by its path."""
+    return next((where for _, where, value in _strings(message) if "\x00" in value), None)
+
+
+def _check_lengths(message: Message) -> None:
+    """Ids and page tokens longer than anything Nexus issues or stores are
+    refused here, once for every method, before they reach a query or are
+    echoed back in an error."""
+    for name, where, value in _strings(message):
+        is_id = name == "id" or (name.endswith("_id") and name not in _NOT_NEXUS_IDS)
+        if is_id and len(value) > MAX_ID_CHARS:
+            raise ValidationFailed(f"{where} is longer than {MAX_ID_CHARS} characters", field=where)
+        if name == "page_token" and len(value) > MAX_PAGE_TOKEN_CHARS:
+            raise ValidationFailed(
+                f"{where} is longer than {MAX_PAGE_TOKEN_CHARS} characters", field=where
+            )
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not decode, so that the call
+    still runs the interceptors and is answered with a reason: a deserializer
+    that raises makes gRPC answer UNKNOWN before any interceptor runs."""
+
+    def __init__(self, message_type: str) -> None:
+        self.message_type = message_type
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    message_type = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    name = message_type.full_name if message_type is not None else "the request message"
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except (DecodeError, RecursionError, UnicodeDecodeError):
+            return _Undecodable(name)
+
+    return deserialize
 
 
 class RequestLimitsInterceptor(UnaryInterceptor):
-    """Refuses requests over the size limit, and text no database can store:
-    PostgreSQL cannot hold NUL in text, so without this the same request would
-    succeed on SQLite and fail as an internal error on PostgreSQL. gRPC's own
-    receive limit sits higher and only stops what would exhaust memory."""
+    """Refuses requests that do not decode, are over the size limit, hold ids
+    longer than any Nexus stores, or text no database can store: PostgreSQL
+    cannot hold NUL in text, so without this the same request would succeed on
+    SQLite and fail as an internal error on PostgreSQL. gRPC's own receive
+    limit sits higher and only stops what would exhaust memory."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
 
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await super().intercept_service(continuation, handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        # The outer interceptors copy this deserializer into their handlers.
+        return grpc.unary_unary_rpc_method_handler(
+            handler.unary_unary,
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                raise MalformedRequest(
+                    f"the request could not be decoded as a {request.message_type}"
+                )
             if request.ByteSize() > self._max_bytes:
                 raise RequestTooLarge(f"the request is larger than {self._max_bytes // 1024} KiB")
             field = _field_with_nul(request)
             if field is not None:
                 raise ValidationFailed(f"{field} must not contain a NUL character", field=field)
+            _check_lengths(request)
             return await behavior(request, context)
 
         return limited

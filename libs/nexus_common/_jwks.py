@@ -2,7 +2,9 @@
 
 The key set is fetched over HTTP and cached per URI for ``ttl_seconds``. A token
 whose ``kid`` is not in the cached set causes one refetch, because the issuer
-may have rotated its keys since; concurrent refetches of one URI share a
+may have rotated its keys since, but no sooner than ``min_refetch_seconds``
+after the last fetch of that URI: otherwise anyone could make Nexus fetch the
+key set once per forged token. Concurrent refetches of one URI share a
 request. Only asymmetric algorithms are accepted and each is bound to its key
 type (RFC 8725 §3.1), so a published public key can never serve as an HMAC
 secret. Messages say why a token failed and never quote the token or the
@@ -20,6 +22,8 @@ from typing import Any
 
 import httpx
 import jwt
+
+from ._outbound import OutboundRefused
 
 __all__ = ["JwksUnavailable", "JwksVerifier", "JwtVerificationError"]
 
@@ -124,12 +128,16 @@ class JwksVerifier:
         *,
         ttl_seconds: float = 600.0,
         timeout_seconds: float | None = None,
+        min_refetch_seconds: float = 30.0,
     ) -> None:
         self._http = http
         self._ttl = ttl_seconds
+        self._min_refetch = min_refetch_seconds
         self._timeout = http.timeout if timeout_seconds is None else httpx.Timeout(timeout_seconds)
         self._cache: dict[str, _KeySet] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Monotonic time of the last fetch attempt per URI, failed ones included.
+        self._attempted: dict[str, float] = {}
 
     async def verify(
         self,
@@ -179,15 +187,17 @@ class JwksVerifier:
         return claims
 
     async def _key_set(self, jwks_uri: str, stale: _KeySet | None = None) -> _KeySet:
-        """The cached key set, fetched when missing, expired or still the ``stale`` one."""
+        """The cached key set, fetched when missing, expired or still the ``stale``
+        one; a ``stale`` set is kept while the last fetch is under the minimum interval."""
         async with self._locks.setdefault(jwks_uri, asyncio.Lock()):
             cached = self._cache.get(jwks_uri)
-            if (
-                cached is not None
-                and cached is not stale
-                and time.monotonic() - cached.fetched_at < self._ttl
-            ):
-                return cached
+            now = time.monotonic()
+            if cached is not None and now - cached.fetched_at < self._ttl:
+                if cached is not stale:
+                    return cached
+                if now - self._attempted.get(jwks_uri, 0.0) < self._min_refetch:
+                    return cached
+            self._attempted[jwks_uri] = now
             fetched = _KeySet(time.monotonic(), _signing_keys(await self._fetch(jwks_uri)))
             self._cache[jwks_uri] = fetched
             return fetched
@@ -206,6 +216,8 @@ class JwksVerifier:
                     body += chunk
                     if len(body) > _MAX_JWKS_BYTES:
                         raise JwksUnavailable("the issuer's key set is larger than 256 KiB")
+        except OutboundRefused as exc:
+            raise JwksUnavailable(f"the issuer's key set was not fetched: {exc}") from exc
         except httpx.TimeoutException as exc:
             raise JwksUnavailable("the issuer's key set did not arrive in time") from exc
         except httpx.HTTPError as exc:
@@ -214,5 +226,5 @@ class JwksVerifier:
             ) from exc
         try:
             return json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise JwksUnavailable("the issuer's key set is not valid JSON") from exc

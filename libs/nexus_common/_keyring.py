@@ -42,6 +42,10 @@ class Keyring:
         if self.primary not in self._ciphers:
             raise KeyringError(f"primary key version {self.primary} is not in the keyring")
 
+    def __repr__(self) -> str:
+        # Versions only: the keys themselves never appear where settings are printed.
+        return f"Keyring(primary={self.primary}, versions={sorted(self._ciphers)})"
+
     @classmethod
     def from_spec(cls, spec: str) -> Keyring:
         """Parse ``"1:<base64 key>,2:<base64 key>"``; the highest version seals."""

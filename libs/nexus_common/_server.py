@@ -32,6 +32,11 @@ _HARD_RECEIVE_LIMIT = 4 * MAX_MESSAGE_BYTES
 # How often a client must reconnect, and so learn of new replicas (gRPC adds
 # jitter), and how long calls still running on an aged connection may finish.
 _MAX_CONNECTION_AGE = 300.0
+# gRPC's default metadata limits (8 KiB soft, where it starts refusing calls at random with
+# RESOURCE_EXHAUSTED, 16 KiB hard) are below what Envoy forwards: up to 32 KiB of headers
+# plus an 8 KiB URL (envoy/envoy.yaml). One fixed limit above both, so Envoy's own 413/431
+# answer every request that is too large, always the same way.
+_MAX_METADATA_BYTES = 64 * 1024
 _MAX_CONNECTION_AGE_GRACE = 30.0
 
 Registrar = Callable[[grpc.aio.Server], None]
@@ -89,6 +94,8 @@ def build_server(
         ],
         options=[
             ("grpc.max_receive_message_length", _HARD_RECEIVE_LIMIT),
+            ("grpc.max_metadata_size", _MAX_METADATA_BYTES),
+            ("grpc.absolute_max_metadata_size", _MAX_METADATA_BYTES),
             ("grpc.so_reuseport", 0),
             ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
             ("grpc.max_connection_age_grace_ms", int(_MAX_CONNECTION_AGE_GRACE * 1000)),

@@ -83,6 +83,13 @@ class Env:
             accepted[f"internal-previous-{index}"] = token
         return current, accepted
 
+    def jwks_min_refetch_seconds(self) -> float:
+        """How soon a token with an unknown key id may make a key set be fetched again."""
+        seconds = self.number("NEXUS_JWKS_MIN_REFETCH_SECONDS", 30.0)
+        if not 0 <= seconds <= 3600:
+            raise ConfigError("NEXUS_JWKS_MIN_REFETCH_SECONDS must be between 0 and 3600")
+        return seconds
+
     def deployment(self) -> str:
         value = self.text("NEXUS_ENVIRONMENT", Deployment.PRODUCTION).lower()
         if value not in (Deployment.DEVELOPMENT, Deployment.PRODUCTION):

@@ -35,8 +35,14 @@ def _validate(envoy: Path, config_text: str, tmp_path: Path) -> subprocess.Compl
     descriptor = tmp_path / "descriptor" / "nexus.pb"
     descriptor.parent.mkdir()
     shutil.copyfile(k8s.ROOT / "envoy" / "nexus.pb", descriptor)
+    openapi = descriptor.parent / "openapi.json"
+    shutil.copyfile(k8s.ROOT / "envoy" / "openapi.json", openapi)
     config = tmp_path / "envoy.yaml"
-    config.write_text(config_text.replace(render_tool.DESCRIPTOR, str(descriptor)))
+    config.write_text(
+        config_text.replace(render_tool.DESCRIPTOR, str(descriptor)).replace(
+            render_tool.OPENAPI, str(openapi)
+        )
+    )
     (container,) = k8s.pod("envoy").containers
     args = list(container["args"])
     args[args.index("-c") + 1] = str(config)
@@ -75,7 +81,9 @@ def test_k8s_envoy_routes_exactly_like_the_dev_config() -> None:
     }
     dev_filters = yaml.safe_dump(dev_listener["filter_chains"])
     k8s_filters = yaml.safe_dump(k8s_listener["filter_chains"])
-    assert k8s_filters == dev_filters.replace("envoy/nexus.pb", render_tool.DESCRIPTOR)
+    assert k8s_filters == dev_filters.replace("envoy/nexus.pb", render_tool.DESCRIPTOR).replace(
+        "envoy/openapi.json", render_tool.OPENAPI
+    )
     assert cluster["admin"] == dev["admin"]
     assert cluster["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
     assert cluster["overload_manager"] == dev["overload_manager"]
@@ -137,7 +145,8 @@ def test_the_envoy_pod_mounts_what_the_config_names() -> None:
     assert Path(mounts["descriptor"]) == descriptor.parent
     assert "emptyDir" in volumes["descriptor"]
     (copy,) = pod.init_containers
-    assert copy["command"][0] == "cp" and copy["command"][-1] == str(descriptor)
+    assert copy["command"][0] == "cp" and copy["command"][-1] == f"{descriptor.parent}/"
+    assert Path(render_tool.OPENAPI).parent == descriptor.parent
     assert {"name": "descriptor", "mountPath": str(descriptor.parent)} in copy["volumeMounts"]
 
 

@@ -65,7 +65,14 @@ def test_everything_the_image_copies_is_in_the_build_context() -> None:
         if not copy.startswith("--from")
         for part in copy.split()[:-1]
     ]
-    assert {"pyproject.toml", "libs", "gen/python", "services", "envoy/nexus.pb"} <= set(sources)
+    assert {
+        "pyproject.toml",
+        "libs",
+        "gen/python",
+        "services",
+        "envoy/nexus.pb",
+        "envoy/openapi.json",
+    } <= set(sources)
     for source in sources:
         assert (k8s.ROOT / source).exists(), source
         assert _in_context(source), f".dockerignore leaves out {source}"
@@ -78,4 +85,6 @@ def test_image_holds_the_descriptor_where_envoys_init_container_copies_it_from()
     destination = copy.split()[-1]
     (init,) = k8s.pod("envoy").init_containers
     assert init["command"][1] == destination
+    (openapi,) = (c for c in _instructions("COPY") if c.startswith("envoy/openapi.json "))
+    assert openapi.split()[-1] in init["command"]
     assert init["image"].startswith("nexus:")

@@ -34,6 +34,7 @@ from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from tests.support.app_server import GOOD_API_KEY, AppServer
 from tests.support.backend_auth_server import BackendAuthServer
+from tests.support.browser import follow_until
 from tests.support.oidc_server import OidcServer, start_oidc_server
 from tools.devstack import Stack
 
@@ -86,8 +87,7 @@ def connect_crm(rest: httpx.Client, admin: dict[str, str], workspace: str) -> st
         )
     )
     with httpx.Client(timeout=30) as browser:
-        to_provider = browser.get(started["auth_url"])
-        back = browser.get(to_provider.headers["location"])
+        back = follow_until(browser, started["auth_url"], "http://localhost:3000")
     assert parse_qs(urlsplit(back.headers["location"]).query)["status"] == ["success"]
     return str(started["connection_id"])
 
@@ -106,7 +106,9 @@ def _connect_weather(
             },
         )
     )
-    landing = httpx.post(started["auth_url"], data={"api_key": GOOD_API_KEY}, follow_redirects=True)
+    with httpx.Client(follow_redirects=True, timeout=30) as browser:
+        page = browser.get(started["auth_url"])
+        landing = browser.post(page.url, data={"api_key": GOOD_API_KEY})
     assert parse_qs(urlsplit(str(landing.url)).query)["status"] == ["success"]
     return str(started["connection_id"])
 

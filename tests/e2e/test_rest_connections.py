@@ -78,8 +78,9 @@ def connect(rest: httpx.Client, stack: Stack, idp: OidcServer, app: AppServer, n
     body = started.json()
     assert set(body) >= {"auth_url", "state", "connection_id", "scopes", "provider_id"}
     assert body["provider_id"] == provider_id
-    assert urlsplit(body["auth_url"]).netloc == urlsplit(idp.issuer).netloc
-    landing = httpx.get(body["auth_url"], follow_redirects=True, timeout=30)
+    assert body["auth_url"] == f"{stack.rest_url}/v1/connect/{body['state']}"
+    with httpx.Client(follow_redirects=True, timeout=30) as browser:
+        landing = browser.get(body["auth_url"])
     assert parse_qs(urlsplit(str(landing.url)).query)["status"] == ["success"], landing.text
     return str(body["connection_id"])
 
@@ -124,7 +125,8 @@ def test_bad_connection_input_through_envoy(
         assert rest.get("/v1/token/no-such-id", headers=headers).status_code == 401
     started = request_connection(rest, stack, provider_id, f"{app.url}/done").json()
     tampered = httpx.get(
-        f"{stack.rest_url}/v1/callback", params={"state": started["state"][:-1] + "x", "code": "c"}
+        f"{stack.rest_url}/v1/callback/bad-input-idp",
+        params={"state": started["state"][:-1] + "x", "code": "c"},
     )
     assert tampered.status_code == 400
     checked = rest.get(f"/v1/check-connection/{started['connection_id']}", headers=admin(stack))
@@ -148,7 +150,7 @@ def test_api_key_capture_through_envoy(rest: httpx.Client, stack: Stack, app: Ap
         },
     ).json()
     started = request_connection(rest, stack, created["id"], f"{app.url}/done", scopes=()).json()
-    assert started["auth_url"].startswith(f"{stack.rest_url}/v1/capture/")
+    assert started["auth_url"] == f"{stack.rest_url}/v1/connect/{started['state']}"
     violating = rest.post(
         "/v1/capture-credentials",
         headers=admin(stack),
@@ -158,7 +160,10 @@ def test_api_key_capture_through_envoy(rest: httpx.Client, stack: Stack, app: Ap
         violating.status_code == 400
         and violating.json()["details"][0]["reason"] == "VALIDATION_FAILED"
     )
-    landing = httpx.post(started["auth_url"], data={"api_key": GOOD_API_KEY}, follow_redirects=True)
+    with httpx.Client(follow_redirects=True, timeout=30) as browser:
+        page = browser.get(started["auth_url"])
+        assert str(page.url) == f"{stack.rest_url}/v1/capture/{started['state']}"
+        landing = browser.post(page.url, data={"api_key": GOOD_API_KEY})
     assert parse_qs(urlsplit(str(landing.url)).query)["status"] == ["success"]
     body = rest.get(f"/v1/token/{started['connection_id']}", headers=admin(stack)).json()
     assert body == {

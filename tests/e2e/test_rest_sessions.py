@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e.test_rest_providers import error_reason
 from tests.support.backend_auth_server import BackendAuthServer
+from tests.support.browser import follow_until
 from tests.support.metrics import sample_sum
 from tests.support.oidc_server import OidcServer, start_oidc_server
 from tools.devstack import Stack
@@ -167,9 +168,7 @@ def connect(rest: httpx.Client, key: dict[str, str], provider_id: str, scopes: l
     )
     # The user's browser: authorize at the provider, come back through Nexus.
     with httpx.Client(timeout=30) as browser:
-        to_provider = browser.get(started["auth_url"])
-        assert to_provider.status_code == 302, to_provider.text
-        back = browser.get(to_provider.headers["location"])
+        back = follow_until(browser, started["auth_url"], "http://localhost:3000")
     assert back.status_code == 302, back.text
     outcome = parse_qs(urlsplit(back.headers["location"]).query)
     assert outcome["status"] == ["success"], outcome

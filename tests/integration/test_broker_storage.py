@@ -112,11 +112,11 @@ async def test_signing_keys_rotate_and_stay_published_while_their_tokens_live(
         later = start + timedelta(hours=1, seconds=1)
         second = await signer.current(later)
         assert second.kid != first.kid
-        published = {key["kid"] for key in (await signer.jwks(later))["keys"]}
+        published = {key["kid"] for key in (await signer.jwks(later)).document["keys"]}
         assert published == {first.kid, second.kid}
         # Once every token the first key signed has expired, it is withdrawn.
         gone = start + timedelta(hours=1, minutes=12)
-        assert {key["kid"] for key in (await signer.jwks(gone))["keys"]} == {second.kid}
+        assert {key["kid"] for key in (await signer.jwks(gone)).document["keys"]} == {second.kid}
     finally:
         await core.close()
 

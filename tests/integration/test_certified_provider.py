@@ -30,7 +30,7 @@ SCOPES = ["openid", READ, "crm:contacts:write"]
 
 @pytest.fixture
 def certified(services: Services) -> Iterator[CertifiedOidc]:
-    with start_certified_oidc([f"{services.browser_url}/v1/callback"]) as server:
+    with start_certified_oidc([f"{services.browser_url}/v1/callback/salesforce"]) as server:
         yield server
 
 

@@ -93,6 +93,13 @@ async def connect(services: Services, idp: OidcServer, app: AppServer, **params:
     return started.connection_id
 
 
+async def open_auth_url(browser: httpx.AsyncClient, auth_url: str) -> str:
+    """Open auth_url as a browser does (it gets the binding cookie); where it leads."""
+    reply = await browser.get(auth_url, follow_redirects=False)
+    assert reply.status_code == 302, reply.text
+    return reply.headers["location"]
+
+
 async def token(services: Services, connection_id: str) -> connections_pb2.TokenPayload:
     return await connections(services).GetToken(
         connections_pb2.GetTokenRequest(connection_id=connection_id), metadata=ADMIN
@@ -166,9 +173,13 @@ async def test_authorization_url_carries_pkce_state_nonce_and_extra_params(
 ) -> None:
     await register_idp(services, idp, access_type="offline", skip_scope_on_auth=False)
     started = await start(services, f"{app.url}/done", scopes=("openid",))
-    query = {k: v[0] for k, v in parse_qs(urlsplit(started.auth_url).query).items()}
+    assert started.auth_url == f"{services.browser_url}/v1/connect/{started.state}"
+    async with httpx.AsyncClient() as browser:
+        to_provider = await open_auth_url(browser, started.auth_url)
+    assert to_provider.startswith(f"{idp.issuer}/authorize?")
+    query = {k: v[0] for k, v in parse_qs(urlsplit(to_provider).query).items()}
     assert query["client_id"] == "nexus-client" and query["response_type"] == "code"
-    assert query["redirect_uri"] == f"{services.browser_url}/v1/callback"
+    assert query["redirect_uri"] == f"{services.browser_url}/v1/callback/mock-idp"
     assert query["code_challenge_method"] == "S256" and len(query["code_challenge"]) == 43
     assert query["state"] == started.state and query["nonce"]
     assert query["scope"] == "openid" and query["access_type"] == "offline"
@@ -180,9 +191,11 @@ async def test_provider_error_fails_the_connection_and_redirects_with_it(
 ) -> None:
     await register_idp(services, idp)
     started = await start(services, f"{app.url}/done")
-    landing = await browse(
-        f"{services.browser_url}/v1/callback?error=access_denied&state={started.state}"
-    )
+    async with httpx.AsyncClient(follow_redirects=True) as browser:
+        await open_auth_url(browser, started.auth_url)
+        landing = await browser.get(
+            f"{services.browser_url}/v1/callback/mock-idp?error=access_denied&state={started.state}"
+        )
     query = parse_qs(urlsplit(str(landing.url)).query)
     assert query["status"] == ["error"] and query["error"] == ["access_denied"]
     status = await check(services, started.connection_id)
@@ -210,9 +223,11 @@ async def test_bad_state_is_refused_without_changing_anything(
     before = await check(services, started.connection_id)
     async with httpx.AsyncClient() as browser:
         reply = await browser.get(
-            f"{services.browser_url}/v1/callback", params={"state": state, "code": "stolen-code"}
+            f"{services.browser_url}/v1/callback/mock-idp",
+            params={"state": state, "code": "stolen-code"},
         )
     assert reply.status_code == 400 and "text/html" in reply.headers["content-type"]
+    assert 'data-reason="STATE_INVALID"' in reply.text
     assert await check(services, started.connection_id) == before
 
 
@@ -417,22 +432,24 @@ def weather_provider(app: AppServer) -> providers_pb2.Provider:
 async def test_api_key_through_the_hosted_form(services: Services, app: AppServer) -> None:
     await register(services, weather_provider(app))
     started = await start(services, f"{app.url}/done", provider_name="weather")
-    assert started.auth_url == f"{services.browser_url}/v1/capture/{started.state}"
+    capture_url = f"{services.browser_url}/v1/capture/{started.state}"
     async with httpx.AsyncClient(follow_redirects=True, timeout=30) as browser:
         page = await browser.get(started.auth_url)
+        assert str(page.url) == capture_url
         assert (
             page.status_code == 200
             and 'name="api_key"' in page.text
             and 'type="password"' in page.text
         )
         assert "default-src 'none'" in page.headers["content-security-policy"]
-        rejected = await browser.post(started.auth_url, data={"api_key": "wrong-key"})
+        rejected = await browser.post(capture_url, data={"api_key": "wrong-key"})
         assert rejected.status_code == 400 and "rejected" in rejected.text
+        assert 'data-reason="CREDENTIALS_REJECTED"' in rejected.text
         assert "wrong-key" not in rejected.text
         assert (await check(services, started.connection_id)).status == "pending"
-        landing = await browser.post(started.auth_url, data={"api_key": GOOD_API_KEY})
+        landing = await browser.post(capture_url, data={"api_key": GOOD_API_KEY})
         assert parse_qs(urlsplit(str(landing.url)).query)["status"] == ["success"]
-        replay = await browser.post(started.auth_url, data={"api_key": "other-key"})
+        replay = await browser.post(capture_url, data={"api_key": "other-key"})
         assert replay.status_code == 400
     payload = await token(services, started.connection_id)
     assert json_format.MessageToDict(payload.strategy) == {
@@ -599,7 +616,8 @@ async def test_a_capture_state_does_not_complete_an_oauth_callback(
     started = await start(services, f"{app.url}/done", provider_name="weather")
     async with httpx.AsyncClient() as browser:
         reply = await browser.get(
-            f"{services.browser_url}/v1/callback", params={"state": started.state, "code": "x"}
+            f"{services.browser_url}/v1/callback/weather",
+            params={"state": started.state, "code": "x"},
         )
     assert reply.status_code == 400
     assert (await check(services, started.connection_id)).status == "pending"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -45,7 +46,7 @@ async def test_a_token_signed_by_a_published_key_verifies(
 async def test_the_key_set_is_cached_and_refetched_once_after_rotation(
     http: httpx.AsyncClient, issuer: BackendAuthServer
 ) -> None:
-    verifier = JwksVerifier(http)
+    verifier = JwksVerifier(http, min_refetch_seconds=0)
     await _verify(verifier, issuer, issuer.issue_token("al", permissions=[]))
     await _verify(verifier, issuer, issuer.issue_token("bo", permissions=[]))
     assert issuer.jwks_calls == 1
@@ -56,29 +57,77 @@ async def test_the_key_set_is_cached_and_refetched_once_after_rotation(
     assert issuer.jwks_calls == 2
 
 
-async def test_an_unknown_key_id_refetches_once_then_fails(
-    http: httpx.AsyncClient, issuer: BackendAuthServer
-) -> None:
-    verifier = JwksVerifier(http)
-    await _verify(verifier, issuer, issuer.issue_token("al", permissions=[]))
-    stranger = jwt.encode(
+def _stranger(issuer: BackendAuthServer, kid: str = "not-published") -> str:
+    return jwt.encode(
         {"iss": issuer.issuer, "aud": issuer.audience, "sub": "al", "exp": time.time() + 60},
         ec.generate_private_key(ec.SECP256R1()),
         algorithm="ES256",
-        headers={"kid": "not-published"},
+        headers={"kid": kid},
     )
+
+
+async def _refused(verifier: JwksVerifier, issuer: BackendAuthServer, token: str) -> None:
     with pytest.raises(JwtVerificationError, match="does not publish"):
-        await _verify(verifier, issuer, stranger)
-    assert issuer.jwks_calls == 2
+        await _verify(verifier, issuer, token)
 
 
-async def test_a_key_set_past_its_ttl_is_fetched_again(
+async def test_an_unknown_key_id_refetches_once_then_fails(
     http: httpx.AsyncClient, issuer: BackendAuthServer
 ) -> None:
-    verifier = JwksVerifier(http, ttl_seconds=0)
-    for _ in range(2):
-        await _verify(verifier, issuer, issuer.issue_token("al", permissions=[]))
+    verifier = JwksVerifier(http, min_refetch_seconds=0)
+    await _verify(verifier, issuer, issuer.issue_token("al", permissions=[]))
+    await _refused(verifier, issuer, _stranger(issuer))
     assert issuer.jwks_calls == 2
+
+
+async def test_forged_key_ids_make_at_most_one_fetch_per_interval(
+    http: httpx.AsyncClient, issuer: BackendAuthServer
+) -> None:
+    interval = 1.0
+    verifier = JwksVerifier(http, min_refetch_seconds=interval)
+    await _verify(verifier, issuer, issuer.issue_token("al", permissions=[]))
+    forged = [_stranger(issuer, f"forged-{n}") for n in range(100)]
+    # Within the interval of the first fetch: none refetches, one after another or at once.
+    for token in forged[:50]:
+        await _refused(verifier, issuer, token)
+    await asyncio.gather(*(_refused(verifier, issuer, token) for token in forged[50:]))
+    assert issuer.jwks_calls == 1
+    # A later interval allows one refetch, shared by 100 forged tokens at once.
+    await asyncio.sleep(interval)
+    await asyncio.gather(*(_refused(verifier, issuer, token) for token in forged))
+    assert issuer.jwks_calls == 2
+    for token in forged:
+        await _refused(verifier, issuer, token)
+    assert issuer.jwks_calls == 2
+
+
+async def test_a_rotated_key_verifies_once_the_interval_has_passed(
+    http: httpx.AsyncClient, issuer: BackendAuthServer
+) -> None:
+    interval = 0.5
+    verifier = JwksVerifier(http, min_refetch_seconds=interval)
+    await _verify(verifier, issuer, issuer.issue_token("al", permissions=[]))
+    issuer.rotate_key()
+    rotated = issuer.issue_token("bo", permissions=[])
+    await _refused(verifier, issuer, rotated)
+    await asyncio.sleep(interval)
+    assert (await _verify(verifier, issuer, rotated))["sub"] == "bo"
+    assert issuer.jwks_calls == 2
+
+
+async def test_a_failed_refetch_also_waits_for_the_interval(
+    http: httpx.AsyncClient, issuer: BackendAuthServer
+) -> None:
+    interval = 0.5
+    verifier = JwksVerifier(http, min_refetch_seconds=interval, timeout_seconds=2.0)
+    await _verify(verifier, issuer, issuer.issue_token("al", permissions=[]))
+    await asyncio.sleep(interval)
+    issuer.stop()
+    with pytest.raises(JwksUnavailable):
+        await _verify(verifier, issuer, _stranger(issuer, "forged-0"))
+    # That failed attempt starts an interval too: the cached set answers meanwhile.
+    for n in range(1, 20):
+        await _refused(verifier, issuer, _stranger(issuer, f"forged-{n}"))
 
 
 @pytest.mark.parametrize(

@@ -535,8 +535,8 @@ async def test_closing_makes_the_session_inactive_and_twice_is_harmless(
         sessions(services).CloseAgentSession(
             sessions_pb2.CloseAgentSessionRequest(session_id=junk), metadata=bearer(key)
         ),
-        grpc.StatusCode.NOT_FOUND,
-        "SESSION_NOT_FOUND",
+        INVALID,
+        "VALIDATION_FAILED",
     )
     assert junk not in message
     actions = [a for a, _ in await audit_actions(services)]

@@ -2,7 +2,8 @@
 
 - ``GET /done?...``: the app's return page; records the query it was sent.
 - ``GET /api/me``: the provider API's "who am I", accepting only the key
-  ``X-Api-Key: good-key`` or basic auth ``ada:lovelace``.
+  ``X-Api-Key: good-key`` or basic auth ``ada:lovelace``; ``me_calls`` counts
+  the calls.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ GOOD_BASIC = ("ada", "lovelace")
 class AppServer(LoopbackServer):
     def __init__(self) -> None:
         self.landings: list[str] = []
+        self.me_calls = 0
         landings = self.landings
+        owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
@@ -38,6 +41,7 @@ class AppServer(LoopbackServer):
                     landings.append(self.path)
                     self._reply(200, b"connected")
                 elif path == "/api/me":
+                    owner.me_calls += 1
                     basic = "Basic " + base64.b64encode(":".join(GOOD_BASIC).encode()).decode()
                     ok = self.headers.get("X-Api-Key") == GOOD_API_KEY or (
                         self.headers.get("Authorization") == basic

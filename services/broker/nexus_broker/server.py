@@ -22,9 +22,11 @@ from nexus_common import (
     InternalClient,
     Migrations,
     NexusServer,
+    PageTokens,
     build_server,
     create_engine,
     internal_authenticator,
+    outbound_client,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -96,18 +98,20 @@ def _now() -> datetime:
 def create_core(settings: BrokerSettings) -> BrokerCore:
     engine = create_engine(settings.database_url)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
-    http = httpx.AsyncClient(timeout=httpx.Timeout(settings.provider_timeout_seconds))
+    http = outbound_client(settings.outbound, httpx.Timeout(settings.provider_timeout_seconds))
     deps = RegistryDeps(
         uow=lambda: BrokerUnitOfWork(sessions, settings.keyring),
         discovery=DiscoveryClient(http, settings.discovery_timeout_seconds),
+        outbound=settings.outbound,
         clock=_now,
         discovery_retry_seconds=settings.discovery_retry_seconds,
         discovery_max_age_seconds=settings.discovery_max_age_seconds,
+        pages=PageTokens(settings.internal_token.encode(), "broker"),
     )
     connections = ConnectionDeps(
         registry=deps,
         tokens=TokenEndpoint(http),
-        id_tokens=IdTokenVerifier(http),
+        id_tokens=IdTokenVerifier(http, min_refetch_seconds=settings.jwks_min_refetch_seconds),
         checker=CredentialChecker(http),
         signer=StateSigner(settings.state_key),
         return_urls=ReturnUrlPolicy(settings.return_url_allowlist),
@@ -135,6 +139,7 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
             deps.uow,
             rotation=timedelta(seconds=settings.signing_key_rotation_seconds),
             longest_session=timedelta(seconds=settings.sessions.max_ttl_seconds),
+            jwks_cache=timedelta(seconds=settings.jwks_cache_seconds),
         ),
         limits=settings.sessions,
         issuer=settings.session_issuer,

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from nexus_common import ApiKeySet, ConfigError, Deployment, Env, Keyring
+from nexus_common import (
+    DEFAULT_MAX_BODY_BYTES,
+    ApiKeySet,
+    ConfigError,
+    Deployment,
+    Env,
+    Keyring,
+    OutboundPolicy,
+)
 
 from .domain.connections import RefreshPolicy
 from .domain.sessions import SessionLimits
@@ -16,8 +24,9 @@ __all__ = ["BrokerSettings"]
 @dataclass(frozen=True)
 class BrokerSettings:
     listen: str
-    database_url: str
-    keyring: Keyring
+    # May hold a database password.
+    database_url: str = field(repr=False)
+    keyring: Keyring = field(repr=False)
     internal_tokens: ApiKeySet
     discovery_timeout_seconds: float
     discovery_retry_seconds: float
@@ -27,20 +36,24 @@ class BrokerSettings:
     log_level: str
     metrics_listen: str
     public_base_url: str
-    state_key: bytes
+    state_key: bytes = field(repr=False)
     return_url_allowlist: tuple[str, ...]
     connection_ttl_seconds: float
     provider_timeout_seconds: float
+    jwks_min_refetch_seconds: float
+    # Where provider calls may go; each takes at most provider_timeout_seconds in all.
+    outbound: OutboundPolicy
     refresh: RefreshPolicy
     refresh_loop: bool
     refresh_interval_seconds: float
     refresh_lease_seconds: float
-    internal_token: str
+    internal_token: str = field(repr=False)
     policy_target: str
     policy_timeout_seconds: float
     sessions: SessionLimits
     session_issuer: str
     signing_key_rotation_seconds: float
+    jwks_cache_seconds: float
     session_retention_seconds: float
     # NEXUS_ENVIRONMENT=development: providers that say nothing may hand
     # sessions tokens broader than asked, and say so.
@@ -72,6 +85,8 @@ class BrokerSettings:
             ),
             connection_ttl_seconds=env.number("NEXUS_CONNECTION_TTL_SECONDS", 600.0),
             provider_timeout_seconds=env.number("NEXUS_PROVIDER_TIMEOUT_SECONDS", 10.0),
+            jwks_min_refetch_seconds=env.jwks_min_refetch_seconds(),
+            outbound=_outbound(env, env.number("NEXUS_PROVIDER_TIMEOUT_SECONDS", 10.0)),
             refresh=RefreshPolicy(
                 lead_seconds=env.number("NEXUS_REFRESH_LEAD_SECONDS", 300.0),
                 jitter_seconds=env.number("NEXUS_REFRESH_JITTER_SECONDS", 30.0),
@@ -93,9 +108,19 @@ class BrokerSettings:
             signing_key_rotation_seconds=env.number(
                 "NEXUS_SIGNING_KEY_ROTATION_SECONDS", 7 * 86400.0
             ),
+            jwks_cache_seconds=_jwks_cache_seconds(env),
             session_retention_seconds=env.number("NEXUS_SESSION_RETENTION_SECONDS", 7 * 86400.0),
             broader_session_tokens_by_default=env.deployment() == Deployment.DEVELOPMENT,
         )
+
+
+def _outbound(env: Env, deadline_seconds: float) -> OutboundPolicy:
+    return OutboundPolicy.parse(
+        allowed_networks=env.text("NEXUS_OUTBOUND_ALLOWED_NETWORKS", ""),
+        denied_ports=env.text("NEXUS_OUTBOUND_DENIED_PORTS", ""),
+        max_body_bytes=env.integer("NEXUS_OUTBOUND_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+        deadline_seconds=deadline_seconds,
+    )
 
 
 def _state_key(value: str) -> bytes:
@@ -110,6 +135,13 @@ def _lease_seconds(env: Env) -> float:
     # Renewed every quarter of its length: shorter would hammer the database.
     if not 1 <= seconds <= 3600:
         raise ConfigError("NEXUS_REFRESH_LEASE_SECONDS must be between 1 and 3600")
+    return seconds
+
+
+def _jwks_cache_seconds(env: Env) -> float:
+    seconds = env.number("NEXUS_JWKS_CACHE_SECONDS", 60.0)
+    if not 0 <= seconds <= 3600:
+        raise ConfigError("NEXUS_JWKS_CACHE_SECONDS must be between 0 and 3600")
     return seconds
 
 

@@ -22,6 +22,9 @@ __all__ = ["parse_json_body", "request_body"]
 M = TypeVar("M", bound=Message)
 
 _FAILED_FIELD = re.compile(r"Failed to parse (\w+) field")
+# Deeper than any request message (a provider's params included) needs; parsing
+# deeper JSON recurses past what a Python stack holds.
+MAX_JSON_DEPTH = 32
 
 
 def _known_names(message: Message) -> set[str]:
@@ -31,11 +34,40 @@ def _known_names(message: Message) -> set[str]:
     return names
 
 
+def _depth(data: bytes) -> int:
+    """An upper bound on how deeply a JSON text nests, found without parsing
+    it (the parser would recurse). Brackets inside strings are skipped, so past
+    the quick count the bound is exact for valid JSON; invalid JSON is refused
+    either way."""
+    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
+        return MAX_JSON_DEPTH  # the common case, counted in C
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
 def parse_json_body(body: httpbody_pb2.HttpBody, message: M) -> M:
     """Fill ``message`` from a JSON object body, whatever content type was declared
     (curl -d sends JSON as a form by default)."""
     if not body.data.strip():
         raise InvalidArgument("the request body is empty: send a JSON object", field="body")
+    if _depth(body.data) > MAX_JSON_DEPTH:
+        raise MalformedJson(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         document: Any = json.loads(body.data)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -55,7 +87,7 @@ def parse_json_body(body: httpbody_pb2.HttpBody, message: M) -> M:
         )
     try:
         json_format.ParseDict(document, message, ignore_unknown_fields=False)
-    except json_format.ParseError as exc:
+    except (json_format.ParseError, RecursionError) as exc:
         match = _FAILED_FIELD.search(str(exc))
         field = match.group(1) if match else "body"
         raise ValidationFailed(f"field {field} has a value of the wrong type", field=field) from exc

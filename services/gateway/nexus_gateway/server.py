@@ -66,5 +66,8 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
         service_names=SERVICE_NAMES,
         authenticate=GatewayAuthenticator(settings.admin_keys, policy),
     )
-    browser = BrowserServer(create_browser_app(broker), settings.http_listen)
+    browser = BrowserServer(
+        create_browser_app(broker, secure_cookies=settings.public_base_url.startswith("https://")),
+        settings.http_listen,
+    )
     return Gateway(server, browser, broker, policy)

@@ -218,4 +218,8 @@ class SessionServicer(gateway_pb2_grpc.SessionServiceServicer):
     async def GetJwks(
         self, request: sessions_pb2.GetJwksRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
-        return await self._broker.call(self._stub.GetJwks, request)
+        jwks, headers = await self._broker.call_with_headers(self._stub.GetJwks, request)
+        # The broker knows how long its key set stays right; Envoy passes this on.
+        if "cache-control" in headers:
+            await context.send_initial_metadata((("cache-control", headers["cache-control"]),))
+        return jwks

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nexus_common import ApiKeySet, ConfigError, Env
 
@@ -14,8 +14,10 @@ __all__ = ["GatewaySettings"]
 class GatewaySettings:
     listen: str
     http_listen: str
+    # Where browsers reach Envoy; https makes the binding cookie __Host- and Secure.
+    public_base_url: str
     admin_keys: ApiKeySet
-    internal_token: str
+    internal_token: str = field(repr=False)
     broker_target: str
     policy_target: str
     upstream_timeout_seconds: float
@@ -32,6 +34,7 @@ class GatewaySettings:
         return cls(
             listen=env.text("NEXUS_GATEWAY_LISTEN", "127.0.0.1:50051"),
             http_listen=env.text("NEXUS_GATEWAY_HTTP_LISTEN", "127.0.0.1:8081"),
+            public_base_url=env.text("NEXUS_PUBLIC_BASE_URL", "http://127.0.0.1:8080"),
             admin_keys=admin_keys,
             internal_token=env.internal_tokens()[0],
             broker_target=env.text("NEXUS_BROKER_TARGET", "127.0.0.1:50061"),

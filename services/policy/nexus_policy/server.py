@@ -12,9 +12,11 @@ from nexus_common import (
     InternalClient,
     Migrations,
     NexusServer,
+    PageTokens,
     build_server,
     create_engine,
     internal_authenticator,
+    outbound_client,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -75,20 +77,27 @@ def _users(
         timeout_seconds=settings.timeout_seconds,
         cache_seconds=settings.cache_seconds,
         local=local,
+        jwks_min_refetch_seconds=settings.jwks_min_refetch_seconds,
     )
 
 
 def create_policy(settings: PolicySettings) -> Policy:
     engine = create_engine(settings.database_url)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
-    http = httpx.AsyncClient()
+    http = outbound_client(settings.outbound, httpx.Timeout(settings.outbound.deadline_seconds))
     broker = InternalClient("broker", settings.broker_target, settings.internal_token, 5.0)
 
     def uow() -> PolicyUnitOfWork:
         return PolicyUnitOfWork(sessions)
 
     agents = AgentCache(uow, settings.agent_cache_seconds)
-    deps = RegistryDeps(uow=uow, clock=_now, agents=agents, sessions=BrokerSessions(broker))
+    deps = RegistryDeps(
+        uow=uow,
+        clock=_now,
+        agents=agents,
+        pages=PageTokens(settings.internal_token.encode(), "policy"),
+        sessions=BrokerSessions(broker),
+    )
     registry = AgentRegistryServicer(deps)
     decisions = PolicyServicer(
         AccessDeps(agents, _users(http, settings.backend_auth), settings.allow_unbound_agents)

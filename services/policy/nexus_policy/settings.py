@@ -8,31 +8,41 @@ set). Without it, on-behalf-of sessions are refused.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from nexus_common import ApiKeySet, ConfigError, Deployment, Env
+from nexus_common import (
+    DEFAULT_MAX_BODY_BYTES,
+    ApiKeySet,
+    ConfigError,
+    Deployment,
+    Env,
+    OutboundPolicy,
+)
 
 __all__ = ["BackendAuthSettings", "PolicySettings"]
 
 
 @dataclass(frozen=True)
 class BackendAuthSettings:
-    url: str
+    # May hold credentials (user:password@ or a key in the query).
+    url: str = field(repr=False)
     timeout_seconds: float
     cache_seconds: float
     # Local verification of user tokens before asking the backend; all or none.
     token_issuer: str
     token_audience: str
     token_jwks_uri: str
+    jwks_min_refetch_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
 class PolicySettings:
     listen: str
-    database_url: str
+    # May hold a database password.
+    database_url: str = field(repr=False)
     auto_migrate: bool
     internal_tokens: ApiKeySet
-    internal_token: str
+    internal_token: str = field(repr=False)
     broker_target: str
     audit_forward_interval_seconds: float
     backend_auth: BackendAuthSettings | None
@@ -43,10 +53,13 @@ class PolicySettings:
     allow_unbound_agents: bool
     # How stale another replica's view of an agent may be.
     agent_cache_seconds: float
+    # Where BACKEND_AUTH_URL and the user tokens' JWKS may be; each call's total deadline.
+    outbound: OutboundPolicy
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PolicySettings:
         env = Env(environ)
+        backend_auth = _backend_auth(env)
         return cls(
             listen=env.text("NEXUS_POLICY_LISTEN", "127.0.0.1:50071"),
             database_url=env.database_url("NEXUS_POLICY_DATABASE_URL"),
@@ -55,12 +68,18 @@ class PolicySettings:
             internal_token=env.internal_tokens()[0],
             broker_target=env.text("NEXUS_BROKER_TARGET", "127.0.0.1:50061"),
             audit_forward_interval_seconds=env.number("NEXUS_AUDIT_FORWARD_INTERVAL_SECONDS", 1.0),
-            backend_auth=_backend_auth(env),
+            backend_auth=backend_auth,
             shutdown_grace_seconds=env.number("NEXUS_SHUTDOWN_GRACE_SECONDS", 10.0),
             log_level=env.text("NEXUS_LOG_LEVEL", "INFO"),
             metrics_listen=env.address("NEXUS_METRICS_LISTEN", ""),
             allow_unbound_agents=env.deployment() == Deployment.DEVELOPMENT,
             agent_cache_seconds=_cache_seconds(env),
+            outbound=OutboundPolicy.parse(
+                allowed_networks=env.text("NEXUS_OUTBOUND_ALLOWED_NETWORKS", ""),
+                denied_ports=env.text("NEXUS_OUTBOUND_DENIED_PORTS", ""),
+                max_body_bytes=env.integer("NEXUS_OUTBOUND_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+                deadline_seconds=backend_auth.timeout_seconds if backend_auth else 10.0,
+            ),
         )
 
 
@@ -97,4 +116,5 @@ def _backend_auth(env: Env) -> BackendAuthSettings | None:
         token_issuer=local[0],
         token_audience=local[1],
         token_jwks_uri=local[2],
+        jwks_min_refetch_seconds=env.jwks_min_refetch_seconds(),
     )

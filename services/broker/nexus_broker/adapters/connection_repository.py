@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -253,10 +253,14 @@ class Attempt:
 
     id: str
     connection_id: str
-    code_verifier: str | None
-    nonce: str | None
+    code_verifier: str | None = field(repr=False)
+    nonce: str | None = field(repr=False)
     expires_at: datetime
     used_at: datetime | None
+    redirect_uri: str | None = None
+    authorization_url: str | None = None
+    binding_hash: str | None = None
+    capture_checks: int = 0
 
 
 class AttemptRepository:
@@ -278,6 +282,10 @@ class AttemptRepository:
                 nonce=attempt.nonce,
                 expires_at=attempt.expires_at,
                 used_at=attempt.used_at,
+                redirect_uri=attempt.redirect_uri,
+                authorization_url=attempt.authorization_url,
+                binding_hash=attempt.binding_hash,
+                capture_checks=attempt.capture_checks,
             )
         )
 
@@ -296,7 +304,47 @@ class AttemptRepository:
         )
         expires_at = utc(row.expires_at)
         assert expires_at is not None
-        return Attempt(row.id, row.connection_id, verifier, row.nonce, expires_at, utc(row.used_at))
+        return Attempt(
+            row.id,
+            row.connection_id,
+            verifier,
+            row.nonce,
+            expires_at,
+            utc(row.used_at),
+            row.redirect_uri,
+            row.authorization_url,
+            row.binding_hash,
+            row.capture_checks,
+        )
+
+    async def bind(self, attempt_id: str, binding_hash: str) -> bool:
+        """Bind an unused attempt to a browser; False when one is bound already."""
+        result = await self._session.execute(
+            update(authorization_attempts)
+            .where(
+                authorization_attempts.c.id == attempt_id,
+                authorization_attempts.c.used_at.is_(None),
+                authorization_attempts.c.binding_hash.is_(None),
+            )
+            .values(binding_hash=binding_hash)
+        )
+        return int(getattr(result, "rowcount", 0)) == 1
+
+    async def spend_check(self, attempt_id: str, limit: int) -> int | None:
+        """Take one live credential check of an unused attempt; the number it
+        is, or None when all ``limit`` are spent. One UPDATE, so concurrent
+        submits cannot take more than ``limit`` between them."""
+        spent: int | None = await self._session.scalar(
+            update(authorization_attempts)
+            .where(
+                authorization_attempts.c.id == attempt_id,
+                authorization_attempts.c.used_at.is_(None),
+                authorization_attempts.c.capture_checks < limit,
+            )
+            .values(capture_checks=authorization_attempts.c.capture_checks + 1)
+            .returning(authorization_attempts.c.capture_checks)
+        )
+        return spent
 
     async def reseal(self) -> int:
         return await reseal_column(

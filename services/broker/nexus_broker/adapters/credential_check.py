@@ -1,4 +1,6 @@
-"""Trying static credentials against the provider before storing them."""
+"""Trying static credentials against the provider before storing them.
+
+Only the answer's status matters, so its body is never read."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from collections.abc import Mapping
 from urllib.parse import urljoin
 
 import httpx
-from nexus_common import CredentialsRejected, ProviderUnavailable
+from nexus_common import CredentialsRejected, OutboundRefused, ProviderUnavailable
 
 from ..domain.credentials import capture_fields
 from ..domain.providers import AuthType, Provider
@@ -38,22 +40,26 @@ class CredentialChecker:
                     target = {"header": headers, "query": params, "body": body}[field.location]
                     target[field.key] = values[field.name]
         try:
-            response = await self._http.request(
+            async with self._http.stream(
                 "POST" if body else "GET",
                 url,
                 headers=headers,
                 params=params,
                 data=body or None,
                 follow_redirects=False,
-            )
+            ) as response:
+                status = response.status_code
+        except OutboundRefused as exc:
+            raise ProviderUnavailable(
+                f"{provider.name} was not called to check the credentials: {exc}"
+            ) from exc
         except httpx.HTTPError as exc:
             raise ProviderUnavailable(
                 f"{provider.name} could not be reached to check the credentials; try again"
             ) from exc
-        if response.status_code in (401, 403):
+        if status in (401, 403):
             raise CredentialsRejected(f"{provider.name} rejected these credentials")
-        if response.status_code >= 400:
+        if status >= 400:
             raise ProviderUnavailable(
-                f"{provider.name} answered HTTP {response.status_code} "
-                "when checking the credentials"
+                f"{provider.name} answered HTTP {status} when checking the credentials"
             )

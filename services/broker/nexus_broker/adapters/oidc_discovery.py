@@ -2,7 +2,8 @@
 
 Faults that may pass (no connection, timeouts, 429 and 5xx) raise
 ``IssuerUnreachable`` so the provider can be kept with discovery pending;
-answers that show the issuer is wrong raise ``DiscoveryDocumentInvalid``.
+answers that show the issuer is wrong raise ``DiscoveryDocumentInvalid``, and
+an issuer the outbound policy refuses raises ``OutboundAddressNotAllowed``.
 Upstream bodies are never quoted: they could hold anything.
 """
 
@@ -12,7 +13,12 @@ import json
 from typing import Any
 
 import httpx
-from nexus_common import DiscoveryDocumentInvalid
+from nexus_common import (
+    AddressRefused,
+    DiscoveryDocumentInvalid,
+    OutboundAddressNotAllowed,
+    OutboundRefused,
+)
 
 from ..domain.discovery import discovery_path
 
@@ -61,6 +67,12 @@ class DiscoveryClient:
                         raise DiscoveryDocumentInvalid(
                             "the discovery document is larger than 256 KiB", field="issuer"
                         )
+        except AddressRefused as exc:
+            raise OutboundAddressNotAllowed(f"issuer is refused: {exc}", field="issuer") from exc
+        except OutboundRefused as exc:
+            raise DiscoveryDocumentInvalid(
+                f"the discovery document at {url} was refused: {exc}", field="issuer"
+            ) from exc
         except httpx.TimeoutException as exc:
             raise IssuerUnreachable(f"the issuer did not answer in time at {url}") from exc
         except httpx.TransportError as exc:
@@ -69,7 +81,7 @@ class DiscoveryClient:
             ) from exc
         try:
             return json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise DiscoveryDocumentInvalid(
                 "the discovery document is not valid JSON", field="issuer"
             ) from exc

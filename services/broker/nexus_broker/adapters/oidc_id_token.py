@@ -21,8 +21,8 @@ class IdTokenError(Exception):
 
 
 class IdTokenVerifier:
-    def __init__(self, http: httpx.AsyncClient) -> None:
-        self._jwks = JwksVerifier(http)
+    def __init__(self, http: httpx.AsyncClient, *, min_refetch_seconds: float = 30.0) -> None:
+        self._jwks = JwksVerifier(http, min_refetch_seconds=min_refetch_seconds)
 
     async def verify(
         self, token: str, *, issuer: str, jwks_uri: str, client_id: str, nonce: str | None

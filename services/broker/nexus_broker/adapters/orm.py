@@ -122,6 +122,14 @@ authorization_attempts = Table(
     Column("nonce", String(128), nullable=True),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("used_at", DateTime(timezone=True), nullable=True),
+    # The per-provider callback sent to the provider, and the provider URL that
+    # auth_url (Nexus' start page) leads to; both absent for static credentials.
+    Column("redirect_uri", Text, nullable=True),
+    Column("authorization_url", Text, nullable=True),
+    # SHA-256 (hex) of the binding cookie of the browser that opened auth_url first.
+    Column("binding_hash", String(64), nullable=True),
+    # Live credential checks spent on this state (the capture page's limit).
+    Column("capture_checks", Integer, nullable=False, server_default="0"),
 )
 
 agent_sessions = Table(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
@@ -30,7 +30,7 @@ class SessionAsk:
 
     agent_id: str
     scopes: list[str]
-    user_context_token: str | None
+    user_context_token: str | None = field(repr=False)
     workspace_id: str
 
 

@@ -174,7 +174,7 @@ class AuditRepository:
         self._session = session
 
     async def add(self, event: AuditEvent) -> None:
-        await self._session.execute(audit_events.insert().values(**asdict(event)))
+        await self._session.execute(audit_events.insert().values(**asdict(event.fitted())))
 
     async def add_new(self, events: list[AuditEvent]) -> int:
         """Add the events whose ids are not recorded yet; returns how many."""

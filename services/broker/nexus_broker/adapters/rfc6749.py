@@ -3,9 +3,10 @@
 Client authentication follows §2.3.1: ``client_secret_basic`` form-encodes id
 and secret before Base64; ``client_secret_post`` puts them in the body;
 ``none`` (a public client) sends only ``client_id``. Responses are read as JSON
-(§5.1) or, as some providers answer, form-encoded. Faults are classified so
-the refresh loop knows whether to retry (5xx, 429, timeouts) or to ask the
-user to reconnect (``invalid_grant``, §5.2). Bodies are never quoted.
+(§5.1) or, as some providers answer, form-encoded, and read no further than
+64 KiB. Faults are classified so the refresh loop knows whether to retry
+(5xx, 429, timeouts, a call the outbound policy refused) or to ask the user
+to reconnect (``invalid_grant``, §5.2). Bodies are never quoted.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import parse_qsl, quote
 
 import httpx
-from nexus_common import outbound_span
+from nexus_common import BodyTooLarge, OutboundRefused, outbound_span, read_capped
 
-from ..domain.connections import TokenSet
+from ..domain.connections import TokenSet, token_lifetime
 
 __all__ = ["ClientCredentials", "TokenEndpoint", "TokenEndpointError"]
 
@@ -46,7 +47,7 @@ class TokenEndpointError(Exception):
 @dataclass(frozen=True)
 class ClientCredentials:
     client_id: str
-    client_secret: str | None
+    client_secret: str | None = field(repr=False)
     auth_method: str  # client_secret_basic | client_secret_post | none
 
 
@@ -61,12 +62,15 @@ def _retry_after(value: str | None, now: datetime) -> float | None:
         return None
 
 
-def _parse_body(response: httpx.Response) -> dict[str, str]:
-    content = response.content[:_MAX_BODY]
+def _not_json(constant: str) -> object:
+    raise ValueError(f"{constant} is not JSON (RFC 8259 §6)")
+
+
+def _parse_body(response: httpx.Response, content: bytes) -> dict[str, str]:
     if "json" in response.headers.get("content-type", "") or content.lstrip().startswith(b"{"):
         try:
-            parsed = json.loads(content)
-        except ValueError:
+            parsed = json.loads(content, parse_constant=_not_json)
+        except (ValueError, RecursionError):
             return {}
         return {str(k): v for k, v in parsed.items()} if isinstance(parsed, dict) else {}
     return dict(parse_qsl(content.decode("utf-8", "replace")))
@@ -91,15 +95,27 @@ class TokenEndpoint:
                 body["client_secret"] = client.client_secret
         purpose = form.get("grant_type") or "revocation"
         with outbound_span(f"POST provider {purpose}", "POST", url) as span:
-            response = await self._send(url, body, headers)
+            response, content = await self._send(url, body, headers)
             span.set_attribute("http.response.status_code", response.status_code)
-            return self._read(response, now)
+            return self._read(response, content, now)
 
     async def _send(
         self, url: str, body: dict[str, str], headers: dict[str, str]
-    ) -> httpx.Response:
+    ) -> tuple[httpx.Response, bytes]:
         try:
-            return await self._http.post(url, data=body, headers=headers, follow_redirects=False)
+            async with self._http.stream(
+                "POST", url, data=body, headers=headers, follow_redirects=False
+            ) as response:
+                return response, await read_capped(response, _MAX_BODY)
+        except BodyTooLarge as exc:
+            raise TokenEndpointError(
+                "the provider's token endpoint answered more than 64 KiB", transient=True
+            ) from exc
+        except OutboundRefused as exc:
+            # The provider's configuration (or its DNS) must change; the tokens are kept.
+            raise TokenEndpointError(
+                f"the provider's token endpoint was not called: {exc}", transient=True
+            ) from exc
         except httpx.TimeoutException as exc:
             raise TokenEndpointError(
                 "the provider's token endpoint timed out", transient=True
@@ -111,8 +127,8 @@ class TokenEndpoint:
             ) from exc
 
     @staticmethod
-    def _read(response: httpx.Response, now: datetime) -> dict[str, str]:
-        payload = _parse_body(response)
+    def _read(response: httpx.Response, content: bytes, now: datetime) -> dict[str, str]:
+        payload = _parse_body(response, content)
         if response.status_code == 429 or response.status_code >= 500:
             raise TokenEndpointError(
                 f"the provider's token endpoint answered HTTP {response.status_code}",
@@ -136,11 +152,13 @@ class TokenEndpoint:
             raise TokenEndpointError(
                 "the provider's token response has no access_token", transient=False
             )
-        expires_in = payload.get("expires_in")
         try:
-            lifetime = float(expires_in) if expires_in not in (None, "") else None  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            lifetime = None
+            lifetime = token_lifetime(payload.get("expires_in"))
+        except ValueError as exc:
+            raise TokenEndpointError(
+                "the provider's token response has an expires_in that is not a lifetime",
+                transient=False,
+            ) from exc
         refresh_token = payload.get("refresh_token")
         scope = payload.get("scope")
         return TokenSet(
@@ -149,7 +167,7 @@ class TokenEndpoint:
             refresh_token=refresh_token
             if isinstance(refresh_token, str) and refresh_token
             else None,
-            expires_at=now + timedelta(seconds=lifetime) if lifetime is not None else None,
+            expires_at=now + lifetime if lifetime is not None else None,
             scope=tuple(scope.split()) if isinstance(scope, str) else (),
         )
 

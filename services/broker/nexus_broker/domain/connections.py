@@ -7,10 +7,48 @@ pending ──callback ok──▶ active ──invalid_grant──▶ attention
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+import re
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-__all__ = ["Connection", "ConnectionStatus", "Lease", "RefreshPolicy", "TokenSet"]
+__all__ = [
+    "MAX_TOKEN_LIFETIME",
+    "Connection",
+    "ConnectionStatus",
+    "Lease",
+    "RefreshPolicy",
+    "TokenSet",
+    "token_lifetime",
+]
+
+# A longer expires_in is read as this: the token is then refreshed early,
+# which is harmless, and every expiry stays a date Python and PostgreSQL hold.
+MAX_TOKEN_LIFETIME = timedelta(days=100 * 365)
+# expires_in as form-encoded providers (and some JSON ones) send it: a
+# non-negative decimal number; "inf", "NaN" and "0x10" are not lifetimes.
+_DECIMAL_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+def token_lifetime(expires_in: object) -> timedelta | None:
+    """RFC 6749 §5.1 ``expires_in`` as a lifetime, None when not given, capped
+    at ``MAX_TOKEN_LIFETIME``. Raises ValueError for what is not a lifetime:
+    a negative number, NaN, a boolean or text that is not a decimal number."""
+    if expires_in is None or expires_in == "":
+        return None
+    if isinstance(expires_in, bool):
+        raise ValueError("expires_in is a boolean")
+    if isinstance(expires_in, str):
+        if not _DECIMAL_SECONDS.fullmatch(expires_in.strip()):
+            raise ValueError("expires_in is not a decimal number")
+        expires_in = float(expires_in)
+    if not isinstance(expires_in, int | float) or expires_in < 0:
+        raise ValueError("expires_in is not a non-negative number")
+    if isinstance(expires_in, float) and math.isnan(expires_in):
+        raise ValueError("expires_in is NaN")
+    # Capped before any conversion: a 400-digit integer overflows float(), and
+    # a literal such as 1e400 reads as infinity, a very long lifetime.
+    return timedelta(seconds=min(expires_in, MAX_TOKEN_LIFETIME.total_seconds()))
 
 
 class ConnectionStatus:
@@ -26,9 +64,9 @@ class ConnectionStatus:
 class TokenSet:
     """What an OAuth token endpoint granted (RFC 6749 §5.1)."""
 
-    access_token: str
+    access_token: str = field(repr=False)
     token_type: str = "Bearer"  # noqa: S105 - a scheme name
-    refresh_token: str | None = None
+    refresh_token: str | None = field(default=None, repr=False)
     expires_at: datetime | None = None
     scope: tuple[str, ...] = ()
 

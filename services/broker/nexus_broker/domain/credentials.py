@@ -53,10 +53,26 @@ def validate_static_credentials(provider: Provider, values: Mapping[str, str]) -
             if spec.required:
                 raise ValidationFailed(f"{spec.label} is required", field=name)
             continue
-        if len(value) > _MAX_VALUE or any(ch in value for ch in "\r\n\x00"):
-            raise ValidationFailed(f"{spec.label} is not a valid value", field=name)
+        problem = _value_problem(provider, spec, value)
+        if problem:
+            raise ValidationFailed(f"{spec.label} {problem}", field=name)
         accepted[name] = value
     return accepted
+
+
+def _value_problem(provider: Provider, spec: CredentialField, value: str) -> str:
+    """Why a value cannot be sent where the schema puts it; empty when it can."""
+    if len(value) > _MAX_VALUE:
+        return f"is longer than {_MAX_VALUE} characters"
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        return "contains control characters"
+    if provider.spec.auth_type == AuthType.BASIC_AUTH:
+        # RFC 7617 §2: the user-id ends at the first colon; both halves travel as UTF-8.
+        return "cannot contain a colon" if spec.name == "username" and ":" in value else ""
+    if spec.location == "header" and not value.isascii():
+        # RFC 9110 §5.5: field values are ASCII in practice (obs-text is obsolete).
+        return "must be ASCII: it is sent in an HTTP header"
+    return ""
 
 
 TokenPayload = tuple[dict[str, Any], dict[str, Any], datetime | None]

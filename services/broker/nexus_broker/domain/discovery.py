@@ -42,6 +42,8 @@ class Discovery:
     revocation_endpoint: str = ""
     scopes_supported: tuple[str, ...] = ()
     token_endpoint_auth_methods_supported: tuple[str, ...] = field(default=())
+    # RFC 9207 §3: the provider puts ``iss`` in every authorization response.
+    authorization_response_iss_parameter_supported: bool = False
 
     @property
     def is_complete(self) -> bool:
@@ -92,8 +94,16 @@ def parse_discovery_document(issuer: str, document: Any, fetched_at: datetime) -
             "the issuer does not support the authorization code flow",
             field="response_types_supported",
         )
+    sends_iss = document.get("authorization_response_iss_parameter_supported", False)
+    if not isinstance(sends_iss, bool):
+        raise DiscoveryDocumentInvalid(
+            "the discovery document's authorization_response_iss_parameter_supported "
+            "is not a boolean",
+            field="authorization_response_iss_parameter_supported",
+        )
     return Discovery(
         status=DiscoveryStatus.COMPLETE,
+        authorization_response_iss_parameter_supported=sends_iss,
         fetched_at=fetched_at,
         attempted_at=fetched_at,
         scopes_supported=_string_list(document, "scopes_supported"),

@@ -44,11 +44,12 @@ _FLAGS = (
     "skip_scope_on_exchange",
     "supports_scope_narrowing",
     "revoke_narrowed_tokens",
+    "authorization_response_iss_parameter_supported",
 )
 _BROADER = "allow_broader_session_tokens"
-_FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-_HEADER_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_EXTRA_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_EXTRA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MAX_FIELDS = 20
 _MAX_EXTRA = 32
 _MAX_TEXT = 256
@@ -88,6 +89,9 @@ class ProviderParams:
     # Nexus may revoke it when its last session closes. RFC 7009 §2.1 lets a
     # server revoke the whole grant instead, so Nexus never assumes it.
     revoke_narrowed_tokens: bool = False
+    # RFC 9207: the provider sends ``iss`` in authorization responses, so one
+    # without it is refused (discovery can say so too).
+    authorization_response_iss_parameter_supported: bool = False
     # Whether a session may hand out a token broader than it asked for when
     # the provider cannot narrow; None leaves it to NEXUS_ENVIRONMENT.
     allow_broader_session_tokens: bool | None = None
@@ -135,13 +139,13 @@ def _parse_field(raw: Any, index: int) -> CredentialField:
     if unknown:
         raise _fail(where, f"params.{where} has unknown keys: {', '.join(sorted(unknown))}")
     name = _text(raw, "name", f"{where}.name", "")
-    if not _FIELD_NAME.match(name):
+    if not _FIELD_NAME.fullmatch(name):
         raise _fail(f"{where}.name", "credential field names are lower-case snake_case")
     location = _text(raw, "in", f"{where}.in", "header")
     if location not in LOCATIONS:
         raise _fail(f"{where}.in", f"params.{where}.in must be one of {', '.join(LOCATIONS)}")
     key = _text(raw, "key", f"{where}.key", name)
-    if location == "header" and not _HEADER_TOKEN.match(key):
+    if location == "header" and not _HEADER_TOKEN.fullmatch(key):
         raise _fail(f"{where}.key", f"{key!r} is not a valid HTTP header name")
     return CredentialField(
         name=name,
@@ -178,7 +182,7 @@ def parse_params(auth_type: str, raw: dict[str, Any]) -> ProviderParams:
             continue
         if key in CORE_OAUTH_PARAMS:
             raise _fail(key, f"params.{key} is set by Nexus itself and cannot be overridden")
-        if not _EXTRA_KEY.match(key) or not isinstance(value, str) or len(value) > _MAX_TEXT:
+        if not _EXTRA_KEY.fullmatch(key) or not isinstance(value, str) or len(value) > _MAX_TEXT:
             raise _fail(
                 key,
                 f"params.{key} is not a known setting; extra authorization parameters "
@@ -219,6 +223,12 @@ def parse_params(auth_type: str, raw: dict[str, Any]) -> ProviderParams:
         ),
         revoke_narrowed_tokens=_flag(
             raw, "revoke_narrowed_tokens", "revoke_narrowed_tokens", False
+        ),
+        authorization_response_iss_parameter_supported=_flag(
+            raw,
+            "authorization_response_iss_parameter_supported",
+            "authorization_response_iss_parameter_supported",
+            False,
         ),
         allow_broader_session_tokens=_flag(raw, _BROADER, _BROADER, False)
         if _BROADER in raw

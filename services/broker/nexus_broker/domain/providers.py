@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
-from nexus_common import ValidationFailed
+from nexus_common import SecretRequiredForEndpointChange, ValidationFailed
 
 from .discovery import Discovery, DiscoveryStatus
 from .params import ProviderParams, parse_params
@@ -19,17 +19,20 @@ from .urls import url_problem
 
 __all__ = [
     "AUTH_TYPES",
+    "ENDPOINT_FIELDS",
     "NAME_PATTERN",
     "SETTABLE_FIELDS",
     "AuthType",
     "Provider",
     "ProviderSpec",
     "ProviderState",
+    "check_secret_follows_endpoints",
+    "endpoint_changes",
     "validate_spec",
 ]
 
-NAME_PATTERN = re.compile(r"^[a-z0-9-]+$")
-_CATEGORY_PATTERN = re.compile(r"^[a-z0-9-]*$")
+NAME_PATTERN = re.compile(r"[a-z0-9-]+")
+_CATEGORY_PATTERN = re.compile(r"[a-z0-9-]*")
 _MAX_NAME = 63
 _MAX_DESCRIPTION = 1024
 _MAX_SCOPES = 100
@@ -62,7 +65,7 @@ class ProviderSpec:
     category: str = ""
     client_id: str = ""
     # None means "unchanged" on update and "none" on create.
-    client_secret: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
     auth_url: str = ""
     token_url: str = ""
     issuer: str = ""
@@ -76,6 +79,18 @@ class ProviderSpec:
 
 
 SETTABLE_FIELDS = frozenset(f.name for f in fields(ProviderSpec))
+# Every field that decides where Nexus sends a request for a provider, directly
+# or through the discovery document the issuer serves.
+ENDPOINT_FIELDS = (
+    "issuer",
+    "enable_discovery",
+    "auth_url",
+    "token_url",
+    "revocation_url",
+    "jwks_uri",
+    "user_info_endpoint",
+    "api_base_url",
+)
 
 
 @dataclass(frozen=True)
@@ -117,8 +132,27 @@ class Provider:
         return self.spec.revocation_url or self.discovery.revocation_endpoint
 
     @property
+    def sends_iss(self) -> bool:
+        """Whether authorization responses must carry ``iss`` (RFC 9207)."""
+        return (
+            self.params.authorization_response_iss_parameter_supported
+            or self.discovery.authorization_response_iss_parameter_supported
+        )
+
+    @property
     def user_info_endpoint(self) -> str:
         return self.spec.user_info_endpoint or self.discovery.userinfo_endpoint
+
+    def endpoints(self) -> dict[str, Any]:
+        """Where requests for this provider go: given, or found by discovery."""
+        given = {name: getattr(self.spec, name) for name in ENDPOINT_FIELDS}
+        return given | {
+            "auth_url": self.auth_url,
+            "token_url": self.token_url,
+            "revocation_url": self.revocation_url,
+            "jwks_uri": self.jwks_uri,
+            "user_info_endpoint": self.user_info_endpoint,
+        }
 
     def discovery_due(
         self, now: datetime, retry_after_seconds: float, max_age_seconds: float
@@ -188,6 +222,12 @@ def _check_oauth2(spec: ProviderSpec, has_secret: bool, params: ProviderParams) 
             "client_secret is required for oauth2 providers "
             '(set params.token_endpoint_auth_method to "none" for a public client)',
         )
+    if params.authorization_response_iss_parameter_supported and not spec.issuer:
+        raise _fail(
+            "issuer",
+            "issuer is required when params.authorization_response_iss_parameter_supported "
+            "is true: authorization responses' iss is compared with it",
+        )
     if spec.enable_discovery:
         if not spec.issuer:
             raise _fail("issuer", "issuer is required when enable_discovery is true")
@@ -213,7 +253,7 @@ def validate_spec(spec: ProviderSpec, *, has_secret: bool) -> ProviderSpec:
     client secret is (or will be) stored."""
     if not spec.name:
         raise _fail("name", "name is required")
-    if len(spec.name) > _MAX_NAME or not NAME_PATTERN.match(spec.name):
+    if len(spec.name) > _MAX_NAME or not NAME_PATTERN.fullmatch(spec.name):
         raise _fail(
             "name",
             f"name must be 1-{_MAX_NAME} lower-case letters, digits or dashes "
@@ -228,7 +268,7 @@ def validate_spec(spec: ProviderSpec, *, has_secret: bool) -> ProviderSpec:
         )
     if len(spec.description) > _MAX_DESCRIPTION:
         raise _fail("description", f"description is longer than {_MAX_DESCRIPTION} characters")
-    if len(spec.category) > _MAX_NAME or not _CATEGORY_PATTERN.match(spec.category):
+    if len(spec.category) > _MAX_NAME or not _CATEGORY_PATTERN.fullmatch(spec.category):
         raise _fail("category", "category must be lower-case letters, digits or dashes")
     if len(spec.client_id) > _MAX_CLIENT_FIELD or len(spec.client_secret or "") > _MAX_CLIENT_FIELD:
         raise _fail("client_id", "client_id and client_secret must be under 1024 characters")
@@ -242,3 +282,28 @@ def validate_spec(spec: ProviderSpec, *, has_secret: bool) -> ProviderSpec:
     if spec.auth_type == AuthType.NEXUS and not spec.scopes:
         raise _fail("scopes", "nexus providers must declare the scopes Nexus may issue")
     return replace(spec, params=params.as_dict())
+
+
+def endpoint_changes(current: ProviderSpec, updated: ProviderSpec) -> list[str]:
+    """The endpoint fields whose value an update changes."""
+    return [name for name in ENDPOINT_FIELDS if getattr(current, name) != getattr(updated, name)]
+
+
+def check_secret_follows_endpoints(
+    provider: Provider, changed_endpoints: list[str], *, secret_given: bool
+) -> None:
+    """A stored client secret only ever goes where it was sent with.
+
+    Moving an endpoint of a provider that holds a secret would send that secret
+    (and every connection's refresh token) to the new host on the next refresh,
+    so whoever moves it must know the secret, or replace it.
+    """
+    if not changed_endpoints or not provider.has_client_secret or secret_given:
+        return
+    named = ", ".join(changed_endpoints)
+    raise SecretRequiredForEndpointChange(
+        f"changing {named} of provider {provider.name!r} would send its stored client "
+        "secret to a new endpoint: give client_secret again in the same request "
+        "(and name it in update_mask)",
+        fields=",".join(changed_endpoints),
+    )

@@ -8,12 +8,15 @@ and port exactly, so an open redirect through Nexus is impossible.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["ReturnUrlPolicy", "append_query"]
+__all__ = ["ReturnUrlPolicy", "append_query", "origin_of"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# A host as a CSP source expression may hold it: a DNS name or an IP literal.
+_PLAIN_HOST = re.compile(r"^(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])$")
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
@@ -58,6 +61,20 @@ class ReturnUrlPolicy:
             elif host == allowed_host:
                 return True
         return False
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of a URL, safe to place in a CSP header (no
+    default port); empty when the URL has no such plain origin."""
+    origin = _origin(url)
+    if origin is None:
+        return ""
+    scheme, host, port = origin
+    if ":" in host:
+        host = f"[{host}]"
+    if not _PLAIN_HOST.match(host):
+        return ""
+    return f"{scheme}://{host}" + ("" if port == _DEFAULT_PORTS[scheme] else f":{port}")
 
 
 def append_query(url: str, **params: str) -> str:

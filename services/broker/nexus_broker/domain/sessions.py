@@ -84,7 +84,7 @@ class NarrowedToken:
 
     connection_id: str
     agent_id: str
-    access_token: str
+    access_token: str = field(repr=False)
     created_at: datetime
     expires_at: datetime | None
     id: str = field(default_factory=lambda: str(uuid.uuid4()))

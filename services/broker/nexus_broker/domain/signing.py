@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +24,7 @@ ALGORITHM = "ES256"
 @dataclass(frozen=True)
 class SigningKey:
     kid: str
-    private_key: ec.EllipticCurvePrivateKey
+    private_key: ec.EllipticCurvePrivateKey = field(repr=False)
     created_at: datetime
     retire_at: datetime
     expires_at: datetime

@@ -11,21 +11,21 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from nexus_common import StateInvalid
 
 __all__ = ["SignedState", "StateSigner"]
 
-_FORMAT = re.compile(r"^([A-Za-z0-9_-]{16,64})\.(\d{1,12})\.([A-Za-z0-9_-]{43})$")
+_FORMAT = re.compile(r"([A-Za-z0-9_-]{16,64})\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})")
 
 
 @dataclass(frozen=True)
 class SignedState:
     attempt_id: str
     expires_at: datetime
-    token: str
+    token: str = field(repr=False)
 
 
 class StateSigner:
@@ -47,7 +47,7 @@ class StateSigner:
 
     def verify(self, token: str, now: datetime) -> str:
         """The attempt id of a genuine, unexpired state; else StateInvalid."""
-        match = _FORMAT.match(token or "")
+        match = _FORMAT.fullmatch(token or "")
         if match is None:
             raise StateInvalid("the state parameter is missing or malformed")
         attempt_id, expiry_text, mac = match.groups()

@@ -22,6 +22,9 @@ def url_problem(value: str) -> str | None:
 
     Endpoints carry secrets (client credentials, codes, tokens), so only
     https is accepted, except plain http to this machine for development.
+    Where a URL may lead is the outbound policy's question
+    (``nexus_common.OutboundPolicy``): this machine too is refused unless
+    ``NEXUS_OUTBOUND_ALLOWED_NETWORKS`` allows loopback.
     """
     try:
         parts = urlsplit(value)

@@ -6,11 +6,12 @@ from google.protobuf import empty_pb2
 from grpc.aio import ServicerContext as Context
 from nexus.broker.v1 import connections_pb2 as pb
 from nexus.broker.v1 import connections_pb2_grpc
-from nexus_common import current_caller, principal_of
+from nexus_common import CaptureAttemptsExhausted, current_caller, principal_of
 
 from ..adapters.policy_client import PolicyClient
+from ..domain.connections import ConnectionStatus
 from ..service_layer import connections
-from ..service_layer.connections import ConnectionDeps
+from ..service_layer.connections import AuthorizationResponse, ConnectionDeps
 from ..service_layer.tokens import Refresher, get_token, refresh_connection
 from .convert import connection_to_proto, timestamp, token_payload_to_proto
 
@@ -43,32 +44,65 @@ class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
             expire_time=timestamp(started.connection.pending_until),
         )
 
+    async def BeginAuthorization(
+        self, request: pb.BeginAuthorizationRequest, context: Context
+    ) -> pb.BeginAuthorizationResponse:
+        url, expires_at = await connections.begin_authorization(
+            request.state, request.binding, self._deps
+        )
+        return pb.BeginAuthorizationResponse(redirect_url=url, expire_time=timestamp(expires_at))
+
     async def CompleteAuthorization(
         self, request: pb.CompleteAuthorizationRequest, context: Context
     ) -> pb.CompleteAuthorizationResponse:
-        url = await connections.complete_authorization(
-            request.state, request.code, request.error, self._deps
+        response = AuthorizationResponse(
+            state=request.state,
+            code=request.code,
+            error=request.error,
+            callback_provider=request.provider,
+            iss=request.iss if request.HasField("iss") else None,
+            binding=request.binding,
         )
+        url = await connections.complete_authorization(response, self._deps)
         return pb.CompleteAuthorizationResponse(redirect_url=url)
 
     async def GetCaptureForm(
         self, request: pb.GetCaptureFormRequest, context: Context
     ) -> pb.CaptureForm:
-        provider, fields = await connections.capture_form(request.state, self._deps)
+        form = await connections.capture_form(request.state, request.binding, self._deps)
         return pb.CaptureForm(
-            provider_name=provider.name,
-            provider_description=provider.spec.description,
+            provider_name=form.provider.name,
+            provider_description=form.provider.spec.description,
             fields=[
                 pb.CaptureField(name=f.name, label=f.label, required=f.required, secret=f.secret)
-                for f in fields
+                for f in form.fields
             ],
+            return_origin=form.return_origin,
         )
 
     async def CaptureCredentials(
         self, request: pb.CaptureCredentialsRequest, context: Context
     ) -> pb.CaptureCredentialsResponse:
+        """The backend that asked for the connection completes it: no browser."""
         connection, url = await connections.capture_credentials(
             request.state, dict(request.credentials), self._deps
+        )
+        if connection.status == ConnectionStatus.FAILED:
+            raise CaptureAttemptsExhausted(
+                "these credentials were rejected, and that was the last try this state "
+                "allows; start the connection again"
+            )
+        return pb.CaptureCredentialsResponse(
+            connection_id=connection.id, status=connection.status, redirect_url=url
+        )
+
+    async def SubmitCaptureForm(
+        self, request: pb.SubmitCaptureFormRequest, context: Context
+    ) -> pb.CaptureCredentialsResponse:
+        """The hosted page, in the browser bound to the state. A failed outcome
+        still answers, so the browser can take it back to the app."""
+        connection, url = await connections.capture_credentials(
+            request.state, dict(request.credentials), self._deps, binding=request.binding
         )
         return pb.CaptureCredentialsResponse(
             connection_id=connection.id, status=connection.status, redirect_url=url

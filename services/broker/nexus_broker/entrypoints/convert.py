@@ -163,5 +163,5 @@ def token_payload_to_proto(payload: TokenPayload) -> connections_pb2.TokenPayloa
         strategy=_struct(strategy), credentials=_struct(credentials)
     )
     if expires_at is not None:
-        message.expires_at = max(0, int(expires_at.timestamp()))
+        message.expires_at = float(max(0, int(expires_at.timestamp())))
     return message

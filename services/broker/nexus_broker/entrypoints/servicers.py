@@ -91,6 +91,7 @@ class AuditLogServicer(audit_pb2_grpc.AuditLogServiceServicer):
             requested_size=request.page_size,
             page_token=request.page_token,
             uow=self._deps.uow,
+            pages=self._deps.pages,
         )
         return audit_pb2.ListAuditEventsResponse(
             audit_events=[audit_event_to_proto(e) for e in page.events],

@@ -120,9 +120,13 @@ class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
         return _introspection(claims)
 
     async def GetJwks(self, request: pb.GetJwksRequest, context: Context) -> httpbody_pb2.HttpBody:
-        jwks = await self._deps.signer.jwks(self._deps.connections.now())
+        now = self._deps.connections.now()
+        jwks = await self._deps.signer.jwks(now)
+        await context.send_initial_metadata(
+            (("cache-control", f"public, max-age={jwks.max_age_seconds(now)}"),)
+        )
         return httpbody_pb2.HttpBody(
-            content_type="application/jwk-set+json", data=json.dumps(jwks).encode()
+            content_type="application/jwk-set+json", data=json.dumps(jwks.document).encode()
         )
 
     async def EndAgentSessions(

@@ -8,9 +8,8 @@ from datetime import datetime
 
 from nexus_common import (
     AuditEvent,
+    PageTokens,
     ValidationFailed,
-    decode_page_token,
-    encode_page_token,
     page_size,
 )
 
@@ -31,9 +30,10 @@ async def list_audit_events(
     requested_size: int,
     page_token: str,
     uow: Callable[[], BrokerUnitOfWork],
+    pages: PageTokens,
 ) -> AuditPage:
     filters = {"resource": resource}
-    position = decode_page_token(page_token, filters)
+    position = pages.decode(page_token, filters)
     before = (datetime.fromisoformat(position[0]), position[1]) if position else None
     limit = page_size(requested_size)
     async with uow() as work:
@@ -41,7 +41,7 @@ async def list_audit_events(
     page = found[:limit]
     token = ""
     if len(found) > limit:
-        token = encode_page_token([page[-1].event_time.isoformat(), page[-1].id], filters)
+        token = pages.encode([page[-1].event_time.isoformat(), page[-1].id], filters)
     return AuditPage(page, token)
 
 

@@ -3,6 +3,9 @@ capture), inspect, list, revoke and delete."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 import secrets
 import uuid
 from collections.abc import Callable, Mapping
@@ -13,17 +16,20 @@ from urllib.parse import urlencode
 
 from nexus_common import (
     AuditEvent,
+    BrowserMismatch,
+    CallbackProviderMismatch,
+    CaptureAttemptsExhausted,
     ConnectionNotActive,
     ConnectionNotFound,
+    CredentialsRejected,
     Internal,
+    IssuerMismatch,
     ProviderDeleted,
     ProviderUnavailable,
     ReturnUrlNotAllowed,
     ScopeNotOffered,
     StateInvalid,
     ValidationFailed,
-    decode_page_token,
-    encode_page_token,
     page_size,
 )
 
@@ -36,7 +42,7 @@ from ..domain.connections import Connection, ConnectionStatus, RefreshPolicy
 from ..domain.credentials import capture_fields, validate_static_credentials
 from ..domain.params import CredentialField
 from ..domain.providers import STATIC_AUTH_TYPES, AuthType, Provider
-from ..domain.return_urls import ReturnUrlPolicy, append_query
+from ..domain.return_urls import ReturnUrlPolicy, append_query, origin_of
 from ..domain.rfc7636 import CODE_CHALLENGE_METHOD, code_challenge, new_code_verifier
 from ..domain.state import StateSigner
 from .leases import RefreshLeases
@@ -44,8 +50,12 @@ from .providers import RegistryDeps, get_provider
 from .unit_of_work import BrokerUnitOfWork
 
 __all__ = [
+    "CAPTURE_CHECK_LIMIT",
+    "AuthorizationResponse",
+    "CaptureForm",
     "ConnectionDeps",
     "StartedConnection",
+    "begin_authorization",
     "capture_credentials",
     "capture_form",
     "check_connection",
@@ -60,8 +70,14 @@ __all__ = [
     "revoke_connection",
 ]
 
-CALLBACK_PATH = "/v1/callback"
+CALLBACK_PATH = "/v1/callback/"
+CONNECT_PATH = "/v1/connect/"
 CAPTURE_PATH = "/v1/capture/"
+# Live credential checks per capture state; after the last one fails the state
+# is spent, so the page cannot serve as an oracle for guessing credentials.
+CAPTURE_CHECK_LIMIT = 5
+# The gateway's binding cookie value: token_urlsafe(32).
+_BINDING = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 
 @dataclass(frozen=True)
@@ -85,9 +101,12 @@ class ConnectionDeps:
     def now(self) -> datetime:
         return self.registry.clock()
 
-    @property
-    def redirect_uri(self) -> str:
-        return self.public_base_url.rstrip("/") + CALLBACK_PATH
+    def public_url(self, path: str) -> str:
+        return self.public_base_url.rstrip("/") + path
+
+    def callback_url(self, provider_name: str) -> str:
+        """The redirect URI of one provider: each has its own (RFC 9700 §4.4.2)."""
+        return self.public_url(CALLBACK_PATH + provider_name)
 
 
 @dataclass(frozen=True)
@@ -214,17 +233,29 @@ async def request_connection(
         updated_at=now,
         pending_until=signed.expires_at,
     )
-    if static:
-        auth_url = deps.public_base_url.rstrip("/") + CAPTURE_PATH + signed.token
-    else:
+    redirect_uri = authorization_url = None
+    if not static:
         assert verifier is not None
-        auth_url = _authorization_url(
-            provider, granted, signed.token, verifier, nonce, deps.redirect_uri
+        redirect_uri = deps.callback_url(provider.name)
+        authorization_url = _authorization_url(
+            provider, granted, signed.token, verifier, nonce, redirect_uri
         )
+    # The browser starts at Nexus, which binds the state to it before it
+    # sends it on to the provider or to the capture page.
+    auth_url = deps.public_url(CONNECT_PATH + signed.token)
     async with deps.uow() as uow:
         await uow.connections.add(connection)
         await uow.attempts.add(
-            Attempt(signed.attempt_id, connection.id, verifier, nonce, signed.expires_at, None)
+            Attempt(
+                signed.attempt_id,
+                connection.id,
+                verifier,
+                nonce,
+                signed.expires_at,
+                None,
+                redirect_uri=redirect_uri,
+                authorization_url=authorization_url,
+            )
         )
         await uow.audit.add(
             connection_event("connection.create", connection, now, scopes=list(granted))
@@ -247,6 +278,48 @@ async def _open_attempt(state: str, deps: ConnectionDeps) -> tuple[Attempt, Conn
             raise StateInvalid("this connection is no longer waiting for authorization")
         provider = await provider_of(uow, connection)
     return attempt, connection, provider
+
+
+def _binding_hash(binding: str) -> str:
+    return hashlib.sha256(binding.encode()).hexdigest()
+
+
+def _check_binding(attempt: Attempt, binding: str) -> None:
+    """The browser must be the one that opened auth_url first (RFC 9700 §4.7)."""
+    bound = attempt.binding_hash
+    if (
+        bound is None
+        or not _BINDING.match(binding)
+        or not hmac.compare_digest(bound, _binding_hash(binding))
+    ):
+        raise BrowserMismatch(
+            "this authorization was started in another browser; "
+            "open the link from the app in the browser you will finish in"
+        )
+
+
+async def begin_authorization(
+    state: str, binding: str, deps: ConnectionDeps
+) -> tuple[str, datetime]:
+    """A browser opened auth_url: bind the state to it, unless another browser
+    did first. Returns where it goes next and when the binding ends."""
+    if not _BINDING.match(binding):
+        raise ValidationFailed("the browser binding is malformed", field="binding")
+    attempt, _, provider = await _open_attempt(state, deps)
+    if attempt.binding_hash is None:
+        async with deps.uow() as uow:
+            if await uow.attempts.bind(attempt.id, _binding_hash(binding)):
+                await uow.commit()
+                attempt = replace(attempt, binding_hash=_binding_hash(binding))
+            else:
+                attempt = await uow.attempts.get(attempt.id) or attempt
+    _check_binding(attempt, binding)
+    if provider.spec.auth_type in STATIC_AUTH_TYPES:
+        next_url = deps.public_url(CAPTURE_PATH + state)
+    else:
+        assert attempt.authorization_url is not None
+        next_url = attempt.authorization_url
+    return next_url, attempt.expires_at
 
 
 async def provider_of(uow: BrokerUnitOfWork, connection: Connection) -> Provider:
@@ -293,6 +366,34 @@ async def _finish(
     return finished
 
 
+@dataclass(frozen=True)
+class AuthorizationResponse:
+    """What the provider's redirect brought to ``/v1/callback/{provider}``."""
+
+    state: str
+    code: str
+    error: str
+    callback_provider: str
+    iss: str | None
+    binding: str
+
+
+def _mix_up(attempt: Attempt, provider: Provider, response: AuthorizationResponse) -> str:
+    """The reason to refuse an authorization response that may come from another
+    provider than the one asked (RFC 9700 §4.4); empty when it came from ours."""
+    if attempt.redirect_uri is None or not attempt.redirect_uri.endswith(
+        CALLBACK_PATH + response.callback_provider
+    ):
+        return CallbackProviderMismatch.reason
+    iss = response.iss
+    if iss is None:
+        return IssuerMismatch.reason if provider.sends_iss else ""
+    # RFC 9207 §2.4: simple string comparison with the issuer the request went to.
+    if provider.spec.issuer and iss != provider.spec.issuer:
+        return IssuerMismatch.reason
+    return ""
+
+
 def _outcome_url(connection: Connection) -> str:
     if connection.status == ConnectionStatus.ACTIVE:
         return append_query(connection.return_url, status="success", connection_id=connection.id)
@@ -320,12 +421,24 @@ _OAUTH_ERROR_CODES = frozenset(
 )
 
 
-async def complete_authorization(state: str, code: str, error: str, deps: ConnectionDeps) -> str:
+async def complete_authorization(response: AuthorizationResponse, deps: ConnectionDeps) -> str:
     """Handle the provider's redirect; return where the browser goes next."""
-    attempt, connection, provider = await _open_attempt(state, deps)
+    attempt, connection, provider = await _open_attempt(response.state, deps)
     if attempt.code_verifier is None:
         raise StateInvalid("this connection is completed with credentials, not through a provider")
+    _check_binding(attempt, response.binding)
+    code, error = response.code, response.error
     now = deps.now()
+    mix_up = _mix_up(attempt, provider, response)
+    if mix_up:
+        # The code may be another provider's: never redeem it here.
+        failed = await _finish(
+            connection, attempt, deps, now, status=ConnectionStatus.FAILED, error=mix_up
+        )
+        return _outcome_url(failed)
+    # RFC 6749 §4.1.3: the exchange repeats the redirect URI the request carried.
+    redirect_uri = attempt.redirect_uri
+    assert redirect_uri is not None  # _mix_up refused an attempt without one
     if error or not code:
         # Only RFC 6749 §4.1.2.1 codes are echoed; anything else could be injected text.
         reason = error if error in _OAUTH_ERROR_CODES else "authorization_failed"
@@ -340,7 +453,7 @@ async def complete_authorization(state: str, code: str, error: str, deps: Connec
             provider.token_url,
             client,
             code=code,
-            redirect_uri=deps.redirect_uri,
+            redirect_uri=redirect_uri,
             code_verifier=attempt.code_verifier,
             scopes=None if provider.params.skip_scope_on_exchange else connection.scopes,
             now=now,
@@ -377,28 +490,77 @@ async def complete_authorization(state: str, code: str, error: str, deps: Connec
     return _outcome_url(activated)
 
 
-async def capture_form(
-    state: str, deps: ConnectionDeps
-) -> tuple[Provider, tuple[CredentialField, ...]]:
-    _, _, provider = await _open_attempt(state, deps)
-    if provider.spec.auth_type not in STATIC_AUTH_TYPES:
-        raise StateInvalid(
-            "this connection is completed through the provider, not with credentials"
-        )
-    return provider, capture_fields(provider)
+@dataclass(frozen=True)
+class CaptureForm:
+    provider: Provider
+    fields: tuple[CredentialField, ...]
+    # Where the page's form may lead the browser: the return URL's origin.
+    return_origin: str
 
 
-async def capture_credentials(
-    state: str, values: Mapping[str, str], deps: ConnectionDeps
-) -> tuple[Connection, str]:
+async def _open_capture(
+    state: str, binding: str | None, deps: ConnectionDeps
+) -> tuple[Attempt, Connection, Provider]:
+    """A capture state's attempt; ``binding`` None is the backend that asked
+    for the connection, which needs no browser."""
     attempt, connection, provider = await _open_attempt(state, deps)
     if provider.spec.auth_type not in STATIC_AUTH_TYPES:
         raise StateInvalid(
             "this connection is completed through the provider, not with credentials"
         )
+    if binding is not None:
+        _check_binding(attempt, binding)
+    return attempt, connection, provider
+
+
+async def capture_form(state: str, binding: str, deps: ConnectionDeps) -> CaptureForm:
+    _, connection, provider = await _open_capture(state, binding, deps)
+    return CaptureForm(provider, capture_fields(provider), origin_of(connection.return_url))
+
+
+async def _live_check(
+    attempt: Attempt,
+    connection: Connection,
+    provider: Provider,
+    accepted: Mapping[str, str],
+    deps: ConnectionDeps,
+) -> Connection | None:
+    """Try the credentials at the provider, within the state's limit of checks.
+    Returns the failed connection when the last check failed and spent the state."""
+    async with deps.uow() as uow:
+        spent = await uow.attempts.spend_check(attempt.id, CAPTURE_CHECK_LIMIT)
+        await uow.commit()
+    if spent is None:
+        raise CaptureAttemptsExhausted(
+            f"all {CAPTURE_CHECK_LIMIT} tries of this link are used; start the connection again"
+        )
+    try:
+        await deps.checker.check(provider, accepted)
+    except CredentialsRejected:
+        if spent < CAPTURE_CHECK_LIMIT:
+            raise
+        return await _finish(
+            connection,
+            attempt,
+            deps,
+            deps.now(),
+            status=ConnectionStatus.FAILED,
+            error=CaptureAttemptsExhausted.reason,
+        )
+    return None
+
+
+async def capture_credentials(
+    state: str, values: Mapping[str, str], deps: ConnectionDeps, *, binding: str | None = None
+) -> tuple[Connection, str]:
+    """Store static credentials for a pending connection. The outcome is the
+    connection, active or (all checks spent) failed, and the return URL with it."""
+    attempt, connection, provider = await _open_capture(state, binding, deps)
     accepted = validate_static_credentials(provider, values)
     # Checked live before anything is stored or the state is spent, so a typo can be retried.
-    await deps.checker.check(provider, accepted)
+    exhausted = await _live_check(attempt, connection, provider, accepted, deps)
+    if exhausted is not None:
+        return exhausted, _outcome_url(exhausted)
     activated = await _finish(
         connection, attempt, deps, deps.now(), status=ConnectionStatus.ACTIVE, static=accepted
     )
@@ -435,7 +597,7 @@ async def list_connections(
     if not workspace_id:
         raise ValidationFailed("workspace_id is required", field="workspace_id")
     filters = {"workspace_id": workspace_id}
-    position = decode_page_token(page_token, filters)
+    position = deps.registry.pages.decode(page_token, filters)
     after = (datetime.fromisoformat(position[0]), position[1]) if position else None
     limit = page_size(requested_size)
     now = deps.now()
@@ -445,7 +607,7 @@ async def list_connections(
         listed = [(replace(c, status=c.status_at(now)), await provider_of(uow, c)) for c in page]
     token = ""
     if len(found) > limit:
-        token = encode_page_token([page[-1].created_at.isoformat(), page[-1].id], filters)
+        token = deps.registry.pages.encode([page[-1].created_at.isoformat(), page[-1].id], filters)
     return ConnectionPage(listed, token)
 
 

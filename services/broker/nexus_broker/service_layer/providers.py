@@ -12,11 +12,12 @@ from nexus_common import (
     AuditEvent,
     ConcurrentModification,
     DiscoveryDocumentInvalid,
+    OutboundAddressNotAllowed,
+    OutboundPolicy,
+    PageTokens,
     ProviderDeleted,
     ProviderNotFound,
     ValidationFailed,
-    decode_page_token,
-    encode_page_token,
     page_size,
 )
 
@@ -28,8 +29,11 @@ from ..domain.providers import (
     SETTABLE_FIELDS,
     Provider,
     ProviderSpec,
+    check_secret_follows_endpoints,
+    endpoint_changes,
     validate_spec,
 )
+from .endpoints import check_discovered_endpoints, check_spec_endpoints
 from .unit_of_work import BrokerUnitOfWork
 
 __all__ = [
@@ -52,6 +56,8 @@ class RegistryDeps:
     clock: Callable[[], datetime]
     discovery_retry_seconds: float
     discovery_max_age_seconds: float
+    pages: PageTokens
+    outbound: OutboundPolicy
 
 
 @dataclass(frozen=True)
@@ -84,11 +90,14 @@ async def _discover(spec: ProviderSpec, now: datetime, deps: RegistryDeps) -> Di
         return Discovery.pending(
             f"{exc.reason}; discovery will be retried when the provider is next used", now
         )
-    return parse_discovery_document(spec.issuer, document, now)
+    discovery = parse_discovery_document(spec.issuer, document, now)
+    await check_discovered_endpoints(discovery, deps.outbound)
+    return discovery
 
 
 async def create_provider(spec: ProviderSpec, deps: RegistryDeps) -> Provider:
     spec = validate_spec(spec, has_secret=bool(spec.client_secret))
+    await check_spec_endpoints(spec, deps.outbound)
     now = deps.clock()
     # Discovery runs before the transaction so no row lock waits on the network.
     discovery = await _discover(spec, now, deps)
@@ -136,7 +145,7 @@ async def get_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
         return provider
     try:
         discovery = await _discover(provider.spec, now, deps)
-    except DiscoveryDocumentInvalid as exc:
+    except (DiscoveryDocumentInvalid, OutboundAddressNotAllowed) as exc:
         # Reading must not fail because the issuer misbehaves now; say so instead.
         discovery = Discovery.pending(f"{exc.message}; discovery will be retried", now)
     if discovery.status != DiscoveryStatus.COMPLETE and provider.discovery.is_complete:
@@ -165,7 +174,7 @@ async def list_providers(
             f"auth_type must be one of {', '.join(AUTH_TYPES)}", field="auth_type"
         )
     filters = {"category": category, "auth_type": auth_type, "show_deleted": show_deleted}
-    after = decode_page_token(page_token, filters)
+    after = deps.pages.decode(page_token, filters)
     limit = page_size(requested_size)
     async with deps.uow() as uow:
         found = await uow.providers.list(
@@ -178,7 +187,7 @@ async def list_providers(
             )
         )
     page, more = found[:limit], len(found) > limit
-    token = encode_page_token([page[-1].name, page[-1].id], filters) if more else ""
+    token = deps.pages.encode([page[-1].name, page[-1].id], filters) if more else ""
     return ProviderPage(page, token)
 
 
@@ -214,6 +223,10 @@ async def update_provider(
         bool(patch.client_secret) if "client_secret" in changed else current.has_client_secret
     )
     merged = validate_spec(merged, has_secret=has_secret)
+    moved = endpoint_changes(current.spec, merged)
+    # Checked before discovery, so a refused change reaches out to no new host.
+    check_secret_follows_endpoints(current, moved, secret_given="client_secret" in changed)
+    await check_spec_endpoints(merged, deps.outbound, changed)
     now = deps.clock()
     discovery = current.discovery
     if {"issuer", "enable_discovery"} & changed:
@@ -239,8 +252,30 @@ async def update_provider(
                 **_audit_view(patch),
             )
         )
+        if moved:
+            await uow.audit.add(_endpoint_change(current, updated, changed, now))
         await uow.commit()
     return updated
+
+
+def _endpoint_change(
+    current: Provider, updated: Provider, changed: set[str], now: datetime
+) -> AuditEvent:
+    before, after = current.endpoints(), updated.endpoints()
+    return AuditEvent.record(
+        "provider.endpoint_change",
+        _resource(updated),
+        now,
+        name=updated.name,
+        endpoints={
+            name: {"old": before[name], "new": after[name]}
+            for name in before
+            if before[name] != after[name]
+            or getattr(current.spec, name) != getattr(updated.spec, name)
+        },
+        # Whether the request gave a client secret; never the secret itself.
+        client_secret_given="client_secret" in changed,
+    )
 
 
 async def delete_provider(id_or_name: str, deps: RegistryDeps) -> Provider:

@@ -30,7 +30,7 @@ session inactive at once.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -113,14 +113,14 @@ class SessionRequest:
     connection_id: str = ""
     workspace_id: str = ""
     # None for an agent session; the user's token for an on-behalf-of session.
-    user_context_token: str | None = None
+    user_context_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
 class IssuedSession:
     session: Session
-    access_token: str
-    session_token: str
+    access_token: str = field(repr=False)
+    session_token: str = field(repr=False)
     # What access_token really carries.
     token_scopes: tuple[str, ...]
 
@@ -192,7 +192,7 @@ class _Credential:
     """The provider token a session hands out, and what it carries."""
 
     connection: Connection
-    access_token: str
+    access_token: str = field(repr=False)
     expires_at: datetime | None
     token_scopes: tuple[str, ...]
     narrowed_token_id: str | None = None
@@ -453,7 +453,7 @@ class _Revocation:
 
     provider: Provider
     client: ClientCredentials
-    token: str
+    token: str = field(repr=False)
 
 
 async def _forget_unshared(

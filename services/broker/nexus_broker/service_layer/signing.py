@@ -4,12 +4,20 @@ Keys live sealed in the database, so every broker replica signs with the same
 key set and any replica can verify what another signed. Replicas racing to
 make the first key of a period each make one; both are published, so either
 verifies.
+
+The JWK Set is served from memory. It is read again when this replica takes a
+new signing key, when the current key retires or a published one expires (the
+moments the set changes), and at the latest after ``jwks_cache_seconds``,
+which bounds how long a key another replica made in the same instant stays
+unseen. Callers may cache it for as long as it stays fresh here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,7 +26,17 @@ import jwt
 from ..domain.signing import ALGORITHM, SigningKey, new_signing_key, public_jwk
 from .unit_of_work import BrokerUnitOfWork
 
-__all__ = ["SessionSigner"]
+__all__ = ["JwkSet", "SessionSigner"]
+
+
+@dataclass(frozen=True)
+class JwkSet:
+    document: dict[str, Any]
+    fresh_until: datetime
+
+    def max_age_seconds(self, now: datetime) -> int:
+        """Whole seconds a cache may keep this set, rounded down."""
+        return max(0, math.floor((self.fresh_until - now).total_seconds()))
 
 
 class SessionSigner:
@@ -28,10 +46,13 @@ class SessionSigner:
         *,
         rotation: timedelta,
         longest_session: timedelta,
+        jwks_cache: timedelta = timedelta(seconds=60),
     ) -> None:
         self._uow = uow
         self._rotation = rotation
         self._longest_session = longest_session
+        self._jwks_cache = jwks_cache
+        self._jwk_set: JwkSet | None = None
         self._current: SigningKey | None = None
         # Keys unsealed before, by kid: the JWK Set and every introspection
         # read the published keys, and unsealing them each time is wasted work.
@@ -59,6 +80,8 @@ class SessionSigner:
                     key = new_signing_key(now, self._rotation, self._longest_session)
                     await uow.signing_keys.add(key)
                     await uow.commit()
+            if self._current is None or self._current.kid != key.kid:
+                self._jwk_set = None
             self._current = key
             return key
 
@@ -69,8 +92,19 @@ class SessionSigner:
         self._opened = {key.kid: key for key in keys}
         return keys
 
-    async def jwks(self, now: datetime) -> dict[str, Any]:
-        return {"keys": [public_jwk(key) for key in await self.published(now)]}
+    async def jwks(self, now: datetime) -> JwkSet:
+        """The published keys as a JWK Set, from memory while it is fresh."""
+        cached = self._jwk_set
+        if cached is not None and now < cached.fresh_until:
+            return cached
+        keys = await self.published(now)
+        current = await self.current(now)
+        fresh_until = min(
+            [now + self._jwks_cache, current.retire_at, *(key.expires_at for key in keys)]
+        )
+        jwk_set = JwkSet({"keys": [public_jwk(key) for key in keys]}, fresh_until)
+        self._jwk_set = jwk_set
+        return jwk_set
 
     async def verify(self, token: str, issuer: str, now: datetime) -> dict[str, Any] | None:
         """The token's claims when a published key signed it and it has not

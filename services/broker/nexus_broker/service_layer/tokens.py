@@ -23,6 +23,7 @@ from nexus_common import (
     RefreshNotSupported,
     RefreshRateLimited,
     SessionNotSupported,
+    retry_stale,
 )
 
 from ..adapters.policy_client import PolicyClient
@@ -470,10 +471,12 @@ async def release_token(
 ) -> TokenPayload:
     """The connection's credentials; ``decide`` is asked first unless the
     caller was already allowed them (a session's decision covers its token)."""
-    payload = await _release(connection_id, deps, refresher, decide)
+    # Each release is one transaction (reads, a decision, an audit row), so
+    # running it again on a fresh connection is safe.
+    payload = await retry_stale(lambda: _release(connection_id, deps, refresher, decide))
     if payload is None:
         await refresher.refresh(connection_id, force=False)
-        payload = await _release(connection_id, deps, None)
+        payload = await retry_stale(lambda: _release(connection_id, deps, None))
     assert payload is not None
     return payload
 

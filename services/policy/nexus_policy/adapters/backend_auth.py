@@ -22,6 +22,8 @@ those. The user's token lives until the earlier of its JWT ``exp`` (when it is
 a JWT) and ``expires_at``, and no session acting for them lives longer.
 
 A 401 or 403, or an ``expires_at`` already past, raises ``UserTokenInvalid``.
+A ``user_id``, ``tenant_id`` or ``clearance_level`` longer than 255 characters
+raises ``UserContextInvalid``: Nexus cannot record a session for that user.
 Anything else fails closed with ``BackendAuthUnavailable``: another status, a
 redirect, a body that is not such an object, no connection, or no complete
 answer within ``timeout_seconds``. Without a confirmed user there is no OBO.
@@ -60,6 +62,8 @@ from nexus_common import (
     JwksUnavailable,
     JwksVerifier,
     JwtVerificationError,
+    OutboundRefused,
+    UserContextInvalid,
     UserTokenInvalid,
     ValidationFailed,
     outbound_span,
@@ -74,6 +78,10 @@ __all__ = ["BackendAuthClient", "LocalVerification", "UserContext", "parse_answe
 # RFC 6750 §2.1 b64token: anything else cannot be sent in an Authorization header.
 BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 MAX_TOKEN_CHARS = 16 * 1024
+# Sessions keep the user's ids in columns of this width.
+MAX_USER_FIELD_CHARS = 255
+# 9999-12-31T23:59:59Z, the last second a datetime can hold.
+LATEST_EXPIRY = 253402300799.0
 _MAX_BODY_BYTES = 256 * 1024
 _FIELD = "user_context_token"
 
@@ -111,6 +119,7 @@ class BackendAuthClient:
         timeout_seconds: float,
         cache_seconds: float,
         local: LocalVerification | None = None,
+        jwks_min_refetch_seconds: float = 30.0,
         clock: Callable[[], float] = time.time,
         cache_size: int = 10_000,
     ) -> None:
@@ -119,7 +128,9 @@ class BackendAuthClient:
         self._timeout_seconds = timeout_seconds
         self._cache_seconds = cache_seconds
         self._local = local
-        self._jwks = JwksVerifier(http, timeout_seconds=timeout_seconds)
+        self._jwks = JwksVerifier(
+            http, timeout_seconds=timeout_seconds, min_refetch_seconds=jwks_min_refetch_seconds
+        )
         self._clock = clock
         self._cache_size = cache_size
         # SHA-256 of a token -> (Unix seconds the entry is good until, answer), oldest use first.
@@ -172,7 +183,8 @@ class BackendAuthClient:
             token_expiry = _unverified_exp(token)
         context = await self._ask_backend(token)
         if token_expiry is not None:
-            context = replace(context, expires_at=min(token_expiry, context.expires_at or math.inf))
+            expires_at = min(token_expiry, context.expires_at or math.inf, LATEST_EXPIRY)
+            context = replace(context, expires_at=expires_at)
         now = self._clock()
         if context.expires_at is not None and context.expires_at <= now:
             raise UserTokenInvalid("the user context token has expired")
@@ -240,6 +252,8 @@ class BackendAuthClient:
                             f"the user backend answered HTTP {response.status_code}"
                         )
                     body = await _read_capped(response)
+        except OutboundRefused as exc:
+            raise BackendAuthUnavailable(f"the user backend was not called: {exc}") from exc
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise BackendAuthUnavailable(
                 f"the user backend did not answer within {self._timeout_seconds:g} s"
@@ -304,6 +318,17 @@ def parse_answer(body: bytes) -> UserContext:
     expires_at = answer.get("expires_at")
     if expires_at is not None and not _is_number(expires_at):
         raise malformed("expires_at must be a number of Unix seconds")
+    for name, value in (
+        ("user_id", user_id),
+        ("tenant_id", tenant_id),
+        ("clearance_level", clearance),
+    ):
+        if len(str(value)) > MAX_USER_FIELD_CHARS:
+            raise UserContextInvalid(
+                f"the user backend's {name} for this user is longer than "
+                f"{MAX_USER_FIELD_CHARS} characters; Nexus cannot act for them",
+                field=name,
+            )
     workspaces = answer.get("workspaces")
     workspaces = [] if workspaces is None else workspaces
     if not isinstance(workspaces, list) or not all(
@@ -315,6 +340,7 @@ def parse_answer(body: bytes) -> UserContext:
         tenant_id=tenant_id,
         clearance_level=str(clearance),
         permissions=frozenset(permissions),
-        expires_at=None if expires_at is None else float(expires_at),
+        # Any later expiry is as good as none, and still a date every service can hold.
+        expires_at=None if expires_at is None else min(float(expires_at), LATEST_EXPIRY),
         workspaces=frozenset([user_id, *workspaces]),
     )

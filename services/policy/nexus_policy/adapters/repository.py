@@ -134,7 +134,7 @@ class OutboxRepository:
         self._session = session
 
     async def add(self, event: AuditEvent) -> None:
-        await self._session.execute(audit_outbox.insert().values(**asdict(event)))
+        await self._session.execute(audit_outbox.insert().values(**asdict(event.fitted())))
 
     async def oldest(self, limit: int) -> list[AuditEvent]:
         rows = await self._session.execute(

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from nexus_common import ValidationFailed
@@ -79,7 +79,7 @@ class AgentKey:
 @dataclass(frozen=True)
 class IssuedKey:
     key_id: str
-    key: str
+    key: str = field(repr=False)
 
 
 def digest_key(key: str) -> bytes:

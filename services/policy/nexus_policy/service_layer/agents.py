@@ -12,10 +12,9 @@ from nexus_common import (
     AgentDisabled,
     AgentNotFound,
     AuditEvent,
+    PageTokens,
     Unauthenticated,
     ValidationFailed,
-    decode_page_token,
-    encode_page_token,
     page_size,
 )
 
@@ -63,6 +62,7 @@ class RegistryDeps:
     uow: Callable[[], PolicyUnitOfWork]
     clock: Callable[[], datetime]
     agents: AgentCache
+    pages: PageTokens
     sessions: SessionTerminator | None = None
 
 
@@ -165,13 +165,13 @@ async def get_agent(deps: RegistryDeps, agent_id: str) -> Agent:
 
 async def list_agents(deps: RegistryDeps, size: int, token: str) -> tuple[list[Agent], str]:
     limit = page_size(size)
-    position = decode_page_token(token, {})
+    position = deps.pages.decode(token, {})
     after = str(position[0]) if position else None
     async with deps.uow() as uow:
         page = await uow.agents.list(after, limit + 1)
     more = len(page) > limit
     page = page[:limit]
-    return page, encode_page_token([page[-1].agent_id], {}) if more else ""
+    return page, deps.pages.encode([page[-1].agent_id], {}) if more else ""
 
 
 async def update_agent(deps: RegistryDeps, agent_id: str, change: AgentChange) -> Agent:

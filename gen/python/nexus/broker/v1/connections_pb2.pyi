@@ -95,28 +95,91 @@ class RequestConnectionResponse(_message.Message):
 Global___RequestConnectionResponse: _TypeAlias = RequestConnectionResponse  # noqa: Y015
 
 @_typing.final
+class BeginAuthorizationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    BINDING_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    binding: _builtins.str
+    """The random value of the browser's binding cookie (new or already set)."""
+    def __init__(
+        self,
+        *,
+        state: _builtins.str = ...,
+        binding: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding", b"binding", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginAuthorizationRequest: _TypeAlias = BeginAuthorizationRequest  # noqa: Y015
+
+@_typing.final
+class BeginAuthorizationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REDIRECT_URL_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    redirect_url: _builtins.str
+    """Where to send the browser next: the provider, or the hosted capture page."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the state (and so the binding cookie) expires."""
+
+    def __init__(
+        self,
+        *,
+        redirect_url: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "redirect_url", b"redirect_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginAuthorizationResponse: _TypeAlias = BeginAuthorizationResponse  # noqa: Y015
+
+@_typing.final
 class CompleteAuthorizationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    ISS_FIELD_NUMBER: _builtins.int
+    BINDING_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     code: _builtins.str
     error: _builtins.str
     """The provider's error, e.g. "access_denied"."""
+    provider: _builtins.str
+    """The provider name in the callback path (/v1/callback/{provider})."""
+    iss: _builtins.str
+    """RFC 9207 authorization response issuer; absent when the provider sent none."""
+    binding: _builtins.str
+    """The browser's binding cookie for this state."""
     def __init__(
         self,
         *,
         state: _builtins.str = ...,
         code: _builtins.str = ...,
         error: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        iss: _builtins.str | None = ...,
+        binding: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_iss", b"_iss", "iss", b"iss"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "error", b"error", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_iss", b"_iss", "binding", b"binding", "code", b"code", "error", b"error", "iss", b"iss", "provider", b"provider", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__iss: _TypeAlias = _typing.Literal["iss"]  # noqa: Y015
+    _WhichOneofArgType__iss: _TypeAlias = _typing.Literal["_iss", b"_iss"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__iss) -> _WhichOneofReturnType__iss | None: ...
 
 Global___CompleteAuthorizationRequest: _TypeAlias = CompleteAuthorizationRequest  # noqa: Y015
 
@@ -145,15 +208,19 @@ class GetCaptureFormRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
+    BINDING_FIELD_NUMBER: _builtins.int
     state: _builtins.str
+    binding: _builtins.str
+    """The browser's binding cookie for this state."""
     def __init__(
         self,
         *,
         state: _builtins.str = ...,
+        binding: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding", b"binding", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -168,8 +235,11 @@ class CaptureForm(_message.Message):
     PROVIDER_NAME_FIELD_NUMBER: _builtins.int
     PROVIDER_DESCRIPTION_FIELD_NUMBER: _builtins.int
     FIELDS_FIELD_NUMBER: _builtins.int
+    RETURN_ORIGIN_FIELD_NUMBER: _builtins.int
     provider_name: _builtins.str
     provider_description: _builtins.str
+    return_origin: _builtins.str
+    """The origin of the connection's return URL, which the page's form may lead to."""
     @_builtins.property
     def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaptureField]: ...
     def __init__(
@@ -178,10 +248,11 @@ class CaptureForm(_message.Message):
         provider_name: _builtins.str = ...,
         provider_description: _builtins.str = ...,
         fields: _abc.Iterable[Global___CaptureField] | None = ...,
+        return_origin: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "provider_description", b"provider_description", "provider_name", b"provider_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "provider_description", b"provider_description", "provider_name", b"provider_name", "return_origin", b"return_origin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -259,6 +330,53 @@ class CaptureCredentialsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CaptureCredentialsRequest: _TypeAlias = CaptureCredentialsRequest  # noqa: Y015
+
+@_typing.final
+class SubmitCaptureFormRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CredentialsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    STATE_FIELD_NUMBER: _builtins.int
+    CREDENTIALS_FIELD_NUMBER: _builtins.int
+    BINDING_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    binding: _builtins.str
+    """The browser's binding cookie for this state."""
+    @_builtins.property
+    def credentials(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        state: _builtins.str = ...,
+        credentials: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        binding: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding", b"binding", "credentials", b"credentials", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitCaptureFormRequest: _TypeAlias = SubmitCaptureFormRequest  # noqa: Y015
 
 @_typing.final
 class CaptureCredentialsResponse(_message.Message):
@@ -389,8 +507,11 @@ class TokenPayload(_message.Message):
     STRATEGY_FIELD_NUMBER: _builtins.int
     CREDENTIALS_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
-    expires_at: _builtins.int
-    """Unix seconds; absent for credentials that do not expire."""
+    expires_at: _builtins.float
+    """Unix seconds; absent for credentials that do not expire. A double, so
+    that any real expiry fits (a uint32 ends in 2106) and proto3 JSON prints
+    it as a number (it prints 64-bit integers as strings). Always whole.
+    """
     @_builtins.property
     def strategy(self) -> _struct_pb2.Struct:
         """{"type": "oauth2" | "api_key" | "basic_auth", ...how to apply the credentials}"""
@@ -402,7 +523,7 @@ class TokenPayload(_message.Message):
         *,
         strategy: _struct_pb2.Struct | None = ...,
         credentials: _struct_pb2.Struct | None = ...,
-        expires_at: _builtins.int | None = ...,
+        expires_at: _builtins.float | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at", "credentials", b"credentials", "expires_at", b"expires_at", "strategy", b"strategy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

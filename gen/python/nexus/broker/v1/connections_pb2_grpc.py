@@ -43,6 +43,11 @@ class ConnectionServiceStub:
                 request_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.RequestConnectionRequest.SerializeToString,
                 response_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.RequestConnectionResponse.FromString,
                 _registered_method=True)
+        self.BeginAuthorization = channel.unary_unary(
+                '/nexus.broker.v1.ConnectionService/BeginAuthorization',
+                request_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.BeginAuthorizationRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.BeginAuthorizationResponse.FromString,
+                _registered_method=True)
         self.CompleteAuthorization = channel.unary_unary(
                 '/nexus.broker.v1.ConnectionService/CompleteAuthorization',
                 request_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.CompleteAuthorizationRequest.SerializeToString,
@@ -56,6 +61,11 @@ class ConnectionServiceStub:
         self.CaptureCredentials = channel.unary_unary(
                 '/nexus.broker.v1.ConnectionService/CaptureCredentials',
                 request_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.CaptureCredentialsRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.CaptureCredentialsResponse.FromString,
+                _registered_method=True)
+        self.SubmitCaptureForm = channel.unary_unary(
+                '/nexus.broker.v1.ConnectionService/SubmitCaptureForm',
+                request_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.SubmitCaptureFormRequest.SerializeToString,
                 response_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.CaptureCredentialsResponse.FromString,
                 _registered_method=True)
         self.CheckConnection = channel.unary_unary(
@@ -102,6 +112,13 @@ class ConnectionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BeginAuthorization(self, request, context):
+        """A browser opened auth_url (gateway's /v1/connect/{state}): bind the state to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CompleteAuthorization(self, request, context):
         """The browser came back from the provider (gateway's /v1/callback).
         """
@@ -118,6 +135,13 @@ class ConnectionServiceServicer:
 
     def CaptureCredentials(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitCaptureForm(self, request, context):
+        """The hosted capture page was submitted by the browser bound to its state.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -166,6 +190,11 @@ def add_ConnectionServiceServicer_to_server(servicer, server):
                     request_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.RequestConnectionRequest.FromString,
                     response_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.RequestConnectionResponse.SerializeToString,
             ),
+            'BeginAuthorization': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginAuthorization,
+                    request_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.BeginAuthorizationRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.BeginAuthorizationResponse.SerializeToString,
+            ),
             'CompleteAuthorization': grpc.unary_unary_rpc_method_handler(
                     servicer.CompleteAuthorization,
                     request_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.CompleteAuthorizationRequest.FromString,
@@ -179,6 +208,11 @@ def add_ConnectionServiceServicer_to_server(servicer, server):
             'CaptureCredentials': grpc.unary_unary_rpc_method_handler(
                     servicer.CaptureCredentials,
                     request_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.CaptureCredentialsRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.CaptureCredentialsResponse.SerializeToString,
+            ),
+            'SubmitCaptureForm': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitCaptureForm,
+                    request_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.SubmitCaptureFormRequest.FromString,
                     response_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.CaptureCredentialsResponse.SerializeToString,
             ),
             'CheckConnection': grpc.unary_unary_rpc_method_handler(
@@ -242,6 +276,33 @@ class ConnectionService:
             '/nexus.broker.v1.ConnectionService/RequestConnection',
             nexus_dot_broker_dot_v1_dot_connections__pb2.RequestConnectionRequest.SerializeToString,
             nexus_dot_broker_dot_v1_dot_connections__pb2.RequestConnectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginAuthorization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.broker.v1.ConnectionService/BeginAuthorization',
+            nexus_dot_broker_dot_v1_dot_connections__pb2.BeginAuthorizationRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_connections__pb2.BeginAuthorizationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -322,6 +383,33 @@ class ConnectionService:
             target,
             '/nexus.broker.v1.ConnectionService/CaptureCredentials',
             nexus_dot_broker_dot_v1_dot_connections__pb2.CaptureCredentialsRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_connections__pb2.CaptureCredentialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitCaptureForm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.broker.v1.ConnectionService/SubmitCaptureForm',
+            nexus_dot_broker_dot_v1_dot_connections__pb2.SubmitCaptureFormRequest.SerializeToString,
             nexus_dot_broker_dot_v1_dot_connections__pb2.CaptureCredentialsResponse.FromString,
             options,
             channel_credentials,

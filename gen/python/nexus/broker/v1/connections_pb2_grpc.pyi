@@ -38,11 +38,15 @@ class ConnectionServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ConnectionServiceAsyncStub: ...
     RequestConnection: _grpc.UnaryUnaryMultiCallable[_connections_pb2.RequestConnectionRequest, _connections_pb2.RequestConnectionResponse]
+    BeginAuthorization: _grpc.UnaryUnaryMultiCallable[_connections_pb2.BeginAuthorizationRequest, _connections_pb2.BeginAuthorizationResponse]
+    """A browser opened auth_url (gateway's /v1/connect/{state}): bind the state to it."""
     CompleteAuthorization: _grpc.UnaryUnaryMultiCallable[_connections_pb2.CompleteAuthorizationRequest, _connections_pb2.CompleteAuthorizationResponse]
     """The browser came back from the provider (gateway's /v1/callback)."""
     GetCaptureForm: _grpc.UnaryUnaryMultiCallable[_connections_pb2.GetCaptureFormRequest, _connections_pb2.CaptureForm]
     """What the hosted capture page asks for."""
     CaptureCredentials: _grpc.UnaryUnaryMultiCallable[_connections_pb2.CaptureCredentialsRequest, _connections_pb2.CaptureCredentialsResponse]
+    SubmitCaptureForm: _grpc.UnaryUnaryMultiCallable[_connections_pb2.SubmitCaptureFormRequest, _connections_pb2.CaptureCredentialsResponse]
+    """The hosted capture page was submitted by the browser bound to its state."""
     CheckConnection: _grpc.UnaryUnaryMultiCallable[_connections_pb2.CheckConnectionRequest, _connections_pb2.Connection]
     GetToken: _grpc.UnaryUnaryMultiCallable[_connections_pb2.GetTokenRequest, _connections_pb2.TokenPayload]
     RefreshConnection: _grpc.UnaryUnaryMultiCallable[_connections_pb2.RefreshConnectionRequest, _connections_pb2.Connection]
@@ -59,11 +63,15 @@ class ConnectionServiceAsyncStub(ConnectionServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RequestConnection: _aio.UnaryUnaryMultiCallable[_connections_pb2.RequestConnectionRequest, _connections_pb2.RequestConnectionResponse]  # type: ignore[assignment]
+    BeginAuthorization: _aio.UnaryUnaryMultiCallable[_connections_pb2.BeginAuthorizationRequest, _connections_pb2.BeginAuthorizationResponse]  # type: ignore[assignment]
+    """A browser opened auth_url (gateway's /v1/connect/{state}): bind the state to it."""
     CompleteAuthorization: _aio.UnaryUnaryMultiCallable[_connections_pb2.CompleteAuthorizationRequest, _connections_pb2.CompleteAuthorizationResponse]  # type: ignore[assignment]
     """The browser came back from the provider (gateway's /v1/callback)."""
     GetCaptureForm: _aio.UnaryUnaryMultiCallable[_connections_pb2.GetCaptureFormRequest, _connections_pb2.CaptureForm]  # type: ignore[assignment]
     """What the hosted capture page asks for."""
     CaptureCredentials: _aio.UnaryUnaryMultiCallable[_connections_pb2.CaptureCredentialsRequest, _connections_pb2.CaptureCredentialsResponse]  # type: ignore[assignment]
+    SubmitCaptureForm: _aio.UnaryUnaryMultiCallable[_connections_pb2.SubmitCaptureFormRequest, _connections_pb2.CaptureCredentialsResponse]  # type: ignore[assignment]
+    """The hosted capture page was submitted by the browser bound to its state."""
     CheckConnection: _aio.UnaryUnaryMultiCallable[_connections_pb2.CheckConnectionRequest, _connections_pb2.Connection]  # type: ignore[assignment]
     GetToken: _aio.UnaryUnaryMultiCallable[_connections_pb2.GetTokenRequest, _connections_pb2.TokenPayload]  # type: ignore[assignment]
     RefreshConnection: _aio.UnaryUnaryMultiCallable[_connections_pb2.RefreshConnectionRequest, _connections_pb2.Connection]  # type: ignore[assignment]
@@ -83,6 +91,14 @@ class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _connections_pb2.RequestConnectionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_connections_pb2.RequestConnectionResponse, _abc.Awaitable[_connections_pb2.RequestConnectionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def BeginAuthorization(
+        self,
+        request: _connections_pb2.BeginAuthorizationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_connections_pb2.BeginAuthorizationResponse, _abc.Awaitable[_connections_pb2.BeginAuthorizationResponse]]:
+        """A browser opened auth_url (gateway's /v1/connect/{state}): bind the state to it."""
 
     @_abc_1.abstractmethod
     def CompleteAuthorization(
@@ -106,6 +122,14 @@ class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _connections_pb2.CaptureCredentialsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_connections_pb2.CaptureCredentialsResponse, _abc.Awaitable[_connections_pb2.CaptureCredentialsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SubmitCaptureForm(
+        self,
+        request: _connections_pb2.SubmitCaptureFormRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_connections_pb2.CaptureCredentialsResponse, _abc.Awaitable[_connections_pb2.CaptureCredentialsResponse]]:
+        """The hosted capture page was submitted by the browser bound to its state."""
 
     @_abc_1.abstractmethod
     def CheckConnection(

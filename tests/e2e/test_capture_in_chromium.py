@@ -1,0 +1,98 @@
+"""The hosted capture page in a real browser: headless Chromium, driven by
+Selenium, through the real Envoy, back to an app served on loopback.
+
+Chromium applies the page's CSP form-action to the redirect that follows the
+submit, so this is the test that shows the user really lands back in the app.
+Outside CI it is skipped when Chromium is not installed; in CI (CI=true) a
+missing Chromium fails it, since .ci/run installs it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.e2e.test_rest_connections import admin, request_connection
+from tests.support.app_server import GOOD_API_KEY, AppServer
+from tools.devstack import Stack
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
+    if missing:
+        message = f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    browser.set_page_load_timeout(30)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+def test_submitting_the_capture_page_lands_on_the_return_url(
+    rest: httpx.Client, stack: Stack, app: AppServer, chromium: webdriver.Chrome
+) -> None:
+    created = rest.post(
+        "/v1/providers",
+        headers=admin(stack),
+        json={
+            "name": "weather-in-chromium",
+            "auth_type": "api_key",
+            "api_base_url": app.url,
+            "user_info_endpoint": "/api/me",
+            "params": {
+                "credential_schema": {
+                    "fields": [
+                        {"name": "api_key", "label": "API key", "in": "header", "key": "X-Api-Key"}
+                    ]
+                }
+            },
+        },
+    )
+    assert created.status_code == 200, created.text
+    started = request_connection(rest, stack, created.json()["id"], f"{app.url}/done", scopes=())
+    assert started.status_code == 200, started.text
+    body = started.json()
+
+    chromium.get(body["auth_url"])
+    assert chromium.current_url == f"{stack.rest_url}/v1/capture/{body['state']}"
+    chromium.find_element(By.ID, "api_key").send_keys(GOOD_API_KEY)
+    chromium.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(chromium, 20).until(lambda b: b.current_url.startswith(f"{app.url}/done"))
+
+    outcome = parse_qs(urlsplit(chromium.current_url).query)
+    assert outcome == {"status": ["success"], "connection_id": [body["connection_id"]]}
+    assert "connected" in chromium.page_source
+    assert any(body["connection_id"] in landing for landing in app.landings)
+    token = rest.get(f"/v1/token/{body['connection_id']}", headers=admin(stack)).json()
+    assert token["credentials"] == {"api_key": GOOD_API_KEY}
