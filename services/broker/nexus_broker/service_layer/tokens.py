@@ -104,17 +104,9 @@ class Refresher:
                     f"{provider.name} issued no refresh token for this connection, so "
                     "Nexus cannot narrow its scopes"
                 )
-            refresh_token = tokens.refresh_token
             try:
-                fresh = await self.leases.call(
-                    lease,
-                    lambda: self.deps.tokens.refresh(
-                        provider.token_url,
-                        client,
-                        refresh_token=refresh_token,
-                        scopes=scopes,
-                        now=now,
-                    ),
+                fresh = await self._redeem(
+                    lease, provider, client, tokens.refresh_token, scopes=scopes, now=now
                 )
             except TokenEndpointError as exc:
                 raise ProviderUnavailable(
@@ -135,6 +127,24 @@ class Refresher:
                         "another broker took over this connection's refresh meanwhile; retry"
                     )
             return fresh
+
+    async def _redeem(
+        self,
+        lease: Lease,
+        provider: Provider,
+        client: ClientCredentials,
+        refresh_token: str,
+        *,
+        scopes: tuple[str, ...] | None,
+        now: datetime,
+    ) -> TokenSet:
+        """One refresh grant at the provider, cut off before the lease could lapse."""
+        return await self.leases.call(
+            lease,
+            lambda: self.deps.tokens.refresh(
+                provider.token_url, client, refresh_token=refresh_token, scopes=scopes, now=now
+            ),
+        )
 
     async def _refresh_once(self, connection_id: str, *, force: bool) -> None:
         started = self.deps.now()
@@ -209,18 +219,15 @@ class Refresher:
                 error="the provider gave no refresh token; the user must reconnect",
             )
             return
-        refresh_token = tokens.refresh_token
         narrowed = provider.params.supports_scope_narrowing and connection.scopes
         try:
-            fresh = await self.leases.call(
+            fresh = await self._redeem(
                 lease,
-                lambda: self.deps.tokens.refresh(
-                    provider.token_url,
-                    client,
-                    refresh_token=refresh_token,
-                    scopes=connection.scopes if narrowed else None,
-                    now=now,
-                ),
+                provider,
+                client,
+                tokens.refresh_token,
+                scopes=connection.scopes if narrowed else None,
+                now=now,
             )
         except TokenEndpointError as exc:
             await self._record_provider_error(lease, connection, now, exc)
