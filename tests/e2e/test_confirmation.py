@@ -146,7 +146,8 @@ def test_a_forwarded_unopened_auth_url_never_lands_in_the_senders_workspace(
 
     assert _status(rest, stack, connection_id)["status"] == "unconfirmed"
     assert _not_active(rest, stack, connection_id) == "unconfirmed"
-    assert rest.post(f"/v1/refresh/{connection_id}", headers=admin(stack)).status_code == 400
+    refresh = rest.post(f"/v1/refresh/{connection_id}", headers=admin(stack))
+    assert refresh.status_code == 400 and _reason(refresh) == "CONNECTION_NOT_ACTIVE"
 
     # Nobody confirms: the connection expires and its tokens are revoked at the provider.
     deadline = time.monotonic() + TTL_SECONDS + 15
