@@ -94,6 +94,7 @@ __all__ = [
     "CallerNotAllowed",
     "CaptureAttemptsExhausted",
     "ConcurrentModification",
+    "ConfirmationInvalid",
     "ConnectionAmbiguous",
     "ConnectionExceedsAgentScopes",
     "ConnectionNotActive",
@@ -219,6 +220,13 @@ class DiscoveryDocumentInvalid(InvalidArgument):
 
 class StateInvalid(InvalidArgument):
     reason = "STATE_INVALID"
+
+
+class ConfirmationInvalid(InvalidArgument):
+    """A confirmation code that is wrong, used, expired, or for a connection
+    that awaits none."""
+
+    reason = "CONFIRMATION_INVALID"
 
 
 class ReturnUrlNotAllowed(InvalidArgument):

@@ -7,7 +7,10 @@ from nexus_broker.domain.connections import Connection, ConnectionStatus, Refres
 from nexus_broker.domain.return_urls import ReturnUrlPolicy, append_query
 from nexus_broker.domain.rfc7636 import code_challenge, new_code_verifier
 from nexus_broker.domain.state import StateSigner
-from nexus_common import StateInvalid
+from nexus_broker.settings import BrokerSettings
+from nexus_common import ConfigError, StateInvalid
+
+from tests.conftest import service_env
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 KEY = b"k" * 32
@@ -112,3 +115,37 @@ def test_an_unfinished_connection_expires() -> None:
     )
     assert pending.status_at(NOW) == ConnectionStatus.PENDING
     assert pending.status_at(NOW + timedelta(minutes=10)) == ConnectionStatus.EXPIRED
+
+
+def test_an_unconfirmed_connection_expires_at_its_deadline() -> None:
+    unconfirmed = Connection(
+        "c",
+        "w",
+        "p",
+        (),
+        "https://app",
+        ConnectionStatus.UNCONFIRMED,
+        NOW,
+        NOW,
+        pending_until=NOW + timedelta(minutes=10),
+    )
+    assert unconfirmed.status_at(NOW) == ConnectionStatus.UNCONFIRMED
+    assert unconfirmed.status_at(NOW + timedelta(minutes=10)) == ConnectionStatus.EXPIRED
+
+
+@pytest.mark.parametrize(
+    ("value", "always"),
+    [("", False), ("optional", False), ("required", True), ("Required ", True)],
+)
+def test_connection_confirmation_is_optional_unless_required(value: str, always: bool) -> None:
+    env = service_env("sqlite:///unused.db", "1:" + "A" * 43 + "=")
+    env["NEXUS_CONNECTION_CONFIRMATION"] = value
+    assert BrokerSettings.from_env(env).confirmation_always is always
+
+
+@pytest.mark.parametrize("value", ["sometimes", "true", "yes"])
+def test_connection_confirmation_takes_only_its_two_values(value: str) -> None:
+    env = service_env("sqlite:///unused.db", "1:" + "A" * 43 + "=")
+    env["NEXUS_CONNECTION_CONFIRMATION"] = value
+    with pytest.raises(ConfigError, match="NEXUS_CONNECTION_CONFIRMATION"):
+        BrokerSettings.from_env(env)

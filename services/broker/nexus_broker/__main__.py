@@ -29,6 +29,7 @@ from nexus_common import (
 )
 
 from .server import MIGRATIONS, BrokerCore, create_broker, create_core, migrate_database
+from .service_layer.connections import ConnectionDeps, expire_unconfirmed
 from .service_layer.providers import reseal_secrets
 from .service_layer.sessions import purge_sessions
 from .settings import BrokerSettings
@@ -51,12 +52,28 @@ async def _purge_loop(core: BrokerCore, retention: timedelta) -> None:
         await asyncio.sleep(_PURGE_INTERVAL_SECONDS)
 
 
+async def _expire_loop(deps: ConnectionDeps, interval: float) -> None:
+    """Unconfirmed connections whose time ran out lose their tokens, at the
+    provider too, soon after: nobody may confirm them any more."""
+    while True:
+        try:
+            expired = await expire_unconfirmed(deps)
+            if expired:
+                log.info("expired %d unconfirmed connections", expired)
+        except Exception:
+            log.exception("expiring unconfirmed connections failed")
+        await asyncio.sleep(interval)
+
+
 async def _serve(settings: BrokerSettings) -> None:
     broker = create_broker(settings)
     tasks = [
         asyncio.create_task(
             _purge_loop(broker.core, timedelta(seconds=settings.session_retention_seconds))
-        )
+        ),
+        asyncio.create_task(
+            _expire_loop(broker.core.connections, settings.refresh_interval_seconds)
+        ),
     ]
     if settings.refresh_loop:
         tasks.append(

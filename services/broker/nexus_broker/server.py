@@ -117,6 +117,7 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
         return_urls=ReturnUrlPolicy(settings.return_url_allowlist),
         public_base_url=settings.public_base_url,
         pending_ttl=timedelta(seconds=settings.connection_ttl_seconds),
+        confirmation_always=settings.confirmation_always,
         refresh=settings.refresh,
         random=random.random,
         leases=RefreshLeases(

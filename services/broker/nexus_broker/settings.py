@@ -39,6 +39,9 @@ class BrokerSettings:
     state_key: bytes = field(repr=False)
     return_url_allowlist: tuple[str, ...]
     connection_ttl_seconds: float
+    # NEXUS_CONNECTION_CONFIRMATION=required: every connection waits for the
+    # app's ConfirmConnection, not only those that ask for it.
+    confirmation_always: bool
     provider_timeout_seconds: float
     jwks_min_refetch_seconds: float
     # Where provider calls may go; each takes at most provider_timeout_seconds in all.
@@ -84,6 +87,7 @@ class BrokerSettings:
                 if entry.strip()
             ),
             connection_ttl_seconds=env.number("NEXUS_CONNECTION_TTL_SECONDS", 600.0),
+            confirmation_always=_confirmation_always(env),
             provider_timeout_seconds=env.number("NEXUS_PROVIDER_TIMEOUT_SECONDS", 10.0),
             jwks_min_refetch_seconds=env.jwks_min_refetch_seconds(),
             outbound=_outbound(env, env.number("NEXUS_PROVIDER_TIMEOUT_SECONDS", 10.0)),
@@ -121,6 +125,13 @@ def _outbound(env: Env, deadline_seconds: float) -> OutboundPolicy:
         max_body_bytes=env.integer("NEXUS_OUTBOUND_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
         deadline_seconds=deadline_seconds,
     )
+
+
+def _confirmation_always(env: Env) -> bool:
+    value = env.text("NEXUS_CONNECTION_CONFIRMATION", "optional").strip().lower()
+    if value not in ("optional", "required"):
+        raise ConfigError("NEXUS_CONNECTION_CONFIRMATION must be 'optional' or 'required'")
+    return value == "required"
 
 
 def _state_key(value: str) -> bytes:

@@ -127,6 +127,17 @@ class ConnectionServicer(gateway_pb2_grpc.ConnectionServiceServicer):
     ) -> empty_pb2.Empty:
         return await self._broker.call(self._stub.DeleteConnection, request)
 
+    async def ConfirmConnection(
+        self, request: gateway_pb2.ConfirmConnectionRequest, context: Context
+    ) -> connections_pb2.Connection:
+        confirm = request_body(request, request.confirm)
+        if confirm.connection_id and confirm.connection_id != request.connection_id:
+            raise ValidationFailed(
+                "the body names a different connection than the path", field="connection_id"
+            )
+        confirm.connection_id = request.connection_id
+        return await self._broker.call(self._stub.ConfirmConnection, confirm)
+
     async def CaptureCredentials(
         self, request: gateway_pb2.CaptureCredentialsRequest, context: Context
     ) -> connections_pb2.CaptureCredentialsResponse:

@@ -160,6 +160,19 @@ class ConnectionRepository:
             )
         return [self._to_domain(row) for row in await self._session.execute(statement)]
 
+    async def unconfirmed_past(self, now: datetime, limit: int) -> list[str]:
+        """Unconfirmed connections whose time to be confirmed has run out."""
+        statement = (
+            select(connections.c.id)
+            .where(
+                connections.c.status == ConnectionStatus.UNCONFIRMED,
+                connections.c.pending_until <= now,
+            )
+            .order_by(connections.c.pending_until)
+            .limit(limit)
+        )
+        return list((await self._session.scalars(statement)).all())
+
     async def usable_for(
         self, provider_id: str, workspaces: frozenset[str] | None, limit: int
     ) -> list[Connection]:
@@ -261,6 +274,8 @@ class Attempt:
     authorization_url: str | None = None
     binding_hash: str | None = None
     capture_checks: int = 0
+    confirmation_required: bool = False
+    confirmation_hash: str | None = None
 
 
 class AttemptRepository:
@@ -286,15 +301,20 @@ class AttemptRepository:
                 authorization_url=attempt.authorization_url,
                 binding_hash=attempt.binding_hash,
                 capture_checks=attempt.capture_checks,
+                confirmation_required=attempt.confirmation_required,
+                confirmation_hash=attempt.confirmation_hash,
             )
         )
 
     async def get(self, attempt_id: str) -> Attempt | None:
-        row = (
-            await self._session.execute(
-                select(authorization_attempts).where(authorization_attempts.c.id == attempt_id)
-            )
-        ).first()
+        return await self._one(authorization_attempts.c.id == attempt_id)
+
+    async def of_connection(self, connection_id: str) -> Attempt | None:
+        """The attempt a connection was started with (each has exactly one)."""
+        return await self._one(authorization_attempts.c.connection_id == connection_id)
+
+    async def _one(self, condition: Any) -> Attempt | None:
+        row = (await self._session.execute(select(authorization_attempts).where(condition))).first()
         if row is None:
             return None
         verifier = (
@@ -315,6 +335,8 @@ class AttemptRepository:
             row.authorization_url,
             row.binding_hash,
             row.capture_checks,
+            row.confirmation_required,
+            row.confirmation_hash,
         )
 
     async def bind(self, attempt_id: str, binding_hash: str) -> bool:
@@ -354,6 +376,25 @@ class AttemptRepository:
             authorization_attempts.c.code_verifier_sealed,
             _verifier_aad,
         )
+
+    async def set_confirmation(self, attempt_id: str, confirmation_hash: str) -> None:
+        await self._session.execute(
+            update(authorization_attempts)
+            .where(authorization_attempts.c.id == attempt_id)
+            .values(confirmation_hash=confirmation_hash)
+        )
+
+    async def use_confirmation(self, attempt_id: str, confirmation_hash: str) -> bool:
+        """Clear the confirmation code; False when it was used (or changed) meanwhile."""
+        result = await self._session.execute(
+            update(authorization_attempts)
+            .where(
+                authorization_attempts.c.id == attempt_id,
+                authorization_attempts.c.confirmation_hash == confirmation_hash,
+            )
+            .values(confirmation_hash=None)
+        )
+        return int(getattr(result, "rowcount", 0)) == 1
 
     async def consume(self, attempt_id: str, now: datetime) -> bool:
         """Mark the attempt used; False when it already was (a replay)."""

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 __all__ = [
@@ -130,6 +131,10 @@ authorization_attempts = Table(
     Column("binding_hash", String(64), nullable=True),
     # Live credential checks spent on this state (the capture page's limit).
     Column("capture_checks", Integer, nullable=False, server_default="0"),
+    # The app must confirm the completed connection (ConfirmConnection), with
+    # the code whose SHA-256 (hex) is kept here until it is used.
+    Column("confirmation_required", Boolean, nullable=False, server_default=false()),
+    Column("confirmation_hash", String(64), nullable=True),
 )
 
 agent_sessions = Table(

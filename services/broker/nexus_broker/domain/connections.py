@@ -1,8 +1,12 @@
 """Connections: their lifecycle, the tokens they hold, and when to refresh.
 
 pending ──callback ok──▶ active ──invalid_grant──▶ attention
-   │ └─provider error──▶ failed        │
-   └─(not finished in time)▶ expired   └──revoke──▶ revoked
+   │ │                      │                       │
+   │ │                      └───────revoke──────────┴──▶ revoked
+   │ ├─callback ok, confirmation asked──▶ unconfirmed ──confirmed──▶ active
+   │ │                                        └─(not confirmed in time)─▶ expired
+   │ └─provider error──▶ failed
+   └─(not finished in time)▶ expired
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ def token_lifetime(expires_in: object) -> timedelta | None:
 
 class ConnectionStatus:
     PENDING = "pending"
+    # Completed, with its credentials sealed, but unusable until the app that
+    # asked for it confirms it (ConfirmConnection).
+    UNCONFIRMED = "unconfirmed"
     ACTIVE = "active"
     ATTENTION = "attention"
     FAILED = "failed"
@@ -107,9 +114,9 @@ class Connection:
         return (tokens.scope if tokens is not None else ()) or self.scopes
 
     def status_at(self, now: datetime) -> str:
-        """A pending connection whose time ran out reads as expired."""
+        """A pending or unconfirmed connection whose time ran out reads as expired."""
         if (
-            self.status == ConnectionStatus.PENDING
+            self.status in (ConnectionStatus.PENDING, ConnectionStatus.UNCONFIRMED)
             and self.pending_until is not None
             and now >= self.pending_until
         ):

@@ -16,7 +16,7 @@ __all__ = ["ReturnUrlPolicy", "append_query", "origin_of"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # A host as a CSP source expression may hold it: a DNS name or an IP literal.
-_PLAIN_HOST = re.compile(r"^(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])$")
+_PLAIN_HOST = re.compile(r"[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\]")
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
@@ -72,7 +72,7 @@ def origin_of(url: str) -> str:
     scheme, host, port = origin
     if ":" in host:
         host = f"[{host}]"
-    if not _PLAIN_HOST.match(host):
+    if not _PLAIN_HOST.fullmatch(host):
         return ""
     return f"{scheme}://{host}" + ("" if port == _DEFAULT_PORTS[scheme] else f":{port}")
 

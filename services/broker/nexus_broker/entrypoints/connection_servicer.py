@@ -34,6 +34,7 @@ class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
             scopes=tuple(request.scopes),
             return_url=request.return_url,
             deps=self._deps,
+            require_confirmation=request.require_confirmation,
         )
         return pb.RequestConnectionResponse(
             auth_url=started.auth_url,
@@ -42,6 +43,7 @@ class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
             scopes=started.connection.scopes,
             provider_id=started.provider.id,
             expire_time=timestamp(started.connection.pending_until),
+            confirmation_required=started.confirmation_required,
         )
 
     async def BeginAuthorization(
@@ -153,6 +155,15 @@ class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
     ) -> pb.Connection:
         return connection_to_proto(
             *await connections.revoke_connection(request.connection_id, self._deps)
+        )
+
+    async def ConfirmConnection(
+        self, request: pb.ConfirmConnectionRequest, context: Context
+    ) -> pb.Connection:
+        return connection_to_proto(
+            *await connections.confirm_connection(
+                request.connection_id, request.confirmation, self._deps
+            )
         )
 
     async def DeleteConnection(

@@ -1,5 +1,5 @@
 """Connection use cases: start, complete (OAuth callback or credential
-capture), inspect, list, revoke and delete."""
+capture), confirm, inspect, list, revoke, expire and delete."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from nexus_common import (
     BrowserMismatch,
     CallbackProviderMismatch,
     CaptureAttemptsExhausted,
+    ConfirmationInvalid,
     ConnectionNotActive,
     ConnectionNotFound,
     CredentialsRejected,
@@ -38,7 +39,7 @@ from ..adapters.credential_check import CredentialChecker
 from ..adapters.oidc_id_token import IdTokenError, IdTokenVerifier
 from ..adapters.rfc6749 import ClientCredentials, TokenEndpoint, TokenEndpointError
 from ..adapters.rfc7009 import revoke_tokens
-from ..domain.connections import Connection, ConnectionStatus, RefreshPolicy
+from ..domain.connections import Connection, ConnectionStatus, Lease, RefreshPolicy, TokenSet
 from ..domain.credentials import capture_fields, validate_static_credentials
 from ..domain.params import CredentialField
 from ..domain.providers import STATIC_AUTH_TYPES, AuthType, Provider
@@ -61,8 +62,10 @@ __all__ = [
     "check_connection",
     "client_credentials",
     "complete_authorization",
+    "confirm_connection",
     "connection_event",
     "delete_connection",
+    "expire_unconfirmed",
     "list_connections",
     "load_connection",
     "provider_of",
@@ -76,8 +79,12 @@ CAPTURE_PATH = "/v1/capture/"
 # Live credential checks per capture state; after the last one fails the state
 # is spent, so the page cannot serve as an oracle for guessing credentials.
 CAPTURE_CHECK_LIMIT = 5
-# The gateway's binding cookie value: token_urlsafe(32).
-_BINDING = re.compile(r"^[A-Za-z0-9_-]{43}$")
+# The gateway's binding cookie value, and a confirmation code: token_urlsafe(32).
+_BINDING = re.compile(r"[A-Za-z0-9_-]{43}")
+_CONFIRMATION = _BINDING
+# How far apart replicas' clocks may be: an unconfirmed connection is expired (its
+# tokens revoked) only this long after the deadline at which confirmation stops.
+CONFIRM_CLOCK_SKEW = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,9 @@ class ConnectionDeps:
     refresh: RefreshPolicy
     random: Callable[[], float]
     leases: RefreshLeases
+    # NEXUS_CONNECTION_CONFIRMATION=required: every connection waits for the
+    # app's confirmation, whatever the request says.
+    confirmation_always: bool = False
 
     @property
     def uow(self) -> Callable[[], BrokerUnitOfWork]:
@@ -115,6 +125,7 @@ class StartedConnection:
     provider: Provider
     auth_url: str
     state: str
+    confirmation_required: bool
 
 
 def connection_event(
@@ -202,6 +213,7 @@ async def request_connection(
     scopes: tuple[str, ...],
     return_url: str,
     deps: ConnectionDeps,
+    require_confirmation: bool = False,
 ) -> StartedConnection:
     if not workspace_id or len(workspace_id) > 255:
         raise ValidationFailed(
@@ -222,6 +234,7 @@ async def request_connection(
     verifier = None if static else new_code_verifier()
     # OIDC Core §3.1.2.1: a nonce binds the ID token to this authorization.
     nonce = secrets.token_urlsafe(24) if "openid" in granted else None
+    confirm = require_confirmation or deps.confirmation_always
     connection = Connection(
         id=str(uuid.uuid4()),
         workspace_id=workspace_id,
@@ -255,13 +268,20 @@ async def request_connection(
                 None,
                 redirect_uri=redirect_uri,
                 authorization_url=authorization_url,
+                confirmation_required=confirm,
             )
         )
         await uow.audit.add(
-            connection_event("connection.create", connection, now, scopes=list(granted))
+            connection_event(
+                "connection.create",
+                connection,
+                now,
+                scopes=list(granted),
+                confirmation_required=confirm,
+            )
         )
         await uow.commit()
-    return StartedConnection(connection, provider, auth_url, signed.token)
+    return StartedConnection(connection, provider, auth_url, signed.token, confirm)
 
 
 async def _open_attempt(state: str, deps: ConnectionDeps) -> tuple[Attempt, Connection, Provider]:
@@ -284,12 +304,15 @@ def _binding_hash(binding: str) -> str:
     return hashlib.sha256(binding.encode()).hexdigest()
 
 
+_confirmation_hash = _binding_hash
+
+
 def _check_binding(attempt: Attempt, binding: str) -> None:
     """The browser must be the one that opened auth_url first (RFC 9700 §4.7)."""
     bound = attempt.binding_hash
     if (
         bound is None
-        or not _BINDING.match(binding)
+        or not _BINDING.fullmatch(binding)
         or not hmac.compare_digest(bound, _binding_hash(binding))
     ):
         raise BrowserMismatch(
@@ -303,7 +326,7 @@ async def begin_authorization(
 ) -> tuple[str, datetime]:
     """A browser opened auth_url: bind the state to it, unless another browser
     did first. Returns where it goes next and when the binding ends."""
-    if not _BINDING.match(binding):
+    if not _BINDING.fullmatch(binding):
         raise ValidationFailed("the browser binding is malformed", field="binding")
     attempt, _, provider = await _open_attempt(state, deps)
     if attempt.binding_hash is None:
@@ -338,6 +361,13 @@ async def client_credentials(uow: BrokerUnitOfWork, provider: Provider) -> Clien
     )
 
 
+_FINISH_ACTIONS = {
+    ConnectionStatus.ACTIVE: "connection.activate",
+    ConnectionStatus.UNCONFIRMED: "connection.complete",
+    ConnectionStatus.FAILED: "connection.fail",
+}
+
+
 async def _finish(
     connection: Connection,
     attempt: Attempt,
@@ -346,12 +376,16 @@ async def _finish(
     *,
     status: str,
     error: str = "",
+    confirmation: str | None = None,
     **stored: Any,
 ) -> Connection:
     """Consume the attempt and record the outcome in one transaction, so a
-    replayed state can never overwrite what the first use stored."""
+    replayed state can never overwrite what the first use stored. An
+    unconfirmed outcome keeps its ``confirmation`` code's hash, and has until
+    ``pending_ttl`` from now to be confirmed."""
+    pending_until = now + deps.pending_ttl if status == ConnectionStatus.UNCONFIRMED else None
     finished = replace(
-        connection, status=status, updated_at=now, pending_until=None, last_error=error
+        connection, status=status, updated_at=now, pending_until=pending_until, last_error=error
     )
     async with deps.uow() as uow:
         if not await uow.attempts.consume(attempt.id, now):
@@ -360,10 +394,47 @@ async def _finish(
             )
         if not await uow.connections.save(finished, read_at=connection.updated_at, **stored):
             raise StateInvalid("this connection changed while it was being completed")
-        action = "connection.activate" if status == ConnectionStatus.ACTIVE else "connection.fail"
-        await uow.audit.add(connection_event(action, finished, now, error=error))
+        if confirmation is not None:
+            await uow.attempts.set_confirmation(attempt.id, _confirmation_hash(confirmation))
+        await uow.audit.add(connection_event(_FINISH_ACTIONS[status], finished, now, error=error))
         await uow.commit()
     return finished
+
+
+async def _succeed(
+    connection: Connection,
+    attempt: Attempt,
+    deps: ConnectionDeps,
+    now: datetime,
+    *,
+    browser: bool,
+    **stored: Any,
+) -> tuple[Connection, str]:
+    """Store what the provider or the user gave, and return where the browser
+    goes. A browser's completion of a connection that asked for confirmation
+    leaves it unconfirmed, with a one-time code for the app: the browser that
+    finished may not be its user's (RFC 9700 §4.7)."""
+    if not (browser and attempt.confirmation_required):
+        activated = await _finish(
+            connection, attempt, deps, now, status=ConnectionStatus.ACTIVE, **stored
+        )
+        return activated, _outcome_url(activated)
+    confirmation = secrets.token_urlsafe(32)
+    unconfirmed = await _finish(
+        connection,
+        attempt,
+        deps,
+        now,
+        status=ConnectionStatus.UNCONFIRMED,
+        confirmation=confirmation,
+        **stored,
+    )
+    return unconfirmed, append_query(
+        unconfirmed.return_url,
+        status="success",
+        connection_id=unconfirmed.id,
+        confirmation=confirmation,
+    )
 
 
 @dataclass(frozen=True)
@@ -474,7 +545,7 @@ async def complete_authorization(response: AuthorizationResponse, deps: Connecti
             connection, attempt, deps, now, status=ConnectionStatus.FAILED, error=reason
         )
         return _outcome_url(failed)
-    activated = await _finish(
+    _, url = await _succeed(
         replace(
             connection,
             token_expires_at=tokens.expires_at,
@@ -484,10 +555,10 @@ async def complete_authorization(response: AuthorizationResponse, deps: Connecti
         attempt,
         deps,
         now,
-        status=ConnectionStatus.ACTIVE,
+        browser=True,
         tokens=tokens,
     )
-    return _outcome_url(activated)
+    return url
 
 
 @dataclass(frozen=True)
@@ -554,17 +625,18 @@ async def capture_credentials(
     state: str, values: Mapping[str, str], deps: ConnectionDeps, *, binding: str | None = None
 ) -> tuple[Connection, str]:
     """Store static credentials for a pending connection. The outcome is the
-    connection, active or (all checks spent) failed, and the return URL with it."""
+    connection, active, unconfirmed or (all checks spent) failed, and the
+    return URL with it. The backend's own capture (no ``binding``) needs no
+    confirmation: the backend that asked for the connection completed it."""
     attempt, connection, provider = await _open_capture(state, binding, deps)
     accepted = validate_static_credentials(provider, values)
     # Checked live before anything is stored or the state is spent, so a typo can be retried.
     exhausted = await _live_check(attempt, connection, provider, accepted, deps)
     if exhausted is not None:
         return exhausted, _outcome_url(exhausted)
-    activated = await _finish(
-        connection, attempt, deps, deps.now(), status=ConnectionStatus.ACTIVE, static=accepted
+    return await _succeed(
+        connection, attempt, deps, deps.now(), browser=binding is not None, static=accepted
     )
-    return activated, _outcome_url(activated)
 
 
 async def load_connection(uow: BrokerUnitOfWork, connection_id: str) -> Connection:
@@ -611,6 +683,114 @@ async def list_connections(
     return ConnectionPage(listed, token)
 
 
+async def confirm_connection(
+    connection_id: str, confirmation: str, deps: ConnectionDeps
+) -> tuple[Connection, Provider]:
+    """The app that asked for the connection confirms it with the code the
+    browser brought to return_url: it becomes active. A wrong, used or expired
+    code changes nothing."""
+    now = deps.now()
+    async with deps.uow() as uow:
+        connection = await load_connection(uow, connection_id)
+        provider = await provider_of(uow, connection)
+        attempt = await uow.attempts.of_connection(connection_id)
+    status = connection.status_at(now)
+    if status == ConnectionStatus.EXPIRED and connection.status == ConnectionStatus.UNCONFIRMED:
+        raise ConfirmationInvalid(
+            "the time to confirm this connection has run out; start a new one", status=status
+        )
+    if status != ConnectionStatus.UNCONFIRMED or attempt is None:
+        raise ConfirmationInvalid(
+            f"this connection is {status}, not waiting for confirmation", status=status
+        )
+    expected = attempt.confirmation_hash or ""
+    presented = _confirmation_hash(confirmation) if _CONFIRMATION.fullmatch(confirmation) else ""
+    if not expected or not hmac.compare_digest(expected, presented):
+        raise ConfirmationInvalid("this is not the confirmation code of this connection")
+    confirmed = replace(
+        connection, status=ConnectionStatus.ACTIVE, updated_at=now, pending_until=None
+    )
+    async with deps.uow() as uow:
+        if not (
+            await uow.attempts.use_confirmation(attempt.id, expected)
+            and await uow.connections.save(confirmed, read_at=connection.updated_at)
+        ):
+            raise ConfirmationInvalid("this confirmation code was used meanwhile")
+        await uow.audit.add(connection_event("connection.confirm", confirmed, now))
+        await uow.commit()
+    return confirmed, provider
+
+
+async def _revoke_at_provider(
+    provider: Provider,
+    client: ClientCredentials,
+    tokens: TokenSet | None,
+    now: datetime,
+    deps: ConnectionDeps,
+    lease: Lease,
+) -> str:
+    """Revoke the tokens at the provider when it has a revocation endpoint, under
+    the refresh lease; a note for last_error when the provider did not confirm."""
+    if tokens is None or not provider.revocation_url:
+        return ""
+    held = tokens
+    try:
+        await deps.leases.call(
+            lease, lambda: revoke_tokens(deps.tokens, provider.revocation_url, client, held, now)
+        )
+    except TokenEndpointError as exc:
+        return f"the provider did not confirm: {exc.message}"
+    return ""
+
+
+async def _expire(connection_id: str, deps: ConnectionDeps) -> bool:
+    """Expire one unconfirmed connection past its deadline: its tokens are
+    revoked at the provider, and forgotten. False when another broker (or a
+    revoke or delete) got there first."""
+    async with deps.leases.held(connection_id) as lease:
+        async with deps.uow() as uow:
+            connection = await load_connection(uow, connection_id)
+            provider = await provider_of(uow, connection)
+            tokens = await uow.connections.tokens(connection_id)
+            client = await client_credentials(uow, provider)
+        now = deps.now()
+        # Judged CONFIRM_CLOCK_SKEW late, so that a replica whose clock runs behind
+        # cannot accept a confirmation for tokens this one is revoking.
+        if connection.status != ConnectionStatus.UNCONFIRMED or (
+            connection.status_at(now - CONFIRM_CLOCK_SKEW) != ConnectionStatus.EXPIRED
+        ):
+            return False
+        note = await _revoke_at_provider(provider, client, tokens, now, deps, lease)
+        expired = replace(
+            connection,
+            status=ConnectionStatus.EXPIRED,
+            updated_at=now,
+            next_refresh_at=None,
+            last_error="; ".join(filter(None, ["not confirmed in time", note])),
+        )
+        async with deps.uow() as uow:
+            if not await uow.connections.save(expired, lease=lease, wipe_credentials=True):
+                return False
+            await uow.connections.release(lease)
+            await uow.audit.add(
+                connection_event(
+                    "connection.expire",
+                    expired,
+                    now,
+                    at_provider=bool(tokens and provider.revocation_url and not note),
+                )
+            )
+            await uow.commit()
+    return True
+
+
+async def expire_unconfirmed(deps: ConnectionDeps, batch: int = 50) -> int:
+    """Expire the unconfirmed connections whose time ran out; how many."""
+    async with deps.uow() as uow:
+        due = await uow.connections.unconfirmed_past(deps.now() - CONFIRM_CLOCK_SKEW, batch)
+    return sum([await _expire(connection_id, deps) for connection_id in due])
+
+
 async def revoke_connection(
     connection_id: str, deps: ConnectionDeps
 ) -> tuple[Connection, Provider]:
@@ -631,16 +811,9 @@ async def revoke_connection(
         if connection.status == ConnectionStatus.REVOKED:
             return connection, provider
         now = deps.now()
-        note = ""
-        if tokens is not None and provider.revocation_url:
-            held = tokens
-            try:
-                await deps.leases.call(
-                    lease,
-                    lambda: revoke_tokens(deps.tokens, provider.revocation_url, client, held, now),
-                )
-            except TokenEndpointError as exc:
-                note = f"revoked in Nexus; the provider did not confirm: {exc.message}"
+        note = await _revoke_at_provider(provider, client, tokens, now, deps, lease)
+        if note:
+            note = f"revoked in Nexus; {note}"
         revoked = replace(
             connection,
             status=ConnectionStatus.REVOKED,
@@ -670,7 +843,11 @@ async def delete_connection(connection_id: str, deps: ConnectionDeps) -> None:
     """Forget a connection; live tokens are revoked first so none outlive it."""
     async with deps.uow() as uow:
         connection = await load_connection(uow, connection_id)
-    if connection.status in (ConnectionStatus.ACTIVE, ConnectionStatus.ATTENTION):
+    if connection.status in (
+        ConnectionStatus.ACTIVE,
+        ConnectionStatus.ATTENTION,
+        ConnectionStatus.UNCONFIRMED,
+    ):
         connection, _ = await revoke_connection(connection_id, deps)
     now = deps.now()
     async with deps.uow() as uow:

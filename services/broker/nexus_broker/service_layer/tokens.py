@@ -57,6 +57,7 @@ log = logging.getLogger("nexus.refresh")
 
 _NOT_ACTIVE = {
     ConnectionStatus.PENDING: "the connection is still waiting for the user to authorize it",
+    ConnectionStatus.UNCONFIRMED: "the connection is waiting for the app to confirm it",
     ConnectionStatus.FAILED: "the connection failed to complete; start a new one",
     ConnectionStatus.REVOKED: "the connection was revoked",
     ConnectionStatus.EXPIRED: "the connection was never completed and has expired",

@@ -29,6 +29,7 @@ class RequestConnectionRequest(_message.Message):
     PROVIDER_NAME_FIELD_NUMBER: _builtins.int
     SCOPES_FIELD_NUMBER: _builtins.int
     RETURN_URL_FIELD_NUMBER: _builtins.int
+    REQUIRE_CONFIRMATION_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """The app's own identifier for the user or tenant, e.g. "user_sarah"."""
     provider_id: _builtins.str
@@ -36,6 +37,11 @@ class RequestConnectionRequest(_message.Message):
     provider_name: _builtins.str
     return_url: _builtins.str
     """Where the browser goes when the connection is done; must be allowlisted."""
+    require_confirmation: _builtins.bool
+    """Completed, the connection waits for ConfirmConnection with the one-time
+    code the browser brings to return_url. Always on when the deployment sets
+    NEXUS_CONNECTION_CONFIRMATION=required.
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """A subset of the provider's scopes; empty means all of them."""
@@ -48,10 +54,11 @@ class RequestConnectionRequest(_message.Message):
         provider_name: _builtins.str = ...,
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         return_url: _builtins.str = ...,
+        require_confirmation: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider_id", b"provider_id", "provider_name", b"provider_name", "return_url", b"return_url", "scopes", b"scopes", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider_id", b"provider_id", "provider_name", b"provider_name", "require_confirmation", b"require_confirmation", "return_url", b"return_url", "scopes", b"scopes", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -67,11 +74,14 @@ class RequestConnectionResponse(_message.Message):
     SCOPES_FIELD_NUMBER: _builtins.int
     PROVIDER_ID_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    CONFIRMATION_REQUIRED_FIELD_NUMBER: _builtins.int
     auth_url: _builtins.str
     """Send the user's browser here."""
     state: _builtins.str
     connection_id: _builtins.str
     provider_id: _builtins.str
+    confirmation_required: _builtins.bool
+    """Whether the app must confirm the connection once the browser returns."""
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -85,10 +95,11 @@ class RequestConnectionResponse(_message.Message):
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         provider_id: _builtins.str = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        confirmation_required: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_url", b"auth_url", "connection_id", b"connection_id", "expire_time", b"expire_time", "provider_id", b"provider_id", "scopes", b"scopes", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_url", b"auth_url", "confirmation_required", b"confirmation_required", "connection_id", b"connection_id", "expire_time", b"expire_time", "provider_id", b"provider_id", "scopes", b"scopes", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -443,7 +454,9 @@ class Connection(_message.Message):
     provider_id: _builtins.str
     provider_name: _builtins.str
     status: _builtins.str
-    """"pending", "active", "attention" (re-consent needed), "failed", "revoked" or "expired"."""
+    """"pending", "unconfirmed" (waiting for ConfirmConnection), "active",
+    "attention" (re-consent needed), "failed", "revoked" or "expired".
+    """
     last_error: _builtins.str
     """Why the last refresh (or the connection) failed, in words; never a provider's body."""
     @_builtins.property
@@ -639,3 +652,26 @@ class DeleteConnectionRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteConnectionRequest: _TypeAlias = DeleteConnectionRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmConnectionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_ID_FIELD_NUMBER: _builtins.int
+    CONFIRMATION_FIELD_NUMBER: _builtins.int
+    connection_id: _builtins.str
+    confirmation: _builtins.str
+    """The one-time code the browser brought to return_url as `confirmation`."""
+    def __init__(
+        self,
+        *,
+        connection_id: _builtins.str = ...,
+        confirmation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmation", b"confirmation", "connection_id", b"connection_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmConnectionRequest: _TypeAlias = ConfirmConnectionRequest  # noqa: Y015

@@ -53,6 +53,8 @@ class ConnectionServiceStub:
     ListConnections: _grpc.UnaryUnaryMultiCallable[_connections_pb2.ListConnectionsRequest, _connections_pb2.ListConnectionsResponse]
     RevokeConnection: _grpc.UnaryUnaryMultiCallable[_connections_pb2.RevokeConnectionRequest, _connections_pb2.Connection]
     DeleteConnection: _grpc.UnaryUnaryMultiCallable[_connections_pb2.DeleteConnectionRequest, _empty_pb2.Empty]
+    ConfirmConnection: _grpc.UnaryUnaryMultiCallable[_connections_pb2.ConfirmConnectionRequest, _connections_pb2.Connection]
+    """The backend that asked for a connection confirms it: it becomes active."""
 
 @_typing.type_check_only
 class ConnectionServiceAsyncStub(ConnectionServiceStub):
@@ -78,6 +80,8 @@ class ConnectionServiceAsyncStub(ConnectionServiceStub):
     ListConnections: _aio.UnaryUnaryMultiCallable[_connections_pb2.ListConnectionsRequest, _connections_pb2.ListConnectionsResponse]  # type: ignore[assignment]
     RevokeConnection: _aio.UnaryUnaryMultiCallable[_connections_pb2.RevokeConnectionRequest, _connections_pb2.Connection]  # type: ignore[assignment]
     DeleteConnection: _aio.UnaryUnaryMultiCallable[_connections_pb2.DeleteConnectionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    ConfirmConnection: _aio.UnaryUnaryMultiCallable[_connections_pb2.ConfirmConnectionRequest, _connections_pb2.Connection]  # type: ignore[assignment]
+    """The backend that asked for a connection confirms it: it becomes active."""
 
 class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Connections link a workspace's account at a provider to Nexus. The broker
@@ -172,5 +176,13 @@ class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _connections_pb2.DeleteConnectionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def ConfirmConnection(
+        self,
+        request: _connections_pb2.ConfirmConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_connections_pb2.Connection, _abc.Awaitable[_connections_pb2.Connection]]:
+        """The backend that asked for a connection confirms it: it becomes active."""
 
 def add_ConnectionServiceServicer_to_server(servicer: ConnectionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -117,6 +117,37 @@ class RequestConnectionRequest(_message.Message):
 Global___RequestConnectionRequest: _TypeAlias = RequestConnectionRequest  # noqa: Y015
 
 @_typing.final
+class ConfirmConnectionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_ID_FIELD_NUMBER: _builtins.int
+    CONFIRM_FIELD_NUMBER: _builtins.int
+    HTTP_BODY_FIELD_NUMBER: _builtins.int
+    connection_id: _builtins.str
+    @_builtins.property
+    def confirm(self) -> _connections_pb2.ConfirmConnectionRequest:
+        """gRPC callers set confirm."""
+
+    @_builtins.property
+    def http_body(self) -> _httpbody_pb2.HttpBody:
+        """REST callers' JSON body, {"confirmation": "..."}; exactly one of the two is set."""
+
+    def __init__(
+        self,
+        *,
+        connection_id: _builtins.str = ...,
+        confirm: _connections_pb2.ConfirmConnectionRequest | None = ...,
+        http_body: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["confirm", b"confirm", "http_body", b"http_body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm", b"confirm", "connection_id", b"connection_id", "http_body", b"http_body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmConnectionRequest: _TypeAlias = ConfirmConnectionRequest  # noqa: Y015
+
+@_typing.final
 class CaptureCredentialsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

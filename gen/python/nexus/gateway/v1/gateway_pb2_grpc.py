@@ -389,6 +389,11 @@ class ConnectionServiceStub:
                 request_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.DeleteConnectionRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ConfirmConnection = channel.unary_unary(
+                '/nexus.gateway.v1.ConnectionService/ConfirmConnection',
+                request_serializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.ConfirmConnectionRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.Connection.FromString,
+                _registered_method=True)
         self.CaptureCredentials = channel.unary_unary(
                 '/nexus.gateway.v1.ConnectionService/CaptureCredentials',
                 request_serializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.CaptureCredentialsRequest.SerializeToString,
@@ -445,6 +450,15 @@ class ConnectionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConfirmConnection(self, request, context):
+        """Activates a connection that awaits confirmation, given the one-time code
+        its browser brought to return_url. Confirm only when the user whose
+        session arrived there owns the connection's workspace.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CaptureCredentials(self, request, context):
         """The JSON twin of the hosted capture page, for backends.
         """
@@ -489,6 +503,11 @@ def add_ConnectionServiceServicer_to_server(servicer, server):
                     servicer.DeleteConnection,
                     request_deserializer=nexus_dot_broker_dot_v1_dot_connections__pb2.DeleteConnectionRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ConfirmConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmConnection,
+                    request_deserializer=nexus_dot_gateway_dot_v1_dot_gateway__pb2.ConfirmConnectionRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_connections__pb2.Connection.SerializeToString,
             ),
             'CaptureCredentials': grpc.unary_unary_rpc_method_handler(
                     servicer.CaptureCredentials,
@@ -687,6 +706,33 @@ class ConnectionService:
             '/nexus.gateway.v1.ConnectionService/DeleteConnection',
             nexus_dot_broker_dot_v1_dot_connections__pb2.DeleteConnectionRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.ConnectionService/ConfirmConnection',
+            nexus_dot_gateway_dot_v1_dot_gateway__pb2.ConfirmConnectionRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_connections__pb2.Connection.FromString,
             options,
             channel_credentials,
             insecure,

@@ -154,6 +154,11 @@ class ConnectionServiceStub:
     RevokeConnection: _grpc.UnaryUnaryMultiCallable[_connections_pb2.RevokeConnectionRequest, _connections_pb2.Connection]
     """Revokes at the provider too (RFC 7009) when it has a revocation endpoint."""
     DeleteConnection: _grpc.UnaryUnaryMultiCallable[_connections_pb2.DeleteConnectionRequest, _empty_pb2.Empty]
+    ConfirmConnection: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ConfirmConnectionRequest, _connections_pb2.Connection]
+    """Activates a connection that awaits confirmation, given the one-time code
+    its browser brought to return_url. Confirm only when the user whose
+    session arrived there owns the connection's workspace.
+    """
     CaptureCredentials: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CaptureCredentialsRequest, _connections_pb2.CaptureCredentialsResponse]
     """The JSON twin of the hosted capture page, for backends."""
 
@@ -173,6 +178,11 @@ class ConnectionServiceAsyncStub(ConnectionServiceStub):
     RevokeConnection: _aio.UnaryUnaryMultiCallable[_connections_pb2.RevokeConnectionRequest, _connections_pb2.Connection]  # type: ignore[assignment]
     """Revokes at the provider too (RFC 7009) when it has a revocation endpoint."""
     DeleteConnection: _aio.UnaryUnaryMultiCallable[_connections_pb2.DeleteConnectionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    ConfirmConnection: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ConfirmConnectionRequest, _connections_pb2.Connection]  # type: ignore[assignment]
+    """Activates a connection that awaits confirmation, given the one-time code
+    its browser brought to return_url. Confirm only when the user whose
+    session arrived there owns the connection's workspace.
+    """
     CaptureCredentials: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CaptureCredentialsRequest, _connections_pb2.CaptureCredentialsResponse]  # type: ignore[assignment]
     """The JSON twin of the hosted capture page, for backends."""
 
@@ -231,6 +241,17 @@ class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _connections_pb2.DeleteConnectionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def ConfirmConnection(
+        self,
+        request: _gateway_pb2.ConfirmConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_connections_pb2.Connection, _abc.Awaitable[_connections_pb2.Connection]]:
+        """Activates a connection that awaits confirmation, given the one-time code
+        its browser brought to return_url. Confirm only when the user whose
+        session arrived there owns the connection's workspace.
+        """
 
     @_abc_1.abstractmethod
     def CaptureCredentials(
