@@ -61,6 +61,13 @@ class Env:
         except ValueError as exc:
             raise ConfigError(f"{name} must be a number") from exc
 
+    def seconds(self, name: str, default: float, *, low: float, high: float) -> float:
+        """A duration in seconds that must lie within [low, high]."""
+        value = self.number(name, default)
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be between {low:g} and {high:g}")
+        return value
+
     def flag(self, name: str, default: bool) -> bool:
         raw = self._environ.get(name, "").strip().lower()
         if not raw:
@@ -85,10 +92,7 @@ class Env:
 
     def jwks_min_refetch_seconds(self) -> float:
         """How soon a token with an unknown key id may make a key set be fetched again."""
-        seconds = self.number("NEXUS_JWKS_MIN_REFETCH_SECONDS", 30.0)
-        if not 0 <= seconds <= 3600:
-            raise ConfigError("NEXUS_JWKS_MIN_REFETCH_SECONDS must be between 0 and 3600")
-        return seconds
+        return self.seconds("NEXUS_JWKS_MIN_REFETCH_SECONDS", 30.0, low=0, high=3600)
 
     def deployment(self) -> str:
         value = self.text("NEXUS_ENVIRONMENT", Deployment.PRODUCTION).lower()

@@ -25,7 +25,8 @@ TTL_SECONDS = 8
 
 @pytest.fixture(scope="module")
 def stack_env() -> dict[str, str]:
-    return {"NEXUS_CONNECTION_TTL_SECONDS": str(TTL_SECONDS)}
+    # One broker, one clock: no room for skew needed before an expiry.
+    return {"NEXUS_CONNECTION_TTL_SECONDS": str(TTL_SECONDS), "NEXUS_CLOCK_SKEW_SECONDS": "0"}
 
 
 @pytest.fixture

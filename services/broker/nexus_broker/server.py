@@ -118,6 +118,7 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
         public_base_url=settings.public_base_url,
         pending_ttl=timedelta(seconds=settings.connection_ttl_seconds),
         confirmation_always=settings.confirmation_always,
+        clock_skew=timedelta(seconds=settings.clock_skew_seconds),
         refresh=settings.refresh,
         random=random.random,
         leases=RefreshLeases(

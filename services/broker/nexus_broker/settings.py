@@ -42,6 +42,7 @@ class BrokerSettings:
     # NEXUS_CONNECTION_CONFIRMATION=required: every connection waits for the
     # app's ConfirmConnection, not only those that ask for it.
     confirmation_always: bool
+    clock_skew_seconds: float
     provider_timeout_seconds: float
     jwks_min_refetch_seconds: float
     # Where provider calls may go; each takes at most provider_timeout_seconds in all.
@@ -88,6 +89,7 @@ class BrokerSettings:
             ),
             connection_ttl_seconds=env.number("NEXUS_CONNECTION_TTL_SECONDS", 600.0),
             confirmation_always=_confirmation_always(env),
+            clock_skew_seconds=env.seconds("NEXUS_CLOCK_SKEW_SECONDS", 60.0, low=0, high=3600),
             provider_timeout_seconds=env.number("NEXUS_PROVIDER_TIMEOUT_SECONDS", 10.0),
             jwks_min_refetch_seconds=env.jwks_min_refetch_seconds(),
             outbound=_outbound(env, env.number("NEXUS_PROVIDER_TIMEOUT_SECONDS", 10.0)),
@@ -100,7 +102,9 @@ class BrokerSettings:
             ),
             refresh_loop=env.flag("NEXUS_REFRESH_LOOP", True),
             refresh_interval_seconds=env.number("NEXUS_REFRESH_INTERVAL_SECONDS", 5.0),
-            refresh_lease_seconds=_lease_seconds(env),
+            refresh_lease_seconds=env.seconds(
+                "NEXUS_REFRESH_LEASE_SECONDS", 30.0, low=1, high=3600
+            ),
             internal_token=env.internal_tokens()[0],
             policy_target=env.text("NEXUS_POLICY_TARGET", "127.0.0.1:50071"),
             # Above the policy service's own backend timeout, so its answer arrives.
@@ -112,7 +116,7 @@ class BrokerSettings:
             signing_key_rotation_seconds=env.number(
                 "NEXUS_SIGNING_KEY_ROTATION_SECONDS", 7 * 86400.0
             ),
-            jwks_cache_seconds=_jwks_cache_seconds(env),
+            jwks_cache_seconds=env.seconds("NEXUS_JWKS_CACHE_SECONDS", 60.0, low=0, high=3600),
             session_retention_seconds=env.number("NEXUS_SESSION_RETENTION_SECONDS", 7 * 86400.0),
             broader_session_tokens_by_default=env.deployment() == Deployment.DEVELOPMENT,
         )
@@ -139,21 +143,6 @@ def _state_key(value: str) -> bytes:
     if len(key) < 32:
         raise ConfigError("NEXUS_STATE_KEY must be at least 32 characters")
     return key
-
-
-def _lease_seconds(env: Env) -> float:
-    seconds = env.number("NEXUS_REFRESH_LEASE_SECONDS", 30.0)
-    # Renewed every quarter of its length: shorter would hammer the database.
-    if not 1 <= seconds <= 3600:
-        raise ConfigError("NEXUS_REFRESH_LEASE_SECONDS must be between 1 and 3600")
-    return seconds
-
-
-def _jwks_cache_seconds(env: Env) -> float:
-    seconds = env.number("NEXUS_JWKS_CACHE_SECONDS", 60.0)
-    if not 0 <= seconds <= 3600:
-        raise ConfigError("NEXUS_JWKS_CACHE_SECONDS must be between 0 and 3600")
-    return seconds
 
 
 def _session_limits(env: Env) -> SessionLimits:

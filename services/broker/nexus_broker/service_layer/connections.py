@@ -82,9 +82,6 @@ CAPTURE_CHECK_LIMIT = 5
 # The gateway's binding cookie value, and a confirmation code: token_urlsafe(32).
 _BINDING = re.compile(r"[A-Za-z0-9_-]{43}")
 _CONFIRMATION = _BINDING
-# How far apart replicas' clocks may be: an unconfirmed connection is expired (its
-# tokens revoked) only this long after the deadline at which confirmation stops.
-CONFIRM_CLOCK_SKEW = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -103,6 +100,9 @@ class ConnectionDeps:
     # NEXUS_CONNECTION_CONFIRMATION=required: every connection waits for the
     # app's confirmation, whatever the request says.
     confirmation_always: bool = False
+    # How far apart replicas' clocks may be (NEXUS_CLOCK_SKEW_SECONDS): an unconfirmed
+    # connection is expired, its tokens revoked, only this long after confirming stops.
+    clock_skew: timedelta = timedelta(seconds=60)
 
     @property
     def uow(self) -> Callable[[], BrokerUnitOfWork]:
@@ -754,10 +754,10 @@ async def _expire(connection_id: str, deps: ConnectionDeps) -> bool:
             tokens = await uow.connections.tokens(connection_id)
             client = await client_credentials(uow, provider)
         now = deps.now()
-        # Judged CONFIRM_CLOCK_SKEW late, so that a replica whose clock runs behind
+        # Judged clock_skew late, so that a replica whose clock runs behind
         # cannot accept a confirmation for tokens this one is revoking.
         if connection.status != ConnectionStatus.UNCONFIRMED or (
-            connection.status_at(now - CONFIRM_CLOCK_SKEW) != ConnectionStatus.EXPIRED
+            connection.status_at(now - deps.clock_skew) != ConnectionStatus.EXPIRED
         ):
             return False
         note = await _revoke_at_provider(provider, client, tokens, now, deps, lease)
@@ -787,7 +787,7 @@ async def _expire(connection_id: str, deps: ConnectionDeps) -> bool:
 async def expire_unconfirmed(deps: ConnectionDeps, batch: int = 50) -> int:
     """Expire the unconfirmed connections whose time ran out; how many."""
     async with deps.uow() as uow:
-        due = await uow.connections.unconfirmed_past(deps.now() - CONFIRM_CLOCK_SKEW, batch)
+        due = await uow.connections.unconfirmed_past(deps.now() - deps.clock_skew, batch)
     return sum([await _expire(connection_id, deps) for connection_id in due])
 
 
