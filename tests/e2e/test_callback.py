@@ -14,7 +14,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import httpx
 import pytest
 
-from tests.e2e.test_rest_connections import admin, register_idp, request_connection
+from tests.e2e.test_rest_connections import (
+    admin,
+    api_key_provider,
+    register_idp,
+    request_connection,
+)
 from tests.support.app_server import GOOD_API_KEY, AppServer
 from tests.support.browser import follow_until
 from tests.support.certified_oidc import CertifiedOidc, certified_stats, start_certified_oidc
@@ -239,26 +244,7 @@ def test_a_provider_param_requires_iss_from_a_provider_without_discovery(
 
 @pytest.fixture
 def weather(rest: httpx.Client, stack: Stack, app: AppServer) -> str:
-    existing = rest.get("/v1/providers/weather-checks", headers=admin(stack))
-    if existing.status_code == 200:
-        return str(existing.json()["id"])
-    created = rest.post(
-        "/v1/providers",
-        headers=admin(stack),
-        json={
-            "name": "weather-checks",
-            "auth_type": "api_key",
-            "api_base_url": app.url,
-            "user_info_endpoint": "/api/me",
-            "params": {
-                "credential_schema": {
-                    "fields": [{"name": "api_key", "in": "header", "key": "X-Api-Key"}]
-                }
-            },
-        },
-    )
-    assert created.status_code == 200, created.text
-    return str(created.json()["id"])
+    return api_key_provider(rest, stack, app, "weather-checks")
 
 
 def _open_capture(browser: httpx.Client, started: dict[str, Any], stack: Stack) -> str:

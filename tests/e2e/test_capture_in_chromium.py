@@ -21,7 +21,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.e2e.test_rest_connections import admin, request_connection
+from tests.e2e.test_rest_connections import admin, api_key_provider, request_connection
 from tests.support.app_server import GOOD_API_KEY, AppServer
 from tools.devstack import Stack
 
@@ -62,25 +62,8 @@ def chromium(tmp_path: Path) -> Iterator[webdriver.Chrome]:
 def test_submitting_the_capture_page_lands_on_the_return_url(
     rest: httpx.Client, stack: Stack, app: AppServer, chromium: webdriver.Chrome
 ) -> None:
-    created = rest.post(
-        "/v1/providers",
-        headers=admin(stack),
-        json={
-            "name": "weather-in-chromium",
-            "auth_type": "api_key",
-            "api_base_url": app.url,
-            "user_info_endpoint": "/api/me",
-            "params": {
-                "credential_schema": {
-                    "fields": [
-                        {"name": "api_key", "label": "API key", "in": "header", "key": "X-Api-Key"}
-                    ]
-                }
-            },
-        },
-    )
-    assert created.status_code == 200, created.text
-    started = request_connection(rest, stack, created.json()["id"], f"{app.url}/done", scopes=())
+    provider_id = api_key_provider(rest, stack, app, "weather-in-chromium")
+    started = request_connection(rest, stack, provider_id, f"{app.url}/done", scopes=())
     assert started.status_code == 200, started.text
     body = started.json()
 

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.e2e.test_rest_connections import admin, register_idp
+from tests.e2e.test_rest_connections import admin, api_key_provider, register_idp
 from tests.support.app_server import GOOD_API_KEY, SESSION_COOKIE, AppServer
 from tests.support.oidc_server import OidcServer, start_oidc_server, stats
 from tools.devstack import Stack
@@ -279,26 +279,7 @@ def test_a_connection_without_confirmation_works_as_before(
 
 @pytest.fixture
 def weather(rest: httpx.Client, stack: Stack, app: AppServer) -> str:
-    existing = rest.get("/v1/providers/confirm-weather", headers=admin(stack))
-    if existing.status_code == 200:
-        return str(existing.json()["id"])
-    created = rest.post(
-        "/v1/providers",
-        headers=admin(stack),
-        json={
-            "name": "confirm-weather",
-            "auth_type": "api_key",
-            "api_base_url": app.url,
-            "user_info_endpoint": "/api/me",
-            "params": {
-                "credential_schema": {
-                    "fields": [{"name": "api_key", "in": "header", "key": "X-Api-Key"}]
-                }
-            },
-        },
-    )
-    assert created.status_code == 200, created.text
-    return str(created.json()["id"])
+    return api_key_provider(rest, stack, app, "confirm-weather")
 
 
 @pytest.mark.parametrize("user", ["user_a", "victim"])

@@ -49,6 +49,31 @@ def register_idp(rest: httpx.Client, stack: Stack, idp: OidcServer, name: str) -
     return str(created.json()["id"])
 
 
+def api_key_provider(rest: httpx.Client, stack: Stack, app: AppServer, name: str) -> str:
+    """The id of an API-key provider checked against the app's /api/me, made if missing
+    (the stack outlives a test)."""
+    existing = rest.get(f"/v1/providers/{name}", headers=admin(stack))
+    if existing.status_code == 200:
+        return str(existing.json()["id"])
+    created = rest.post(
+        "/v1/providers",
+        headers=admin(stack),
+        json={
+            "name": name,
+            "auth_type": "api_key",
+            "api_base_url": app.url,
+            "user_info_endpoint": "/api/me",
+            "params": {
+                "credential_schema": {
+                    "fields": [{"name": "api_key", "in": "header", "key": "X-Api-Key"}]
+                }
+            },
+        },
+    )
+    assert created.status_code == 200, created.text
+    return str(created.json()["id"])
+
+
 def request_connection(
     rest: httpx.Client,
     stack: Stack,
@@ -134,22 +159,8 @@ def test_bad_connection_input_through_envoy(
 
 
 def test_api_key_capture_through_envoy(rest: httpx.Client, stack: Stack, app: AppServer) -> None:
-    created = rest.post(
-        "/v1/providers",
-        headers=admin(stack),
-        json={
-            "name": "weather-api",
-            "auth_type": "api_key",
-            "api_base_url": app.url,
-            "user_info_endpoint": "/api/me",
-            "params": {
-                "credential_schema": {
-                    "fields": [{"name": "api_key", "in": "header", "key": "X-Api-Key"}]
-                }
-            },
-        },
-    ).json()
-    started = request_connection(rest, stack, created["id"], f"{app.url}/done", scopes=()).json()
+    provider_id = api_key_provider(rest, stack, app, "weather-api")
+    started = request_connection(rest, stack, provider_id, f"{app.url}/done", scopes=()).json()
     assert started["auth_url"] == f"{stack.rest_url}/v1/connect/{started['state']}"
     violating = rest.post(
         "/v1/capture-credentials",

@@ -743,6 +743,48 @@ async def _revoke_at_provider(
     return ""
 
 
+async def _end_with_revocation(
+    lease: Lease,
+    connection: Connection,
+    provider: Provider,
+    client: ClientCredentials,
+    tokens: TokenSet | None,
+    deps: ConnectionDeps,
+    *,
+    status: str,
+    action: str,
+    why: str,
+) -> Connection | None:
+    """End a connection whose lease this broker holds: revoke its tokens at the
+    provider, wipe them, release the lease and audit ``action``, in that order.
+    None when the lease was lost meanwhile (nothing is written then)."""
+    now = deps.now()
+    note = await _revoke_at_provider(provider, client, tokens, now, deps, lease)
+    # An expiry always says why; a revoke only when the provider did not confirm it.
+    said = why if note or status == ConnectionStatus.EXPIRED else ""
+    ended = replace(
+        connection,
+        status=status,
+        updated_at=now,
+        next_refresh_at=None,
+        last_error="; ".join(filter(None, [said, note])),
+    )
+    async with deps.uow() as uow:
+        if not await uow.connections.save(ended, lease=lease, wipe_credentials=True):
+            return None
+        await uow.connections.release(lease)
+        await uow.audit.add(
+            connection_event(
+                action,
+                ended,
+                now,
+                at_provider=bool(tokens and provider.revocation_url and not note),
+            )
+        )
+        await uow.commit()
+    return ended
+
+
 async def _expire(connection_id: str, deps: ConnectionDeps) -> bool:
     """Expire one unconfirmed connection past its deadline: its tokens are
     revoked at the provider, and forgotten. False when another broker (or a
@@ -760,28 +802,18 @@ async def _expire(connection_id: str, deps: ConnectionDeps) -> bool:
             connection.status_at(now - deps.clock_skew) != ConnectionStatus.EXPIRED
         ):
             return False
-        note = await _revoke_at_provider(provider, client, tokens, now, deps, lease)
-        expired = replace(
+        expired = await _end_with_revocation(
+            lease,
             connection,
+            provider,
+            client,
+            tokens,
+            deps,
             status=ConnectionStatus.EXPIRED,
-            updated_at=now,
-            next_refresh_at=None,
-            last_error="; ".join(filter(None, ["not confirmed in time", note])),
+            action="connection.expire",
+            why="not confirmed in time",
         )
-        async with deps.uow() as uow:
-            if not await uow.connections.save(expired, lease=lease, wipe_credentials=True):
-                return False
-            await uow.connections.release(lease)
-            await uow.audit.add(
-                connection_event(
-                    "connection.expire",
-                    expired,
-                    now,
-                    at_provider=bool(tokens and provider.revocation_url and not note),
-                )
-            )
-            await uow.commit()
-    return True
+    return expired is not None
 
 
 async def expire_unconfirmed(deps: ConnectionDeps, batch: int = 50) -> int:
@@ -810,32 +842,21 @@ async def revoke_connection(
             client = await client_credentials(uow, provider)
         if connection.status == ConnectionStatus.REVOKED:
             return connection, provider
-        now = deps.now()
-        note = await _revoke_at_provider(provider, client, tokens, now, deps, lease)
-        if note:
-            note = f"revoked in Nexus; {note}"
-        revoked = replace(
+        revoked = await _end_with_revocation(
+            lease,
             connection,
+            provider,
+            client,
+            tokens,
+            deps,
             status=ConnectionStatus.REVOKED,
-            updated_at=now,
-            next_refresh_at=None,
-            last_error=note,
+            action="connection.revoke",
+            why="revoked in Nexus",
         )
-        async with deps.uow() as uow:
-            if not await uow.connections.save(revoked, lease=lease, wipe_credentials=True):
-                raise ConnectionNotActive(
-                    "the connection changed meanwhile; try again", status=connection.status
-                )
-            await uow.connections.release(lease)
-            await uow.audit.add(
-                connection_event(
-                    "connection.revoke",
-                    revoked,
-                    now,
-                    at_provider=bool(tokens and provider.revocation_url and not note),
-                )
+        if revoked is None:
+            raise ConnectionNotActive(
+                "the connection changed meanwhile; try again", status=connection.status
             )
-            await uow.commit()
     return revoked, provider
 
 
