@@ -64,9 +64,15 @@ pytest: install
 
 test: check-protos lint validate-envoy pytest
 
-# Ratios against a trivial gRPC call measured in the same run; not part of `make test`.
+# Ratios against a trivial gRPC server measured in the same run, on PostgreSQL (DATABASE_URL,
+# else 127.0.0.1:5432 as user postgres); not part of `make test`. h2load comes from Debian's
+# nghttp2-client. BENCH_ARGS passes options, e.g. BENCH_ARGS='--json /tmp/bench.json'.
 bench: install
-	$(PY) bench/bench_get_token.py --tracing
+	command -v h2load >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nghttp2-client; }
+	$(PY) -m bench.hot_path $(BENCH_ARGS)
 
 clean:
 	rm -rf .build .nexus-data

@@ -23,7 +23,7 @@ async def _empty(request: bytes, context: Any) -> bytes:
     return b""
 
 
-class _AnyUnary(grpc.GenericRpcHandler):
+class _AnyUnary(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped
     """Every method, requests and answers left as bytes: no protobuf work at all."""
 
     def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler:

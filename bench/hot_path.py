@@ -1,17 +1,18 @@
 """``make bench``: the hot paths loaded as users load a server, each figure a ratio of
 the floor measured in the same run.
 
-The load comes from C generators: ``h2load`` sends framed protobuf requests over one
-HTTP/2 connection with 1, 16 or 64 streams in flight (gRPC); ``wrk`` holds 1, 16 or 64
-HTTP/1.1 connections through Envoy (REST). The floor is a trivial ``grpc.aio`` server in
+The load comes from a C generator, ``h2load``: framed protobuf requests over one HTTP/2
+connection with 1, 16 or 64 streams in flight (gRPC), or 1, 16 or 64 HTTP/1.1 connections
+through Envoy (REST), each point a fixed number of requests sized to last about
+``--seconds`` after a warm-up. The floor is a trivial ``grpc.aio`` server in
 its own process (``bench.echo_server``), loaded with the very same requests, and for REST
 the same Envoy config routing to it. The stack runs on a fresh PostgreSQL database with
 production's defaults, metrics served and every span exported over OTLP to a receiver on
 loopback.
 
-A run counts only when every answer was OK: h2load's and wrk's HTTP statuses, and the
-services' own ``grpc_server_handled_total`` read before and after (a gRPC error is a
-trailer after HTTP 200). Otherwise it is marked NOT A RESULT and the bench exits 1.
+A run counts only when every answer was OK: h2load's HTTP statuses, and the services'
+own ``grpc_server_handled_total`` read before and after the measured requests (a gRPC
+error is a trailer after HTTP 200). Otherwise it is NOT A RESULT and the bench exits 1.
 
     python -m bench.hot_path [--seconds 5] [--in-flight 1,16,64] [--json PATH]
                              [--database-url URL] [--no-tracing-cost]
@@ -24,6 +25,7 @@ import asyncio
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +34,8 @@ from nexus.broker.v1 import connections_pb2, sessions_pb2
 from nexus.gateway.v1 import gateway_pb2
 
 from bench.floor import Floor, running_floor
-from bench.loadgen import Load, grpc_frame, h2load, need, wrk
-from bench.metrics import scrape
+from bench.loadgen import Load, grpc_frame, h2load, need
+from bench.metrics import Handled, scrape
 from bench.stack import AGENT_ID, OPS_SCOPE, Setup, access_request, running_stack, set_up
 from tests.support.otlp_collector import start_otlp_collector
 from tools.devstack import Stack
@@ -183,20 +185,32 @@ class Settings:
     widths: tuple[int, ...]
 
 
-def _load(probe: Probe, base_url: str, width: int, settings: Settings) -> Load:
+def _load(
+    probe: Probe, base_url: str, width: int, settings: Settings, measuring: Callable[[], None]
+) -> Load:
+    """Warm up (unmeasured, and sizing the run from the rate seen), call ``measuring``,
+    then send about ``settings.seconds`` worth of requests."""
     url = base_url + probe.path
     if probe.kind == GRPC:
-        body = grpc_frame(probe.body)
-        return h2load(url, body, probe.headers, width, settings.seconds, settings.warm_up)
-    wrk(url, probe.headers, width, settings.warm_up)  # wrk has no warm-up of its own
-    return wrk(url, probe.headers, width, settings.seconds)
+        shape: dict[str, Any] = {"body": grpc_frame(probe.body), "streams": width}
+    else:
+        shape = {"connections": width, "h1": True}
+    warm = h2load(url, probe.headers, max(4 * width, 32), **shape)
+    if warm.failed == 0:  # a failing path fails again below, where it is reported
+        warm = h2load(url, probe.headers, _count(warm, settings.warm_up, width), **shape)
+    measuring()
+    return h2load(url, probe.headers, _count(warm, settings.seconds, width), **shape)
+
+
+def _count(rate: Load, seconds: float, width: int) -> int:
+    return max(4 * width, 32, round(rate.per_second * seconds))
 
 
 def _point(probe: Probe, stack: Stack, floor: Load, width: int, settings: Settings) -> Point:
     metrics = [stack.metrics_url(service) for service in _SERVICES]
     base = stack.rest_url if probe.kind == REST else f"http://127.0.0.1:{stack.ports[probe.port]}"
-    before = scrape(metrics)
-    load = _load(probe, base, width, settings)
+    before: Handled = Counter()
+    load = _load(probe, base, width, settings, lambda: before.update(scrape(metrics)))
     answered = scrape(metrics)
     answered.subtract(before)
     non_ok = sum(count for (_, _, code), count in answered.items() if code != "OK")
@@ -222,7 +236,7 @@ def _floors(
     for kind, probe in sample.items():
         base = floor.rest_url if kind == REST else floor.grpc_url
         for width in settings.widths:
-            load = _load(probe, base, width, settings)
+            load = _load(probe, base, width, settings, lambda: None)
             if load.failed or not load.requests:
                 raise RuntimeError(f"the floor itself failed ({kind}, {width} in flight): {load}")
             loads[(kind, width)] = load
@@ -311,12 +325,13 @@ def main() -> None:
         help="skip measuring GetToken again on a stack with tracing off",
     )
     args = parser.parse_args()
-    need("h2load", "wrk")
+    need("h2load")
     settings = Settings(
         args.seconds, args.warm_up, tuple(int(w) for w in args.in_flight.split(","))
     )
     print(
-        f"{os.cpu_count()} cores; {settings.seconds:g} s per point after {settings.warm_up:g} s warm-up"
+        f"{os.cpu_count()} cores; about {settings.seconds:g} s per point "
+        f"after {settings.warm_up:g} s of warm-up"
     )
     with start_otlp_collector() as collector:
         points = _run_stack(

@@ -60,7 +60,7 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
 
 def parse_h2load(output: str, log: str) -> Load:
     """h2load's summary for counts and rate; its per-request log for latency."""
-    rate = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", output)
+    rate = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", output)
     counts = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded", output)
     if rate is None or counts is None:
         raise RuntimeError(f"h2load printed no summary:\n{output}")
