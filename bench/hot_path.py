@@ -5,10 +5,10 @@ The load comes from a C generator, ``h2load``: framed protobuf requests over one
 connection with 1, 16 or 64 streams in flight (gRPC), or 1, 16 or 64 HTTP/1.1 connections
 through Envoy (REST), each point a fixed number of requests sized to last about
 ``--seconds`` after a warm-up. The floor is a trivial ``grpc.aio`` server in
-its own process (``bench.echo_server``), loaded with the very same requests, and for REST
-the same Envoy config routing to it. The stack runs on a fresh PostgreSQL database with
-production's defaults, metrics served and every span exported over OTLP to a receiver on
-loopback.
+its own process (``bench.echo_server``), loaded with the very same request just before
+each point, and for REST the same Envoy config routing to it. The stack runs on a fresh
+PostgreSQL database with production's defaults, metrics served and every span exported
+over OTLP to a receiver on loopback.
 
 A run counts only when every answer was OK: h2load's HTTP statuses, and the services'
 own ``grpc_server_handled_total`` read before and after the measured requests (a gRPC
@@ -26,7 +26,7 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +77,12 @@ class Point:
             "mean_latency": ratio(self.load.mean_ms, self.floor.mean_ms),
             "p99_latency": ratio(self.load.p99_ms, self.floor.p99_ms),
         }
+
+    def floor_line(self) -> str:
+        return (
+            f"{'  its floor':<26} {self.in_flight:>9} {self.floor.per_second:>9.0f} {'':>8} "
+            f"{self.floor.mean_ms:>8.2f} {'':>8} {self.floor.p99_ms:>8.2f}"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -228,19 +234,14 @@ def _point(probe: Probe, stack: Stack, floor: Load, width: int, settings: Settin
     return point
 
 
-def _floors(
-    floor: Floor, sample: dict[str, Probe], settings: Settings
-) -> dict[tuple[str, int], Load]:
-    """The floor per transport and width, loaded with a real request of that transport."""
-    loads = {}
-    for kind, probe in sample.items():
-        base = floor.rest_url if kind == REST else floor.grpc_url
-        for width in settings.widths:
-            load = _load(probe, base, width, settings, lambda: None)
-            if load.failed or not load.requests:
-                raise RuntimeError(f"the floor itself failed ({kind}, {width} in flight): {load}")
-            loads[(kind, width)] = load
-    return loads
+def _floor(probe: Probe, floor: Floor, width: int, settings: Settings) -> Load:
+    """The floor loaded with this very request, just before the path: background load on
+    the machine then weighs on both sides of the ratio alike."""
+    base = floor.rest_url if probe.kind == REST else floor.grpc_url
+    load = _load(probe, base, width, settings, lambda: None)
+    if load.failed or not load.requests:
+        raise RuntimeError(f"the floor itself failed ({probe.name}, {width} in flight): {load}")
+    return load
 
 
 def measure(
@@ -250,16 +251,14 @@ def measure(
     only: Callable[[Probe], bool],
     report: Callable[[Point], None],
 ) -> list[Point]:
-    chosen = [probe for probe in probes(stack, setup) if only(probe)]
-    sample = {probe.kind: probe for probe in reversed(chosen)}
-    with running_floor() as floor:
-        floors = _floors(floor, sample, settings)
     points = []
-    for probe in chosen:
-        for width in settings.widths:
-            point = _point(probe, stack, floors[(probe.kind, width)], width, settings)
-            report(point)
-            points.append(point)
+    with running_floor() as floor:
+        for probe in filter(only, probes(stack, setup)):
+            for width in settings.widths:
+                base = _floor(probe, floor, width, settings)
+                point = _point(probe, stack, base, width, settings)
+                report(point)
+                points.append(point)
     return points
 
 
@@ -280,24 +279,7 @@ def _print(point: Point) -> None:
     )
     if point.problems:
         line += "  NOT A RESULT: " + "; ".join(point.problems)
-    print(line, flush=True)
-
-
-def _floor_lines(points: list[Point]) -> Iterator[str]:
-    seen = set()
-    for point in points:
-        kind = "REST" if "REST" in point.probe else "gRPC"
-        if (kind, point.in_flight) not in seen:
-            seen.add((kind, point.in_flight))
-            f = point.floor
-            yield (
-                f"floor {kind:<4} {point.in_flight:>3} in flight: {f.per_second:8.0f} req/s, "
-                f"mean {f.mean_ms:.2f} ms, p99 {f.p99_ms:.2f} ms"
-            )
-
-
-async def _set_up(stack: Stack, backend: Any) -> Setup:
-    return await set_up(stack, backend)
+    print(line, point.floor_line(), sep="\n", flush=True)
 
 
 def _run_stack(
@@ -307,7 +289,7 @@ def _run_stack(
     only: Callable[[Probe], bool],
 ) -> list[Point]:
     with running_stack(extra_env, args.database_url) as (stack, backend):
-        setup = asyncio.run(_set_up(stack, backend))
+        setup = asyncio.run(set_up(stack, backend))
         _print_header()
         return measure(stack, setup, settings, only, _print)
 
@@ -338,7 +320,6 @@ def main() -> None:
             {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint}, args, settings, lambda _: True
         )
         spans = len(collector.spans())
-    print(*_floor_lines(points), sep="\n")
     print(f"({spans} spans exported over OTLP during the run)")
     figures: dict[str, Any] = {
         "cores": os.cpu_count(),
@@ -347,19 +328,21 @@ def main() -> None:
         "tracing": "every span exported over OTLP/gRPC to a receiver on loopback",
         "points": [point.as_dict() for point in points],
     }
+    checked = list(points)
     if not args.no_tracing_cost:
-        figures["tracing_cost"] = _tracing_cost(points, args, settings)
+        untraced, figures["tracing_cost"] = _tracing_cost(points, args, settings)
+        checked += untraced
     if args.json:
         with open(args.json, "w") as out:
             json.dump(figures, out, indent=2)
-    if any(point.problems for point in points):
+    if any(point.problems for point in checked):
         print("some runs had errors: they are not results", file=sys.stderr)
         sys.exit(1)
 
 
 def _tracing_cost(
     points: list[Point], args: argparse.Namespace, settings: Settings
-) -> dict[str, Any]:
+) -> tuple[list[Point], dict[str, Any]]:
     """GetToken with the agent key again, on a stack with the OpenTelemetry SDK off:
     each ratio with export against the same ratio without."""
     name = "GetToken, agent key"
@@ -377,7 +360,12 @@ def _tracing_cost(
             f"{name}, {point.in_flight} in flight: throughput with tracing = "
             f"{cost[str(point.in_flight)]:.2f}x without"
         )
-    return {"path": name, "throughput_with_over_without": cost}
+    figures = {
+        "path": name,
+        "throughput_with_over_without": cost,
+        "points_without": [point.as_dict() for point in untraced],
+    }
+    return untraced, figures
 
 
 if __name__ == "__main__":
