@@ -34,6 +34,7 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -424,69 +425,102 @@ def _confirm_refreshed(engine: Engine, due: list[str], since: datetime) -> dict[
     }
 
 
-def _stack(data: Path, database_url: str) -> Stack:
+@dataclass
+class Deployment:
+    """A stack on its own fresh database, with the provider, an agent and seeded rows."""
+
+    stack: Stack
+    engine: Engine
+    keys: dict[str, tuple[str, str]]
+    ids: list[str]
+
+
+@contextmanager
+def deployment(
+    database_url: str, data: Path, token_url: str, connections_count: int
+) -> Iterator[Deployment]:
+    url, drop = fresh_database(database_url)
+    engine = create_engine(url)
     env = {
-        "NEXUS_BROKER_DATABASE_URL": database_url,
-        "NEXUS_POLICY_DATABASE_URL": database_url,
+        "NEXUS_BROKER_DATABASE_URL": url,
+        "NEXUS_POLICY_DATABASE_URL": url,
         "NEXUS_ENVIRONMENT": "production",
         "NEXUS_LOG_LEVEL": "WARNING",
     }
-    return Stack(data, {name: free_port() for name in DEV_PORTS}, env=env).start()
+    stack = Stack(data, {name: free_port() for name in DEV_PORTS}, env=env)
+    try:
+        stack.start()
+        admin = ("x-api-key", stack.admin_key)
+        with grpc.insecure_channel(stack.gateway_target) as channel:
+            provider_id = create_provider(channel, admin, f"{token_url}/token")
+            agent = ("authorization", f"Bearer {create_agent(channel, admin)}")
+            keyring = Keyring.from_spec(stack.env["NEXUS_KEYRING"])
+            ids = seed(engine, keyring, provider_id, 0, connections_count)
+            check_token(channel, admin, ids)
+        yield Deployment(stack, engine, {"admin": admin, "agent": agent}, ids)
+    finally:
+        stack.stop()
+        engine.dispose()
+        drop()
 
 
 def run(args: argparse.Namespace, h2load: str) -> dict[str, Any]:
-    report: dict[str, Any] = {"token_server_capacity": asdict(token_server_capacity(h2load, 5000))}
-    report["token_server_capacity"]["per_second"] = (
-        report["token_server_capacity"]["requests"] / (report["token_server_capacity"]["seconds"])
-    )
-    database_url, drop = fresh_database(args.database_url or postgres_url())
-    engine = create_engine(database_url)
-    try:
-        with token_server() as token_url, tempfile.TemporaryDirectory() as data:
-            stack = _stack(Path(data), database_url)
-            try:
-                report.update(_measure(args, h2load, stack, engine, token_url))
-            finally:
-                stack.stop()
-    finally:
-        engine.dispose()
-        drop()
+    capacity = token_server_capacity(h2load, 5000)
+    report: dict[str, Any] = {
+        "token_server_capacity": {**asdict(capacity), "per_second": capacity.per_second},
+        "connections": {"small": args.small, "large": args.large},
+    }
+    server = args.database_url or postgres_url()
+    with (
+        token_server() as token_url,
+        tempfile.TemporaryDirectory() as small_dir,
+        tempfile.TemporaryDirectory() as large_dir,
+        deployment(server, Path(small_dir), token_url, args.small) as small,
+        deployment(server, Path(large_dir), token_url, args.large) as large,
+    ):
+        report.update(compare(args, h2load, small, large))
+        report["memory_kib"] = {"small": memory(small.stack), "large": memory(large.stack)}
+        # Stopping twice is harmless: the refresh loop gets the machine to itself.
+        small.stack.stop()
+        due = large.ids[: args.due]
+        report["refresh"] = measure_refresh(large.engine, token_url, due, large.stack)
+        report["memory_kib_after_refresh"] = memory(large.stack)
     return report
 
 
-def _measure(
-    args: argparse.Namespace, h2load: str, stack: Stack, engine: Engine, token_url: str
+def compare(
+    args: argparse.Namespace, h2load: str, small: Deployment, large: Deployment
 ) -> dict[str, Any]:
-    admin = ("x-api-key", stack.admin_key)
-    keyring = Keyring.from_spec(stack.env["NEXUS_KEYRING"])
-    with grpc.insecure_channel(stack.gateway_target) as channel:
-        provider_id = create_provider(channel, admin, f"{token_url}/token")
-        keys = {
-            "admin": admin,
-            "agent": ("authorization", f"Bearer {create_agent(channel, admin)}"),
-        }
-        ids = seed(engine, keyring, provider_id, 0, args.small)
-        check_token(channel, admin, ids)
-        small = measure_get_token(stack, h2load, keys, spread(ids, args.ids), args.requests)
-        small_memory = memory(stack)
-        ids += seed(engine, keyring, provider_id, args.small, args.large)
-        check_token(channel, admin, ids)
-        large = measure_get_token(stack, h2load, keys, spread(ids, args.ids), args.requests)
-    large_memory = memory(stack)
-    refresh = measure_refresh(engine, token_url, ids[: args.due], stack)
+    """Both stacks measured in turn, ``--rounds`` times, so that a neighbour's load on
+    the machine falls on both; each figure's ratio is the median of the rounds'."""
+    rounds: list[dict[str, dict[str, dict[str, Any]]]] = []
+    for _ in range(args.rounds):
+        rounds.append(
+            {
+                name: measure_get_token(
+                    side.stack, h2load, side.keys, spread(side.ids, args.ids), args.requests
+                )
+                for name, side in (("small", small), ("large", large))
+            }
+        )
+    labels = list(rounds[0]["small"])
+
+    def ratio(label: str, figure: str) -> float:
+        ratios: list[float] = [
+            r["large"][label][figure] / r["small"][label][figure] for r in rounds
+        ]
+        return statistics.median(ratios)
+
     return {
-        "connections": {"small": args.small, "large": args.large},
-        "get_token": {"small": small, "large": large},
+        "get_token_rounds": rounds,
         "get_token_ratio_large_to_small": {
             label: {
-                "throughput": large[label]["per_second"] / small[label]["per_second"],
-                "mean_latency": large[label]["mean_latency_ms"] / small[label]["mean_latency_ms"],
+                "throughput": ratio(label, "per_second"),
+                "mean_latency": ratio(label, "mean_latency_ms"),
+                "not_ok": sum(r[side][label]["not_ok"] for r in rounds for side in r),
             }
-            for label in small
+            for label in labels
         },
-        "memory_kib": {"small": small_memory, "large": large_memory},
-        "refresh": refresh,
-        "memory_kib_after_refresh": memory(stack),
     }
 
 
@@ -498,21 +532,36 @@ def print_report(report: dict[str, Any]) -> None:
     )
     sizes = report["connections"]
     print(
-        f"\nGetToken over gRPC (h2load, one HTTP/2 connection), {sizes['large']:,} connections "
-        f"against {sizes['small']:,}:"
+        f"\nGetToken over gRPC (h2load, one HTTP/2 connection), {sizes['small']:,} -> "
+        f"{sizes['large']:,} connections:"
     )
+    rounds = report["get_token_rounds"]
     for label, ratio in report["get_token_ratio_large_to_small"].items():
-        small = report["get_token"]["small"][label]
-        large = report["get_token"]["large"][label]
+        figures = {
+            side: {
+                figure: statistics.median(r[side][label][figure] for r in rounds)
+                for figure in ("per_second", "mean_latency_ms")
+            }
+            for side in ("small", "large")
+        }
+        small, large = figures["small"], figures["large"]
         print(
-            f"  {label:<24} {small['per_second']:7.0f}/s -> {large['per_second']:7.0f}/s "
+            f"  {label:<24} {small['per_second']:6.0f}/s -> {large['per_second']:6.0f}/s "
             f"({ratio['throughput']:.2f}x), mean {small['mean_latency_ms']:6.2f} ms -> "
             f"{large['mean_latency_ms']:6.2f} ms ({ratio['mean_latency']:.2f}x); "
-            f"non-OK answers {small['not_ok']} / {large['not_ok']}"
+            f"non-OK answers {ratio['not_ok']}"
         )
-    print(f"\nresident memory at {sizes['large']:,} connections after the load (MiB, peak):")
+    print(f"  (medians of {len(rounds)} rounds, the two stacks measured in turn)")
+    print(
+        f"\nresident memory after the load, MiB (peak), {sizes['small']:,} -> "
+        f"{sizes['large']:,} connections:"
+    )
     for name, kib in report["memory_kib"]["large"].items():
-        print(f"  {name:<8} {kib['VmRSS'] / 1024:7.1f} ({kib['VmHWM'] / 1024:.1f})")
+        before = report["memory_kib"]["small"][name]
+        print(
+            f"  {name:<8} {before['VmRSS'] / 1024:7.1f} ({before['VmHWM'] / 1024:.1f}) -> "
+            f"{kib['VmRSS'] / 1024:7.1f} ({kib['VmHWM'] / 1024:.1f})"
+        )
     refresh = report["refresh"]
     print(
         f"\nrefresh loop, one broker, {refresh['due']:,} connections due at once: "
@@ -526,6 +575,11 @@ def print_report(report: dict[str, Any]) -> None:
         f"{refresh['refreshed_in_database']:,} refreshed, {refresh['failing_in_database']} "
         f"failing, {refresh['refresh_audit_rows']:,} refresh.succeeded audit rows"
     )
+    broker = report["memory_kib_after_refresh"]["broker"]
+    print(
+        f"  broker after the refreshes: {broker['VmRSS'] / 1024:.1f} MiB "
+        f"(peak {broker['VmHWM'] / 1024:.1f})"
+    )
 
 
 def main() -> None:
@@ -534,6 +588,7 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=100_000)
     parser.add_argument("--due", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=2_000, help="per figure, at 16 in flight")
+    parser.add_argument("--rounds", type=int, default=3, help="GetToken rounds per stack")
     parser.add_argument("--ids", type=int, default=4, help="connection ids spread over the table")
     parser.add_argument("--database-url", default="", help="a PostgreSQL server (default: local)")
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
