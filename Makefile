@@ -6,7 +6,7 @@ PROTO_SRC := $(shell find protos/nexus -name '*.proto' | sort)
 GOOGLE_PROTOS := $(shell $(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))' 2>/dev/null)
 PROTOC := $(PY) -m grpc_tools.protoc -Iprotos -Iprotos/third_party -I$(GOOGLE_PROTOS)
 
-.PHONY: install run test protos check-protos k8s-envoy lint lint-protos validate-envoy pytest bench clean
+.PHONY: install run test protos check-protos k8s-envoy lint lint-protos validate-envoy pytest bench bench-scale bench-tools clean
 
 install: $(VENV)/.installed node_modules/.installed tests/support/oidc/node_modules/.installed \
 	tests/support/certified_oidc/node_modules/.installed
@@ -67,12 +67,17 @@ test: check-protos lint validate-envoy pytest
 # Ratios against a trivial gRPC server measured in the same run, on PostgreSQL (DATABASE_URL,
 # else 127.0.0.1:5432 as user postgres); not part of `make test`. h2load comes from Debian's
 # nghttp2-client. BENCH_ARGS passes options, e.g. BENCH_ARGS='--json /tmp/bench.json'.
-bench: install
+bench: install bench-tools
+	$(PY) -m bench.hot_path $(BENCH_ARGS)
+
+bench-scale: install bench-tools
+	$(PY) -m bench.scale $(BENCH_ARGS)
+
+bench-tools:
 	command -v h2load >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nghttp2-client; }
-	$(PY) -m bench.hot_path $(BENCH_ARGS)
 
 clean:
 	rm -rf .build .nexus-data

@@ -23,7 +23,7 @@ measured first with h2load, so it is shown not to be the bottleneck):
 Non-OK answers are read from the gateway's ``grpc_server_handled_total``; a
 run with any is reported as such, never as a result.
 
-    python bench/bench_scale.py [--small 1000] [--large 100000] [--due 10000]
+    python -m bench.scale [--small 1000] [--large 100000] [--due 10000]
                                 [--requests 2000] [--ids 4] [--database-url URL]
                                 [--json PATH]
 """
@@ -32,10 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -44,7 +41,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -60,6 +57,8 @@ from nexus_common import Keyring
 from sqlalchemy import Engine, create_engine, func, select, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.loadgen import Load, grpc_frame, h2load, need
+from bench.metrics import scrape
 from tests.support.postgres import fresh_database, postgres_url
 from tools.devstack import DEV_PORTS, ROOT, Stack, free_port
 
@@ -70,20 +69,6 @@ RPC_PATH = "/nexus.gateway.v1.ConnectionService/GetToken"
 SEED_CHUNK = 5_000
 # How long the refresh loop may go without a single grant before the run gives up.
 STALL_SECONDS = 60.0
-
-
-@dataclass
-class Load:
-    """One h2load figure: summed over the runs of each connection id."""
-
-    requests: int
-    seconds: float
-    mean_latency_ms: float
-    failed: int
-
-    @property
-    def per_second(self) -> float:
-        return self.requests / self.seconds
 
 
 # ---- the token endpoint -------------------------------------------------------------
@@ -121,114 +106,55 @@ def _count(url: str) -> dict[str, float]:
     return counted
 
 
-def token_server_capacity(h2load: str, requests: int) -> Load:
+def token_server_capacity(requests: int) -> Load:
     """Refresh grants per second a fresh token server answers (HTTP/1.1, 8 connections:
     more than the refresh loop's 8 concurrent refreshes could use)."""
-    with token_server() as url, tempfile.NamedTemporaryFile() as body:
-        body.write(b"grant_type=refresh_token&refresh_token=rt-capacity&client_id=scale")
-        body.flush()
-        output = _run_h2load(
-            [
-                h2load,
-                "--h1",
-                "-n",
-                str(requests),
-                "-c",
-                "8",
-                "-d",
-                body.name,
-                "-H",
-                "content-type: application/x-www-form-urlencoded",
-                f"{url}/token",
-            ]
+    with token_server() as url:
+        return h2load(
+            f"{url}/token",
+            {"content-type": "application/x-www-form-urlencoded"},
+            requests,
+            body=b"grant_type=refresh_token&refresh_token=rt-capacity&client_id=scale",
+            connections=8,
+            h1=True,
         )
-    return _parse_h2load(output)
 
 
 # ---- h2load ---------------------------------------------------------------------------
 
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def _run_h2load(command: list[str]) -> str:
-    done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
-    if done.returncode != 0:
-        raise RuntimeError(f"h2load failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-    return done.stdout
-
-
-def _parse_h2load(output: str) -> Load:
-    finished = re.search(r"finished in ([\d.]+)(us|ms|s),", output)
-    requests = re.search(
-        r"requests: \d+ total, \d+ started, (\d+) done, \d+ succeeded, (\d+)", output
-    )
-    latency = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", output)
-    if not (finished and requests and latency):
-        raise RuntimeError(f"unexpected h2load output:\n{output}")
-    return Load(
-        requests=int(requests.group(1)),
-        seconds=float(finished.group(1)) * _UNITS[finished.group(2)] / 1e3,
-        mean_latency_ms=float(latency.group(1)) * _UNITS[latency.group(2)],
-        failed=int(requests.group(2)),
-    )
-
-
-def _grpc_frame(message: bytes) -> bytes:
-    """gRPC's length-prefixed message: no compression flag, then a 4-byte length."""
-    return struct.pack(">BI", 0, len(message)) + message
-
 
 def get_token_load(
-    h2load: str, target: str, key: tuple[str, str], ids: list[str], requests: int, inflight: int
+    target: str, key: tuple[str, str], ids: list[str], requests: int, inflight: int
 ) -> Load:
-    """GetToken for each id in turn, ``requests`` in all, ``inflight`` on one connection."""
-    runs = []
-    for connection_id in ids:
-        message = connections_pb2.GetTokenRequest(connection_id=connection_id)
-        with tempfile.NamedTemporaryFile() as body:
-            body.write(_grpc_frame(message.SerializeToString()))
-            body.flush()
-            output = _run_h2load(
-                [
-                    h2load,
-                    "-n",
-                    str(max(requests // len(ids), inflight)),
-                    "-c",
-                    "1",
-                    "-m",
-                    str(inflight),
-                    "-d",
-                    body.name,
-                    "-H",
-                    "content-type: application/grpc",
-                    "-H",
-                    "te: trailers",
-                    "-H",
-                    f"{key[0]}: {key[1]}",
-                    f"http://{target}{RPC_PATH}",
-                ]
-            )
-        runs.append(_parse_h2load(output))
+    """GetToken for each id in turn (h2load sends one body per run), ``requests`` in
+    all, ``inflight`` on one connection; the runs added up (p99: the worst run's)."""
+    headers = {"content-type": "application/grpc", "te": "trailers", key[0]: key[1]}
+    runs = [
+        h2load(
+            f"http://{target}{RPC_PATH}",
+            headers,
+            max(requests // len(ids), inflight),
+            body=grpc_frame(
+                connections_pb2.GetTokenRequest(connection_id=connection_id).SerializeToString()
+            ),
+            streams=inflight,
+        )
+        for connection_id in ids
+    ]
     total = sum(run.requests for run in runs)
     return Load(
         requests=total,
-        seconds=sum(run.seconds for run in runs),
-        mean_latency_ms=sum(run.mean_latency_ms * run.requests for run in runs) / total,
+        per_second=total / sum(run.requests / run.per_second for run in runs),
+        mean_ms=sum(run.mean_ms * run.requests for run in runs) / total,
+        p99_ms=max(run.p99_ms for run in runs),
         failed=sum(run.failed for run in runs),
     )
 
 
 def not_ok(stack: Stack, method: str) -> int:
     """Answers other than OK the gateway counted for ``method`` so far."""
-    with urllib.request.urlopen(stack.metrics_url("gateway"), timeout=5) as reply:  # noqa: S310
-        lines = reply.read().decode().splitlines()
-    pattern = re.compile(r'^grpc_server_handled_total\{[^}]*grpc_code="(\w+)"[^}]*\} ([\d.e+]+)$')
-    count = 0
-    for line in lines:
-        match = pattern.match(line)
-        if match and f'grpc_method="{method}"' in line and match.group(1) != "OK":
-            count += int(float(match.group(2)))
-    return count
+    counts = scrape([stack.metrics_url("gateway")])
+    return sum(n for (_, name, code), n in counts.items() if name == method and code != "OK")
 
 
 # ---- the stack and its data -----------------------------------------------------------
@@ -342,19 +268,18 @@ def memory(stack: Stack) -> dict[str, dict[str, int]]:
 
 
 def measure_get_token(
-    stack: Stack, h2load: str, keys: dict[str, tuple[str, str]], ids: list[str], requests: int
+    stack: Stack, keys: dict[str, tuple[str, str]], ids: list[str], requests: int
 ) -> dict[str, dict[str, Any]]:
     results = {}
     for key_name, key in keys.items():
-        get_token_load(h2load, stack.gateway_target, key, ids, len(ids) * 16, 16)  # warm up
+        get_token_load(stack.gateway_target, key, ids, len(ids) * 16, 16)  # warm up
         for inflight in (1, 16):
             before = not_ok(stack, "GetToken")
             count = requests if inflight > 1 else max(requests // 4, len(ids))
-            load = get_token_load(h2load, stack.gateway_target, key, ids, count, inflight)
+            load = get_token_load(stack.gateway_target, key, ids, count, inflight)
             label = f"{key_name} key, {inflight} in flight"
             results[label] = {
-                **asdict(load),
-                "per_second": load.per_second,
+                **load.as_dict(),
                 "not_ok": not_ok(stack, "GetToken") - before,
             }
     return results
@@ -464,10 +389,10 @@ def deployment(
         drop()
 
 
-def run(args: argparse.Namespace, h2load: str) -> dict[str, Any]:
-    capacity = token_server_capacity(h2load, 5000)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    capacity = token_server_capacity(5000)
     report: dict[str, Any] = {
-        "token_server_capacity": {**asdict(capacity), "per_second": capacity.per_second},
+        "token_server_capacity": capacity.as_dict(),
         "connections": {"small": args.small, "large": args.large},
     }
     server = args.database_url or postgres_url()
@@ -478,7 +403,7 @@ def run(args: argparse.Namespace, h2load: str) -> dict[str, Any]:
         deployment(server, Path(small_dir), token_url, args.small) as small,
         deployment(server, Path(large_dir), token_url, args.large) as large,
     ):
-        report.update(compare(args, h2load, small, large))
+        report.update(compare(args, small, large))
         report["memory_kib"] = {"small": memory(small.stack), "large": memory(large.stack)}
         # Stopping twice is harmless: the refresh loop gets the machine to itself.
         small.stack.stop()
@@ -488,9 +413,7 @@ def run(args: argparse.Namespace, h2load: str) -> dict[str, Any]:
     return report
 
 
-def compare(
-    args: argparse.Namespace, h2load: str, small: Deployment, large: Deployment
-) -> dict[str, Any]:
+def compare(args: argparse.Namespace, small: Deployment, large: Deployment) -> dict[str, Any]:
     """Both stacks measured in turn, ``--rounds`` times, so that a neighbour's load on
     the machine falls on both; each figure's ratio is the median of the rounds'."""
     rounds: list[dict[str, dict[str, dict[str, Any]]]] = []
@@ -498,7 +421,7 @@ def compare(
         rounds.append(
             {
                 name: measure_get_token(
-                    side.stack, h2load, side.keys, spread(side.ids, args.ids), args.requests
+                    side.stack, side.keys, spread(side.ids, args.ids), args.requests
                 )
                 for name, side in (("small", small), ("large", large))
             }
@@ -516,7 +439,7 @@ def compare(
         "get_token_ratio_large_to_small": {
             label: {
                 "throughput": ratio(label, "per_second"),
-                "mean_latency": ratio(label, "mean_latency_ms"),
+                "mean_latency": ratio(label, "mean_ms"),
                 "not_ok": sum(r[side][label]["not_ok"] for r in rounds for side in r),
             }
             for label in labels
@@ -540,15 +463,15 @@ def print_report(report: dict[str, Any]) -> None:
         figures = {
             side: {
                 figure: statistics.median(r[side][label][figure] for r in rounds)
-                for figure in ("per_second", "mean_latency_ms")
+                for figure in ("per_second", "mean_ms")
             }
             for side in ("small", "large")
         }
         small, large = figures["small"], figures["large"]
         print(
             f"  {label:<24} {small['per_second']:6.0f}/s -> {large['per_second']:6.0f}/s "
-            f"({ratio['throughput']:.2f}x), mean {small['mean_latency_ms']:6.2f} ms -> "
-            f"{large['mean_latency_ms']:6.2f} ms ({ratio['mean_latency']:.2f}x); "
+            f"({ratio['throughput']:.2f}x), mean {small['mean_ms']:6.2f} ms -> "
+            f"{large['mean_ms']:6.2f} ms ({ratio['mean_latency']:.2f}x); "
             f"non-OK answers {ratio['not_ok']}"
         )
     print(f"  (medians of {len(rounds)} rounds, the two stacks measured in turn)")
@@ -595,10 +518,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.small <= args.large or args.due > args.large:
         parser.error("need --small <= --large and --due <= --large")
-    h2load = shutil.which("h2load")
-    if h2load is None:
-        raise SystemExit("h2load not found: apt-get install nghttp2-client")
-    report = run(args, h2load)
+    need("h2load")
+    report = run(args)
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
