@@ -198,16 +198,13 @@ def _strings(message: Message, path: str = "") -> Iterator[tuple[str, str, str]]
                 yield from _strings(item, f"{where}.")
 
 
-def _field_with_nul(message: Message) -> str | None:
-    """The first string field holding a NUL character, by its path."""
-    return next((where for _, where, value in _strings(message) if "\x00" in value), None)
-
-
-def _check_lengths(message: Message) -> None:
-    """Ids and page tokens longer than anything Nexus issues or stores are
-    refused here, once for every method, before they reach a query or are
-    echoed back in an error."""
+def _check_strings(message: Message) -> None:
+    """One walk over every string in the request: refuses NUL (PostgreSQL text
+    cannot hold it), and ids and page tokens longer than anything Nexus issues
+    or stores, before they reach a query or are echoed back in an error."""
     for name, where, value in _strings(message):
+        if "\x00" in value:
+            raise ValidationFailed(f"{where} must not contain a NUL character", field=where)
         is_id = name == "id" or (name.endswith("_id") and name not in _NOT_NEXUS_IDS)
         if is_id and len(value) > MAX_ID_CHARS:
             raise ValidationFailed(f"{where} is longer than {MAX_ID_CHARS} characters", field=where)
@@ -274,10 +271,7 @@ class RequestLimitsInterceptor(UnaryInterceptor):
                 )
             if request.ByteSize() > self._max_bytes:
                 raise RequestTooLarge(f"the request is larger than {self._max_bytes // 1024} KiB")
-            field = _field_with_nul(request)
-            if field is not None:
-                raise ValidationFailed(f"{field} must not contain a NUL character", field=field)
-            _check_lengths(request)
+            _check_strings(request)
             return await behavior(request, context)
 
         return limited

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 from nexus.broker.v1 import connections_pb2, providers_pb2
 from nexus.gateway.v1 import gateway_pb2
-from nexus_common._interceptors import _field_with_nul
+from nexus_common import ValidationFailed
+from nexus_common._interceptors import _check_strings
 
 
 @pytest.mark.parametrize(
@@ -28,10 +29,12 @@ from nexus_common._interceptors import _field_with_nul
     ],
 )
 def test_nul_is_found_wherever_a_string_hides(message: object, path: str) -> None:
-    assert _field_with_nul(message) == path  # type: ignore[arg-type]
+    with pytest.raises(ValidationFailed) as refused:
+        _check_strings(message)  # type: ignore[arg-type]
+    assert refused.value.metadata["field"] == path and "NUL" in refused.value.message
 
 
 def test_clean_messages_pass() -> None:
     provider = providers_pb2.Provider(name="ok", description="fine", scopes=["a", "b"])
     provider.params.update({"nested": {"deep": "value"}})
-    assert _field_with_nul(provider) is None
+    _check_strings(provider)
