@@ -17,6 +17,7 @@ import pytest
 from tests.e2e.test_rest_connections import (
     admin,
     api_key_provider,
+    ensure_provider,
     register_idp,
     request_connection,
 )
@@ -160,13 +161,10 @@ def test_a_code_at_another_providers_callback_is_refused(
 
 
 def _register_certified(rest: httpx.Client, stack: Stack, certified: CertifiedOidc) -> str:
-    existing = rest.get(f"/v1/providers/{CERTIFIED}", headers=admin(stack))
-    if existing.status_code == 200:
-        return str(existing.json()["id"])
-    created = rest.post(
-        "/v1/providers",
-        headers=admin(stack),
-        json={
+    return ensure_provider(
+        rest,
+        stack,
+        {
             "name": CERTIFIED,
             "auth_type": "oauth2",
             "client_id": certified.client_id,
@@ -176,8 +174,6 @@ def _register_certified(rest: httpx.Client, stack: Stack, certified: CertifiedOi
             "scopes": ["openid", "crm:contacts:read"],
         },
     )
-    assert created.status_code == 200, created.text
-    return str(created.json()["id"])
 
 
 @pytest.mark.parametrize("iss", ["wrong", "missing"])

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -49,16 +50,23 @@ def register_idp(rest: httpx.Client, stack: Stack, idp: OidcServer, name: str) -
     return str(created.json()["id"])
 
 
-def api_key_provider(rest: httpx.Client, stack: Stack, app: AppServer, name: str) -> str:
-    """The id of an API-key provider checked against the app's /api/me, made if missing
-    (the stack outlives a test)."""
-    existing = rest.get(f"/v1/providers/{name}", headers=admin(stack))
+def ensure_provider(rest: httpx.Client, stack: Stack, spec: dict[str, Any]) -> str:
+    """The id of the provider named in ``spec``, registered if missing (the stack
+    outlives a test)."""
+    existing = rest.get(f"/v1/providers/{spec['name']}", headers=admin(stack))
     if existing.status_code == 200:
         return str(existing.json()["id"])
-    created = rest.post(
-        "/v1/providers",
-        headers=admin(stack),
-        json={
+    created = rest.post("/v1/providers", headers=admin(stack), json=spec)
+    assert created.status_code == 200, created.text
+    return str(created.json()["id"])
+
+
+def api_key_provider(rest: httpx.Client, stack: Stack, app: AppServer, name: str) -> str:
+    """An API-key provider checked against the app's /api/me."""
+    return ensure_provider(
+        rest,
+        stack,
+        {
             "name": name,
             "auth_type": "api_key",
             "api_base_url": app.url,
@@ -70,8 +78,6 @@ def api_key_provider(rest: httpx.Client, stack: Stack, app: AppServer, name: str
             },
         },
     )
-    assert created.status_code == 200, created.text
-    return str(created.json()["id"])
 
 
 def request_connection(
