@@ -55,12 +55,19 @@ class InternalClient:
         self._timeout = timeout
 
     async def call(self, method: Callable[..., Awaitable[Response]], request: Any) -> Response:
-        return (await self.call_with_headers(method, request))[0]
+        # Every hop of GetToken comes through here: no response headers are read.
+        response, _ = await self._invoke(method, request, headers=False)
+        return response
 
     async def call_with_headers(
         self, method: Callable[..., Awaitable[Response]], request: Any
     ) -> tuple[Response, dict[str, str]]:
         """The answer and the callee's initial metadata (its response headers)."""
+        return await self._invoke(method, request, headers=True)
+
+    async def _invoke(
+        self, method: Callable[..., Awaitable[Response]], request: Any, *, headers: bool
+    ) -> tuple[Response, dict[str, str]]:
         metadata = [(INTERNAL_TOKEN_HEADER, self._token)]
         caller = current_caller.get()
         if caller is not None:
@@ -69,10 +76,10 @@ class InternalClient:
             # A grpc.aio call: awaitable, and it also holds the response headers.
             call: Any = method(request, metadata=metadata, timeout=self._timeout)
             response: Response = await call
-            headers = await call.initial_metadata()
+            received = await call.initial_metadata() if headers else ()
         except grpc.aio.AioRpcError as exc:
             raise self._translate(exc) from exc
-        return response, {key: value for key, value in headers or () if isinstance(value, str)}
+        return response, {key: value for key, value in received or () if isinstance(value, str)}
 
     def _translate(self, exc: grpc.aio.AioRpcError) -> NexusError:
         status = rpc_status.from_call(exc)
