@@ -106,6 +106,7 @@ from ._outbound import (
     Resolver,
     address_class,
     outbound_client,
+    parse_json,
     read_capped,
     system_resolver,
 )
@@ -226,6 +227,7 @@ __all__ = [
     "outbound_client",
     "outbound_span",
     "page_size",
+    "parse_json",
     "pass_trace_context",
     "principal_of",
     "read_capped",

@@ -14,7 +14,6 @@ issuer's response.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 import jwt
 
-from ._outbound import OutboundRefused
+from ._outbound import OutboundRefused, parse_json
 
 __all__ = ["JwksUnavailable", "JwksVerifier", "JwtVerificationError"]
 
@@ -225,6 +224,6 @@ class JwksVerifier:
                 f"the issuer's key set could not be fetched ({type(exc).__name__})"
             ) from exc
         try:
-            return json.loads(body)
-        except (ValueError, RecursionError) as exc:
+            return parse_json(body)
+        except ValueError as exc:
             raise JwksUnavailable("the issuer's key set is not valid JSON") from exc

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
@@ -54,6 +55,7 @@ __all__ = [
     "Resolver",
     "address_class",
     "outbound_client",
+    "parse_json",
     "read_capped",
     "system_resolver",
 ]
@@ -380,3 +382,16 @@ async def read_capped(response: httpx.Response, cap: int) -> bytes:
         if len(body) > cap:
             raise BodyTooLarge(f"the answer is longer than {cap} bytes", request=response.request)
     return bytes(body)
+
+
+def _not_json(constant: str) -> object:
+    raise ValueError(f"{constant} is not JSON (RFC 8259 §6)")
+
+
+def parse_json(body: bytes | bytearray | str) -> object:
+    """A third party's JSON, read strictly: ValueError for what is not RFC 8259
+    JSON (NaN, Infinity) and for nesting too deep for Python's parser."""
+    try:
+        return json.loads(body, parse_constant=_not_json)
+    except RecursionError as exc:
+        raise ValueError("the JSON nests too deep") from exc

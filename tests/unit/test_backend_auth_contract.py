@@ -50,7 +50,8 @@ def test_an_integer_clearance_level_is_kept_as_a_string() -> None:
         (_body(user_id="u1", permissions=[], clearance_level=1.5), "clearance_level"),
         (_body(user_id="u1", permissions=[], expires_at="tomorrow"), "expires_at"),
         (_body(user_id="u1", permissions=[], expires_at=False), "expires_at"),
-        (b'{"user_id":"u1","permissions":[],"expires_at":Infinity}', "expires_at"),
+        # Not JSON at all (RFC 8259 §6), so refused before any field is read.
+        (b'{"user_id":"u1","permissions":[],"expires_at":Infinity}', "Infinity is not JSON"),
         (_body(user_id="u1", permissions=[], workspaces="team-a"), "workspaces"),
         (_body(user_id="u1", permissions=[], workspaces=[""]), "workspaces"),
         (_body(user_id="u1", permissions=[], workspaces=[7]), "workspaces"),

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from nexus_common import ConfigError, OutboundPolicy, address_class
+from nexus_common import ConfigError, OutboundPolicy, address_class, parse_json
 
 LOOPBACK = "127.0.0.0/8,::1/128"
 
@@ -130,3 +130,17 @@ def test_malformed_settings_are_config_errors(allowed: str, denied: str, size: i
         OutboundPolicy.parse(
             allowed_networks=allowed, denied_ports=denied, max_body_bytes=size, deadline_seconds=1
         )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"exp": NaN}', b'{"exp": Infinity}', b"[-Infinity]", b"[" * 100_000 + b"]" * 100_000],
+    ids=["NaN", "Infinity", "-Infinity", "deep"],
+)
+def test_third_party_json_that_is_not_rfc_8259_is_refused(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_json(body)
+
+
+def test_third_party_json_is_read() -> None:
+    assert parse_json(b'{"keys": [{"kid": "a", "n": 1.5}]}') == {"keys": [{"kid": "a", "n": 1.5}]}

@@ -9,7 +9,6 @@ Upstream bodies are never quoted: they could hold anything.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
@@ -18,6 +17,7 @@ from nexus_common import (
     DiscoveryDocumentInvalid,
     OutboundAddressNotAllowed,
     OutboundRefused,
+    parse_json,
 )
 
 from ..domain.discovery import discovery_path
@@ -80,8 +80,8 @@ class DiscoveryClient:
                 f"the issuer could not be reached at {url} ({type(exc).__name__})"
             ) from exc
         try:
-            return json.loads(body)
-        except (ValueError, RecursionError) as exc:
+            return parse_json(body)
+        except ValueError as exc:
             raise DiscoveryDocumentInvalid(
                 "the discovery document is not valid JSON", field="issuer"
             ) from exc

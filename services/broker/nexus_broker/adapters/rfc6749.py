@@ -12,7 +12,6 @@ to reconnect (``invalid_grant``, §5.2). Bodies are never quoted.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +19,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import parse_qsl, quote
 
 import httpx
-from nexus_common import BodyTooLarge, OutboundRefused, outbound_span, read_capped
+from nexus_common import BodyTooLarge, OutboundRefused, outbound_span, parse_json, read_capped
 
 from ..domain.connections import TokenSet, token_lifetime
 
@@ -62,15 +61,11 @@ def _retry_after(value: str | None, now: datetime) -> float | None:
         return None
 
 
-def _not_json(constant: str) -> object:
-    raise ValueError(f"{constant} is not JSON (RFC 8259 §6)")
-
-
 def _parse_body(response: httpx.Response, content: bytes) -> dict[str, str]:
     if "json" in response.headers.get("content-type", "") or content.lstrip().startswith(b"{"):
         try:
-            parsed = json.loads(content, parse_constant=_not_json)
-        except (ValueError, RecursionError):
+            parsed = parse_json(content)
+        except ValueError:
             return {}
         return {str(k): v for k, v in parsed.items()} if isinstance(parsed, dict) else {}
     return dict(parse_qsl(content.decode("utf-8", "replace")))

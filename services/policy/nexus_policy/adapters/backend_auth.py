@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
 import math
 import re
 import time
@@ -67,6 +66,7 @@ from nexus_common import (
     UserTokenInvalid,
     ValidationFailed,
     outbound_span,
+    parse_json,
     pass_trace_context,
 )
 from opentelemetry.trace import Span
@@ -291,9 +291,9 @@ def _is_number(value: object) -> TypeGuard[int | float]:
 def parse_answer(body: bytes) -> UserContext:
     """The contract's 200 body as a UserContext; ``BackendAuthUnavailable`` if it breaks it."""
     try:
-        answer = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise BackendAuthUnavailable("the user backend's answer is not JSON") from exc
+        answer = parse_json(body)
+    except ValueError as exc:
+        raise BackendAuthUnavailable(f"the user backend's answer is not JSON: {exc}") from exc
     if not isinstance(answer, dict):
         raise BackendAuthUnavailable("the user backend's answer is not a JSON object")
 
