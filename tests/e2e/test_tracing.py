@@ -202,11 +202,13 @@ def test_a_provider_refresh_is_a_span_of_the_broker(
 
     def refreshed(spans: list[ExportedSpan]) -> bool:
         # Both spans: the outbound one ends first and may be exported in an earlier batch.
-        names = {s.name for s in spans if s.trace_id == trace_id}
+        # The broker's server span itself, not the gateway's client span of the same name,
+        # which each service exports in its own batches.
+        seen = {(s.service, s.kind, s.name) for s in spans if s.trace_id == trace_id}
         return {
-            "POST provider refresh_token",
-            "/nexus.broker.v1.ConnectionService/RefreshConnection",
-        } <= names
+            ("nexus-broker", "CLIENT", "POST provider refresh_token"),
+            ("nexus-broker", "SERVER", "/nexus.broker.v1.ConnectionService/RefreshConnection"),
+        } <= seen
 
     spans = [s for s in collector.wait_for(refreshed) if s.trace_id == trace_id]
     (outbound,) = [s for s in spans if s.name == "POST provider refresh_token"]
