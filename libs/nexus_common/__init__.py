@@ -15,6 +15,7 @@ from ._auth import (
     current_caller,
     internal_authenticator,
 )
+from ._cache import LoadingCache
 from ._client import InternalClient
 from ._db import (
     Migrations,
@@ -93,6 +94,7 @@ from ._errors import (
 from ._interceptors import PUBLIC_METHOD_PREFIXES, to_grpc_status
 from ._jwks import JwksUnavailable, JwksVerifier, JwtVerificationError
 from ._keyring import Keyring, KeyringError, generate_key_spec
+from ._listen import ChangeListener, listens
 from ._logging import configure_logging, redact
 from ._metrics import MetricsEndpoint, serve_metrics
 from ._outbound import (
@@ -146,6 +148,7 @@ __all__ = [
     "Caller",
     "CallerNotAllowed",
     "CaptureAttemptsExhausted",
+    "ChangeListener",
     "ConcurrentModification",
     "ConfigError",
     "ConfirmationInvalid",
@@ -172,6 +175,7 @@ __all__ = [
     "JwtVerificationError",
     "Keyring",
     "KeyringError",
+    "LoadingCache",
     "MalformedJson",
     "MalformedRequest",
     "MetricsEndpoint",
@@ -224,6 +228,7 @@ __all__ = [
     "current_caller",
     "generate_key_spec",
     "internal_authenticator",
+    "listens",
     "outbound_client",
     "outbound_span",
     "page_size",
