@@ -175,12 +175,19 @@ async def _get_token(stack: Stack, connection_id: str, key: str) -> Any:
 
 
 async def _warm(stack: Stack, connection_id: str, key: str) -> None:
-    """Warm calls are answered without a single policy call."""
-    await _get_token(stack, connection_id, key)
-    before = _policy_calls()
-    for _ in range(10):
-        assert (await _get_token(stack, connection_id, key)).credentials["access_token"]
-    assert _policy_calls() == before
+    """Warm calls are answered without a single policy call. The notice of the
+    change just made may still be on its way (and drop what the first call
+    cached), so a few rounds are allowed for it to land."""
+    rounds = []
+    for _ in range(5):
+        before = _policy_calls()
+        for _ in range(10):
+            assert (await _get_token(stack, connection_id, key)).credentials["access_token"]
+        rounds.append({m: n - before[m] for m, n in _policy_calls().items()})
+        if rounds[-1] == {"AuthenticateAgent": 0, "AuthorizeAccess": 0}:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"warm calls still asked the policy service: {rounds}")
 
 
 async def _refused_within_bound(stack: Stack, connection_id: str, key: str) -> float:
@@ -294,3 +301,19 @@ async def test_while_the_feed_is_down_nothing_is_served_from_cache(
                 assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error.details()
                 break
             raise AssertionError("a disabled agent was served from a cache")
+
+
+async def test_a_denial_is_asked_again_each_time_so_each_is_audited(
+    stack: Stack, oidc: OidcServer, app: AppServer
+) -> None:
+    await register_crm(stack.services, oidc)
+    alice = await connect_crm(stack.services, app, "alice")
+    key = await _agent(stack)
+    await _update(stack, agents_pb2.Agent(agent_id=AGENT, bindings=_bindings("bob")), "bindings")
+    await _refused_within_bound(stack, alice, key)
+    before = _policy_calls()["AuthorizeAccess"]
+    for _ in range(3):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _get_token(stack, alice, key)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert _policy_calls()["AuthorizeAccess"] == before + 3

@@ -199,9 +199,7 @@ async def test_a_replica_that_stops_hearing_the_database_ends_its_watches(
             "WHERE query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()"
         )
     async with asyncio.timeout(BOUND_SECONDS):
-        await expect_error(
-            anext(notices), grpc.StatusCode.UNAVAILABLE, "CHANGE_FEED_UNAVAILABLE"
-        )
+        await expect_error(anext(notices), grpc.StatusCode.UNAVAILABLE, "CHANGE_FEED_UNAVAILABLE")
     # Once it listens again (a moment later), watches start again.
     async with asyncio.timeout(10):
         while True:
