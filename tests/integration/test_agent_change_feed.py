@@ -269,7 +269,9 @@ async def test_while_the_feed_is_down_nothing_is_served_from_cache(
     await watched.server.stop(0)
     await watched.close()
     async with asyncio.timeout(BOUND_SECONDS):
-        while stack.gateway.feed.ready or stack.broker.core.feed.ready:
+        while True:
+            if not (stack.gateway.feed.ready or stack.broker.core.feed.ready):
+                break
             await asyncio.sleep(0.01)
     # Nothing is answered from the caches: the policy service cannot be asked.
     with pytest.raises(grpc.aio.AioRpcError) as caught:

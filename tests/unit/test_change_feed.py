@@ -44,7 +44,9 @@ def _feed(peer: Peer, events: list[str], **options: float) -> ChangeFeed:
 
 async def _until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(2):
-        while not condition():
+        while True:
+            if condition():
+                return
             await asyncio.sleep(0.005)
 
 
