@@ -51,7 +51,9 @@ log = logging.getLogger("nexus.rpc")
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+# A server stream's behaviour: an async generator, or a coroutine that writes
+# with ``context.write`` (grpc's own health Watch does).
+StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 # Every id Nexus stores fits in 255 characters; a longer one names nothing.
 MAX_ID_CHARS = 255
@@ -89,6 +91,18 @@ def call_outcome(context: grpc.aio.ServicerContext, cancelled: bool) -> str:
     if code is None or code == grpc.StatusCode.OK:
         return "CANCELLED" if cancelled else "OK"
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+
+async def _responses(
+    behavior: StreamBehavior, request: Any, context: grpc.aio.ServicerContext
+) -> AsyncIterator[Any]:
+    """What a server stream sends, whichever way its behaviour is written."""
+    sent = behavior(request, context)
+    if hasattr(sent, "__aiter__"):
+        async for response in sent:
+            yield response
+    else:
+        await sent
 
 
 class UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -198,9 +212,12 @@ class ErrorMappingInterceptor(UnaryInterceptor):
         return mapped
 
     def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        if method.startswith(PUBLIC_METHOD_PREFIXES):
+            return behavior
+
         async def mapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
-                async for response in behavior(request, context):
+                async for response in _responses(behavior, request, context):
                     yield response
                 return
             except NexusError as error:
@@ -353,7 +370,7 @@ class AuthInterceptor(UnaryInterceptor):
             request: Any, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
             await self._caller(method, context)
-            async for response in behavior(request, context):
+            async for response in _responses(behavior, request, context):
                 yield response
 
         return authenticated

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nexus.policy.v1 import agents_pb2, agents_pb2_grpc, policy_pb2, policy_pb2_grpc
 
 from tests.conftest import INTERNAL_TOKEN, service_env
@@ -183,6 +184,17 @@ async def test_the_change_feed_needs_the_internal_token(
     for metadata in ((), (("x-nexus-internal-token", "not-the-token"),)):
         watch = _watch(replicas[1], metadata)
         await expect_error(anext(aiter(watch)), grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+
+
+async def test_a_probe_still_watches_health_without_a_credential(
+    replicas: list[grpc.aio.Channel],
+) -> None:
+    watch = health_pb2_grpc.HealthStub(replicas[1]).Watch(health_pb2.HealthCheckRequest())
+    try:
+        answer = await anext(aiter(watch))
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        watch.cancel()
 
 
 async def test_a_replica_that_stops_hearing_the_database_ends_its_watches(

@@ -124,12 +124,13 @@ class PolicyClient:
             request.workspace_id = session.workspace_id
             if session.user_context_token is not None:
                 request.user_context_token = session.user_context_token
-        if action == Action.OBO_SESSION:
+        if action == Action.OBO_SESSION or request.HasField("user_context_token"):
+            # A user's token is neither remembered nor kept as a key.
             return await self._ask(request)
-        acting = session.agent_id if session is not None else ""
+        agents = {request.agent_id} if request.agent_id else set()
         if not isinstance(caller, AdminPrincipal):
-            acting = caller.agent_id
-        tags = (_agent_tag(acting),) if acting else (_ADMIN_TAG,)
+            agents.add(caller.agent_id)
+        tags = tuple(_agent_tag(agent_id) for agent_id in sorted(agents)) or (_ADMIN_TAG,)
         return await self._grants.get(
             request.SerializeToString(deterministic=True),
             lambda: self._ask(request),
