@@ -41,6 +41,7 @@ from ._errors import (
     CallbackProviderMismatch,
     CallerNotAllowed,
     CaptureAttemptsExhausted,
+    ChangeFeedUnavailable,
     ConcurrentModification,
     ConfirmationInvalid,
     ConnectionAmbiguous,
@@ -91,6 +92,7 @@ from ._errors import (
     ValidationFailed,
     WorkspaceNotBound,
 )
+from ._feed import ChangeFeed
 from ._interceptors import PUBLIC_METHOD_PREFIXES, to_grpc_status
 from ._jwks import JwksUnavailable, JwksVerifier, JwtVerificationError
 from ._keyring import Keyring, KeyringError, generate_key_spec
@@ -148,6 +150,8 @@ __all__ = [
     "Caller",
     "CallerNotAllowed",
     "CaptureAttemptsExhausted",
+    "ChangeFeed",
+    "ChangeFeedUnavailable",
     "ChangeListener",
     "ConcurrentModification",
     "ConfigError",

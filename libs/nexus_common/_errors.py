@@ -60,7 +60,8 @@
     │   ├── DependencyUnavailable       reason DEPENDENCY_UNAVAILABLE
     │   ├── DatabaseUnavailable         reason DATABASE_UNAVAILABLE (RetryInfo)
     │   ├── ProviderUnavailable         reason PROVIDER_UNAVAILABLE
-    │   └── BackendAuthUnavailable      reason BACKEND_AUTH_UNAVAILABLE
+    │   ├── BackendAuthUnavailable      reason BACKEND_AUTH_UNAVAILABLE
+    │   └── ChangeFeedUnavailable       reason CHANGE_FEED_UNAVAILABLE
     ├── Internal                        INTERNAL, reason INTERNAL
     └── RemoteError                     whatever another Nexus service answered
 
@@ -93,6 +94,7 @@ __all__ = [
     "CallbackProviderMismatch",
     "CallerNotAllowed",
     "CaptureAttemptsExhausted",
+    "ChangeFeedUnavailable",
     "ConcurrentModification",
     "ConfirmationInvalid",
     "ConnectionAmbiguous",
@@ -368,6 +370,13 @@ class Internal(NexusError):
 
 class ProviderUnavailable(Unavailable):
     reason = "PROVIDER_UNAVAILABLE"
+
+
+class ChangeFeedUnavailable(Unavailable):
+    """This replica cannot hear change notices, so it cannot pass them on:
+    a watcher must turn its caches off and ask another replica, or again."""
+
+    reason = "CHANGE_FEED_UNAVAILABLE"
 
 
 class UserTokenInvalid(Unauthenticated):

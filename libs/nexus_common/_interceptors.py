@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -26,6 +26,7 @@ from ._errors import (
     MalformedRequest,
     NexusError,
     RequestTooLarge,
+    Unauthenticated,
     ValidationFailed,
 )
 from ._tracing import current_trace_id
@@ -50,6 +51,9 @@ log = logging.getLogger("nexus.rpc")
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+# A server stream's behaviour: an async generator, or a coroutine that writes
+# with ``context.write`` (grpc's own health Watch does).
+StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 # Every id Nexus stores fits in 255 characters; a longer one names nothing.
 MAX_ID_CHARS = 255
@@ -89,11 +93,27 @@ def call_outcome(context: grpc.aio.ServicerContext, cancelled: bool) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
+async def _responses(
+    behavior: StreamBehavior, request: Any, context: grpc.aio.ServicerContext
+) -> AsyncIterator[Any]:
+    """What a server stream sends, whichever way its behaviour is written."""
+    sent = behavior(request, context)
+    if hasattr(sent, "__aiter__"):
+        async for response in sent:
+            yield response
+    else:
+        await sent
+
+
 class UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps the behaviour of unary-unary methods; streams pass through."""
+    """Wraps the behaviour of unary-unary methods; server streams pass through
+    unless ``wrap_stream`` is overridden (authentication and error mapping do)."""
 
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         raise NotImplementedError
+
+    def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        return behavior
 
     async def intercept_service(
         self,
@@ -101,6 +121,15 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
+        if handler is not None and handler.unary_stream is not None:
+            wrapped = self.wrap_stream(handler_call_details.method, handler.unary_stream)
+            if wrapped is handler.unary_stream:
+                return handler
+            return grpc.unary_stream_rpc_method_handler(
+                wrapped,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler is None or handler.unary_unary is None:
             return handler
         return grpc.unary_unary_rpc_method_handler(
@@ -171,6 +200,26 @@ class ErrorMappingInterceptor(UnaryInterceptor):
         async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 return await behavior(request, context)
+            except NexusError as error:
+                status = to_grpc_status(error)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                log.exception("unhandled error in %s", method)
+                status = to_grpc_status(Internal("internal error"))
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+        return mapped
+
+    def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        if method.startswith(PUBLIC_METHOD_PREFIXES):
+            return behavior
+
+        async def mapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for response in _responses(behavior, request, context):
+                    yield response
+                return
             except NexusError as error:
                 status = to_grpc_status(error)
             except grpc.aio.AbortError:
@@ -278,24 +327,65 @@ class RequestLimitsInterceptor(UnaryInterceptor):
 
 
 class AuthInterceptor(UnaryInterceptor):
-    """Establishes the caller for every non-public method, or refuses the call."""
+    """Establishes the caller for every non-public method, or refuses the call.
+
+    Server streams are authenticated like unary calls. A client-streaming
+    method that is not public is refused outright: nothing here would check
+    its caller, and failing closed keeps a new one from going out unguarded.
+    """
 
     def __init__(self, authenticate: Authenticator) -> None:
         self._authenticate = authenticate
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await super().intercept_service(continuation, handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
+            return handler
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(_refuse_unguarded)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(_refuse_unguarded)
+        return handler
+
+    async def _caller(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        metadata = {
+            key: value
+            for key, value in (context.invocation_metadata() or ())
+            if isinstance(value, str)
+        }
+        # Each RPC runs in its own task, so the caller stays set for the
+        # outer interceptors (logging) and never leaks into another call.
+        current_caller.set(await self._authenticate(method, metadata))
+
+    def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        if method.startswith(PUBLIC_METHOD_PREFIXES):
+            return behavior
+
+        async def authenticated(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            await self._caller(method, context)
+            async for response in _responses(behavior, request, context):
+                yield response
+
+        return authenticated
 
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         if method.startswith(PUBLIC_METHOD_PREFIXES):
             return behavior
 
         async def authenticated(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            metadata = {
-                key: value
-                for key, value in (context.invocation_metadata() or ())
-                if isinstance(value, str)
-            }
-            # Each RPC runs in its own task, so the caller stays set for the
-            # outer interceptors (logging) and never leaks into another call.
-            current_caller.set(await self._authenticate(method, metadata))
+            await self._caller(method, context)
             return await behavior(request, context)
 
         return authenticated
+
+
+async def _refuse_unguarded(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+    status = to_grpc_status(Unauthenticated("this method takes no callers"))
+    await context.abort(status.code, status.details, status.trailing_metadata)

@@ -1,37 +1,59 @@
-"""Two policy replicas on one database: a change made through one reaches the
-other's access decisions within NEXUS_POLICY_AGENT_CACHE_SECONDS."""
+"""Two policy replicas on one PostgreSQL database: a change made through one
+reaches the other's access decisions through the database's change notice,
+well within the backstop age (NEXUS_CACHE_MAX_AGE_SECONDS), and each replica
+passes the changes it hears on to whoever watches it, with the internal token
+only. SQLite is one process by design, so these run on PostgreSQL alone."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import grpc
+import psycopg
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nexus.policy.v1 import agents_pb2, agents_pb2_grpc, policy_pb2, policy_pb2_grpc
 
 from tests.conftest import INTERNAL_TOKEN, service_env
 from tests.integration.helpers import expect_error
+from tests.support.postgres import fresh_database, postgres_url
 
-CACHE_SECONDS = 0.5
+# Far longer than any test here: what a replica sees, it sees through the notice.
+BACKSTOP_SECONDS = 60
+# How soon the other replica must act on a change (notices take milliseconds).
+BOUND_SECONDS = 2.0
 INTERNAL = (("x-nexus-internal-token", INTERNAL_TOKEN),)
 
 
 @pytest.fixture
-async def replicas(database_url: str, keyring_spec: str) -> AsyncIterator[list[grpc.aio.Channel]]:
+def pg_url() -> Iterator[str]:
+    url, drop = fresh_database(postgres_url())
+    try:
+        yield url
+    finally:
+        drop()
+
+
+@pytest.fixture
+async def replicas(pg_url: str, keyring_spec: str) -> AsyncIterator[list[grpc.aio.Channel]]:
     from nexus_policy.server import create_policy, migrate_database
     from nexus_policy.settings import PolicySettings
 
-    migrate_database(database_url)
+    migrate_database(pg_url)
     env = service_env(
-        database_url,
+        pg_url,
         keyring_spec,
         NEXUS_ENVIRONMENT="production",
-        NEXUS_POLICY_AGENT_CACHE_SECONDS=str(CACHE_SECONDS),
+        NEXUS_CACHE_MAX_AGE_SECONDS=str(BACKSTOP_SECONDS),
     )
     policies = [create_policy(PolicySettings.from_env(env)) for _ in range(2)]
     channels = []
     for policy in policies:
+        await policy.start_caches()
+        assert policy.listener is not None and policy.listener.listening
         await policy.server.start()
         channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{policy.server.port}"))
     try:
@@ -62,7 +84,25 @@ def _bound(*workspaces: str) -> agents_pb2.Agent:
     )
 
 
-async def test_a_rebinding_reaches_every_replica_within_the_cache_bound(
+async def _within_bound(check: Callable[[], Awaitable[bool]]) -> float:
+    """Seconds until ``check()`` holds; fails past BOUND_SECONDS."""
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started <= BOUND_SECONDS, "the change was not seen in time"
+        await asyncio.sleep(0.005)
+    return time.monotonic() - started
+
+
+async def _allowed(reader: policy_pb2_grpc.PolicyServiceStub, workspace: str) -> bool:
+    try:
+        await reader.AuthorizeAccess(_get_token(workspace), metadata=INTERNAL)
+    except grpc.aio.AioRpcError as error:
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error.details()
+        return False
+    return True
+
+
+async def test_a_rebinding_reaches_the_other_replica_through_its_notice(
     replicas: list[grpc.aio.Channel],
 ) -> None:
     writer = agents_pb2_grpc.AgentRegistryServiceStub(replicas[0])
@@ -80,13 +120,14 @@ async def test_a_rebinding_reaches_every_replica_within_the_cache_bound(
     await writer.UpdateAgent(
         agents_pb2.UpdateAgentRequest(agent=_bound("alice", "bob")), metadata=INTERNAL
     )
-    await asyncio.sleep(CACHE_SECONDS + 0.1)
 
-    allowed = await reader.AuthorizeAccess(_get_token("bob"), metadata=INTERNAL)
-    assert allowed.agent_id == "crm-agent"
+    async def bob_allowed() -> bool:
+        return await _allowed(reader, "bob")
+
+    await _within_bound(bob_allowed)
 
 
-async def test_a_disabled_agent_is_refused_by_every_replica_within_the_cache_bound(
+async def test_a_disabled_agent_is_refused_by_the_other_replica_through_its_notice(
     replicas: list[grpc.aio.Channel],
 ) -> None:
     writer = agents_pb2_grpc.AgentRegistryServiceStub(replicas[0])
@@ -100,10 +141,86 @@ async def test_a_disabled_agent_is_refused_by_every_replica_within_the_cache_bou
         agents_pb2.UpdateAgentRequest(agent=agents_pb2.Agent(agent_id="crm-agent", enabled=False)),
         metadata=INTERNAL,
     )
-    await asyncio.sleep(CACHE_SECONDS + 0.1)
 
+    async def alice_refused() -> bool:
+        return not await _allowed(reader, "alice")
+
+    await _within_bound(alice_refused)
     await expect_error(
         reader.AuthorizeAccess(_get_token("alice"), metadata=INTERNAL),
         grpc.StatusCode.PERMISSION_DENIED,
         "AGENT_DISABLED",
     )
+
+
+def _watch(channel: grpc.aio.Channel, metadata: Any = INTERNAL) -> Any:
+    return policy_pb2_grpc.PolicyServiceStub(channel).WatchAgentChanges(
+        policy_pb2.WatchAgentChangesRequest(), metadata=metadata
+    )
+
+
+async def test_a_replica_passes_on_every_change_it_hears_to_its_watchers(
+    replicas: list[grpc.aio.Channel],
+) -> None:
+    watch = _watch(replicas[1])
+    notices = aiter(watch)
+    try:
+        assert (await anext(notices)).ready
+        writer = agents_pb2_grpc.AgentRegistryServiceStub(replicas[0])
+        await writer.CreateAgent(
+            agents_pb2.CreateAgentRequest(agent=_bound("alice")), metadata=INTERNAL
+        )
+        # Written through the other replica: heard from the database.
+        async with asyncio.timeout(BOUND_SECONDS):
+            notice = await anext(notices)
+        assert notice.agent_id == "crm-agent" and not notice.ready
+    finally:
+        watch.cancel()
+
+
+async def test_the_change_feed_needs_the_internal_token(
+    replicas: list[grpc.aio.Channel],
+) -> None:
+    for metadata in ((), (("x-nexus-internal-token", "not-the-token"),)):
+        watch = _watch(replicas[1], metadata)
+        await expect_error(anext(aiter(watch)), grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+
+
+async def test_a_probe_still_watches_health_without_a_credential(
+    replicas: list[grpc.aio.Channel],
+) -> None:
+    watch = health_pb2_grpc.HealthStub(replicas[1]).Watch(health_pb2.HealthCheckRequest())
+    try:
+        answer = await anext(aiter(watch))
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        watch.cancel()
+
+
+async def test_a_replica_that_stops_hearing_the_database_ends_its_watches(
+    replicas: list[grpc.aio.Channel], pg_url: str
+) -> None:
+    watch = _watch(replicas[1])
+    notices = aiter(watch)
+    assert (await anext(notices)).ready
+    # The listeners' connections end, as in a database restart.
+    conninfo = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as admin:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()"
+        )
+    async with asyncio.timeout(BOUND_SECONDS):
+        await expect_error(anext(notices), grpc.StatusCode.UNAVAILABLE, "CHANGE_FEED_UNAVAILABLE")
+    # Once it listens again (a moment later), watches start again.
+    async with asyncio.timeout(10):
+        while True:
+            again = _watch(replicas[1])
+            try:
+                if (await anext(aiter(again))).ready:
+                    break
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+                await asyncio.sleep(0.05)
+            finally:
+                again.cancel()

@@ -19,6 +19,7 @@ from nexus.broker.v1 import (
     sessions_pb2_grpc,
 )
 from nexus_common import (
+    ChangeFeed,
     InternalClient,
     Migrations,
     NexusServer,
@@ -33,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from .adapters.credential_check import CredentialChecker
 from .adapters.oidc_discovery import DiscoveryClient
 from .adapters.oidc_id_token import IdTokenVerifier
-from .adapters.policy_client import PolicyClient
+from .adapters.policy_client import PolicyClient, agent_changes
 from .adapters.rfc6749 import TokenEndpoint
 from .domain.return_urls import ReturnUrlPolicy
 from .domain.state import StateSigner
@@ -75,8 +76,16 @@ class BrokerCore:
     engine: AsyncEngine
     http: httpx.AsyncClient
     policy: InternalClient
+    # The policy's agent changes, which keep the remembered access grants right.
+    feed: ChangeFeed
+
+    async def start_caches(self, *, wait_seconds: float = 0.0) -> None:
+        """Follow the policy's agent changes; grants are remembered only while
+        the feed is up."""
+        await self.feed.start(wait_seconds=wait_seconds)
 
     async def close(self) -> None:
+        await self.feed.close()
         await self.policy.close()
         await self.http.aclose()
         await self.engine.dispose()
@@ -132,10 +141,19 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
     policy = InternalClient(
         "policy", settings.policy_target, settings.internal_token, settings.policy_timeout_seconds
     )
+    decisions = PolicyClient(policy, cache_max_age_seconds=settings.cache_max_age_seconds)
+    feed = ChangeFeed(
+        "policy",
+        "nexus_agents",
+        agent_changes(policy, settings.internal_token),
+        decisions.changed,
+        on_gap=decisions.suspend,
+        on_ready=decisions.resume,
+    )
     session_deps = SessionDeps(
         connections=connections,
         refresher=refresher,
-        policy=PolicyClient(policy),
+        policy=decisions,
         broader_tokens_by_default=settings.broader_session_tokens_by_default,
         signer=SessionSigner(
             deps.uow,
@@ -146,7 +164,7 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
         limits=settings.sessions,
         issuer=settings.session_issuer,
     )
-    return BrokerCore(deps, connections, refresher, session_deps, engine, http, policy)
+    return BrokerCore(deps, connections, refresher, session_deps, engine, http, policy, feed)
 
 
 def create_broker(settings: BrokerSettings) -> Broker:

@@ -62,6 +62,9 @@ class BrokerSettings:
     # NEXUS_ENVIRONMENT=development: providers that say nothing may hand
     # sessions tokens broader than asked, and say so.
     broader_session_tokens_by_default: bool
+    # NEXUS_CACHE_MAX_AGE_SECONDS: the backstop age of a cached entry (0: no
+    # caches). Change notices, not this, keep the caches right.
+    cache_max_age_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> BrokerSettings:
@@ -119,6 +122,9 @@ class BrokerSettings:
             jwks_cache_seconds=env.seconds("NEXUS_JWKS_CACHE_SECONDS", 60.0, low=0, high=3600),
             session_retention_seconds=env.number("NEXUS_SESSION_RETENTION_SECONDS", 7 * 86400.0),
             broader_session_tokens_by_default=env.deployment() == Deployment.DEVELOPMENT,
+            cache_max_age_seconds=env.seconds(
+                "NEXUS_CACHE_MAX_AGE_SECONDS", 60.0, low=0, high=3600
+            ),
         )
 
 

@@ -13,6 +13,7 @@ from .settings import GatewaySettings
 
 async def _serve(settings: GatewaySettings) -> None:
     gateway = create_gateway(settings)
+    await gateway.start_caches()
     browser = asyncio.create_task(gateway.browser.serve())
 
     async def stop() -> None:

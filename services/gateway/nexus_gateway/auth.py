@@ -2,8 +2,9 @@
 
 Admin keys (``X-API-Key``) reach everything except what is public. Agents
 present their own key as ``Authorization: Bearer <agent key>``; the policy
-service, which holds only key digests, says which agent that is. Agents
-reach only the methods an agent needs.
+service, which holds only key digests, says which agent that is, and the
+answer is remembered until the agent changes (``agent_keys``). Agents reach
+only the methods an agent needs.
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from nexus.gateway.v1 import gateway_pb2
-from nexus.policy.v1 import agents_pb2, agents_pb2_grpc
 from nexus_common import (
     API_KEY_HEADER,
     AUTHORIZATION_HEADER,
     ApiKeySet,
     Caller,
-    InternalClient,
     Unauthenticated,
 )
+
+from .agent_keys import AgentKeys
 
 __all__ = ["AGENT_METHODS", "PUBLIC_METHODS", "GatewayAuthenticator"]
 
@@ -42,10 +43,9 @@ _BEARER = "bearer "
 
 
 class GatewayAuthenticator:
-    def __init__(self, admin_keys: ApiKeySet, policy: InternalClient) -> None:
+    def __init__(self, admin_keys: ApiKeySet, agent_keys: AgentKeys) -> None:
         self._admin_keys = admin_keys
-        self._policy = policy
-        self._agents = agents_pb2_grpc.AgentRegistryServiceStub(policy.channel)
+        self._agent_keys = agent_keys
 
     async def __call__(self, method: str, metadata: Mapping[str, str]) -> Caller:
         if method in PUBLIC_METHODS:
@@ -61,7 +61,4 @@ class GatewayAuthenticator:
         if authorization[: len(_BEARER)].lower() != _BEARER:
             raise Unauthenticated("send the agent key as 'Authorization: Bearer <agent key>'")
         key = authorization[len(_BEARER) :].strip()
-        answer = await self._policy.call(
-            self._agents.AuthenticateAgent, agents_pb2.AuthenticateAgentRequest(agent_key=key)
-        )
-        return Caller("agent", answer.agent_id)
+        return Caller("agent", await self._agent_keys.agent_of(key))

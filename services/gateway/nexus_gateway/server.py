@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from nexus_common import InternalClient, NexusServer, build_server
+from nexus_common import ChangeFeed, InternalClient, NexusServer, build_server
 
+from .agent_keys import AgentKeys, agent_changes
 from .auth import GatewayAuthenticator
 from .browser import BrowserServer, create_browser_app
 from .servicers import (
@@ -29,8 +30,16 @@ class Gateway:
     browser: BrowserServer
     broker: InternalClient
     policy: InternalClient
+    # The policy's agent changes, which keep the agent keys' cache right.
+    feed: ChangeFeed
+
+    async def start_caches(self, *, wait_seconds: float = 0.0) -> None:
+        """Follow the policy's agent changes; agent keys are cached only while
+        the feed is up."""
+        await self.feed.start(wait_seconds=wait_seconds)
 
     async def close(self) -> None:
+        await self.feed.close()
         self.browser.stop()
         await self.broker.close()
         await self.policy.close()
@@ -54,6 +63,15 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
     connections = ConnectionServicer(broker)
     agents = AgentServicer(policy)
     sessions = SessionServicer(broker)
+    agent_keys = AgentKeys(policy, settings.cache_max_age_seconds)
+    feed = ChangeFeed(
+        "policy",
+        "nexus_agents",
+        agent_changes(policy, settings.internal_token),
+        agent_keys.changed,
+        on_gap=agent_keys.suspend,
+        on_ready=agent_keys.resume,
+    )
     server = build_server(
         address=settings.listen,
         registrars=[
@@ -64,10 +82,10 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
             lambda s: gateway_pb2_grpc.add_SessionServiceServicer_to_server(sessions, s),
         ],
         service_names=SERVICE_NAMES,
-        authenticate=GatewayAuthenticator(settings.admin_keys, policy),
+        authenticate=GatewayAuthenticator(settings.admin_keys, agent_keys),
     )
     browser = BrowserServer(
         create_browser_app(broker, secure_cookies=settings.public_base_url.startswith("https://")),
         settings.http_listen,
     )
-    return Gateway(server, browser, broker, policy)
+    return Gateway(server, browser, broker, policy, feed)

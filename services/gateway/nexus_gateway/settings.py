@@ -24,6 +24,9 @@ class GatewaySettings:
     shutdown_grace_seconds: float
     log_level: str
     metrics_listen: str
+    # NEXUS_CACHE_MAX_AGE_SECONDS: the backstop age of a remembered agent key
+    # (0: none). The policy's change feed, not this, keeps the cache right.
+    cache_max_age_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
@@ -43,4 +46,7 @@ class GatewaySettings:
             shutdown_grace_seconds=env.number("NEXUS_SHUTDOWN_GRACE_SECONDS", 10.0),
             log_level=env.text("NEXUS_LOG_LEVEL", "INFO"),
             metrics_listen=env.address("NEXUS_METRICS_LISTEN", ""),
+            cache_max_age_seconds=env.seconds(
+                "NEXUS_CACHE_MAX_AGE_SECONDS", 60.0, low=0, high=3600
+            ),
         )

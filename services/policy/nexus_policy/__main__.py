@@ -27,6 +27,7 @@ _USAGE = "usage: python -m nexus_policy [migrate [--check]]"
 
 async def _serve(settings: PolicySettings) -> None:
     policy = create_policy(settings)
+    await policy.start_caches()
     forwarding = asyncio.create_task(policy.forwarder.run(settings.audit_forward_interval_seconds))
 
     async def stop() -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 from nexus.policy.v1 import agents_pb2, agents_pb2_grpc, policy_pb2, policy_pb2_grpc
 from nexus_common import (
+    ChangeListener,
     InternalClient,
     Migrations,
     NexusServer,
@@ -16,6 +17,7 @@ from nexus_common import (
     build_server,
     create_engine,
     internal_authenticator,
+    listens,
     outbound_client,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -26,13 +28,16 @@ from .adapters.repository import PolicyUnitOfWork
 from .entrypoints.servicers import AgentRegistryServicer, PolicyServicer
 from .service_layer.access import AccessDeps
 from .service_layer.agent_cache import AgentCache
+from .service_layer.agent_changes import AgentChanges
 from .service_layer.agents import RegistryDeps
 from .service_layer.audit_forwarder import AuditForwarder
 from .settings import BackendAuthSettings, PolicySettings
 
-__all__ = ["Policy", "create_policy", "migrate_database"]
+__all__ = ["AGENTS_CHANNEL", "Policy", "create_policy", "migrate_database"]
 
 MIGRATIONS = Migrations(Path(__file__).parent / "migrations", "alembic_version_policy")
+# What the agents' triggers NOTIFY (migration 0004), with the agent's id.
+AGENTS_CHANNEL = "nexus_agents"
 SERVICE_NAMES = (
     policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name,
     agents_pb2.DESCRIPTOR.services_by_name["AgentRegistryService"].full_name,
@@ -50,8 +55,20 @@ class Policy:
     engine: AsyncEngine
     http: httpx.AsyncClient
     broker: InternalClient
+    changes: AgentChanges
+    # None on SQLite: one process, whose own writes are every change.
+    listener: ChangeListener | None = field(default=None)
+
+    async def start_caches(self, *, wait_seconds: float = 5.0) -> None:
+        """Hear other replicas' changes; until this runs (and while the
+        listener is down) a replica on PostgreSQL caches no agent and accepts
+        no watch."""
+        if self.listener is not None:
+            await self.listener.start(wait_seconds=wait_seconds)
 
     async def close(self) -> None:
+        if self.listener is not None:
+            await self.listener.close()
         await self.broker.close()
         await self.http.aclose()
         await self.engine.dispose()
@@ -90,7 +107,11 @@ def create_policy(settings: PolicySettings) -> Policy:
     def uow() -> PolicyUnitOfWork:
         return PolicyUnitOfWork(sessions)
 
-    agents = AgentCache(uow, settings.agent_cache_seconds)
+    shared = listens(settings.database_url)
+    changes = AgentChanges(listening=not shared)
+    agents = AgentCache(
+        uow, settings.cache_max_age_seconds, hears_others=shared, changed=changes.changed
+    )
     deps = RegistryDeps(
         uow=uow,
         clock=_now,
@@ -100,7 +121,8 @@ def create_policy(settings: PolicySettings) -> Policy:
     )
     registry = AgentRegistryServicer(deps)
     decisions = PolicyServicer(
-        AccessDeps(agents, _users(http, settings.backend_auth), settings.allow_unbound_agents)
+        AccessDeps(agents, _users(http, settings.backend_auth), settings.allow_unbound_agents),
+        changes,
     )
     server = build_server(
         address=settings.listen,
@@ -111,4 +133,24 @@ def create_policy(settings: PolicySettings) -> Policy:
         service_names=SERVICE_NAMES,
         authenticate=internal_authenticator(settings.internal_tokens),
     )
-    return Policy(server, AuditForwarder(deps.uow, broker), engine, http, broker)
+
+    def gap() -> None:
+        agents.suspend()
+        changes.lost()
+
+    def ready() -> None:
+        agents.resume()
+        changes.heard()
+
+    listener = (
+        ChangeListener(
+            settings.database_url,
+            [AGENTS_CHANNEL],
+            lambda channel, agent_id: agents.invalidate(agent_id),
+            on_gap=gap,
+            on_ready=ready,
+        )
+        if shared
+        else None
+    )
+    return Policy(server, AuditForwarder(deps.uow, broker), engine, http, broker, changes, listener)

@@ -51,8 +51,9 @@ class PolicySettings:
     metrics_listen: str
     # NEXUS_ENVIRONMENT=development: agents without bindings reach everything.
     allow_unbound_agents: bool
-    # How stale another replica's view of an agent may be.
-    agent_cache_seconds: float
+    # NEXUS_CACHE_MAX_AGE_SECONDS: the backstop age of a cached agent (0: no cache).
+    # Change notices, not this, keep the cache right.
+    cache_max_age_seconds: float
     # Where BACKEND_AUTH_URL and the user tokens' JWKS may be; each call's total deadline.
     outbound: OutboundPolicy
 
@@ -73,7 +74,7 @@ class PolicySettings:
             log_level=env.text("NEXUS_LOG_LEVEL", "INFO"),
             metrics_listen=env.address("NEXUS_METRICS_LISTEN", ""),
             allow_unbound_agents=env.deployment() == Deployment.DEVELOPMENT,
-            agent_cache_seconds=_cache_seconds(env),
+            cache_max_age_seconds=_cache_max_age(env),
             outbound=OutboundPolicy.parse(
                 allowed_networks=env.text("NEXUS_OUTBOUND_ALLOWED_NETWORKS", ""),
                 denied_ports=env.text("NEXUS_OUTBOUND_DENIED_PORTS", ""),
@@ -83,11 +84,10 @@ class PolicySettings:
         )
 
 
-def _cache_seconds(env: Env) -> float:
-    seconds = env.number("NEXUS_POLICY_AGENT_CACHE_SECONDS", 1.0)
-    if not 0 <= seconds <= 60:
-        raise ConfigError("NEXUS_POLICY_AGENT_CACHE_SECONDS must be between 0 and 60")
-    return seconds
+def _cache_max_age(env: Env) -> float:
+    # NEXUS_POLICY_AGENT_CACHE_SECONDS, this setting's earlier name, is still honoured.
+    earlier = env.seconds("NEXUS_POLICY_AGENT_CACHE_SECONDS", 60.0, low=0, high=3600)
+    return env.seconds("NEXUS_CACHE_MAX_AGE_SECONDS", earlier, low=0, high=3600)
 
 
 def _backend_auth(env: Env) -> BackendAuthSettings | None:

@@ -1,20 +1,37 @@
-"""Asking the policy service, the one place that decides who may use a credential."""
+"""Asking the policy service, the one place that decides who may use a credential.
+
+Its grants for GetToken, refresh and agent sessions are remembered, keyed by
+everything the question carries and tagged by the agent it concerns, so a warm
+GetToken asks nothing. The policy's change feed drops an agent's grants when
+the agent changes (disabled, deleted, rebound, rescoped, sessions ended); while
+the feed is down nothing is remembered. Only grants are: a denial is asked
+again each time, so its audit record and message stay exact. On-behalf-of
+sessions are never remembered: they depend on the user's token and on what
+the customer's backend says of it now.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 from nexus.policy.v1 import policy_pb2, policy_pb2_grpc
-from nexus_common import AdminPrincipal, InternalClient, Principal
+from nexus_common import (
+    INTERNAL_TOKEN_HEADER,
+    AdminPrincipal,
+    InternalClient,
+    LoadingCache,
+    Principal,
+)
 
 from ..domain.access import Action
 from ..domain.connections import Connection
 from ..domain.providers import Provider
 from ..domain.sessions import UserStamp
 
-__all__ = ["AccessGrant", "PolicyClient", "SessionAsk"]
+__all__ = ["AccessGrant", "PolicyClient", "SessionAsk", "agent_changes"]
 
 _ACTIONS = {
     Action.GET_TOKEN: policy_pb2.AccessRequest.ACTION_GET_TOKEN,
@@ -52,10 +69,30 @@ def _principal(caller: Principal) -> policy_pb2.Principal:
     return policy_pb2.Principal(kind=policy_pb2.Principal.KIND_AGENT, id=caller.agent_id)
 
 
+# What a remembered admin grant is tagged with: no agent's change touches it.
+_ADMIN_TAG = ("admin",)
+
+
+def _agent_tag(agent_id: str) -> tuple[str, str]:
+    return ("agent", agent_id)
+
+
 class PolicyClient:
-    def __init__(self, client: InternalClient) -> None:
+    def __init__(self, client: InternalClient, *, cache_max_age_seconds: float = 0.0) -> None:
         self._client = client
         self._stub = policy_pb2_grpc.PolicyServiceStub(client.channel)
+        # Off until the policy's change feed says it is heard.
+        self._grants = LoadingCache[Hashable, AccessGrant](cache_max_age_seconds, enabled=False)
+
+    def changed(self, channel: str, agent_id: str) -> None:
+        """The agent changed: its remembered grants no longer hold."""
+        self._grants.invalidate(_agent_tag(agent_id))
+
+    def suspend(self) -> None:
+        self._grants.suspend()
+
+    def resume(self) -> None:
+        self._grants.resume()
 
     async def authorize(
         self,
@@ -87,8 +124,21 @@ class PolicyClient:
             request.workspace_id = session.workspace_id
             if session.user_context_token is not None:
                 request.user_context_token = session.user_context_token
-        decision = await self._client.call(self._stub.AuthorizeAccess, request)
-        return _grant(decision)
+        if action == Action.OBO_SESSION or request.HasField("user_context_token"):
+            # A user's token is neither remembered nor kept as a key.
+            return await self._ask(request)
+        agents = {request.agent_id} if request.agent_id else set()
+        if not isinstance(caller, AdminPrincipal):
+            agents.add(caller.agent_id)
+        tags = tuple(_agent_tag(agent_id) for agent_id in sorted(agents)) or (_ADMIN_TAG,)
+        return await self._grants.get(
+            request.SerializeToString(deterministic=True),
+            lambda: self._ask(request),
+            tags=tags,
+        )
+
+    async def _ask(self, request: policy_pb2.AccessRequest) -> AccessGrant:
+        return _grant(await self._client.call(self._stub.AuthorizeAccess, request))
 
     async def session_standing(self, agent_id: str, issued_at: datetime) -> bool:
         stamp = timestamp_pb2.Timestamp()
@@ -117,3 +167,20 @@ def _grant(decision: policy_pb2.AccessDecision) -> AccessGrant:
             else None
         ),
     )
+
+
+def agent_changes(policy: InternalClient, token: str) -> Callable[[], AsyncIterator[str | None]]:
+    """Opens the policy service's feed of agent changes, as ``ChangeFeed`` reads it."""
+    stub = policy_pb2_grpc.PolicyServiceStub(policy.channel)
+
+    async def watch() -> AsyncIterator[str | None]:
+        call = stub.WatchAgentChanges(
+            policy_pb2.WatchAgentChangesRequest(), metadata=((INTERNAL_TOKEN_HEADER, token),)
+        )
+        try:
+            async for notice in call:
+                yield notice.agent_id or None
+        finally:
+            call.cancel()
+
+    return watch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from google.protobuf import empty_pb2, timestamp_pb2
@@ -15,6 +16,7 @@ from ..domain.bindings import Bindings
 from ..domain.scopes import check_scopes
 from ..service_layer import agents
 from ..service_layer.access import AccessDeps, authorize, session_standing
+from ..service_layer.agent_changes import AgentChanges
 
 __all__ = ["AgentRegistryServicer", "PolicyServicer"]
 
@@ -176,13 +178,17 @@ class AgentRegistryServicer(agents_pb2_grpc.AgentRegistryServiceServicer):
     async def AuthenticateAgent(
         self, request: agents_pb2.AuthenticateAgentRequest, context: Context
     ) -> agents_pb2.AuthenticateAgentResponse:
-        agent = await agents.authenticate_agent(self._deps, request.agent_key)
-        return agents_pb2.AuthenticateAgentResponse(agent_id=agent.agent_id)
+        agent, expires_at = await agents.authenticate_agent(self._deps, request.agent_key)
+        answer = agents_pb2.AuthenticateAgentResponse(agent_id=agent.agent_id)
+        if expires_at is not None:
+            answer.key_expire_time.CopyFrom(_timestamp(expires_at))
+        return answer
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
-    def __init__(self, deps: AccessDeps) -> None:
+    def __init__(self, deps: AccessDeps, changes: AgentChanges) -> None:
         self._deps = deps
+        self._changes = changes
 
     async def CheckScopes(
         self, request: policy_pb2.CheckScopesRequest, context: Context
@@ -239,3 +245,11 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             self._deps, request.agent_id, request.issued_at.ToDatetime(tzinfo=UTC)
         )
         return policy_pb2.SessionStanding(valid=valid)
+
+    async def WatchAgentChanges(
+        self, request: policy_pb2.WatchAgentChangesRequest, context: Context
+    ) -> AsyncIterator[policy_pb2.AgentChangeNotice]:
+        first = True
+        async for agent_id in self._changes.watch():
+            yield policy_pb2.AgentChangeNotice(ready=first, agent_id=agent_id or "")
+            first = False

@@ -1,17 +1,24 @@
 """Agents as the access decision reads them, kept in memory for the hot path.
 
-Every GetToken asks the policy service, so reading the agent from the
-database each time would put a round trip on every credential release. This
-replica's own writes drop the entry at once. Another replica's writes are seen
-within ``max_age_seconds``: each entry is read again once that old. The kill
-switch does not wait for that: the broker is told directly, and the change is
-in the database the moment the admin's call returns.
+Every GetToken that is not already answered from the broker's cache asks the
+policy service, so reading the agent from the database each time would put a
+round trip on every decision. What keeps the cache right is invalidation
+(see ``nexus_common._cache``):
+
+- this replica's own writes drop the agent before their answer goes out;
+- another replica's writes arrive as ``NOTIFY nexus_agents`` (a trigger sends
+  it at commit, PostgreSQL only) and drop it as soon as they are heard;
+- while the notices cannot be heard, nothing is cached.
+
+Every change that drops an agent here is also passed on to whoever watches
+this replica's changes (the gateway and the broker keep caches of their own).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+
+from nexus_common import LoadingCache
 
 from ..adapters.repository import PolicyUnitOfWork
 from ..domain.agents import Agent
@@ -25,32 +32,32 @@ class AgentCache:
         uow: Callable[[], PolicyUnitOfWork],
         max_age_seconds: float,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        hears_others: bool,
+        changed: Callable[[str], None] = lambda agent_id: None,
         max_entries: int = 10_000,
     ) -> None:
         self._uow = uow
-        self._max_age = max_age_seconds
-        self._clock = clock
-        self._max_entries = max_entries
-        self._entries: dict[str, tuple[float, Agent | None]] = {}
-        # Bumped by each invalidation, so a read that began before a write
-        # cannot store what it read after the write dropped the entry.
-        self._generations: dict[str, int] = {}
+        # A replica that shares its database with others caches nothing until
+        # its listener says it hears their changes.
+        self._cache = LoadingCache[str, Agent | None](
+            max_age_seconds, max_entries=max_entries, enabled=not hears_others
+        )
+        self._changed = changed
 
     async def get(self, agent_id: str) -> Agent | None:
-        entry = self._entries.get(agent_id)
-        if entry is not None and self._clock() - entry[0] < self._max_age:
-            return entry[1]
-        generation = self._generations.get(agent_id, 0)
-        read_at = self._clock()
+        return await self._cache.get(agent_id, lambda: self._read(agent_id))
+
+    async def _read(self, agent_id: str) -> Agent | None:
         async with self._uow() as uow:
-            agent = await uow.agents.get(agent_id)
-        if self._generations.get(agent_id, 0) == generation and self._max_age > 0:
-            if len(self._entries) >= self._max_entries:
-                self._entries.clear()
-            self._entries[agent_id] = (read_at, agent)
-        return agent
+            return await uow.agents.get(agent_id)
 
     def invalidate(self, agent_id: str) -> None:
-        self._entries.pop(agent_id, None)
-        self._generations[agent_id] = self._generations.get(agent_id, 0) + 1
+        """The agent changed (here, after the commit, or anywhere, once heard)."""
+        self._cache.invalidate(agent_id)
+        self._changed(agent_id)
+
+    def suspend(self) -> None:
+        self._cache.suspend()
+
+    def resume(self) -> None:
+        self._cache.resume()

@@ -265,9 +265,10 @@ async def rotate_agent_key(
     return rotated, secret, until
 
 
-async def authenticate_agent(deps: RegistryDeps, presented: str) -> Agent:
-    """The enabled agent holding this key. Every way a key can be wrong gets
-    the same answer, so the answer tells an attacker nothing."""
+async def authenticate_agent(deps: RegistryDeps, presented: str) -> tuple[Agent, datetime | None]:
+    """The enabled agent holding this key, and when the key stops working if
+    a rotation retired it. Every way a key can be wrong gets the same answer,
+    so the answer tells an attacker nothing."""
     key_id = key_id_of(presented)
     if key_id is None:
         raise Unauthenticated(_UNAUTHENTICATED)
@@ -279,4 +280,4 @@ async def authenticate_agent(deps: RegistryDeps, presented: str) -> Agent:
     agent = held[1]
     if not agent.enabled:
         raise AgentDisabled(f"the agent {agent.agent_id!r} is disabled", agent_id=agent.agent_id)
-    return agent
+    return agent, held[0].expires_at

@@ -354,15 +354,23 @@ class AuthenticateAgentResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
+    KEY_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    @_builtins.property
+    def key_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the presented key stops working, if a rotation retired it; unset
+        for the agent's current key. A cache of this answer ends there.
+        """
+
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
+        key_expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key_expire_time", b"key_expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "key_expire_time", b"key_expire_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

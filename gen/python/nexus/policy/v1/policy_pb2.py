@@ -26,7 +26,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnexus/policy/v1/policy.proto\x12\x0fnexus.policy.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x12\x43heckScopesRequest\x12\x1e\n\x10requested_scopes\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0e\x61llowed_scopes\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\"=\n\x13\x43heckScopesResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x15\n\rdenied_scopes\x18\x02 \x03(\t\"\x8d\x01\n\x0bUserContext\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63learance_level\x18\x03 \x01(\t\x12\x13\n\x0bpermissions\x18\x04 \x03(\t\x12\x18\n\x10token_expires_at\x18\x05 \x01(\x03\x12\x12\n\nworkspaces\x18\x06 \x03(\t\"\x90\x01\n\tPrincipal\x12\x33\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.nexus.policy.v1.Principal.KindB\x04\xe2\x41\x01\x02\x12\x10\n\x02id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"<\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_ADMIN\x10\x01\x12\x0e\n\nKIND_AGENT\x10\x02\"f\n\rConnectionRef\x12\x1b\n\rconnection_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0cworkspace_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0egranted_scopes\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\"\xf6\x03\n\rAccessRequest\x12;\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32%.nexus.policy.v1.AccessRequest.ActionB\x04\xe2\x41\x01\x02\x12\x30\n\x06\x63\x61ller\x18\x02 \x01(\x0b\x32\x1a.nexus.policy.v1.PrincipalB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x61gent_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06scopes\x18\x04 \x03(\tB\x04\xe2\x41\x01\x01\x12%\n\x12user_context_token\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x19\n\x0bprovider_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rprovider_name\x18\x07 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\nconnection\x18\x08 \x01(\x0b\x32\x1e.nexus.policy.v1.ConnectionRefB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cworkspace_id\x18\t \x01(\tB\x04\xe2\x41\x01\x01\"|\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43TION_GET_TOKEN\x10\x01\x12\x12\n\x0e\x41\x43TION_REFRESH\x10\x02\x12\x18\n\x14\x41\x43TION_AGENT_SESSION\x10\x03\x12\x16\n\x12\x41\x43TION_OBO_SESSION\x10\x04\x42\x15\n\x13_user_context_token\"\xc3\x01\n\x0e\x41\x63\x63\x65ssDecision\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12*\n\x04user\x18\x03 \x01(\x0b\x32\x1c.nexus.policy.v1.UserContext\x12\x12\n\nworkspaces\x18\x04 \x03(\t\x12\x15\n\rany_workspace\x18\x05 \x01(\x08\x12\x38\n\x14sessions_valid_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x16SessionStandingRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x33\n\tissued_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\" \n\x0fSessionStanding\x12\r\n\x05valid\x18\x01 \x01(\x08\x32\xa0\x02\n\rPolicyService\x12X\n\x0b\x43heckScopes\x12#.nexus.policy.v1.CheckScopesRequest\x1a$.nexus.policy.v1.CheckScopesResponse\x12R\n\x0f\x41uthorizeAccess\x12\x1e.nexus.policy.v1.AccessRequest\x1a\x1f.nexus.policy.v1.AccessDecision\x12\x61\n\x14\x43heckSessionStanding\x12\'.nexus.policy.v1.SessionStandingRequest\x1a .nexus.policy.v1.SessionStandingb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnexus/policy/v1/policy.proto\x12\x0fnexus.policy.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1a\n\x18WatchAgentChangesRequest\"4\n\x11\x41gentChangeNotice\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\"R\n\x12\x43heckScopesRequest\x12\x1e\n\x10requested_scopes\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0e\x61llowed_scopes\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\"=\n\x13\x43heckScopesResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x15\n\rdenied_scopes\x18\x02 \x03(\t\"\x8d\x01\n\x0bUserContext\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63learance_level\x18\x03 \x01(\t\x12\x13\n\x0bpermissions\x18\x04 \x03(\t\x12\x18\n\x10token_expires_at\x18\x05 \x01(\x03\x12\x12\n\nworkspaces\x18\x06 \x03(\t\"\x90\x01\n\tPrincipal\x12\x33\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.nexus.policy.v1.Principal.KindB\x04\xe2\x41\x01\x02\x12\x10\n\x02id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"<\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_ADMIN\x10\x01\x12\x0e\n\nKIND_AGENT\x10\x02\"f\n\rConnectionRef\x12\x1b\n\rconnection_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0cworkspace_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0egranted_scopes\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\"\xf6\x03\n\rAccessRequest\x12;\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32%.nexus.policy.v1.AccessRequest.ActionB\x04\xe2\x41\x01\x02\x12\x30\n\x06\x63\x61ller\x18\x02 \x01(\x0b\x32\x1a.nexus.policy.v1.PrincipalB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x61gent_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06scopes\x18\x04 \x03(\tB\x04\xe2\x41\x01\x01\x12%\n\x12user_context_token\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x19\n\x0bprovider_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rprovider_name\x18\x07 \x01(\tB\x04\xe2\x41\x01\x02\x12\x38\n\nconnection\x18\x08 \x01(\x0b\x32\x1e.nexus.policy.v1.ConnectionRefB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cworkspace_id\x18\t \x01(\tB\x04\xe2\x41\x01\x01\"|\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43TION_GET_TOKEN\x10\x01\x12\x12\n\x0e\x41\x43TION_REFRESH\x10\x02\x12\x18\n\x14\x41\x43TION_AGENT_SESSION\x10\x03\x12\x16\n\x12\x41\x43TION_OBO_SESSION\x10\x04\x42\x15\n\x13_user_context_token\"\xc3\x01\n\x0e\x41\x63\x63\x65ssDecision\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12*\n\x04user\x18\x03 \x01(\x0b\x32\x1c.nexus.policy.v1.UserContext\x12\x12\n\nworkspaces\x18\x04 \x03(\t\x12\x15\n\rany_workspace\x18\x05 \x01(\x08\x12\x38\n\x14sessions_valid_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x16SessionStandingRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x33\n\tissued_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\" \n\x0fSessionStanding\x12\r\n\x05valid\x18\x01 \x01(\x08\x32\x86\x03\n\rPolicyService\x12X\n\x0b\x43heckScopes\x12#.nexus.policy.v1.CheckScopesRequest\x1a$.nexus.policy.v1.CheckScopesResponse\x12R\n\x0f\x41uthorizeAccess\x12\x1e.nexus.policy.v1.AccessRequest\x1a\x1f.nexus.policy.v1.AccessDecision\x12\x61\n\x14\x43heckSessionStanding\x12\'.nexus.policy.v1.SessionStandingRequest\x1a .nexus.policy.v1.SessionStanding\x12\x64\n\x11WatchAgentChanges\x12).nexus.policy.v1.WatchAgentChangesRequest\x1a\".nexus.policy.v1.AgentChangeNotice0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -69,28 +69,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSIONSTANDINGREQUEST'].fields_by_name['agent_id']._serialized_options = b'\342A\001\002'
   _globals['_SESSIONSTANDINGREQUEST'].fields_by_name['issued_at']._loaded_options = None
   _globals['_SESSIONSTANDINGREQUEST'].fields_by_name['issued_at']._serialized_options = b'\342A\001\002'
-  _globals['_CHECKSCOPESREQUEST']._serialized_start=115
-  _globals['_CHECKSCOPESREQUEST']._serialized_end=197
-  _globals['_CHECKSCOPESRESPONSE']._serialized_start=199
-  _globals['_CHECKSCOPESRESPONSE']._serialized_end=260
-  _globals['_USERCONTEXT']._serialized_start=263
-  _globals['_USERCONTEXT']._serialized_end=404
-  _globals['_PRINCIPAL']._serialized_start=407
-  _globals['_PRINCIPAL']._serialized_end=551
-  _globals['_PRINCIPAL_KIND']._serialized_start=491
-  _globals['_PRINCIPAL_KIND']._serialized_end=551
-  _globals['_CONNECTIONREF']._serialized_start=553
-  _globals['_CONNECTIONREF']._serialized_end=655
-  _globals['_ACCESSREQUEST']._serialized_start=658
-  _globals['_ACCESSREQUEST']._serialized_end=1160
-  _globals['_ACCESSREQUEST_ACTION']._serialized_start=1013
-  _globals['_ACCESSREQUEST_ACTION']._serialized_end=1137
-  _globals['_ACCESSDECISION']._serialized_start=1163
-  _globals['_ACCESSDECISION']._serialized_end=1358
-  _globals['_SESSIONSTANDINGREQUEST']._serialized_start=1360
-  _globals['_SESSIONSTANDINGREQUEST']._serialized_end=1461
-  _globals['_SESSIONSTANDING']._serialized_start=1463
-  _globals['_SESSIONSTANDING']._serialized_end=1495
-  _globals['_POLICYSERVICE']._serialized_start=1498
-  _globals['_POLICYSERVICE']._serialized_end=1786
+  _globals['_WATCHAGENTCHANGESREQUEST']._serialized_start=115
+  _globals['_WATCHAGENTCHANGESREQUEST']._serialized_end=141
+  _globals['_AGENTCHANGENOTICE']._serialized_start=143
+  _globals['_AGENTCHANGENOTICE']._serialized_end=195
+  _globals['_CHECKSCOPESREQUEST']._serialized_start=197
+  _globals['_CHECKSCOPESREQUEST']._serialized_end=279
+  _globals['_CHECKSCOPESRESPONSE']._serialized_start=281
+  _globals['_CHECKSCOPESRESPONSE']._serialized_end=342
+  _globals['_USERCONTEXT']._serialized_start=345
+  _globals['_USERCONTEXT']._serialized_end=486
+  _globals['_PRINCIPAL']._serialized_start=489
+  _globals['_PRINCIPAL']._serialized_end=633
+  _globals['_PRINCIPAL_KIND']._serialized_start=573
+  _globals['_PRINCIPAL_KIND']._serialized_end=633
+  _globals['_CONNECTIONREF']._serialized_start=635
+  _globals['_CONNECTIONREF']._serialized_end=737
+  _globals['_ACCESSREQUEST']._serialized_start=740
+  _globals['_ACCESSREQUEST']._serialized_end=1242
+  _globals['_ACCESSREQUEST_ACTION']._serialized_start=1095
+  _globals['_ACCESSREQUEST_ACTION']._serialized_end=1219
+  _globals['_ACCESSDECISION']._serialized_start=1245
+  _globals['_ACCESSDECISION']._serialized_end=1440
+  _globals['_SESSIONSTANDINGREQUEST']._serialized_start=1442
+  _globals['_SESSIONSTANDINGREQUEST']._serialized_end=1543
+  _globals['_SESSIONSTANDING']._serialized_start=1545
+  _globals['_SESSIONSTANDING']._serialized_end=1577
+  _globals['_POLICYSERVICE']._serialized_start=1580
+  _globals['_POLICYSERVICE']._serialized_end=1970
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,11 @@ class PolicyServiceStub:
                 request_serializer=nexus_dot_policy_dot_v1_dot_policy__pb2.SessionStandingRequest.SerializeToString,
                 response_deserializer=nexus_dot_policy_dot_v1_dot_policy__pb2.SessionStanding.FromString,
                 _registered_method=True)
+        self.WatchAgentChanges = channel.unary_stream(
+                '/nexus.policy.v1.PolicyService/WatchAgentChanges',
+                request_serializer=nexus_dot_policy_dot_v1_dot_policy__pb2.WatchAgentChangesRequest.SerializeToString,
+                response_deserializer=nexus_dot_policy_dot_v1_dot_policy__pb2.AgentChangeNotice.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -89,6 +94,20 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchAgentChanges(self, request, context):
+        """The agents that change, as this replica hears of them (its own writes
+        and the database's notices), for the caches of the gateway and the
+        broker. The first message is ready: from then on every change is sent.
+        A message with neither field is a heartbeat, sent while nothing changes.
+        When the replica stops hearing the database it ends every watch with
+        UNAVAILABLE (CHANGE_FEED_UNAVAILABLE) and refuses new ones until it hears
+        again: a watcher must then drop what it cached. Internal, like the rest
+        of this service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +125,11 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.CheckSessionStanding,
                     request_deserializer=nexus_dot_policy_dot_v1_dot_policy__pb2.SessionStandingRequest.FromString,
                     response_serializer=nexus_dot_policy_dot_v1_dot_policy__pb2.SessionStanding.SerializeToString,
+            ),
+            'WatchAgentChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAgentChanges,
+                    request_deserializer=nexus_dot_policy_dot_v1_dot_policy__pb2.WatchAgentChangesRequest.FromString,
+                    response_serializer=nexus_dot_policy_dot_v1_dot_policy__pb2.AgentChangeNotice.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -191,6 +215,33 @@ class PolicyService:
             '/nexus.policy.v1.PolicyService/CheckSessionStanding',
             nexus_dot_policy_dot_v1_dot_policy__pb2.SessionStandingRequest.SerializeToString,
             nexus_dot_policy_dot_v1_dot_policy__pb2.SessionStanding.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAgentChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nexus.policy.v1.PolicyService/WatchAgentChanges',
+            nexus_dot_policy_dot_v1_dot_policy__pb2.WatchAgentChangesRequest.SerializeToString,
+            nexus_dot_policy_dot_v1_dot_policy__pb2.AgentChangeNotice.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,16 @@ class PolicyServiceStub:
     disabling or deleting the agent, or rotating its key with no grace
     period, ends every session issued before.
     """
+    WatchAgentChanges: _grpc.UnaryStreamMultiCallable[_policy_pb2.WatchAgentChangesRequest, _policy_pb2.AgentChangeNotice]
+    """The agents that change, as this replica hears of them (its own writes
+    and the database's notices), for the caches of the gateway and the
+    broker. The first message is ready: from then on every change is sent.
+    A message with neither field is a heartbeat, sent while nothing changes.
+    When the replica stops hearing the database it ends every watch with
+    UNAVAILABLE (CHANGE_FEED_UNAVAILABLE) and refuses new ones until it hears
+    again: a watcher must then drop what it cached. Internal, like the rest
+    of this service.
+    """
 
 @_typing.type_check_only
 class PolicyServiceAsyncStub(PolicyServiceStub):
@@ -78,6 +88,16 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     """Whether a session an agent was issued at issued_at may still be used:
     disabling or deleting the agent, or rotating its key with no grace
     period, ends every session issued before.
+    """
+    WatchAgentChanges: _aio.UnaryStreamMultiCallable[_policy_pb2.WatchAgentChangesRequest, _policy_pb2.AgentChangeNotice]  # type: ignore[assignment]
+    """The agents that change, as this replica hears of them (its own writes
+    and the database's notices), for the caches of the gateway and the
+    broker. The first message is ready: from then on every change is sent.
+    A message with neither field is a heartbeat, sent while nothing changes.
+    When the replica stops hearing the database it ends every watch with
+    UNAVAILABLE (CHANGE_FEED_UNAVAILABLE) and refuses new ones until it hears
+    again: a watcher must then drop what it cached. Internal, like the rest
+    of this service.
     """
 
 class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -119,6 +139,22 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         """Whether a session an agent was issued at issued_at may still be used:
         disabling or deleting the agent, or rotating its key with no grace
         period, ends every session issued before.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchAgentChanges(
+        self,
+        request: _policy_pb2.WatchAgentChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_policy_pb2.AgentChangeNotice], _abc.AsyncIterator[_policy_pb2.AgentChangeNotice]]:
+        """The agents that change, as this replica hears of them (its own writes
+        and the database's notices), for the caches of the gateway and the
+        broker. The first message is ready: from then on every change is sent.
+        A message with neither field is a heartbeat, sent while nothing changes.
+        When the replica stops hearing the database it ends every watch with
+        UNAVAILABLE (CHANGE_FEED_UNAVAILABLE) and refuses new ones until it hears
+        again: a watcher must then drop what it cached. Internal, like the rest
+        of this service.
         """
 
 def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

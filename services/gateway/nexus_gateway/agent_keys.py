@@ -1,0 +1,131 @@
+"""Which agent holds a key, remembered so a warm call asks the policy service nothing.
+
+An entry is stored only for a key the policy service accepted, under the
+SHA-256 digest of the key (never the key). It is dropped when the policy's
+change feed names its agent (disabled, deleted, key rotated, anything else),
+and stops at the key's own expiry when a rotation retired it. While the feed
+is down nothing is cached and every call asks, as before.
+
+The agent is known only once the policy service answered, so a change heard
+while any key is being asked about drops that answer too: it may predate the
+change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from nexus.policy.v1 import agents_pb2, agents_pb2_grpc, policy_pb2, policy_pb2_grpc
+from nexus_common import INTERNAL_TOKEN_HEADER, InternalClient, LoadingCache
+
+__all__ = ["AgentKeys", "agent_changes"]
+
+
+@dataclass(frozen=True)
+class _Holder:
+    agent_id: str
+    # When the key stops working; None for an agent's current key.
+    expires_at: datetime | None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AgentKeys:
+    def __init__(
+        self,
+        policy: InternalClient,
+        max_age_seconds: float,
+        *,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self._policy = policy
+        self._agents = agents_pb2_grpc.AgentRegistryServiceStub(policy.channel)
+        self._max_entries = 100_000
+        # Off until the change feed says it is heard.
+        self._cache = LoadingCache[bytes, _Holder](
+            max_age_seconds, max_entries=self._max_entries, enabled=False
+        )
+        self._clock = clock
+        # The digests each agent's entries are under, and those being asked about.
+        self._digests: dict[str, set[bytes]] = {}
+        self._asking: dict[bytes, int] = {}
+        self._indexed = 0
+
+    async def agent_of(self, key: str) -> str:
+        """The agent holding ``key``; raises the policy service's refusal."""
+        digest = hashlib.sha256(key.encode()).digest()
+        holder = await self._cache.get(digest, lambda: self._load(digest, key))
+        if holder.expires_at is not None and holder.expires_at <= self._clock():
+            # The key ran out while cached: the policy service gives the answer.
+            self._cache.invalidate(digest)
+            holder = await self._ask(key)
+        return holder.agent_id
+
+    async def _load(self, digest: bytes, key: str) -> _Holder:
+        self._asking[digest] = self._asking.get(digest, 0) + 1
+        try:
+            holder = await self._ask(key)
+        finally:
+            left = self._asking.pop(digest) - 1
+            if left:
+                self._asking[digest] = left
+        held = self._digests.setdefault(holder.agent_id, set())
+        if digest not in held:
+            if self._indexed >= self._max_entries:
+                # Entries the cache dropped by age stay named here; start both over.
+                self._forget()
+                held = self._digests.setdefault(holder.agent_id, set())
+            held.add(digest)
+            self._indexed += 1
+        return holder
+
+    def _forget(self) -> None:
+        self._digests.clear()
+        self._indexed = 0
+        self._cache.clear()
+
+    async def _ask(self, key: str) -> _Holder:
+        answer = await self._policy.call(
+            self._agents.AuthenticateAgent, agents_pb2.AuthenticateAgentRequest(agent_key=key)
+        )
+        expires_at = (
+            answer.key_expire_time.ToDatetime(tzinfo=UTC)
+            if answer.HasField("key_expire_time")
+            else None
+        )
+        return _Holder(answer.agent_id, expires_at)
+
+    def changed(self, channel: str, agent_id: str) -> None:
+        digests = self._digests.pop(agent_id, set())
+        self._indexed -= len(digests)
+        self._cache.invalidate(*digests, *self._asking)
+
+    def suspend(self) -> None:
+        self._cache.suspend()
+        self._forget()
+
+    def resume(self) -> None:
+        self._cache.resume()
+        self._forget()
+
+
+def agent_changes(policy: InternalClient, token: str) -> Callable[[], AsyncIterator[str | None]]:
+    """Opens the policy service's feed of agent changes, as ``ChangeFeed`` reads it."""
+    stub = policy_pb2_grpc.PolicyServiceStub(policy.channel)
+
+    async def watch() -> AsyncIterator[str | None]:
+        call = stub.WatchAgentChanges(
+            policy_pb2.WatchAgentChangesRequest(), metadata=((INTERNAL_TOKEN_HEADER, token),)
+        )
+        try:
+            async for notice in call:
+                yield notice.agent_id or None
+        finally:
+            call.cancel()
+
+    return watch
