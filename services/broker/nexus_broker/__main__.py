@@ -67,6 +67,7 @@ async def _expire_loop(deps: ConnectionDeps, interval: float) -> None:
 
 async def _serve(settings: BrokerSettings) -> None:
     broker = create_broker(settings)
+    await broker.core.start()
     tasks = [
         asyncio.create_task(
             _purge_loop(broker.core, timedelta(seconds=settings.session_retention_seconds))
