@@ -141,9 +141,9 @@ def commits(broker: Broker) -> Iterator[list[int]]:
 
 def reason(error: grpc.aio.AioRpcError) -> str:
     status = rpc_status.from_call(error)
-    assert status is not None and len(status.details) == 1
+    assert status is not None
     info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(info)
+    assert any(detail.Unpack(info) for detail in status.details)
     return info.reason
 
 
