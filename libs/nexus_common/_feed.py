@@ -63,7 +63,9 @@ class ChangeFeed:
 
     async def start(self, *, wait_seconds: float = 0.0) -> None:
         """Start following; wait up to ``wait_seconds`` for the first ready,
-        serving uncached meanwhile if the far end is not up yet."""
+        serving uncached meanwhile if the far end is not up yet. Idempotent."""
+        if self._task is not None:
+            return
         self._on_gap()
         self._task = asyncio.create_task(self._run(), name=f"change-feed-{self._name}")
         if wait_seconds > 0:

@@ -31,16 +31,19 @@ from nexus_common import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from .adapters.audit_batcher import AuditBatcher
 from .adapters.credential_check import CredentialChecker
 from .adapters.oidc_discovery import DiscoveryClient
 from .adapters.oidc_id_token import IdTokenVerifier
 from .adapters.policy_client import PolicyClient, agent_changes
 from .adapters.rfc6749 import TokenEndpoint
+from .adapters.row_cache import RowCache
 from .domain.return_urls import ReturnUrlPolicy
 from .domain.state import StateSigner
 from .entrypoints.connection_servicer import ConnectionServicer
 from .entrypoints.servicers import AuditLogServicer, ProviderRegistryServicer
 from .entrypoints.session_servicer import SessionServicer
+from .service_layer.audit import write_audit_batch
 from .service_layer.connections import ConnectionDeps
 from .service_layer.leases import RefreshLeases
 from .service_layer.providers import RegistryDeps
@@ -80,11 +83,16 @@ class BrokerCore:
     feed: ChangeFeed
 
     async def start_caches(self, *, wait_seconds: float = 0.0) -> None:
-        """Follow the policy's agent changes; grants are remembered only while
-        the feed is up."""
+        """Follow the policy's agent changes (grants are remembered only while
+        the feed is up) and hear other replicas' writes before serving, so the
+        first requests cache."""
         await self.feed.start(wait_seconds=wait_seconds)
+        await self.connections.cache.start()
 
     async def close(self) -> None:
+        # Queued audit rows first: their callers are waiting, and need the engine.
+        await self.connections.audit.close()
+        await self.connections.cache.close()
         await self.feed.close()
         await self.policy.close()
         await self.http.aclose()
@@ -108,8 +116,9 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
     engine = create_engine(settings.database_url)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     http = outbound_client(settings.outbound, httpx.Timeout(settings.provider_timeout_seconds))
+    cache = RowCache(settings.database_url, settings.cache_max_age_seconds)
     deps = RegistryDeps(
-        uow=lambda: BrokerUnitOfWork(sessions, settings.keyring),
+        uow=lambda: BrokerUnitOfWork(sessions, settings.keyring, cache),
         discovery=DiscoveryClient(http, settings.discovery_timeout_seconds),
         outbound=settings.outbound,
         clock=_now,
@@ -135,6 +144,10 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
             clock=_now,
             seconds=settings.refresh_lease_seconds,
             call_seconds=settings.provider_timeout_seconds,
+        ),
+        cache=cache,
+        audit=AuditBatcher(
+            lambda events: write_audit_batch(events, deps.uow), settings.audit_batch_max
         ),
     )
     refresher = Refresher(connections)

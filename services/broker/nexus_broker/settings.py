@@ -62,9 +62,11 @@ class BrokerSettings:
     # NEXUS_ENVIRONMENT=development: providers that say nothing may hand
     # sessions tokens broader than asked, and say so.
     broader_session_tokens_by_default: bool
-    # NEXUS_CACHE_MAX_AGE_SECONDS: the backstop age of a cached entry (0: no
-    # caches). Change notices, not this, keep the caches right.
+    # The longest a cached row may be served (a backstop: writes and change
+    # notices drop entries long before); 0 turns the caches off.
     cache_max_age_seconds: float = 60.0
+    # Most audit rows one group commit writes; as many more may wait for it.
+    audit_batch_max: int = 256
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> BrokerSettings:
@@ -125,6 +127,7 @@ class BrokerSettings:
             cache_max_age_seconds=env.seconds(
                 "NEXUS_CACHE_MAX_AGE_SECONDS", 60.0, low=0, high=3600
             ),
+            audit_batch_max=_audit_batch_max(env),
         )
 
 
@@ -149,6 +152,13 @@ def _state_key(value: str) -> bytes:
     if len(key) < 32:
         raise ConfigError("NEXUS_STATE_KEY must be at least 32 characters")
     return key
+
+
+def _audit_batch_max(env: Env) -> int:
+    value = env.integer("NEXUS_AUDIT_BATCH_MAX", 256)
+    if not 1 <= value <= 10_000:
+        raise ConfigError("NEXUS_AUDIT_BATCH_MAX must be between 1 and 10000")
+    return value
 
 
 def _session_limits(env: Env) -> SessionLimits:

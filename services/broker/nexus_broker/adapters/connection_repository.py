@@ -13,8 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..domain.connections import Connection, ConnectionStatus, Lease, TokenSet
 from .orm import authorization_attempts, connections
+from .writes import Writes
 
-__all__ = ["Attempt", "AttemptRepository", "ConnectionRepository"]
+__all__ = [
+    "Attempt",
+    "AttemptRepository",
+    "ConnectionRepository",
+    "SealedConnection",
+    "SealedCredentials",
+]
 
 _COLUMNS = [f.name for f in fields(Connection)]
 _TIMES = (
@@ -56,10 +63,51 @@ def _tokens_from_json(data: dict[str, Any]) -> TokenSet:
     )
 
 
+@dataclass(frozen=True)
+class SealedCredentials:
+    """A connection's credentials as stored: sealed, opened only when asked."""
+
+    connection_id: str
+    sealed: bytes | None = field(repr=False)
+    keyring: Keyring = field(repr=False)
+
+    def _document(self) -> dict[str, Any] | None:
+        if self.sealed is None:
+            return None
+        document: dict[str, Any] = json.loads(
+            self.keyring.open(self.sealed, _credentials_aad(self.connection_id))
+        )
+        return document
+
+    def tokens(self) -> TokenSet | None:
+        document = self._document()
+        return _tokens_from_json(document) if document and document["kind"] == "oauth2" else None
+
+    def static_values(self) -> dict[str, str]:
+        document = self._document()
+        return dict(document["values"]) if document and document["kind"] == "static" else {}
+
+
+@dataclass(frozen=True)
+class SealedConnection:
+    """A connection and its sealed credentials, read in one statement."""
+
+    connection: Connection
+    credentials: SealedCredentials
+
+
 class ConnectionRepository:
-    def __init__(self, session: AsyncSession, keyring: Keyring) -> None:
+    """Every write names the row it touched in ``writes``, so that the unit of
+    work can drop it from caches once it commits. Lease claims, renewals and
+    releases are not named: no cache holds the lease (the change notices of
+    migration 0007 skip them too)."""
+
+    def __init__(
+        self, session: AsyncSession, keyring: Keyring, writes: Writes | None = None
+    ) -> None:
         self._session = session
         self._keyring = keyring
+        self._writes = writes if writes is not None else Writes()
 
     @staticmethod
     def _to_domain(row: Any) -> Connection:
@@ -79,6 +127,7 @@ class ConnectionRepository:
         return self._keyring.seal(json.dumps(document).encode(), _credentials_aad(connection_id))
 
     async def add(self, connection: Connection) -> None:
+        self._writes.connection(connection.id)
         await self._session.execute(connections.insert().values(**self._values(connection)))
 
     async def get(self, connection_id: str) -> Connection | None:
@@ -88,6 +137,18 @@ class ConnectionRepository:
             )
         ).first()
         return self._to_domain(row) if row is not None else None
+
+    async def get_sealed(self, connection_id: str) -> SealedConnection | None:
+        """The connection with its credentials still sealed: what a release needs."""
+        row = (
+            await self._session.execute(
+                select(connections).where(connections.c.id == connection_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        credentials = SealedCredentials(connection_id, row.credentials_sealed, self._keyring)
+        return SealedConnection(self._to_domain(row), credentials)
 
     async def save(
         self,
@@ -108,6 +169,7 @@ class ConnectionRepository:
         if lease is not None:
             conditions.append(connections.c.lease_owner == lease.fence)
         assert len(conditions) > 1, "an unconditional write would lose a concurrent one"
+        self._writes.connection(connection.id)
         values = self._values(connection)
         if wipe_credentials:
             values["credentials_sealed"] = None
@@ -122,24 +184,17 @@ class ConnectionRepository:
         )
         return int(getattr(result, "rowcount", 0)) == 1
 
-    async def _credentials(self, connection_id: str) -> dict[str, Any] | None:
+    async def _credentials(self, connection_id: str) -> SealedCredentials:
         sealed = await self._session.scalar(
             select(connections.c.credentials_sealed).where(connections.c.id == connection_id)
         )
-        if sealed is None:
-            return None
-        document: dict[str, Any] = json.loads(
-            self._keyring.open(sealed, _credentials_aad(connection_id))
-        )
-        return document
+        return SealedCredentials(connection_id, sealed, self._keyring)
 
     async def tokens(self, connection_id: str) -> TokenSet | None:
-        document = await self._credentials(connection_id)
-        return _tokens_from_json(document) if document and document["kind"] == "oauth2" else None
+        return (await self._credentials(connection_id)).tokens()
 
     async def static_credentials(self, connection_id: str) -> dict[str, str]:
-        document = await self._credentials(connection_id)
-        return dict(document["values"]) if document and document["kind"] == "static" else {}
+        return (await self._credentials(connection_id)).static_values()
 
     async def list_for_workspace(
         self, workspace_id: str, after: tuple[datetime, str] | None, limit: int
@@ -193,6 +248,7 @@ class ConnectionRepository:
         return [self._to_domain(row) for row in await self._session.execute(statement)]
 
     async def reseal(self) -> int:
+        self._writes.all()
         return await reseal_column(
             self._session,
             self._keyring,
@@ -202,6 +258,7 @@ class ConnectionRepository:
         )
 
     async def delete(self, connection_id: str) -> bool:
+        self._writes.connection(connection_id)
         result = await self._session.execute(
             delete(connections).where(connections.c.id == connection_id)
         )

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..domain.discovery import Discovery
 from ..domain.providers import Provider, ProviderSpec
 from .orm import audit_events, providers
+from .writes import Writes
 
 __all__ = ["AuditRepository", "ProviderQuery", "ProviderRepository"]
 
@@ -61,9 +62,15 @@ class ProviderQuery:
 
 
 class ProviderRepository:
-    def __init__(self, session: AsyncSession, keyring: Keyring) -> None:
+    """Every write names the provider it touched in ``writes``, so that the
+    unit of work can drop it from caches once it commits."""
+
+    def __init__(
+        self, session: AsyncSession, keyring: Keyring, writes: Writes | None = None
+    ) -> None:
         self._session = session
         self._keyring = keyring
+        self._writes = writes if writes is not None else Writes()
 
     def _to_domain(self, row: Any) -> Provider:
         values = {name: row._mapping[name] for name in _SPEC_COLUMNS}
@@ -103,6 +110,7 @@ class ProviderRepository:
         values = self._row_values(provider)
         values["id"] = provider.id
         values["client_secret_sealed"] = self._seal(provider.id, client_secret)
+        self._writes.provider(provider.id)
         await self._write(providers.insert().values(**values), provider.name)
 
     async def update(
@@ -119,6 +127,7 @@ class ProviderRepository:
             .where(providers.c.id == provider.id, providers.c.updated_at == read_at)
             .values(**values)
         )
+        self._writes.provider(provider.id)
         return await self._write(statement, provider.name) == 1
 
     def _seal(self, provider_id: str, client_secret: str | None) -> bytes | None:
@@ -160,6 +169,7 @@ class ProviderRepository:
         return self._keyring.open(sealed, _secret_aad(provider_id)).decode()
 
     async def reseal(self) -> int:
+        self._writes.all()
         return await reseal_column(
             self._session,
             self._keyring,
@@ -175,6 +185,12 @@ class AuditRepository:
 
     async def add(self, event: AuditEvent) -> None:
         await self._session.execute(audit_events.insert().values(**asdict(event.fitted())))
+
+    async def add_all(self, events: list[AuditEvent]) -> None:
+        """One multi-row INSERT: a group commit's whole batch in one statement."""
+        if events:
+            rows = [asdict(event.fitted()) for event in events]
+            await self._session.execute(audit_events.insert().values(rows))
 
     async def add_new(self, events: list[AuditEvent]) -> int:
         """Add the events whose ids are not recorded yet; returns how many."""

@@ -11,11 +11,12 @@ from nexus_common import (
     PageTokens,
     ValidationFailed,
     page_size,
+    retry_stale,
 )
 
 from .unit_of_work import BrokerUnitOfWork
 
-__all__ = ["AuditPage", "list_audit_events", "record_audit_events"]
+__all__ = ["AuditPage", "list_audit_events", "record_audit_events", "write_audit_batch"]
 
 
 @dataclass(frozen=True)
@@ -56,3 +57,15 @@ async def record_audit_events(events: list[AuditEvent], uow: Callable[[], Broker
         recorded = await work.audit.add_new(events)
         await work.commit()
     return recorded
+
+
+async def write_audit_batch(events: list[AuditEvent], uow: Callable[[], BrokerUnitOfWork]) -> None:
+    """Store a group commit's batch: one INSERT, one commit (once more on a
+    connection the database had dropped, when nothing was sent)."""
+
+    async def write() -> None:
+        async with uow() as work:
+            await work.audit.add_all(events)
+            await work.commit()
+
+    await retry_stale(write)

@@ -34,11 +34,13 @@ from nexus_common import (
     page_size,
 )
 
+from ..adapters.audit_batcher import AuditBatcher
 from ..adapters.connection_repository import Attempt
 from ..adapters.credential_check import CredentialChecker
 from ..adapters.oidc_id_token import IdTokenError, IdTokenVerifier
 from ..adapters.rfc6749 import ClientCredentials, TokenEndpoint, TokenEndpointError
 from ..adapters.rfc7009 import revoke_tokens
+from ..adapters.row_cache import RowCache
 from ..domain.connections import Connection, ConnectionStatus, Lease, RefreshPolicy, TokenSet
 from ..domain.credentials import capture_fields, validate_static_credentials
 from ..domain.params import CredentialField
@@ -97,6 +99,10 @@ class ConnectionDeps:
     refresh: RefreshPolicy
     random: Callable[[], float]
     leases: RefreshLeases
+    # What releases read, kept right by the unit of work and change notices.
+    cache: RowCache
+    # Release audit rows, written by group commit.
+    audit: AuditBatcher
     # NEXUS_CONNECTION_CONFIRMATION=required: every connection waits for the
     # app's confirmation, whatever the request says.
     confirmation_always: bool = False

@@ -29,6 +29,7 @@ from nexus_common import (
 from ..adapters.policy_client import PolicyClient
 from ..adapters.rfc6749 import ClientCredentials, TokenEndpointError
 from ..adapters.rfc7009 import revoke_tokens
+from ..adapters.writes import connection_tag
 from ..domain.access import Action
 from ..domain.connections import Connection, ConnectionStatus, Lease, TokenSet
 from ..domain.credentials import TokenPayload, oauth2_payload, static_payload
@@ -43,7 +44,7 @@ from .connections import (
     provider_of,
 )
 from .leases import RefreshLeases
-from .unit_of_work import BrokerUnitOfWork
+from .releases import release_snapshot
 
 __all__ = [
     "Refresher",
@@ -431,33 +432,31 @@ async def _release(
     refresher: Refresher | None,
     decide: Decide | None = None,
 ) -> TokenPayload | None:
-    """Hand out the stored credentials in one transaction: read the connection,
-    its provider and credentials, ask ``decide`` (when given) whether they may
-    go out, record the release. None when a refresher is given and the token
-    must be refreshed first."""
+    """Hand out the credentials: read the connection, its provider and
+    credentials (from the row cache when warm), ask ``decide`` (when given)
+    whether they may go out, and record the release durably before they do.
+    None when a refresher is given and the token must be refreshed first."""
     now = deps.now()
-    async with deps.uow() as uow:
-        connection = await load_connection(uow, connection_id)
-        provider = await provider_of(uow, connection)
-        oauth2 = provider.spec.auth_type == AuthType.OAUTH2
-        tokens = await uow.connections.tokens(connection_id) if oauth2 else None
-        if decide is not None:
-            await decide(connection, provider, connection.granted_scopes(tokens))
-        require_active(connection, provider, now)
-        if not oauth2:
-            payload = static_payload(
-                provider, await uow.connections.static_credentials(connection_id)
+    snapshot = await release_snapshot(connection_id, deps)
+    connection, provider = snapshot.connection, snapshot.provider
+    oauth2 = provider.spec.auth_type == AuthType.OAUTH2
+    tokens = snapshot.credentials.tokens() if oauth2 else None
+    if decide is not None:
+        await decide(connection, provider, connection.granted_scopes(tokens))
+    # Judged now from what was read: a cached entry never carries a verdict.
+    require_active(connection, provider, now)
+    if not oauth2:
+        payload = static_payload(provider, snapshot.credentials.static_values())
+    elif refresher is not None and refresher.due(connection, now):
+        return None
+    else:
+        if tokens is None or tokens.expires_within(now, 0):
+            raise ProviderUnavailable(
+                f"the token expired and {provider.name} could not refresh it: "
+                f"{connection.last_error or 'try again'}"
             )
-        elif refresher is not None and refresher.due(connection, now):
-            return None
-        else:
-            if tokens is None or tokens.expires_within(now, 0):
-                raise ProviderUnavailable(
-                    f"the token expired and {provider.name} could not refresh it: "
-                    f"{connection.last_error or 'try again'}"
-                )
-            payload = oauth2_payload(tokens)
-        await _record_release(uow, connection, now)
+        payload = oauth2_payload(tokens)
+    await _record_release(deps, connection, now)
     return payload
 
 
@@ -479,11 +478,15 @@ async def release_token(
 ) -> TokenPayload:
     """The connection's credentials; ``decide`` is asked first unless the
     caller was already allowed them (a session's decision covers its token)."""
-    # Each release is one transaction (reads, a decision, an audit row), so
-    # running it again on a fresh connection is safe.
+    # Each release reads, decides and then writes its audit row, so running it
+    # again on a fresh connection is safe.
     payload = await retry_stale(lambda: _release(connection_id, deps, refresher, decide))
     if payload is None:
         await refresher.refresh(connection_id, force=False)
+        # The refresh read the row: whatever it found (its own new tokens, or
+        # another replica's whose notice may still be on its way), the release
+        # reads it again rather than the entry cached before.
+        deps.cache.invalidate(connection_tag(connection_id))
         payload = await retry_stale(lambda: _release(connection_id, deps, None))
     assert payload is not None
     return payload
@@ -544,6 +547,7 @@ async def refresh_connection(
     return refreshed, provider
 
 
-async def _record_release(uow: BrokerUnitOfWork, connection: Connection, now: datetime) -> None:
-    await uow.audit.add(connection_event("token.release", connection, now))
-    await uow.commit()
+async def _record_release(deps: ConnectionDeps, connection: Connection, now: datetime) -> None:
+    """Durable before the credential goes out (group commit): if the row
+    cannot be stored, the release fails."""
+    await deps.audit.record(connection_event("token.release", connection, now))
