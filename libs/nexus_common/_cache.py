@@ -89,9 +89,12 @@ class LoadingCache(Generic[K, V]):
         return value
 
     def _store(self, key: K, entry: _Entry[V]) -> None:
-        if key not in self._entries and len(self._entries) >= self._max_entries:
-            self._drop_all()
         self._discard(key)
+        if len(self._entries) >= self._max_entries:
+            # The oldest stored goes first (dicts keep insertion order), so a
+            # working set just over the bound costs a miss per eviction, not
+            # the whole cache each time it fills.
+            self._discard(next(iter(self._entries)))
         self._entries[key] = entry
         for tag in entry.tags:
             self._by_tag.setdefault(tag, set()).add(key)
