@@ -558,3 +558,46 @@ async def test_lease_only_updates_send_no_notice(
                 if len(heard) == 2:
                     break
         assert heard == ["marker", f"connection:{connection_id}"]
+
+
+# --- sessions name their provider ----------------------------------------------------
+
+
+async def test_a_session_reads_its_named_provider_from_the_cache_until_it_changes(
+    services: Services,
+) -> None:
+    from tests.integration.test_sessions import (
+        agent_session,
+        bearer,
+        register_agent,
+        register_internal_ops,
+        sessions,
+    )
+
+    await services.broker.core.start_caches()
+    await register_internal_ops(services)
+    key = await register_agent(services, "ops-agent", ["acme:gliding"])
+    ask = agent_session(agent_id="ops-agent", provider="internal-ops", scopes=["acme:gliding"])
+    first = await sessions(services).CreateAgentSession(ask, metadata=bearer(key))
+    # The first learns the name's id; the second caches the provider by that id.
+    await sessions(services).CreateAgentSession(ask, metadata=bearer(key))
+
+    with statements(services.broker) as sent:
+        await sessions(services).CreateAgentSession(ask, metadata=bearer(key))
+    assert not [s for s in sent if "FROM providers" in s], sent
+
+    # Deleted, then registered again under the same name: the session follows the name.
+    providers_api = gateway_pb2_grpc.ProviderServiceStub(services.gateway)
+    old = await providers_api.GetProvider(
+        providers_pb2.GetProviderRequest(id="internal-ops"), metadata=ADMIN
+    )
+    await providers_api.DeleteProvider(
+        providers_pb2.DeleteProviderRequest(id=old.id), metadata=ADMIN
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await sessions(services).CreateAgentSession(ask, metadata=bearer(key))
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    await register_internal_ops(services)
+    again = await sessions(services).CreateAgentSession(ask, metadata=bearer(key))
+    assert again.session_id and again.session_id != first.session_id
+    assert services.broker.core.connections.cache.provider_ids["internal-ops"] != old.id

@@ -35,11 +35,17 @@ from .writes import CHANNEL, CONNECTION, PROVIDER, Writes
 
 __all__ = ["RowCache"]
 
+_MAX_NAMES = 10_000
+
 
 class RowCache:
     def __init__(self, database_url: str, max_age_seconds: float) -> None:
         self.connections = LoadingCache[str, SealedConnection](max_age_seconds)
         self.providers = LoadingCache[str, Provider](max_age_seconds)
+        # Provider names to ids, for sessions, which name their provider. An
+        # id never changes meaning, so a stale name is caught by checking the
+        # provider read by id still carries it.
+        self.provider_ids: dict[str, str] = {}
         self._listener: ChangeListener | None = None
         if listens(database_url) and self.enabled:
             self._listener = ChangeListener(
@@ -80,6 +86,13 @@ class RowCache:
             self._starting = None
         if self._listener is not None:
             await self._listener.close()
+
+    def remember_name(self, name: str, provider_id: str) -> None:
+        if not self.enabled:
+            return
+        if len(self.provider_ids) >= _MAX_NAMES:
+            self.provider_ids.clear()
+        self.provider_ids[name] = provider_id
 
     def invalidate(self, *tags: str) -> None:
         connection_tags = [t for t in tags if t.startswith(CONNECTION)]

@@ -70,7 +70,7 @@ from ..domain.sessions import (
 from ..metrics import SESSIONS
 from .access import audit_denial
 from .connections import ConnectionDeps, client_credentials, load_connection
-from .providers import get_provider
+from .releases import named_provider
 from .signing import SessionSigner
 from .tokens import Refresher, release_token, require_active
 from .unit_of_work import BrokerUnitOfWork
@@ -131,7 +131,7 @@ def _may_see(caller: Principal, session: Session) -> bool:
 
 
 async def _session_provider(name: str, deps: SessionDeps) -> Provider:
-    provider = await get_provider(name, deps.connections.registry)
+    provider = await named_provider(name, deps.connections)
     if provider.deleted_at is not None:
         raise ProviderDeleted(f"{provider.name} was deleted", provider_id=provider.id)
     if provider.spec.auth_type not in (AuthType.OAUTH2, AuthType.NEXUS):
