@@ -601,3 +601,50 @@ async def test_a_session_reads_its_named_provider_from_the_cache_until_it_change
     again = await sessions(services).CreateAgentSession(ask, metadata=bearer(key))
     assert again.session_id and again.session_id != first.session_id
     assert services.broker.core.connections.cache.provider_ids["internal-ops"] != old.id
+
+
+async def test_concurrent_sessions_share_commits_and_each_is_stored_with_its_audit_row(
+    services: Services,
+) -> None:
+    from tests.integration.test_sessions import (
+        agent_session,
+        bearer,
+        register_agent,
+        register_internal_ops,
+        sessions,
+    )
+
+    await register_internal_ops(services)
+    key = await register_agent(services, "ops-agent", ["acme:gliding"])
+    ask = agent_session(agent_id="ops-agent", provider="internal-ops", scopes=["acme:gliding"])
+    await sessions(services).CreateAgentSession(ask, metadata=bearer(key))
+
+    calls = 24
+    with commits(services.broker) as committed:
+        issued = await asyncio.gather(
+            *(
+                sessions(services).CreateAgentSession(ask, metadata=bearer(key))
+                for _ in range(calls)
+            )
+        )
+    assert committed[0] < calls, committed
+    engine = peek(services.env["NEXUS_BROKER_DATABASE_URL"])
+    try:
+        with engine.connect() as db:
+            ids = [s.session_id for s in issued]
+            stored = db.scalar(
+                sa.text("SELECT count(*) FROM agent_sessions WHERE id IN :ids").bindparams(
+                    sa.bindparam("ids", expanding=True)
+                ),
+                {"ids": ids},
+            )
+            audited = db.scalar(
+                sa.text(
+                    "SELECT count(*) FROM audit_events WHERE action = 'session.granted'"
+                    " AND resource IN :resources"
+                ).bindparams(sa.bindparam("resources", expanding=True)),
+                {"resources": [f"sessions/{i}" for i in ids]},
+            )
+    finally:
+        engine.dispose()
+    assert stored == audited == calls

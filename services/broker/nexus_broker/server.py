@@ -31,8 +31,8 @@ from nexus_common import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from .adapters.audit_batcher import AuditBatcher
 from .adapters.credential_check import CredentialChecker
+from .adapters.group_commit import GroupCommit
 from .adapters.oidc_discovery import DiscoveryClient
 from .adapters.oidc_id_token import IdTokenVerifier
 from .adapters.policy_client import PolicyClient, agent_changes
@@ -43,7 +43,7 @@ from .domain.state import StateSigner
 from .entrypoints.connection_servicer import ConnectionServicer
 from .entrypoints.servicers import AuditLogServicer, ProviderRegistryServicer
 from .entrypoints.session_servicer import SessionServicer
-from .service_layer.audit import write_audit_batch
+from .service_layer.audit import write_audit_batch, write_grants
 from .service_layer.connections import ConnectionDeps
 from .service_layer.leases import RefreshLeases
 from .service_layer.providers import RegistryDeps
@@ -90,8 +90,9 @@ class BrokerCore:
         await self.connections.cache.start()
 
     async def close(self) -> None:
-        # Queued audit rows first: their callers are waiting, and need the engine.
+        # Queued rows first: their callers are waiting, and need the engine.
         await self.connections.audit.close()
+        await self.sessions.grants.close()
         await self.connections.cache.close()
         await self.feed.close()
         await self.policy.close()
@@ -146,8 +147,10 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
             call_seconds=settings.provider_timeout_seconds,
         ),
         cache=cache,
-        audit=AuditBatcher(
-            lambda events: write_audit_batch(events, deps.uow), settings.audit_batch_max
+        audit=GroupCommit(
+            lambda events: write_audit_batch(events, deps.uow),
+            settings.audit_batch_max,
+            name="audit",
         ),
     )
     refresher = Refresher(connections)
@@ -176,6 +179,11 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
         ),
         limits=settings.sessions,
         issuer=settings.session_issuer,
+        grants=GroupCommit(
+            lambda grants: write_grants([s for s, _ in grants], [e for _, e in grants], deps.uow),
+            settings.audit_batch_max,
+            name="session",
+        ),
     )
     return BrokerCore(deps, connections, refresher, session_deps, engine, http, policy, feed)
 

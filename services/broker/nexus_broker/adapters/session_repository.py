@@ -42,30 +42,37 @@ def _session(row: Any) -> Session:
     )
 
 
+def _row(session: Session) -> dict[str, Any]:
+    user = session.user
+    return {
+        "id": session.id,
+        "kind": session.kind,
+        "agent_id": session.agent_id,
+        "provider_id": session.provider_id,
+        "provider_name": session.provider_name,
+        "connection_id": session.connection_id,
+        "scopes": list(session.scopes),
+        "acting_for": user.user_id if user else None,
+        "tenant_id": user.tenant_id if user else None,
+        "clearance_level": user.clearance_level if user else None,
+        "created_at": session.created_at,
+        "expires_at": session.expires_at,
+        "closed_at": session.closed_at,
+        "narrowed_token_id": session.narrowed_token_id,
+    }
+
+
 class SessionRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
     async def add(self, session: Session) -> None:
-        user = session.user
-        await self._session.execute(
-            agent_sessions.insert().values(
-                id=session.id,
-                kind=session.kind,
-                agent_id=session.agent_id,
-                provider_id=session.provider_id,
-                provider_name=session.provider_name,
-                connection_id=session.connection_id,
-                scopes=list(session.scopes),
-                acting_for=user.user_id if user else None,
-                tenant_id=user.tenant_id if user else None,
-                clearance_level=user.clearance_level if user else None,
-                created_at=session.created_at,
-                expires_at=session.expires_at,
-                closed_at=session.closed_at,
-                narrowed_token_id=session.narrowed_token_id,
-            )
-        )
+        await self.add_all([session])
+
+    async def add_all(self, sessions: list[Session]) -> None:
+        """As executemany parameters: one statement compiled once, whatever the batch size."""
+        if sessions:
+            await self._session.execute(agent_sessions.insert(), [_row(s) for s in sessions])
 
     async def get(self, session_id: str) -> Session | None:
         row = (

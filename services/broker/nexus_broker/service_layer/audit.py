@@ -1,4 +1,4 @@
-"""Reading the audit trail."""
+"""Reading the audit trail, and writing its rows by group commit."""
 
 from __future__ import annotations
 
@@ -14,9 +14,16 @@ from nexus_common import (
     retry_stale,
 )
 
+from ..domain.sessions import Session
 from .unit_of_work import BrokerUnitOfWork
 
-__all__ = ["AuditPage", "list_audit_events", "record_audit_events", "write_audit_batch"]
+__all__ = [
+    "AuditPage",
+    "list_audit_events",
+    "record_audit_events",
+    "write_audit_batch",
+    "write_grants",
+]
 
 
 @dataclass(frozen=True)
@@ -62,9 +69,18 @@ async def record_audit_events(events: list[AuditEvent], uow: Callable[[], Broker
 async def write_audit_batch(events: list[AuditEvent], uow: Callable[[], BrokerUnitOfWork]) -> None:
     """Store a group commit's batch: one INSERT, one commit (once more on a
     connection the database had dropped, when nothing was sent)."""
+    await write_grants([], events, uow)
+
+
+async def write_grants(
+    sessions: list[Session], events: list[AuditEvent], uow: Callable[[], BrokerUnitOfWork]
+) -> None:
+    """Store sessions and audit events in one transaction: one INSERT per
+    table, one commit, once more on a connection the database had dropped."""
 
     async def write() -> None:
         async with uow() as work:
+            await work.sessions.add_all(sessions)
             await work.audit.add_all(events)
             await work.commit()
 

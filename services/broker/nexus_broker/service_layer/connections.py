@@ -34,9 +34,9 @@ from nexus_common import (
     page_size,
 )
 
-from ..adapters.audit_batcher import AuditBatcher
 from ..adapters.connection_repository import Attempt
 from ..adapters.credential_check import CredentialChecker
+from ..adapters.group_commit import GroupCommit
 from ..adapters.oidc_id_token import IdTokenError, IdTokenVerifier
 from ..adapters.rfc6749 import ClientCredentials, TokenEndpoint, TokenEndpointError
 from ..adapters.rfc7009 import revoke_tokens
@@ -102,7 +102,7 @@ class ConnectionDeps:
     # What releases read, kept right by the unit of work and change notices.
     cache: RowCache
     # Release audit rows, written by group commit.
-    audit: AuditBatcher
+    audit: GroupCommit[AuditEvent]
     # NEXUS_CONNECTION_CONFIRMATION=required: every connection waits for the
     # app's confirmation, whatever the request says.
     confirmation_always: bool = False

@@ -52,6 +52,7 @@ from nexus_common import (
     ValidationFailed,
 )
 
+from ..adapters.group_commit import GroupCommit
 from ..adapters.policy_client import AccessGrant, PolicyClient, SessionAsk
 from ..adapters.rfc6749 import ClientCredentials, TokenEndpointError
 from ..adapters.rfc7009 import revoke_tokens
@@ -102,6 +103,8 @@ class SessionDeps:
     issuer: str
     # For providers that say nothing (NEXUS_ENVIRONMENT=development: allowed).
     broader_tokens_by_default: bool
+    # New sessions and their audit rows, written by group commit.
+    grants: GroupCommit[tuple[Session, AuditEvent]]
 
 
 @dataclass(frozen=True)
@@ -361,26 +364,23 @@ async def _issue(
     key = await deps.signer.current(now)
     session_token = key.sign(session_claims(session, deps.issuer))
     user = session.user
-    async with deps.connections.uow() as uow:
-        await uow.sessions.add(session)
-        await uow.audit.add(
-            AuditEvent.record(
-                "session.granted",
-                f"sessions/{session.id}",
-                now,
-                kind=kind,
-                agent_id=session.agent_id,
-                provider=provider.name,
-                connection_id=session.connection_id or "",
-                scopes=list(session.scopes),
-                token_scopes=list(credential.token_scopes if credential else session.scopes),
-                acting_for=user.user_id if user else "",
-                tenant_id=user.tenant_id if user else "",
-                outcome="granted",
-                expires_at=int(expires_at.timestamp()),
-            )
-        )
-        await uow.commit()
+    recorded = AuditEvent.record(
+        "session.granted",
+        f"sessions/{session.id}",
+        now,
+        kind=kind,
+        agent_id=session.agent_id,
+        provider=provider.name,
+        connection_id=session.connection_id or "",
+        scopes=list(session.scopes),
+        token_scopes=list(credential.token_scopes if credential else session.scopes),
+        acting_for=user.user_id if user else "",
+        tenant_id=user.tenant_id if user else "",
+        outcome="granted",
+        expires_at=int(expires_at.timestamp()),
+    )
+    # Durable, with its audit row, before the token goes out.
+    await deps.grants.record((session, recorded))
     if credential is None:
         return IssuedSession(session, session_token, session_token, session.scopes)
     return IssuedSession(session, credential.access_token, session_token, credential.token_scopes)

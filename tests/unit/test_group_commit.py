@@ -8,7 +8,7 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
-from nexus_broker.adapters.audit_batcher import AuditBatcher
+from nexus_broker.adapters.group_commit import GroupCommit
 from nexus_common import AuditEvent, DatabaseUnavailable, Internal
 
 
@@ -44,7 +44,7 @@ def event(n: int) -> AuditEvent:
 async def test_a_caller_returns_only_once_its_row_is_stored() -> None:
     store = Store()
     store.gate = asyncio.Event()
-    batcher = AuditBatcher(store.write, max_batch=8)
+    batcher = GroupCommit(store.write, max_batch=8, name="audit")
     call = asyncio.create_task(batcher.record(event(1)))
     await asyncio.sleep(0.01)
     assert not call.done() and store.stored == []
@@ -57,7 +57,7 @@ async def test_a_caller_returns_only_once_its_row_is_stored() -> None:
 async def test_rows_queued_during_a_flush_share_the_next_commit() -> None:
     store = Store()
     store.gate = asyncio.Event()
-    batcher = AuditBatcher(store.write, max_batch=64)
+    batcher = GroupCommit(store.write, max_batch=64, name="audit")
     first = asyncio.create_task(batcher.record(event(0)))
     await asyncio.sleep(0.01)  # the first flush holds row 0
     rest = [asyncio.create_task(batcher.record(event(n))) for n in range(1, 21)]
@@ -72,7 +72,7 @@ async def test_a_failed_commit_fails_every_caller_of_its_batch() -> None:
     store = Store()
     store.gate = asyncio.Event()
     store.fail = DatabaseUnavailable("the database is unavailable; try again shortly")
-    batcher = AuditBatcher(store.write, max_batch=64)
+    batcher = GroupCommit(store.write, max_batch=64, name="audit")
     calls = [asyncio.create_task(batcher.record(event(n))) for n in range(5)]
     await asyncio.sleep(0.01)
     store.gate.set()
@@ -96,7 +96,7 @@ async def test_a_failed_commit_fails_every_caller_of_its_batch() -> None:
 async def test_the_queue_is_bounded_and_full_callers_wait() -> None:
     store = Store()
     store.gate = asyncio.Event()
-    batcher = AuditBatcher(store.write, max_batch=4)
+    batcher = GroupCommit(store.write, max_batch=4, name="audit")
     calls = [asyncio.create_task(batcher.record(event(n))) for n in range(20)]
     await asyncio.sleep(0.01)
     # One batch is being written, at most four rows wait; the rest wait for room.
@@ -113,7 +113,7 @@ async def test_the_queue_is_bounded_and_full_callers_wait() -> None:
 async def test_closing_writes_what_is_queued() -> None:
     store = Store()
     store.gate = asyncio.Event()
-    batcher = AuditBatcher(store.write, max_batch=4)
+    batcher = GroupCommit(store.write, max_batch=4, name="audit")
     calls = [asyncio.create_task(batcher.record(event(n))) for n in range(6)]
     await asyncio.sleep(0.01)
     closing = asyncio.create_task(batcher.close())

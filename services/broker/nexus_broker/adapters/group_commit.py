@@ -1,9 +1,10 @@
-"""Group commit of audit rows: many callers' rows, one INSERT and one commit.
+"""Group commit: many callers' rows, one INSERT and one commit.
 
-A release's audit row must be durable before its credential goes out. Giving
-each release its own transaction costs two round trips per call; here callers
-queue their rows and one flusher writes everything queued so far in one
-multi-row INSERT and one commit, then tells each caller. While a flush runs,
+A release's audit row must be durable before its credential goes out, and a
+session's row (with its audit row) before its token does. Giving each its own
+transaction costs several round trips per call; here callers queue their rows
+and one flusher writes everything queued so far in one statement per table and
+one commit, then tells each caller. While a flush runs,
 the next callers queue up, so batches grow with load and a lone caller waits
 for no timer.
 
@@ -22,54 +23,59 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-from nexus_common import AuditEvent, DatabaseUnavailable, Internal
+from nexus_common import DatabaseUnavailable, Internal
 
-__all__ = ["AuditBatcher"]
+__all__ = ["GroupCommit"]
 
 log = logging.getLogger("nexus.audit")
 
-Write = Callable[[list[AuditEvent]], Awaitable[None]]
+T = TypeVar("T")
+Write = Callable[[list[T]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
-class _Queued:
-    event: AuditEvent
+class _Queued(Generic[T]):
+    item: T
     stored: asyncio.Future[None]
 
 
-class AuditBatcher:
-    def __init__(self, write: Write, max_batch: int) -> None:
-        """``write`` stores its events in one transaction, or raises."""
+class GroupCommit(Generic[T]):
+    def __init__(self, write: Write[T], max_batch: int, *, name: str) -> None:
+        """``write`` stores its items in one transaction, or raises."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._write = write
         self._max = max_batch
-        self._queue: asyncio.Queue[_Queued] | None = None
+        self._queue: asyncio.Queue[_Queued[T]] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
+        self._name = name
 
-    async def record(self, event: AuditEvent) -> None:
-        """Return once ``event`` is committed; raise if its batch's commit failed."""
+    async def record(self, item: T) -> None:
+        """Return once ``item`` is committed; raise if its batch's commit failed."""
         if self._closed:
             # Shutting down: no flusher any more, so the row goes in on its own.
-            await self._write([event])
+            await self._write([item])
             return
         queue = self._running()
-        queued = _Queued(event, asyncio.get_running_loop().create_future())
+        queued = _Queued(item, asyncio.get_running_loop().create_future())
         await queue.put(queued)  # waits while the queue is full
         await queued.stored
 
-    def _running(self) -> asyncio.Queue[_Queued]:
+    def _running(self) -> asyncio.Queue[_Queued[T]]:
         if self._queue is None:
             self._queue = asyncio.Queue(self._max)
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._run(self._queue), name="audit-flusher")
+            self._flusher = asyncio.create_task(
+                self._run(self._queue), name=f"{self._name}-flusher"
+            )
         return self._queue
 
-    async def _run(self, queue: asyncio.Queue[_Queued]) -> None:
+    async def _run(self, queue: asyncio.Queue[_Queued[T]]) -> None:
         while True:
-            batch = [await queue.get()]
+            batch: list[_Queued[T]] = [await queue.get()]
             while len(batch) < self._max and not queue.empty():
                 batch.append(queue.get_nowait())
             try:
@@ -78,21 +84,21 @@ class AuditBatcher:
                 for _ in batch:
                     queue.task_done()
 
-    async def _flush(self, batch: list[_Queued]) -> None:
+    async def _flush(self, batch: list[_Queued[T]]) -> None:
         try:
-            await self._write([queued.event for queued in batch])
+            await self._write([queued.item for queued in batch])
         except asyncio.CancelledError:
             # Stopped mid-flush (the loop is ending): nobody may take the
             # rows for stored, and nobody may wait for ever.
             for queued in batch:
                 if not queued.stored.done():
                     queued.stored.set_exception(
-                        DatabaseUnavailable("the audit record may not be stored; try again")
+                        DatabaseUnavailable("the record may not be stored; try again")
                     )
             raise
         except Exception as exc:
             if not isinstance(exc, DatabaseUnavailable):
-                log.exception("writing %d audit rows failed", len(batch))
+                log.exception("writing %d %s rows failed", len(batch), self._name)
             for queued in batch:
                 if not queued.stored.done():
                     queued.stored.set_exception(_failure(exc))
@@ -120,6 +126,6 @@ def _failure(exc: Exception) -> Exception:
     if isinstance(exc, DatabaseUnavailable):
         error = DatabaseUnavailable("the database is unavailable; try again shortly")
     else:
-        error = Internal("the audit record could not be stored")
+        error = Internal("the record could not be stored")
     error.__cause__ = exc
     return error
