@@ -66,10 +66,16 @@ async def record_audit_events(events: list[AuditEvent], uow: Callable[[], Broker
     return recorded
 
 
-async def write_audit_batch(events: list[AuditEvent], uow: Callable[[], BrokerUnitOfWork]) -> None:
+async def write_audit_batch(
+    events: list[AuditEvent],
+    uow: Callable[[], BrokerUnitOfWork],
+    one_statement: Callable[[], BrokerUnitOfWork],
+) -> None:
     """Store a group commit's batch: one INSERT, one commit (once more on a
-    connection the database had dropped, when nothing was sent)."""
-    await write_grants([], events, uow)
+    connection the database had dropped, when nothing was sent). A batch of
+    one, all a lone caller ever has, is one statement that commits itself:
+    ``one_statement`` makes units of work whose statements do."""
+    await write_grants([], events, one_statement if len(events) == 1 else uow)
 
 
 async def write_grants(
