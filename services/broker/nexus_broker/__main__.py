@@ -77,7 +77,13 @@ async def _serve(settings: BrokerSettings) -> None:
     ]
     if settings.refresh_loop:
         tasks.append(
-            asyncio.create_task(broker.core.refresher.run(settings.refresh_interval_seconds))
+            asyncio.create_task(
+                broker.core.refresher.run(
+                    settings.refresh_interval_seconds,
+                    batch=settings.refresh_batch_size,
+                    concurrency=settings.refresh_concurrency,
+                )
+            )
         )
 
     async def stop() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
@@ -56,6 +57,10 @@ def _tokens_from_json(data: dict[str, Any]) -> TokenSet:
     )
 
 
+def _oauth2_tokens(document: dict[str, Any] | None) -> TokenSet | None:
+    return _tokens_from_json(document) if document and document["kind"] == "oauth2" else None
+
+
 class ConnectionRepository:
     def __init__(self, session: AsyncSession, keyring: Keyring) -> None:
         self._session = session
@@ -98,10 +103,12 @@ class ConnectionRepository:
         tokens: TokenSet | None = None,
         static: dict[str, str] | None = None,
         wipe_credentials: bool = False,
+        release: bool = False,
     ) -> bool:
         """Store ``connection`` (and new credentials) if nobody changed it since
         it was read at ``read_at``, or, under a lease, while the row still
-        carries that lease's fence."""
+        carries that lease's fence; ``release`` gives the lease back in the
+        same statement."""
         conditions = [connections.c.id == connection.id]
         if read_at is not None:
             conditions.append(connections.c.updated_at == read_at)
@@ -111,6 +118,9 @@ class ConnectionRepository:
         values = self._values(connection)
         if wipe_credentials:
             values["credentials_sealed"] = None
+        if release:
+            assert lease is not None, "only a lease's holder releases it"
+            values["lease_until"] = values["lease_owner"] = None
         if tokens is not None:
             values["credentials_sealed"] = self._seal(connection.id, _tokens_to_json(tokens))
         if static is not None:
@@ -126,6 +136,9 @@ class ConnectionRepository:
         sealed = await self._session.scalar(
             select(connections.c.credentials_sealed).where(connections.c.id == connection_id)
         )
+        return self._open(connection_id, sealed)
+
+    def _open(self, connection_id: str, sealed: bytes | None) -> dict[str, Any] | None:
         if sealed is None:
             return None
         document: dict[str, Any] = json.loads(
@@ -134,8 +147,7 @@ class ConnectionRepository:
         return document
 
     async def tokens(self, connection_id: str) -> TokenSet | None:
-        document = await self._credentials(connection_id)
-        return _tokens_from_json(document) if document and document["kind"] == "oauth2" else None
+        return _oauth2_tokens(await self._credentials(connection_id))
 
     async def static_credentials(self, connection_id: str) -> dict[str, str]:
         document = await self._credentials(connection_id)
@@ -223,6 +235,40 @@ class ConnectionRepository:
             .with_for_update(skip_locked=True)
         )
         return list((await self._session.scalars(statement)).all())
+
+    async def claim_due(
+        self, now: datetime, until: datetime, fence: str, limit: int
+    ) -> list[tuple[Connection, Callable[[], TokenSet | None]]]:
+        """Take the refresh lease of up to ``limit`` due connections (as
+        ``due_for_refresh`` finds them) in one statement, under one fence;
+        each with a function that opens its tokens. They are opened by whoever
+        refreshes the connection: a row this replica cannot open (a key it
+        lacks) fails that refresh alone, not the claim."""
+        free = or_(connections.c.lease_until.is_(None), connections.c.lease_until < now)
+        due = (
+            select(connections.c.id)
+            .where(connections.c.status == ConnectionStatus.ACTIVE)
+            .where(connections.c.next_refresh_at <= now, free)
+            .order_by(connections.c.next_refresh_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        statement = (
+            update(connections)
+            .where(connections.c.id.in_(due), free)
+            .values(lease_until=until, lease_owner=fence)
+            .returning(connections)
+        )
+        claimed = []
+        for row in await self._session.execute(statement):
+            connection = self._to_domain(row)
+            claimed.append((connection, self._tokens_opener(connection.id, row.credentials_sealed)))
+        return claimed
+
+    def _tokens_opener(
+        self, connection_id: str, sealed: bytes | None
+    ) -> Callable[[], TokenSet | None]:
+        return lambda: _oauth2_tokens(self._open(connection_id, sealed))
 
     async def claim(self, lease: Lease, now: datetime) -> bool:
         """Take the refresh lease unless someone holds an unexpired one."""

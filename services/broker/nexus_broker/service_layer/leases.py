@@ -24,7 +24,7 @@ from typing import TypeVar
 from nexus_common import ProviderUnavailable
 
 from ..adapters.rfc6749 import TokenEndpointError
-from ..domain.connections import Lease
+from ..domain.connections import Connection, Lease, TokenSet
 from .unit_of_work import BrokerUnitOfWork
 
 __all__ = ["RefreshLeases"]
@@ -68,6 +68,22 @@ class RefreshLeases:
             now + timedelta(seconds=self.seconds),
         )
         return lease if await uow.connections.claim(lease, now) else None
+
+    async def claim_due(
+        self, uow: BrokerUnitOfWork, limit: int
+    ) -> list[tuple[Lease, Connection, Callable[[], TokenSet | None]]]:
+        """Claim up to ``limit`` due connections within the caller's
+        transaction, in one statement: each row's lease carries the same
+        fence, drawn afresh for this claim, so every claim of a row still
+        carries a fence no earlier claim of it had."""
+        now = self.clock()
+        until = now + timedelta(seconds=self.seconds)
+        fence = f"{self.broker}.{uuid.uuid4().hex}"
+        claimed = await uow.connections.claim_due(now, until, fence, limit)
+        return [
+            (Lease(connection.id, fence, until), connection, tokens)
+            for connection, tokens in claimed
+        ]
 
     async def claim(self, connection_id: str) -> Lease:
         """Take the lease, waiting while another refresh holds it."""
