@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from nexus_common import Keyring, reseal_column, utc
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..domain.connections import Connection, ConnectionStatus, Lease, TokenSet
@@ -131,6 +131,50 @@ class ConnectionRepository:
             update(connections).where(*conditions).values(**values)
         )
         return int(getattr(result, "rowcount", 0)) == 1
+
+    async def save_leased(
+        self, outcomes: list[tuple[Connection, Lease, TokenSet | None]]
+    ) -> list[bool] | None:
+        """Store each connection (and its new tokens, when given) and release
+        its lease, only where the row still carries that lease's fence; which
+        were stored. The rows are read, and on PostgreSQL locked, first, and
+        then written by two statements run over all of them. None when a row
+        changed between the read and the write (SQLite has no row locks):
+        the caller rolls back and stores them one by one."""
+        rows = await self._session.execute(
+            select(connections.c.id, connections.c.lease_owner)
+            .where(connections.c.id.in_([c.id for c, _, _ in outcomes]))
+            .with_for_update()
+        )
+        fences = {row.id: row.lease_owner for row in rows}
+        stored = [fences.get(c.id) == lease.fence for c, lease, _ in outcomes]
+        with_tokens: list[dict[str, Any]] = []
+        without_tokens: list[dict[str, Any]] = []
+        for (connection, lease, tokens), held in zip(outcomes, stored, strict=True):
+            if not held:
+                continue
+            values = {**self._values(connection), "b_id": connection.id, "b_fence": lease.fence}
+            del values["id"]
+            if tokens is None:
+                without_tokens.append(values)
+            else:
+                values["credentials_sealed"] = self._seal(connection.id, _tokens_to_json(tokens))
+                with_tokens.append(values)
+        for changes in (with_tokens, without_tokens):
+            if not changes:
+                continue
+            result = await self._session.execute(
+                update(connections)
+                .where(
+                    connections.c.id == bindparam("b_id"),
+                    connections.c.lease_owner == bindparam("b_fence"),
+                )
+                .values(lease_until=None, lease_owner=None),
+                changes,
+            )
+            if int(getattr(result, "rowcount", -1)) != len(changes):
+                return None
+        return stored
 
     async def _credentials(self, connection_id: str) -> dict[str, Any] | None:
         sealed = await self._session.scalar(

@@ -176,6 +176,13 @@ class AuditRepository:
     async def add(self, event: AuditEvent) -> None:
         await self._session.execute(audit_events.insert().values(**asdict(event.fitted())))
 
+    async def add_all(self, events: list[AuditEvent]) -> None:
+        """Add several events in one statement."""
+        if events:
+            await self._session.execute(
+                audit_events.insert(), [asdict(event.fitted()) for event in events]
+            )
+
     async def add_new(self, events: list[AuditEvent]) -> int:
         """Add the events whose ids are not recorded yet; returns how many."""
         ids = [event.id for event in events]

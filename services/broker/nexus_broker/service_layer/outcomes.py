@@ -83,14 +83,27 @@ class OutcomeWriter:
 
     async def _store(self, outcomes: list[Outcome]) -> list[bool]:
         async with self.uow() as uow:
+            stored = await uow.connections.save_leased(
+                [(outcome.connection, outcome.lease, outcome.tokens) for outcome in outcomes]
+            )
+            if stored is not None:
+                await self._audit(uow, outcomes, stored)
+                return stored
+        # A row moved under the read (SQLite has no row locks): undone; one by one.
+        async with self.uow() as uow:
             stored = [
                 await uow.connections.save(
-                    outcome.connection, lease=outcome.lease, tokens=outcome.tokens, release=True
+                    o.connection, lease=o.lease, tokens=o.tokens, release=True
                 )
-                for outcome in outcomes
+                for o in outcomes
             ]
-            for outcome, saved in zip(outcomes, stored, strict=True):
-                if saved:
-                    await uow.audit.add(outcome.event)
-            await uow.commit()
+            await self._audit(uow, outcomes, stored)
         return stored
+
+    @staticmethod
+    async def _audit(uow: BrokerUnitOfWork, outcomes: list[Outcome], stored: list[bool]) -> None:
+        """Record the stored outcomes' events and commit."""
+        await uow.audit.add_all(
+            [o.event for o, saved in zip(outcomes, stored, strict=True) if saved]
+        )
+        await uow.commit()
