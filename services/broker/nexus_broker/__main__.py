@@ -80,7 +80,6 @@ async def _serve(settings: BrokerSettings) -> None:
             asyncio.create_task(
                 broker.core.refresher.run(
                     settings.refresh_interval_seconds,
-                    batch=settings.refresh_batch_size,
                     concurrency=settings.refresh_concurrency,
                 )
             )

@@ -51,9 +51,8 @@ class BrokerSettings:
     refresh_loop: bool
     refresh_interval_seconds: float
     refresh_lease_seconds: float
-    # The refresh loop: refreshes running at once, and the most claimed in one statement.
+    # Provider calls the refresh loop has in flight at once.
     refresh_concurrency: int
-    refresh_batch_size: int
     internal_token: str = field(repr=False)
     policy_target: str
     policy_timeout_seconds: float
@@ -108,8 +107,7 @@ class BrokerSettings:
             refresh_lease_seconds=env.seconds(
                 "NEXUS_REFRESH_LEASE_SECONDS", 30.0, low=1, high=3600
             ),
-            refresh_concurrency=_bounded(env, "NEXUS_REFRESH_CONCURRENCY", 32, 1, 1000),
-            refresh_batch_size=_bounded(env, "NEXUS_REFRESH_BATCH_SIZE", 100, 1, 1000),
+            refresh_concurrency=_bounded(env, "NEXUS_REFRESH_CONCURRENCY", 16, 1, 500),
             internal_token=env.internal_tokens()[0],
             policy_target=env.text("NEXUS_POLICY_TARGET", "127.0.0.1:50071"),
             # Above the policy service's own backend timeout, so its answer arrives.

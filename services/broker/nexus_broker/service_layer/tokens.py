@@ -11,6 +11,7 @@ lease was taken over is discarded, never written over the new holder's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
@@ -153,14 +154,17 @@ class Refresher:
         *,
         scopes: tuple[str, ...] | None,
         now: datetime,
+        calls: asyncio.Semaphore | None = None,
     ) -> TokenSet:
-        """One refresh grant at the provider, cut off before the lease could lapse."""
-        return await self.leases.call(
-            lease,
-            lambda: self.deps.tokens.refresh(
-                provider.token_url, client, refresh_token=refresh_token, scopes=scopes, now=now
-            ),
-        )
+        """One refresh grant at the provider, cut off before the lease could
+        lapse; made once one of ``calls`` is free, when given."""
+        async with calls or contextlib.nullcontext():
+            return await self.leases.call(
+                lease,
+                lambda: self.deps.tokens.refresh(
+                    provider.token_url, client, refresh_token=refresh_token, scopes=scopes, now=now
+                ),
+            )
 
     async def _refresh_once(self, connection_id: str, *, force: bool) -> None:
         started = self.deps.now()
@@ -215,13 +219,18 @@ class Refresher:
             client = await client_credentials(uow, provider)
         return connection, tokens, provider, client
 
-    async def _settle(self, lease: Lease, load: Callable[[], Awaitable[_Loaded]]) -> None:
+    async def _settle(
+        self,
+        lease: Lease,
+        load: Callable[[], Awaitable[_Loaded]],
+        calls: asyncio.Semaphore | None = None,
+    ) -> None:
         """Refresh under ``lease`` from what ``load`` reads. However it ends,
         the lease is released: with the outcome, or, on a failure nobody
         foresaw, with the failure recorded and a backoff before the next try."""
         recorded = False
         try:
-            recorded = await self._refresh_leased(lease, *await load())
+            recorded = await self._refresh_leased(lease, *await load(), calls=calls)
         except Exception as exc:
             recorded = await self._record_unexpected(lease, exc)
         finally:
@@ -236,6 +245,8 @@ class Refresher:
         tokens: TokenSet | None,
         provider: Provider,
         client: ClientCredentials,
+        *,
+        calls: asyncio.Semaphore | None,
     ) -> bool:
         """Refresh and record the outcome; False when there was nothing to
         record (and so the lease is still held)."""
@@ -262,6 +273,7 @@ class Refresher:
                 tokens.refresh_token,
                 scopes=connection.scopes if narrowed else None,
                 now=now,
+                calls=calls,
             )
         except TokenEndpointError as exc:
             await self._record_provider_error(lease, connection, now, exc)
@@ -403,31 +415,32 @@ class Refresher:
             TOKEN_REFRESHES.labels(_refresh_outcome(tokens, status)).inc()
         return saved
 
-    async def run(self, interval: float, batch: int = 50, concurrency: int = 8) -> None:
-        """The background loop: up to ``concurrency`` refreshes run at once.
-        Due connections are claimed only for free slots, so each claimed
-        lease starts its provider call at once and never lapses in a queue;
-        a new claim waits until half the slots (or ``batch``) are free.
-        When fewer are due than were asked for, it looks again after ``interval``."""
+    async def run(self, interval: float, concurrency: int = 8) -> None:
+        """The background loop: up to ``concurrency`` provider calls in flight,
+        and twice as many connections claimed, so that a call starts as soon as
+        another ends, while refreshes that have called store their outcomes.
+        Connections are claimed only for free places, so a claimed lease waits
+        at most one provider call (itself cut off within the lease) before its
+        own call starts; a new claim waits until half the places are free.
+        When fewer are due than there are places, it looks again after ``interval``."""
+        calls = asyncio.Semaphore(concurrency)
+        places = 2 * concurrency
         running: set[asyncio.Task[None]] = set()
-        refill = max(1, min(batch, concurrency // 2))
         try:
             while True:
-                want = min(batch, concurrency - len(running))
+                free = places - len(running)
                 claimed: list[_Refresh] = []
-                if want > 0:
-                    try:
-                        claimed = await self._claim_batch(want)
-                    except Exception:
-                        log.exception("claiming due connections failed")
+                try:
+                    claimed = await self._claim_batch(free, calls)
+                except Exception:
+                    log.exception("claiming due connections failed")
                 for refresh in claimed:
                     task = asyncio.create_task(refresh())
                     running.add(task)
                     task.add_done_callback(running.discard)
-                if want > 0 and len(claimed) < want:
+                if len(claimed) < free:
                     await asyncio.sleep(interval)
-                    continue
-                while running and concurrency - len(running) < refill:
+                while places - len(running) < concurrency:
                     await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in running:
@@ -441,7 +454,7 @@ class Refresher:
             await uow.commit()
         return [lease for lease, _, _ in claimed]
 
-    async def _claim_batch(self, batch: int) -> list[_Refresh]:
+    async def _claim_batch(self, batch: int, calls: asyncio.Semaphore) -> list[_Refresh]:
         """Claim up to ``batch`` due connections, reading them with the claim
         and their providers once for the batch; one refresh for each."""
         async with self.deps.uow() as uow:
@@ -470,7 +483,7 @@ class Refresher:
                     raise found
                 return connection, tokens(), *found
 
-            return lambda: self._settle(lease, load)
+            return lambda: self._settle(lease, load, calls)
 
         return [refresh(*claim) for claim in claimed]
 
