@@ -26,7 +26,9 @@ from nexus_common import SqlUnitOfWork, create_engine, sync_url
 from tests.support.postgres import fresh_database, postgres_url
 
 metadata = MetaData()
-rows = Table("bench_rows", metadata, Column("id", String(36), primary_key=True), Column("v", String))
+rows = Table(
+    "bench_rows", metadata, Column("id", String(36), primary_key=True), Column("v", String)
+)
 
 
 def variants(url: str) -> dict[str, AsyncEngine]:
@@ -62,7 +64,7 @@ async def run(url: str, calls: int, rounds: int) -> dict[str, Any]:
         await db.run_sync(metadata.create_all)
         await db.execute(rows.insert(), [{"id": f"row-{i}", "v": "x" * 64} for i in range(100)])
     results: dict[str, list[float]] = {name: [] for name in engines}
-    for name, engine in engines.items():
+    for engine in engines.values():
         await rate(engine, 200)  # warm: pool filled, statements prepared
     for _ in range(rounds):
         for name, engine in engines.items():
