@@ -130,12 +130,20 @@ class RefreshLeases:
         stop = loop.time() + self.call_seconds
         try:
             async with asyncio.timeout_at(self._cutoff(lease.until, stop)) as window:
-                keeper = asyncio.create_task(self._keep(lease, window, stop))
+                # Renewing starts a quarter of the lease into the call: most calls
+                # have ended by then, and so need no task of their own.
+                keeper: list[asyncio.Task[None]] = []
+                starting = loop.call_later(
+                    self.seconds / 4,
+                    lambda: keeper.append(asyncio.create_task(self._keep(lease, window, stop))),
+                )
                 try:
                     return await work()
                 finally:
-                    keeper.cancel()
-                    await asyncio.gather(keeper, return_exceptions=True)
+                    starting.cancel()
+                    for task in keeper:
+                        task.cancel()
+                    await asyncio.gather(*keeper, return_exceptions=True)
         except TimeoutError as exc:
             raise TokenEndpointError(
                 "the provider did not answer within the refresh deadline", transient=True
@@ -147,9 +155,9 @@ class RefreshLeases:
         return min(stop, asyncio.get_running_loop().time() + remaining)
 
     async def _keep(self, lease: Lease, window: asyncio.Timeout, stop: float) -> None:
-        """Renew the lease while the call runs, moving its cut-off along."""
+        """Renew the lease every quarter of it while the call runs, moving its
+        cut-off along."""
         while True:
-            await asyncio.sleep(self.seconds / 4)
             until = self.clock() + timedelta(seconds=self.seconds)
             try:
                 async with self.uow() as uow:
@@ -160,14 +168,15 @@ class RefreshLeases:
                 log.warning(
                     "could not renew the refresh lease of connection %s", lease.connection_id
                 )
-                continue
-            if window.expired():
-                return
-            if not renewed:
-                log.warning(
-                    "the refresh lease of connection %s was taken over; its call is cut off",
-                    lease.connection_id,
-                )
-                window.reschedule(asyncio.get_running_loop().time())
-                return
-            window.reschedule(self._cutoff(until, stop))
+            else:
+                if window.expired():
+                    return
+                if not renewed:
+                    log.warning(
+                        "the refresh lease of connection %s was taken over; its call is cut off",
+                        lease.connection_id,
+                    )
+                    window.reschedule(asyncio.get_running_loop().time())
+                    return
+                window.reschedule(self._cutoff(until, stop))
+            await asyncio.sleep(self.seconds / 4)
