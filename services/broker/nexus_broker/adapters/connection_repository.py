@@ -263,31 +263,16 @@ class ConnectionRepository:
         )
         return int(getattr(result, "rowcount", 0)) == 1
 
-    async def due_for_refresh(self, now: datetime, limit: int) -> list[str]:
-        """Active connections whose refresh time has come and that nobody holds.
-        On PostgreSQL the rows are locked with SKIP LOCKED, so replicas scanning
-        at once each get different rows; the lease below settles the rest."""
-        statement = (
-            select(connections.c.id)
-            .where(
-                connections.c.status == ConnectionStatus.ACTIVE,
-                connections.c.next_refresh_at <= now,
-                or_(connections.c.lease_until.is_(None), connections.c.lease_until < now),
-            )
-            .order_by(connections.c.next_refresh_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        return list((await self._session.scalars(statement)).all())
-
     async def claim_due(
         self, now: datetime, until: datetime, fence: str, limit: int
     ) -> list[tuple[Connection, Callable[[], TokenSet | None]]]:
-        """Take the refresh lease of up to ``limit`` due connections (as
-        ``due_for_refresh`` finds them) in one statement, under one fence;
-        each with a function that opens its tokens. They are opened by whoever
-        refreshes the connection: a row this replica cannot open (a key it
-        lacks) fails that refresh alone, not the claim."""
+        """Take the refresh lease of up to ``limit`` connections in one
+        statement, under one fence: active ones whose refresh time has come
+        and that nobody holds, soonest first. On PostgreSQL the rows are
+        locked with SKIP LOCKED, so replicas claiming at once each get
+        different rows. Each comes with a function that opens its tokens,
+        called by whoever refreshes it: a row this replica cannot open (a key
+        it lacks) fails that refresh alone, not the claim."""
         free = or_(connections.c.lease_until.is_(None), connections.c.lease_until < now)
         due = (
             select(connections.c.id)
