@@ -57,6 +57,19 @@ T = TypeVar("T")
 # Bounds how long a request waits on a database that does not answer a
 # connection attempt (a dropped network, not a refused one).
 _CONNECT_TIMEOUT_SECONDS = 5
+# A pooled connection is replaced after half an hour, at its next checkout.
+_RECYCLE_SECONDS = 1800
+# Connections kept open, and how many more a burst may open (and close again):
+# each service process holds at most 15, so several processes per service stay
+# well inside PostgreSQL's default of 100.
+_POOL_SIZE = 10
+_POOL_OVERFLOW = 5
+# psycopg prepares a statement on a connection once it has run this many times
+# there, and then sends only its name and parameters. SQLAlchemy's compiled
+# cache hands psycopg the same SQL text for each run of one statement, so the
+# hot statements are parsed and planned once per connection; statements run
+# once or twice (migrations, admin calls) are never prepared.
+_PREPARE_THRESHOLD = 2
 
 
 @overload
@@ -97,11 +110,23 @@ def create_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     # Parameters may be sealed secrets or tokens; keep them out of error messages.
+    # No ping on checkout (a round trip before every transaction): a pooled
+    # connection the server dropped fails its first statement instead, which
+    # SQLAlchemy reports as a disconnect and answers by discarding every
+    # connection pooled before it; the unit of work turns that into a stale
+    # DatabaseUnavailable and ``retry_stale`` runs the use case once more, on
+    # a fresh connection. Recycling bounds how long any connection lives, so
+    # idle ones dropped by a firewall or proxy along the way are not kept.
     return create_async_engine(
         async_url,
-        pool_pre_ping=True,
+        pool_recycle=_RECYCLE_SECONDS,
+        pool_size=_POOL_SIZE,
+        max_overflow=_POOL_OVERFLOW,
         hide_parameters=True,
-        connect_args={"connect_timeout": _CONNECT_TIMEOUT_SECONDS},
+        connect_args={
+            "connect_timeout": _CONNECT_TIMEOUT_SECONDS,
+            "prepare_threshold": _PREPARE_THRESHOLD,
+        },
     )
 
 

@@ -33,10 +33,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import select
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpcore
@@ -241,6 +244,47 @@ class OutboundPolicy:
         return None
 
 
+class _Stream(httpcore.AsyncNetworkStream):
+    """A connection's stream that answers "is_readable" from its socket, kept
+    at hand. The connection pool asks that of every idle connection each time
+    it places a request; anyio would build all of the socket's attributes
+    (peer address lookups included) to hand out the socket each time."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._socket = inner.get_extra_info("socket")
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+    ) -> httpcore.AsyncNetworkStream:
+        return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable" and self._socket is not None:
+            return _socket_readable(self._socket)
+        return self._inner.get_extra_info(info)
+
+
+def _socket_readable(sock: socket.socket) -> bool:
+    """Whether reading would not block: for an idle keep-alive connection, that
+    the server closed it (or sent what it should not have)."""
+    poll = select.poll()
+    poll.register(sock.fileno(), select.POLLIN)
+    return bool(poll.poll(0))
+
+
 class _CheckedBackend(httpcore.AsyncNetworkBackend):
     """Connects only to addresses the policy checked, resolving each name once."""
 
@@ -260,13 +304,14 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
         failure: Exception | None = None
         for address in addresses:
             try:
-                return await self._inner.connect_tcp(
+                stream = await self._inner.connect_tcp(
                     address,
                     port,
                     timeout=timeout,
                     local_address=local_address,
                     socket_options=socket_options,
                 )
+                return _Stream(stream)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 failure = exc
         assert failure is not None  # checked_addresses never returns an empty list
@@ -327,7 +372,9 @@ class _PolicyTransport(httpx.AsyncHTTPTransport):
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(trust_env=False),
             max_connections=100,
-            max_keepalive_connections=20,
+            # As many as may be open: fewer would close connections still in
+            # use by a busy refresh loop and open new ones for the next calls.
+            max_keepalive_connections=100,
             keepalive_expiry=5.0,
             network_backend=_CheckedBackend(policy),
         )

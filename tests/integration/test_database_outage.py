@@ -124,7 +124,7 @@ async def test_a_connection_dropped_in_the_pool_is_retried_once_on_a_fresh_one(
         nonlocal attempts
         attempts += 1
         async with SqlUnitOfWork(sessions) as uow:
-            await uow.session.execute(sa.text("SELECT 1"))  # checked out, pinged, in use
+            await uow.session.execute(sa.text("SELECT 1"))  # checked out (no ping), in use
             if attempts == 1:
                 proxy.cut()
                 await asyncio.sleep(0.2)

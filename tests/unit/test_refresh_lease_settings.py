@@ -22,3 +22,15 @@ def test_the_refresh_lease_is_thirty_seconds_unless_set() -> None:
 def test_a_refresh_lease_out_of_range_refuses_to_start(value: str) -> None:
     with pytest.raises(ConfigError, match="NEXUS_REFRESH_LEASE_SECONDS"):
         BrokerSettings.from_env(BASE | {"NEXUS_REFRESH_LEASE_SECONDS": value})
+
+
+def test_the_refresh_loop_has_sixteen_provider_calls_in_flight_unless_set() -> None:
+    assert BrokerSettings.from_env(BASE).refresh_concurrency == 16
+    loop = BrokerSettings.from_env(BASE | {"NEXUS_REFRESH_CONCURRENCY": "64"})
+    assert loop.refresh_concurrency == 64
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "501", "2.5", "many"])
+def test_a_refresh_concurrency_out_of_range_refuses_to_start(value: str) -> None:
+    with pytest.raises(ConfigError, match="NEXUS_REFRESH_CONCURRENCY"):
+        BrokerSettings.from_env(BASE | {"NEXUS_REFRESH_CONCURRENCY": value})

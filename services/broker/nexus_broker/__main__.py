@@ -78,7 +78,12 @@ async def _serve(settings: BrokerSettings) -> None:
     ]
     if settings.refresh_loop:
         tasks.append(
-            asyncio.create_task(broker.core.refresher.run(settings.refresh_interval_seconds))
+            asyncio.create_task(
+                broker.core.refresher.run(
+                    settings.refresh_interval_seconds,
+                    concurrency=settings.refresh_concurrency,
+                )
+            )
         )
 
     async def stop() -> None:

@@ -51,6 +51,8 @@ class BrokerSettings:
     refresh_loop: bool
     refresh_interval_seconds: float
     refresh_lease_seconds: float
+    # Provider calls the refresh loop has in flight at once.
+    refresh_concurrency: int
     internal_token: str = field(repr=False)
     policy_target: str
     policy_timeout_seconds: float
@@ -110,6 +112,7 @@ class BrokerSettings:
             refresh_lease_seconds=env.seconds(
                 "NEXUS_REFRESH_LEASE_SECONDS", 30.0, low=1, high=3600
             ),
+            refresh_concurrency=_bounded(env, "NEXUS_REFRESH_CONCURRENCY", 16, 1, 500),
             internal_token=env.internal_tokens()[0],
             policy_target=env.text("NEXUS_POLICY_TARGET", "127.0.0.1:50071"),
             # Above the policy service's own backend timeout, so its answer arrives.
@@ -138,6 +141,13 @@ def _outbound(env: Env, deadline_seconds: float) -> OutboundPolicy:
         max_body_bytes=env.integer("NEXUS_OUTBOUND_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
         deadline_seconds=deadline_seconds,
     )
+
+
+def _bounded(env: Env, name: str, default: int, low: int, high: int) -> int:
+    value = env.integer(name, default)
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}")
+    return value
 
 
 def _confirmation_always(env: Env) -> bool:

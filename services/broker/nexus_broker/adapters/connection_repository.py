@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
 from nexus_common import Keyring, reseal_column, utc
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..domain.connections import Connection, ConnectionStatus, Lease, TokenSet
@@ -159,10 +160,12 @@ class ConnectionRepository:
         tokens: TokenSet | None = None,
         static: dict[str, str] | None = None,
         wipe_credentials: bool = False,
+        release: bool = False,
     ) -> bool:
         """Store ``connection`` (and new credentials) if nobody changed it since
         it was read at ``read_at``, or, under a lease, while the row still
-        carries that lease's fence."""
+        carries that lease's fence; ``release`` gives the lease back in the
+        same statement."""
         conditions = [connections.c.id == connection.id]
         if read_at is not None:
             conditions.append(connections.c.updated_at == read_at)
@@ -173,6 +176,9 @@ class ConnectionRepository:
         values = self._values(connection)
         if wipe_credentials:
             values["credentials_sealed"] = None
+        if release:
+            assert lease is not None, "only a lease's holder releases it"
+            values["lease_until"] = values["lease_owner"] = None
         if tokens is not None:
             values["credentials_sealed"] = self._seal(connection.id, _tokens_to_json(tokens))
         if static is not None:
@@ -183,6 +189,51 @@ class ConnectionRepository:
             update(connections).where(*conditions).values(**values)
         )
         return int(getattr(result, "rowcount", 0)) == 1
+
+    async def save_leased(
+        self, outcomes: list[tuple[Connection, Lease, TokenSet | None]]
+    ) -> list[bool] | None:
+        """Store each connection (and its new tokens, when given) and release
+        its lease, only where the row still carries that lease's fence; which
+        were stored. The rows are read, and on PostgreSQL locked, first, and
+        then written by two statements run over all of them. None when a row
+        changed between the read and the write (SQLite has no row locks):
+        the caller rolls back and stores them one by one."""
+        rows = await self._session.execute(
+            select(connections.c.id, connections.c.lease_owner)
+            .where(connections.c.id.in_([c.id for c, _, _ in outcomes]))
+            .with_for_update()
+        )
+        fences = {row.id: row.lease_owner for row in rows}
+        stored = [fences.get(c.id) == lease.fence for c, lease, _ in outcomes]
+        with_tokens: list[dict[str, Any]] = []
+        without_tokens: list[dict[str, Any]] = []
+        for (connection, lease, tokens), held in zip(outcomes, stored, strict=True):
+            if not held:
+                continue
+            self._writes.connection(connection.id)
+            values = {**self._values(connection), "b_id": connection.id, "b_fence": lease.fence}
+            del values["id"]
+            if tokens is None:
+                without_tokens.append(values)
+            else:
+                values["credentials_sealed"] = self._seal(connection.id, _tokens_to_json(tokens))
+                with_tokens.append(values)
+        for changes in (with_tokens, without_tokens):
+            if not changes:
+                continue
+            result = await self._session.execute(
+                update(connections)
+                .where(
+                    connections.c.id == bindparam("b_id"),
+                    connections.c.lease_owner == bindparam("b_fence"),
+                )
+                .values(lease_until=None, lease_owner=None),
+                changes,
+            )
+            if int(getattr(result, "rowcount", -1)) != len(changes):
+                return None
+        return stored
 
     async def _credentials(self, connection_id: str) -> SealedCredentials:
         sealed = await self._session.scalar(
@@ -264,22 +315,41 @@ class ConnectionRepository:
         )
         return int(getattr(result, "rowcount", 0)) == 1
 
-    async def due_for_refresh(self, now: datetime, limit: int) -> list[str]:
-        """Active connections whose refresh time has come and that nobody holds.
-        On PostgreSQL the rows are locked with SKIP LOCKED, so replicas scanning
-        at once each get different rows; the lease below settles the rest."""
-        statement = (
+    async def claim_due(
+        self, now: datetime, until: datetime, fence: str, limit: int
+    ) -> list[tuple[Connection, Callable[[], TokenSet | None]]]:
+        """Take the refresh lease of up to ``limit`` connections in one
+        statement, under one fence: active ones whose refresh time has come
+        and that nobody holds, soonest first. On PostgreSQL the rows are
+        locked with SKIP LOCKED, so replicas claiming at once each get
+        different rows. Each comes with a function that opens its tokens,
+        called by whoever refreshes it: a row this replica cannot open (a key
+        it lacks) fails that refresh alone, not the claim."""
+        free = or_(connections.c.lease_until.is_(None), connections.c.lease_until < now)
+        due = (
             select(connections.c.id)
-            .where(
-                connections.c.status == ConnectionStatus.ACTIVE,
-                connections.c.next_refresh_at <= now,
-                or_(connections.c.lease_until.is_(None), connections.c.lease_until < now),
-            )
+            .where(connections.c.status == ConnectionStatus.ACTIVE)
+            .where(connections.c.next_refresh_at <= now, free)
             .order_by(connections.c.next_refresh_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        return list((await self._session.scalars(statement)).all())
+        statement = (
+            update(connections)
+            .where(connections.c.id.in_(due), free)
+            .values(lease_until=until, lease_owner=fence)
+            .returning(connections)
+        )
+        claimed = []
+        for row in await self._session.execute(statement):
+            connection = self._to_domain(row)
+            claimed.append((connection, self._tokens_opener(connection.id, row.credentials_sealed)))
+        return claimed
+
+    def _tokens_opener(
+        self, connection_id: str, sealed: bytes | None
+    ) -> Callable[[], TokenSet | None]:
+        return SealedCredentials(connection_id, sealed, self._keyring).tokens
 
     async def claim(self, lease: Lease, now: datetime) -> bool:
         """Take the refresh lease unless someone holds an unexpired one."""

@@ -187,13 +187,12 @@ class AuditRepository:
         await self._session.execute(audit_events.insert().values(**asdict(event.fitted())))
 
     async def add_all(self, events: list[AuditEvent]) -> None:
-        """A group commit's whole batch in one statement. Passed as executemany
-        parameters, which SQLAlchemy sends as one multi-row INSERT
-        ("insertmanyvalues") compiled once, however many rows a batch has;
-        ``.values(rows)`` would compile a new statement for each batch size."""
+        """A batch in one statement, compiled once whatever its size: the rows
+        go as executemany parameters, which psycopg sends in one pipeline."""
         if events:
-            rows = [asdict(event.fitted()) for event in events]
-            await self._session.execute(audit_events.insert(), rows)
+            await self._session.execute(
+                audit_events.insert(), [asdict(event.fitted()) for event in events]
+            )
 
     async def add_new(self, events: list[AuditEvent]) -> int:
         """Add the events whose ids are not recorded yet; returns how many."""

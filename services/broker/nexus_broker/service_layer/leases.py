@@ -24,7 +24,7 @@ from typing import TypeVar
 from nexus_common import ProviderUnavailable
 
 from ..adapters.rfc6749 import TokenEndpointError
-from ..domain.connections import Lease
+from ..domain.connections import Connection, Lease, TokenSet
 from .unit_of_work import BrokerUnitOfWork
 
 __all__ = ["RefreshLeases"]
@@ -68,6 +68,22 @@ class RefreshLeases:
             now + timedelta(seconds=self.seconds),
         )
         return lease if await uow.connections.claim(lease, now) else None
+
+    async def claim_due(
+        self, uow: BrokerUnitOfWork, limit: int
+    ) -> list[tuple[Lease, Connection, Callable[[], TokenSet | None]]]:
+        """Claim up to ``limit`` due connections within the caller's
+        transaction, in one statement: each row's lease carries the same
+        fence, drawn afresh for this claim, so every claim of a row still
+        carries a fence no earlier claim of it had."""
+        now = self.clock()
+        until = now + timedelta(seconds=self.seconds)
+        fence = f"{self.broker}.{uuid.uuid4().hex}"
+        claimed = await uow.connections.claim_due(now, until, fence, limit)
+        return [
+            (Lease(connection.id, fence, until), connection, tokens)
+            for connection, tokens in claimed
+        ]
 
     async def claim(self, connection_id: str) -> Lease:
         """Take the lease, waiting while another refresh holds it."""
@@ -114,12 +130,20 @@ class RefreshLeases:
         stop = loop.time() + self.call_seconds
         try:
             async with asyncio.timeout_at(self._cutoff(lease.until, stop)) as window:
-                keeper = asyncio.create_task(self._keep(lease, window, stop))
+                # Renewing starts a quarter of the lease into the call: most calls
+                # have ended by then, and so need no task of their own.
+                keeper: list[asyncio.Task[None]] = []
+                starting = loop.call_later(
+                    self.seconds / 4,
+                    lambda: keeper.append(asyncio.create_task(self._keep(lease, window, stop))),
+                )
                 try:
                     return await work()
                 finally:
-                    keeper.cancel()
-                    await asyncio.gather(keeper, return_exceptions=True)
+                    starting.cancel()
+                    for task in keeper:
+                        task.cancel()
+                    await asyncio.gather(*keeper, return_exceptions=True)
         except TimeoutError as exc:
             raise TokenEndpointError(
                 "the provider did not answer within the refresh deadline", transient=True
@@ -131,9 +155,9 @@ class RefreshLeases:
         return min(stop, asyncio.get_running_loop().time() + remaining)
 
     async def _keep(self, lease: Lease, window: asyncio.Timeout, stop: float) -> None:
-        """Renew the lease while the call runs, moving its cut-off along."""
+        """Renew the lease every quarter of it while the call runs, moving its
+        cut-off along."""
         while True:
-            await asyncio.sleep(self.seconds / 4)
             until = self.clock() + timedelta(seconds=self.seconds)
             try:
                 async with self.uow() as uow:
@@ -144,14 +168,15 @@ class RefreshLeases:
                 log.warning(
                     "could not renew the refresh lease of connection %s", lease.connection_id
                 )
-                continue
-            if window.expired():
-                return
-            if not renewed:
-                log.warning(
-                    "the refresh lease of connection %s was taken over; its call is cut off",
-                    lease.connection_id,
-                )
-                window.reschedule(asyncio.get_running_loop().time())
-                return
-            window.reschedule(self._cutoff(until, stop))
+            else:
+                if window.expired():
+                    return
+                if not renewed:
+                    log.warning(
+                        "the refresh lease of connection %s was taken over; its call is cut off",
+                        lease.connection_id,
+                    )
+                    window.reschedule(asyncio.get_running_loop().time())
+                    return
+                window.reschedule(self._cutoff(until, stop))
+            await asyncio.sleep(self.seconds / 4)

@@ -11,13 +11,17 @@ lease was taken over is discarded, never written over the new holder's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from nexus_common import (
     ConnectionNotActive,
     ConnectionReauthRequired,
+    Internal,
     Principal,
     ProviderUnavailable,
     RefreshNotSupported,
@@ -44,6 +48,7 @@ from .connections import (
     provider_of,
 )
 from .leases import RefreshLeases
+from .outcomes import Outcome, OutcomeWriter
 from .releases import release_snapshot
 
 __all__ = [
@@ -65,6 +70,13 @@ _NOT_ACTIVE = {
 }
 
 
+# What a refresh under a lease works from: the connection as claimed, its
+# tokens, its provider and the client credentials for the provider.
+_Loaded = tuple[Connection, TokenSet | None, Provider, ClientCredentials]
+# One claimed connection's refresh, to run as a task.
+_Refresh = Callable[[], Coroutine[Any, Any, None]]
+
+
 @dataclass
 class Refresher:
     """Refreshes tokens for one broker; shared by GetToken and the refresh loop."""
@@ -73,6 +85,10 @@ class Refresher:
     # Keyed by (connection, forced): a forced refresh must not settle for an
     # unforced one that found nothing to do.
     _inflight: dict[tuple[str, bool], asyncio.Future[None]] = field(default_factory=dict)
+    _outcomes: OutcomeWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._outcomes = OutcomeWriter(self.deps.uow)
 
     @property
     def leases(self) -> RefreshLeases:
@@ -139,14 +155,17 @@ class Refresher:
         *,
         scopes: tuple[str, ...] | None,
         now: datetime,
+        calls: asyncio.Semaphore | None = None,
     ) -> TokenSet:
-        """One refresh grant at the provider, cut off before the lease could lapse."""
-        return await self.leases.call(
-            lease,
-            lambda: self.deps.tokens.refresh(
-                provider.token_url, client, refresh_token=refresh_token, scopes=scopes, now=now
-            ),
-        )
+        """One refresh grant at the provider, cut off before the lease could
+        lapse; made once one of ``calls`` is free, when given."""
+        async with calls or contextlib.nullcontext():
+            return await self.leases.call(
+                lease,
+                lambda: self.deps.tokens.refresh(
+                    provider.token_url, client, refresh_token=refresh_token, scopes=scopes, now=now
+                ),
+            )
 
     async def _refresh_once(self, connection_id: str, *, force: bool) -> None:
         started = self.deps.now()
@@ -190,28 +209,53 @@ class Refresher:
         return expires is not None and expires - now <= skew and not backing_off
 
     async def refresh_claimed(self, lease: Lease) -> None:
-        """Refresh a connection whose lease this broker holds. However it ends,
-        the lease is released: with the outcome, or, on a failure nobody
-        foresaw, with the failure recorded and a backoff before the next try."""
-        try:
-            await self._refresh_leased(lease)
-        except Exception as exc:
-            await self._record_unexpected(lease, exc)
-        finally:
-            # Nothing happens when the outcome's write released it already.
-            await self.leases.release(lease)
+        """Refresh a connection whose lease this broker holds (claimed alone)."""
+        await self._settle(lease, lambda: self._load(lease))
 
-    async def _refresh_leased(self, lease: Lease) -> None:
+    async def _load(self, lease: Lease) -> _Loaded:
         async with self.deps.uow() as uow:
             connection = await load_connection(uow, lease.connection_id)
             tokens = await uow.connections.tokens(lease.connection_id)
             provider = await provider_of(uow, connection)
             client = await client_credentials(uow, provider)
+        return connection, tokens, provider, client
+
+    async def _settle(
+        self,
+        lease: Lease,
+        load: Callable[[], Awaitable[_Loaded]],
+        calls: asyncio.Semaphore | None = None,
+    ) -> None:
+        """Refresh under ``lease`` from what ``load`` reads. However it ends,
+        the lease is released: with the outcome, or, on a failure nobody
+        foresaw, with the failure recorded and a backoff before the next try."""
+        recorded = False
+        try:
+            recorded = await self._refresh_leased(lease, *await load(), calls=calls)
+        except Exception as exc:
+            recorded = await self._record_unexpected(lease, exc)
+        finally:
+            # An outcome's write released it already (or found it taken over).
+            if not recorded:
+                await self.leases.release(lease)
+
+    async def _refresh_leased(
+        self,
+        lease: Lease,
+        connection: Connection,
+        tokens: TokenSet | None,
+        provider: Provider,
+        client: ClientCredentials,
+        *,
+        calls: asyncio.Semaphore | None,
+    ) -> bool:
+        """Refresh and record the outcome; False when there was nothing to
+        record (and so the lease is still held)."""
         if connection.status != ConnectionStatus.ACTIVE:
-            return  # revoked (or needing the user) since it was found due
+            return False  # revoked (or needing the user) since it was found due
         now = self.deps.now()
         if tokens is not None and not tokens.refresh_token and not tokens.expires_within(now, 0):
-            return  # nothing to refresh and nothing wrong: a token that is still good
+            return False  # nothing to refresh and nothing wrong: a token that is still good
         if tokens is None or not tokens.refresh_token:
             await self._record(
                 lease,
@@ -220,7 +264,7 @@ class Refresher:
                 status=ConnectionStatus.ATTENTION,
                 error="the provider gave no refresh token; the user must reconnect",
             )
-            return
+            return True
         narrowed = provider.params.supports_scope_narrowing and connection.scopes
         try:
             fresh = await self._redeem(
@@ -230,10 +274,11 @@ class Refresher:
                 tokens.refresh_token,
                 scopes=connection.scopes if narrowed else None,
                 now=now,
+                calls=calls,
             )
         except TokenEndpointError as exc:
             await self._record_provider_error(lease, connection, now, exc)
-            return
+            return True
         merged = tokens.after_refresh(fresh)
         stored = await self._record(
             lease,
@@ -244,6 +289,7 @@ class Refresher:
         )
         if not stored:
             await self._discard(lease, connection, provider, client, tokens, fresh)
+        return True
 
     async def _record_provider_error(
         self, lease: Lease, connection: Connection, now: datetime, exc: TokenEndpointError
@@ -268,10 +314,11 @@ class Refresher:
             next_refresh_at=now + wait,
         )
 
-    async def _record_unexpected(self, lease: Lease, exc: Exception) -> None:
+    async def _record_unexpected(self, lease: Lease, exc: Exception) -> bool:
         """A fault nobody foresaw (a bug, a replica missing a key): recorded as a
         failed refresh that backs off like a failing provider, never retried hot.
-        Only the exception's type is stored: its text may quote a secret."""
+        Only the exception's type is stored: its text may quote a secret.
+        False when it could not be recorded."""
         log.exception("refreshing connection %s failed unexpectedly", lease.connection_id)
         try:
             async with self.deps.uow() as uow:
@@ -288,6 +335,8 @@ class Refresher:
             )
         except Exception:
             log.exception("could not record the failed refresh of %s", lease.connection_id)
+            return False
+        return True
 
     async def _discard(
         self,
@@ -347,8 +396,9 @@ class Refresher:
         next_refresh_at: datetime | None = None,
         tokens: TokenSet | None = None,
     ) -> bool:
-        """Store the outcome and release the lease in one transaction, only
-        while this broker still holds the lease. False: the outcome was not stored."""
+        """Store the outcome and release the lease in one transaction (shared
+        with other refreshes' outcomes), only while this broker still holds the
+        lease. False: the outcome was not stored."""
         outcome = replace(
             connection,
             status=status,
@@ -357,44 +407,86 @@ class Refresher:
             next_refresh_at=next_refresh_at,
             updated_at=now,
         )
-        async with self.deps.uow() as uow:
-            saved = await uow.connections.save(outcome, lease=lease, tokens=tokens)
-            await uow.connections.release(lease)
-            if saved:
-                TOKEN_REFRESHES.labels(_refresh_outcome(tokens, status)).inc()
-                action = "refresh.succeeded" if tokens is not None else "refresh.failed"
-                await uow.audit.add(
-                    connection_event(
-                        action, outcome, now, status=status, error=error, failures=failures
-                    )
-                )
-            await uow.commit()
+        action = "refresh.succeeded" if tokens is not None else "refresh.failed"
+        event = connection_event(
+            action, outcome, now, status=status, error=error, failures=failures
+        )
+        saved = await self._outcomes.write(Outcome(lease, outcome, tokens, event))
+        if saved:
+            TOKEN_REFRESHES.labels(_refresh_outcome(tokens, status)).inc()
         return saved
 
-    async def run(self, interval: float, batch: int = 50, concurrency: int = 8) -> None:
-        """The background loop: claim due connections and refresh them."""
-        limit = asyncio.Semaphore(concurrency)
-
-        async def one(lease: Lease) -> None:
-            async with limit:
-                await self.refresh_claimed(lease)
-
-        while True:
-            claimed: list[Lease] = []
-            try:
-                claimed = await self.claim_due(batch)
-                await asyncio.gather(*(one(lease) for lease in claimed))
-            except Exception:
-                log.exception("refresh loop iteration failed")
-            if not claimed:
-                await asyncio.sleep(interval)
+    async def run(self, interval: float, concurrency: int = 8) -> None:
+        """The background loop: up to ``concurrency`` provider calls in flight,
+        and twice as many connections claimed, so that a call starts as soon as
+        another ends, while refreshes that have called store their outcomes.
+        Connections are claimed only for free places, so a claimed lease waits
+        at most one provider call (itself cut off within the lease) before its
+        own call starts; a new claim waits until half the places are free.
+        When fewer are due than there are places, it looks again after ``interval``."""
+        calls = asyncio.Semaphore(concurrency)
+        places = 2 * concurrency
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                free = places - len(running)
+                claimed: list[_Refresh] = []
+                try:
+                    claimed = await self._claim_batch(free, calls)
+                except Exception:
+                    log.exception("claiming due connections failed")
+                for refresh in claimed:
+                    task = asyncio.create_task(refresh())
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if len(claimed) < free:
+                    await asyncio.sleep(interval)
+                while places - len(running) < concurrency:
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def claim_due(self, batch: int) -> list[Lease]:
+        """Claim up to ``batch`` due connections, to refresh with ``refresh_claimed``."""
         async with self.deps.uow() as uow:
-            due = await uow.connections.due_for_refresh(self.deps.now(), batch)
-            claimed = [await self.leases.try_claim(uow, c) for c in due]
+            claimed = await self.leases.claim_due(uow, batch)
             await uow.commit()
-        return [lease for lease in claimed if lease is not None]
+        return [lease for lease, _, _ in claimed]
+
+    async def _claim_batch(self, batch: int, calls: asyncio.Semaphore) -> list[_Refresh]:
+        """Claim up to ``batch`` due connections, reading them with the claim
+        and their providers once for the batch; one refresh for each."""
+        async with self.deps.uow() as uow:
+            claimed = await self.leases.claim_due(uow, batch)
+            await uow.commit()
+        if not claimed:
+            return []
+        providers: dict[str, tuple[Provider, ClientCredentials] | Exception] = {}
+        async with self.deps.uow() as uow:
+            for provider_id in {connection.provider_id for _, connection, _ in claimed}:
+                try:
+                    provider = await uow.providers.get(provider_id)
+                    if provider is None:
+                        raise Internal(f"provider {provider_id} of claimed connections is gone")
+                    providers[provider_id] = (provider, await client_credentials(uow, provider))
+                except Exception as exc:
+                    # Recorded with each of its connections, which back off.
+                    providers[provider_id] = exc
+
+        def refresh(
+            lease: Lease, connection: Connection, tokens: Callable[[], TokenSet | None]
+        ) -> _Refresh:
+            async def load() -> _Loaded:
+                found = providers[connection.provider_id]
+                if isinstance(found, Exception):
+                    raise found
+                return connection, tokens(), *found
+
+            return lambda: self._settle(lease, load, calls)
+
+        return [refresh(*claim) for claim in claimed]
 
 
 def _refresh_outcome(tokens: TokenSet | None, status: str) -> str:
