@@ -1,4 +1,10 @@
-"""Cross-cutting gRPC concerns: request logging, error mapping, authentication.
+"""Cross-cutting gRPC concerns: tracing, request logging, metrics, error
+mapping, authentication and request limits.
+
+They run as one gRPC interceptor, ``InterceptorChain``: grpc.aio awaits every
+interceptor on every call and each one builds a new method handler, so the
+chain composes the wrapped behaviour once per method instead and hands gRPC the
+same handler on every later call.
 
 Errors become a gRPC status in exactly one place, ``ErrorMappingInterceptor``:
 a ``NexusError`` aborts with a ``google.rpc.Status`` holding one ``ErrorInfo``;
@@ -10,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -28,7 +34,7 @@ from ._errors import (
     RequestTooLarge,
     ValidationFailed,
 )
-from ._tracing import current_trace_id
+from ._tracing import current_trace_id, server_span
 
 __all__ = [
     "MAX_ID_CHARS",
@@ -36,9 +42,11 @@ __all__ = [
     "PUBLIC_METHOD_PREFIXES",
     "AuthInterceptor",
     "ErrorMappingInterceptor",
+    "InterceptorChain",
     "LoggingInterceptor",
     "ObservingInterceptor",
     "RequestLimitsInterceptor",
+    "TracingInterceptor",
     "UnaryInterceptor",
     "call_outcome",
     "to_grpc_status",
@@ -95,6 +103,12 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         raise NotImplementedError
 
+    def deserializer(
+        self, deserializer: Callable[[bytes], Any] | None
+    ) -> Callable[[bytes], Any] | None:
+        """The request deserializer the wrapped behaviour expects."""
+        return deserializer
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -105,9 +119,68 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         return grpc.unary_unary_rpc_method_handler(
             self.wrap(handler_call_details.method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=self.deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+
+class InterceptorChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Unary interceptors run as one, the first outermost. Each method's
+    behaviour is wrapped once, on its first call, and the handler kept: the
+    service's handlers are fixed objects, so a method's kept handler is used as
+    long as gRPC finds the same one underneath. Streams pass through."""
+
+    def __init__(self, interceptors: Sequence[UnaryInterceptor]) -> None:
+        self._interceptors = tuple(interceptors)
+        # method -> (the service's handler, the wrapped one); one entry per
+        # method served, since gRPC finds no handler for an unknown method.
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        kept = self._handlers.get(method)
+        if kept is not None and kept[0] is handler:
+            return kept[1]
+        behavior = handler.unary_unary
+        deserializer = handler.request_deserializer
+        for interceptor in reversed(self._interceptors):
+            behavior = interceptor.wrap(method, behavior)
+            deserializer = interceptor.deserializer(deserializer)
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        self._handlers[method] = (handler, wrapped)
+        return wrapped
+
+
+class TracingInterceptor(UnaryInterceptor):
+    """A server span per call, a child of the caller's span; probes make none."""
+
+    def wrap(self, method: str, behavior: Behavior) -> Behavior:
+        if method.startswith(PUBLIC_METHOD_PREFIXES):
+            return behavior
+
+        async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            cancelled = False
+            with server_span(method, context.invocation_metadata(), context.peer()) as ended:
+                try:
+                    return await behavior(request, context)
+                except asyncio.CancelledError:
+                    cancelled = True
+                    raise
+                finally:
+                    ended(call_outcome(context, cancelled))
+
+        return traced
 
 
 class ObservingInterceptor(UnaryInterceptor):
@@ -156,6 +229,8 @@ class LoggingInterceptor(ObservingInterceptor):
         return logged
 
     def finished(self, method: str, outcome: str, seconds: float) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return  # the caller and trace would be looked up for nothing
         log.info(
             "rpc method=%s outcome=%s ms=%.1f caller=%s trace=%s",
             method,
@@ -248,20 +323,10 @@ class RequestLimitsInterceptor(UnaryInterceptor):
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await super().intercept_service(continuation, handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        # The outer interceptors copy this deserializer into their handlers.
-        return grpc.unary_unary_rpc_method_handler(
-            handler.unary_unary,
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+    def deserializer(
+        self, deserializer: Callable[[bytes], Any] | None
+    ) -> Callable[[bytes], Any] | None:
+        return _tolerant(deserializer)
 
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
