@@ -88,6 +88,9 @@ class Point:
     counted: bool = True
     # CANCELLED answers to requests wrk cut off when its time was up, by service.
     cancelled_at_end: dict[str, int] = field(default_factory=dict)
+    # CPU time each stack process spent per measured request, in ms: unlike rates, it
+    # hardly moves with other work on the machine.
+    cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
 
     def ratios(self) -> dict[str, float]:
         def ratio(mine: float, floor: float) -> float:
@@ -119,6 +122,7 @@ class Point:
             "non_ok_answers": self.non_ok if self.counted else None,
             "ok_answers_counted_by_service": self.ok_answers if self.counted else None,
             "cancelled_at_end_of_timed_run": self.cancelled_at_end,
+            "cpu_ms_per_request": self.cpu_ms_per_request,
         }
 
 
@@ -242,10 +246,50 @@ def _point(
     metrics = [stack.metrics_url(service) for service in _SERVICES]
     base = stack.rest_url if probe.kind == REST else f"http://127.0.0.1:{stack.ports[probe.port]}"
     before: Handled = Counter()
-    load = _load(probe, base, width, settings, lambda: before.update(scrape(metrics)))
+    cpu = _CpuMeter(stack)
+
+    def measuring() -> None:
+        before.update(scrape(metrics))
+        cpu.start()
+
+    load = _load(probe, base, width, settings, measuring)
+    point = Point(probe.name, width, load, floor, 0, 0)
+    point.cpu_ms_per_request = cpu.per_request(load.requests)
     answered = scrape(metrics)
     answered.subtract(before)
-    return _checked(Point(probe.name, width, load, floor, 0, 0), probe, answered, counted)
+    return _checked(point, probe, answered, counted)
+
+
+class _CpuMeter:
+    """CPU seconds (user + system) of the stack's processes over the measured requests,
+    from /proc; empty where there is none."""
+
+    def __init__(self, stack: Stack) -> None:
+        self._pids = {name: process.pid for name, process in stack.processes.items()}
+        self._started: dict[str, float] = {}
+
+    @staticmethod
+    def _seconds(pid: int) -> float | None:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def start(self) -> None:
+        for name, pid in self._pids.items():
+            seconds = self._seconds(pid)
+            if seconds is not None:
+                self._started[name] = seconds
+
+    def per_request(self, requests: int) -> dict[str, float]:
+        spent = {}
+        for name, started in self._started.items():
+            seconds = self._seconds(self._pids[name])
+            if seconds is not None and requests:
+                spent[name] = round((seconds - started) / requests * 1000, 3)
+        return spent
 
 
 def _checked(point: Point, probe: Probe, answered: Handled, counted: bool) -> Point:
@@ -361,6 +405,9 @@ def _print(point: Point) -> None:
         line = line[: -len(f"{point.non_ok:>7}")] + f"{'-':>7}  (metrics off: HTTP statuses only)"
     if point.cancelled_at_end:
         line += f"  (cut off by wrk's end, CANCELLED: {point.cancelled_at_end})"
+    if point.cpu_ms_per_request:
+        spent = " ".join(f"{name} {ms:.2f}" for name, ms in point.cpu_ms_per_request.items())
+        line += f"  [CPU ms/request: {spent}]"
     if point.problems:
         line += "  NOT A RESULT: " + "; ".join(point.problems)
     print(line, point.floor_line(), sep="\n", flush=True)
