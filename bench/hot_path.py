@@ -495,29 +495,58 @@ _OFF = {
 def _observability_cost(
     points: list[Point], env: dict[str, str], args: argparse.Namespace, settings: Settings
 ) -> tuple[list[Point], dict[str, Any]]:
-    """GetToken with the agent key again, on stacks with metrics, tracing or both off:
-    each ratio of the floor with everything on, over the same ratio with the part off
-    (1.0 = free; 0.8 = with it on, the path does 80% of what it does without)."""
+    """GetToken with the agent key again, on stacks with metrics, tracing or both off.
+
+    Two prices per part: the throughput ratio (x floor) with everything on over the same
+    ratio with the part off (1.0 = free; 0.8 = with it on, the path does 80% of what it
+    does without), and the services' CPU time per request with everything on over with
+    the part off (1.25 = it costs a quarter more CPU). On a busy machine the rates
+    swing more than the CPU time does: read both."""
     name = "GetToken, agent key"
     on = {point.in_flight: point for point in points if point.probe == name}
-    figures: dict[str, Any] = {"path": name, "throughput_all_on_over_off": {}, "points": {}}
+    figures: dict[str, Any] = {
+        "path": name,
+        "throughput_all_on_over_off": {},
+        "service_cpu_per_request_all_on_over_off": {},
+        "points": {},
+    }
     measured: list[Point] = []
     for label, off in _OFF.items():
         print(f"\n{name} with {label}, to price observability:")
         without = _run_stack({**env, **off}, args, settings, lambda p: p.name == name)
         measured += without
-        cost = {}
+        rates, cpu = {}, {}
         for point in without:
-            off_ratio = point.ratios()["throughput"]
-            on_ratio = on[point.in_flight].ratios()["throughput"] if point.in_flight in on else 0
-            cost[str(point.in_flight)] = round(on_ratio / off_ratio, 4) if off_ratio else 0.0
-        figures["throughput_all_on_over_off"][label] = cost
+            if point.in_flight not in on:
+                continue
+            width = str(point.in_flight)
+            rates[width] = _ratio(
+                on[point.in_flight].ratios()["throughput"], point.ratios()["throughput"]
+            )
+            cpu[width] = _ratio(_service_cpu(on[point.in_flight]), _service_cpu(point))
+        figures["throughput_all_on_over_off"][label] = rates
+        figures["service_cpu_per_request_all_on_over_off"][label] = cpu
         figures["points"][label] = [point.as_dict() for point in without]
-    print(f"\ncost of observability, {name}: throughput (x floor) all on / with ... off")
-    for label, cost in figures["throughput_all_on_over_off"].items():
-        shown = ", ".join(f"{width} in flight {ratio:.2f}" for width, ratio in cost.items())
-        print(f"  {label:<24} {shown}")
+    print(f"\ncost of observability, {name}, all on over ... off, by in flight:")
+    for label in _OFF:
+        rates = figures["throughput_all_on_over_off"][label]
+        cpu = figures["service_cpu_per_request_all_on_over_off"][label]
+        print(
+            f"  {label:<24} throughput x floor "
+            + ", ".join(f"{w}: {r:.2f}" for w, r in rates.items())
+            + "; service CPU per request "
+            + ", ".join(f"{w}: {r:.2f}" for w, r in cpu.items())
+        )
     return measured, figures
+
+
+def _ratio(mine: float, other: float) -> float:
+    return round(mine / other, 4) if other else 0.0
+
+
+def _service_cpu(point: Point) -> float:
+    """CPU ms per request of gateway, broker and policy together."""
+    return sum(ms for name, ms in point.cpu_ms_per_request.items() if name in _SERVICES)
 
 
 if __name__ == "__main__":
