@@ -66,7 +66,8 @@ test: check-protos lint validate-envoy pytest
 
 # Ratios against a trivial gRPC server measured in the same run, on PostgreSQL (DATABASE_URL,
 # else 127.0.0.1:5432 as user postgres); not part of `make test`. h2load comes from Debian's
-# nghttp2-client. BENCH_ARGS passes options, e.g. BENCH_ARGS='--json /tmp/bench.json'.
+# nghttp2-client, wrk (the REST cross-check) from Debian's wrk. BENCH_ARGS passes options,
+# e.g. BENCH_ARGS='--json /tmp/bench.json'.
 bench: install bench-tools
 	$(PY) -m bench.hot_path $(BENCH_ARGS)
 
@@ -74,10 +75,11 @@ bench-scale: install bench-tools
 	$(PY) -m bench.scale $(BENCH_ARGS)
 
 bench-tools:
-	command -v h2load >/dev/null || { \
+	command -v h2load >/dev/null && command -v wrk >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nghttp2-client; }
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    nghttp2-client wrk; }
 
 clean:
 	rm -rf .build .nexus-data

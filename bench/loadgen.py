@@ -1,9 +1,13 @@
 """Drive load with a C generator and read back what it measured.
 
-Everything goes through ``h2load``. gRPC: one HTTP/2 connection with N streams in flight,
+The figures come from ``h2load``. gRPC: one HTTP/2 connection with N streams in flight,
 each a POST of a framed protobuf request read from a file. REST: N HTTP/1.1 connections
 with one request each in flight, as REST clients usually hold them. Latency figures come
 from every request, in h2load's per-request log.
+
+``wrk`` cross-checks the REST figures: N HTTP/1.1 connections for a fixed time, its
+summary printed by a Lua ``done`` hook in a form read back here. A timed run ends by
+closing connections with a request still in flight; see ``wrk``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["Load", "grpc_frame", "h2load", "need", "parse_h2load", "percentile"]
+__all__ = [
+    "Load",
+    "grpc_frame",
+    "h2load",
+    "need",
+    "parse_h2load",
+    "parse_wrk",
+    "percentile",
+    "wrk",
+]
 
 
 @dataclass(frozen=True)
@@ -41,7 +54,8 @@ def need(*tools: str) -> None:
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         raise SystemExit(
-            f"missing {', '.join(missing)}: install Debian's nghttp2-client (`make bench` does)"
+            f"missing {', '.join(missing)}: install Debian's nghttp2-client and wrk "
+            "(`make bench-tools` does)"
         )
 
 
@@ -110,3 +124,52 @@ def h2load(
         if done.returncode != 0:
             raise RuntimeError(f"h2load failed ({done.returncode}):\n{done.stdout}{done.stderr}")
         return parse_h2load(done.stdout, log.read_text() if log.exists() else "")
+
+
+# wrk's summary as one line: requests, seconds, mean and p99 latency (microseconds), then
+# the errors it saw (connect, read, write, HTTP status >= 400, timeout).
+_WRK_SCRIPT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("nexus-wrk %d %f %f %f %d %d %d %d %d\\n",
+    summary.requests, summary.duration / 1e6, latency.mean, latency:percentile(99),
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def parse_wrk(output: str) -> Load:
+    """The line the Lua ``done`` hook printed."""
+    line = next((ln for ln in output.splitlines() if ln.startswith("nexus-wrk ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary:\n{output}")
+    fields = line.split()[1:]
+    requests, seconds, mean_us, p99_us = int(fields[0]), *map(float, fields[1:4])
+    failed = sum(int(count) for count in fields[4:])
+    return Load(
+        requests=requests - int(fields[7]),  # answers with an HTTP error are not successes
+        per_second=round(requests / seconds, 2) if seconds else 0.0,
+        mean_ms=mean_us / 1000,
+        p99_ms=p99_us / 1000,
+        failed=failed,
+    )
+
+
+def wrk(url: str, headers: Mapping[str, str], seconds: float, connections: int) -> Load:
+    """GET ``url`` over ``connections`` HTTP/1.1 connections, one request in flight on
+    each, for ``seconds``. When the time is up wrk closes its connections, and a request
+    still in flight on one is cancelled: the servers count it as CANCELLED, up to one
+    per connection, and neither side counts it as answered."""
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-") as scratch:
+        script = Path(scratch) / "summary.lua"
+        script.write_text(_WRK_SCRIPT)
+        args = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s"]
+        args += ["--latency", "-s", str(script)]
+        for name, value in headers.items():
+            args += ["-H", f"{name}: {value}"]
+        done = subprocess.run(  # noqa: S603 (wrk from PATH, arguments built here)
+            [*args, url], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        return parse_wrk(done.stdout)

@@ -1,4 +1,10 @@
-"""Cross-cutting gRPC concerns: request logging, error mapping, authentication.
+"""Cross-cutting gRPC concerns: tracing, request logging, metrics, error
+mapping, authentication and request limits.
+
+They run as one gRPC interceptor, ``InterceptorChain``: grpc.aio awaits every
+interceptor on every call and each one builds a new method handler, so the
+chain composes the wrapped behaviour once per method instead and hands gRPC the
+same handler on every later call.
 
 Errors become a gRPC status in exactly one place, ``ErrorMappingInterceptor``:
 a ``NexusError`` aborts with a ``google.rpc.Status`` holding one ``ErrorInfo``;
@@ -10,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -29,7 +35,7 @@ from ._errors import (
     Unauthenticated,
     ValidationFailed,
 )
-from ._tracing import current_trace_id
+from ._tracing import current_trace_id, server_span
 
 __all__ = [
     "MAX_ID_CHARS",
@@ -37,9 +43,11 @@ __all__ = [
     "PUBLIC_METHOD_PREFIXES",
     "AuthInterceptor",
     "ErrorMappingInterceptor",
+    "InterceptorChain",
     "LoggingInterceptor",
     "ObservingInterceptor",
     "RequestLimitsInterceptor",
+    "TracingInterceptor",
     "UnaryInterceptor",
     "call_outcome",
     "to_grpc_status",
@@ -105,9 +113,11 @@ async def _responses(
         await sent
 
 
-class UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps the behaviour of unary-unary methods; server streams pass through
-    unless ``wrap_stream`` is overridden (authentication and error mapping do)."""
+class UnaryInterceptor:
+    """One layer of ``InterceptorChain``: wraps the behaviour of unary-unary
+    methods. Server streams pass through unless ``wrap_stream`` is overridden
+    (authentication and error mapping do); client-streaming methods are served
+    only if no layer refuses them."""
 
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         raise NotImplementedError
@@ -115,28 +125,94 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
         return behavior
 
+    def deserializer(
+        self, deserializer: Callable[[bytes], Any] | None
+    ) -> Callable[[bytes], Any] | None:
+        """The request deserializer the wrapped behaviour expects."""
+        return deserializer
+
+    def refuses_client_streams(self, method: str) -> bool:
+        return False
+
+
+class InterceptorChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Layers run as one, the first outermost. Each method's behaviour is
+    wrapped once, on its first call, and the handler kept: the service's
+    handlers are fixed objects, so a method's kept handler is used as long as
+    gRPC finds the same one underneath."""
+
+    def __init__(self, interceptors: Sequence[UnaryInterceptor]) -> None:
+        self._interceptors = tuple(interceptors)
+        # method -> (the service's handler, the wrapped one); one entry per
+        # method served, since gRPC finds no handler for an unknown method.
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is not None and handler.unary_stream is not None:
-            wrapped = self.wrap_stream(handler_call_details.method, handler.unary_stream)
-            if wrapped is handler.unary_stream:
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        kept = self._handlers.get(method)
+        if kept is not None and kept[0] is handler:
+            return kept[1]
+        wrapped = self._wrapped(method, handler)
+        self._handlers[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrapped(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        layers = reversed(self._interceptors)
+        if handler.unary_unary is not None:
+            behavior = handler.unary_unary
+            deserializer = handler.request_deserializer
+            for interceptor in layers:
+                behavior = interceptor.wrap(method, behavior)
+                deserializer = interceptor.deserializer(deserializer)
+            return grpc.unary_unary_rpc_method_handler(
+                behavior,
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            streamed = handler.unary_stream
+            for interceptor in layers:
+                streamed = interceptor.wrap_stream(method, streamed)
+            if streamed is handler.unary_stream:
                 return handler
             return grpc.unary_stream_rpc_method_handler(
-                wrapped,
+                streamed,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        if handler is None or handler.unary_unary is None:
-            return handler
-        return grpc.unary_unary_rpc_method_handler(
-            self.wrap(handler_call_details.method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        if any(interceptor.refuses_client_streams(method) for interceptor in self._interceptors):
+            if handler.stream_unary is not None:
+                return grpc.stream_unary_rpc_method_handler(_refuse_unguarded)
+            return grpc.stream_stream_rpc_method_handler(_refuse_unguarded)
+        return handler
+
+
+class TracingInterceptor(UnaryInterceptor):
+    """A server span per call, a child of the caller's span; probes make none."""
+
+    def wrap(self, method: str, behavior: Behavior) -> Behavior:
+        if method.startswith(PUBLIC_METHOD_PREFIXES):
+            return behavior
+
+        async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            cancelled = False
+            with server_span(method, context.invocation_metadata(), context.peer()) as ended:
+                try:
+                    return await behavior(request, context)
+                except asyncio.CancelledError:
+                    cancelled = True
+                    raise
+                finally:
+                    ended(call_outcome(context, cancelled))
+
+        return traced
 
 
 class ObservingInterceptor(UnaryInterceptor):
@@ -185,6 +261,8 @@ class LoggingInterceptor(ObservingInterceptor):
         return logged
 
     def finished(self, method: str, outcome: str, seconds: float) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return  # the caller and trace would be looked up for nothing
         log.info(
             "rpc method=%s outcome=%s ms=%.1f caller=%s trace=%s",
             method,
@@ -297,20 +375,10 @@ class RequestLimitsInterceptor(UnaryInterceptor):
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await super().intercept_service(continuation, handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        # The outer interceptors copy this deserializer into their handlers.
-        return grpc.unary_unary_rpc_method_handler(
-            handler.unary_unary,
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+    def deserializer(
+        self, deserializer: Callable[[bytes], Any] | None
+    ) -> Callable[[bytes], Any] | None:
+        return _tolerant(deserializer)
 
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -337,20 +405,10 @@ class AuthInterceptor(UnaryInterceptor):
     def __init__(self, authenticate: Authenticator) -> None:
         self._authenticate = authenticate
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await super().intercept_service(continuation, handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
-            return handler
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(_refuse_unguarded)
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(_refuse_unguarded)
-        return handler
+    def refuses_client_streams(self, method: str) -> bool:
+        # Nothing here would check such a method's caller: a new one must not
+        # go out unguarded.
+        return not method.startswith(PUBLIC_METHOD_PREFIXES)
 
     async def _caller(self, method: str, context: grpc.aio.ServicerContext) -> None:
         metadata = {

@@ -9,6 +9,7 @@ names, status codes and error reasons, never request data.
 from __future__ import annotations
 
 import threading
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Histogram, start_http_server
@@ -32,12 +33,33 @@ _RPC_SECONDS = Histogram(
 
 
 class MetricsInterceptor(ObservingInterceptor):
-    """Counts each call by its final status code and observes how long it took."""
+    """Counts each call by its final status code and observes how long it took.
+
+    Each method's labelled series are looked up once and kept: ``labels()``
+    takes a lock and builds a key on every call."""
+
+    def __init__(self) -> None:
+        self._handled: dict[tuple[str, str], Any] = {}
+        self._seconds: dict[str, Any] = {}
 
     def finished(self, method: str, outcome: str, seconds: float) -> None:
-        service, _, name = method.lstrip("/").rpartition("/")
-        _RPCS_HANDLED.labels("unary", service, name, outcome).inc()
-        _RPC_SECONDS.labels("unary", service, name).observe(seconds)
+        handled = self._handled.get((method, outcome))
+        if handled is None:
+            handled = self._handled[method, outcome] = _RPCS_HANDLED.labels(
+                "unary", *_service_and_name(method), outcome
+            )
+        handled.inc()
+        observed = self._seconds.get(method)
+        if observed is None:
+            observed = self._seconds[method] = _RPC_SECONDS.labels(
+                "unary", *_service_and_name(method)
+            )
+        observed.observe(seconds)
+
+
+def _service_and_name(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
 
 
 class MetricsEndpoint:

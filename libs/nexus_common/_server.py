@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
@@ -15,11 +16,14 @@ from ._auth import Authenticator
 from ._interceptors import (
     AuthInterceptor,
     ErrorMappingInterceptor,
+    InterceptorChain,
     LoggingInterceptor,
     RequestLimitsInterceptor,
+    TracingInterceptor,
+    UnaryInterceptor,
 )
 from ._metrics import MetricsInterceptor, serve_metrics
-from ._tracing import server_tracing
+from ._settings import Env
 
 __all__ = ["MAX_MESSAGE_BYTES", "NexusServer", "build_server", "run_until_signalled"]
 
@@ -75,23 +79,28 @@ def build_server(
     service_names: Sequence[str],
     authenticate: Authenticator,
     max_connection_age: float = _MAX_CONNECTION_AGE,
+    metrics: bool | None = None,
 ) -> NexusServer:
     """Build a server with the shared interceptor chain; port 0 picks a free port.
 
     Connections are closed politely (GOAWAY) after ``max_connection_age``
     seconds, so clients resolve their target again and reach replicas added
-    since they connected.
+    since they connected. ``metrics`` (by default ``NEXUS_METRICS``, on unless
+    false) counts and times every call for Prometheus.
     """
+    if metrics is None:
+        metrics = Env(os.environ).flag("NEXUS_METRICS", True)
+    chain: list[UnaryInterceptor] = [
+        # Outermost: the span is current while the others run, so the log line has its id.
+        TracingInterceptor(),
+        LoggingInterceptor(),
+        *([MetricsInterceptor()] if metrics else []),
+        ErrorMappingInterceptor(),
+        AuthInterceptor(authenticate),
+        RequestLimitsInterceptor(MAX_MESSAGE_BYTES),
+    ]
     server = grpc.aio.server(
-        interceptors=[
-            # Outermost: the span is current while the others run, so the log line has its id.
-            server_tracing(),
-            LoggingInterceptor(),
-            MetricsInterceptor(),
-            ErrorMappingInterceptor(),
-            AuthInterceptor(authenticate),
-            RequestLimitsInterceptor(MAX_MESSAGE_BYTES),
-        ],
+        interceptors=[InterceptorChain(chain)],
         options=[
             ("grpc.max_receive_message_length", _HARD_RECEIVE_LIMIT),
             ("grpc.max_metadata_size", _MAX_METADATA_BYTES),

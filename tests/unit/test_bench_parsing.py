@@ -1,10 +1,14 @@
-"""The bench's own arithmetic: gRPC framing, h2load's report, the services' answer counts."""
+"""The bench's own arithmetic: gRPC framing, h2load's and wrk's reports, the services'
+answer counts."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 from nexus.broker.v1 import connections_pb2
 
-from bench.loadgen import grpc_frame, parse_h2load, percentile
+from bench.hot_path import Point, Probe, _checked
+from bench.loadgen import Load, grpc_frame, parse_h2load, parse_wrk, percentile
 from bench.metrics import handled
 
 H2LOAD_OUTPUT = """
@@ -43,3 +47,47 @@ grpc_server_handling_seconds_count{grpc_service="a.S",grpc_method="Get"} 9.0
 """
     counts = handled(exposition)
     assert counts == {("a.S", "Get", "OK"): 7, ("a.S", "Get", "CANCELLED"): 2}
+
+
+WRK_OUTPUT = """Running 2s test @ http://127.0.0.1:8080/v1/token/c-1
+  1 threads and 16 connections
+nexus-wrk 2000 2.000000 1500.500000 9000.000000 0 0 0 3 0
+"""
+
+
+def test_wrk_summary_gives_rate_latency_and_http_errors() -> None:
+    load = parse_wrk(WRK_OUTPUT)
+    assert (load.requests, load.per_second, load.failed) == (1997, 1000.0, 3)
+    assert load.mean_ms == 1.5005 and load.p99_ms == 9.0
+
+
+def _wrk_point(answered: dict[tuple[str, str, str], int], requests: int = 100) -> Point:
+    load = Load(requests=requests, per_second=50.0, mean_ms=1.0, p99_ms=2.0, failed=0)
+    point = Point("GetToken REST (wrk)", 16, load, load, 0, 0, generator="wrk")
+    probe = Probe("GetToken REST", "rest", "/v1/token/c", {}, ("a.Gateway", "GetToken"))
+    return _checked(point, probe, Counter(answered), counted=True)
+
+
+def test_requests_cut_off_by_the_end_of_a_timed_run_are_reported_apart() -> None:
+    point = _wrk_point(
+        {
+            ("a.Gateway", "GetToken", "OK"): 110,
+            ("a.Gateway", "GetToken", "CANCELLED"): 16,
+            ("b.Broker", "GetToken", "CANCELLED"): 12,
+        }
+    )
+    assert point.problems == [] and point.non_ok == 0
+    assert point.cancelled_at_end == {"a.Gateway": 16, "b.Broker": 12}
+
+
+def test_more_cancelled_than_connections_or_another_error_is_not_a_result() -> None:
+    too_many = _wrk_point(
+        {("a.Gateway", "GetToken", "OK"): 100, ("a.Gateway", "GetToken", "CANCELLED"): 17}
+    )
+    assert too_many.non_ok == 17 and too_many.problems
+    failed = _wrk_point(
+        {("a.Gateway", "GetToken", "OK"): 100, ("b.Broker", "GetToken", "INTERNAL"): 1}
+    )
+    assert failed.non_ok == 1 and failed.problems
+    short = _wrk_point({("a.Gateway", "GetToken", "OK"): 99})
+    assert short.problems == ["the service counted 99 OK answers for 100 requests"]
