@@ -37,6 +37,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         drop()
 
 
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database, for tests about replicas (which share a server)."""
+    url, drop = fresh_database(postgres_url())
+    try:
+        yield url
+    finally:
+        drop()
+
+
 @pytest.fixture(scope="session")
 def oidc() -> Iterator[OidcServer]:
     with start_oidc_server() as server:

@@ -92,7 +92,7 @@ from ._errors import (
     ValidationFailed,
     WorkspaceNotBound,
 )
-from ._feed import ChangeFeed
+from ._feed import ChangeFeed, agent_changes
 from ._interceptors import PUBLIC_METHOD_PREFIXES, to_grpc_status
 from ._jwks import JwksUnavailable, JwksVerifier, JwtVerificationError
 from ._keyring import Keyring, KeyringError, generate_key_spec
@@ -225,6 +225,7 @@ __all__ = [
     "WorkspaceNotBound",
     "address_class",
     "admin_authenticator",
+    "agent_changes",
     "build_server",
     "configure_logging",
     "create_engine",

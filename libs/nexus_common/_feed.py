@@ -22,7 +22,12 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
 
-__all__ = ["ChangeFeed"]
+from nexus.policy.v1 import policy_pb2, policy_pb2_grpc
+
+from ._auth import INTERNAL_TOKEN_HEADER
+from ._client import InternalClient
+
+__all__ = ["ChangeFeed", "agent_changes"]
 
 log = logging.getLogger("nexus.feed")
 
@@ -124,3 +129,21 @@ class ChangeFeed:
     async def _next(self, stream: AsyncIterator[str | None]) -> str | None:
         async with asyncio.timeout(self._idle):
             return await anext(stream)
+
+
+def agent_changes(policy: InternalClient, token: str) -> Callable[[], AsyncIterator[str | None]]:
+    """Opens the policy service's feed of agent changes, as ``ChangeFeed`` reads
+    it: the gateway and the broker both follow it."""
+    stub = policy_pb2_grpc.PolicyServiceStub(policy.channel)
+
+    async def watch() -> AsyncIterator[str | None]:
+        call = stub.WatchAgentChanges(
+            policy_pb2.WatchAgentChangesRequest(), metadata=((INTERNAL_TOKEN_HEADER, token),)
+        )
+        try:
+            async for notice in call:
+                yield notice.agent_id or None
+        finally:
+            call.cancel()
+
+    return watch

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,6 @@ from tests.integration.test_sessions import bearer, connect_crm, register_crm
 from tests.support.app_server import AppServer
 from tests.support.metrics import sample_sum
 from tests.support.oidc_server import OidcServer
-from tests.support.postgres import fresh_database, postgres_url
 
 # What a change may take to be honoured by the gateway and the broker.
 BOUND_SECONDS = 2.0
@@ -52,15 +51,6 @@ class Stack:
     broker: Any
     env: dict[str, str]
     database_url: str
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    url, drop = fresh_database(postgres_url())
-    try:
-        yield url
-    finally:
-        drop()
 
 
 async def _start_policy(env: dict[str, str]) -> Any:

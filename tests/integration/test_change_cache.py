@@ -4,13 +4,10 @@ notices heard from a real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psycopg
-import pytest
 from nexus_common import ChangeListener, LoadingCache
-
-from tests.support.postgres import fresh_database, postgres_url
 
 
 class Source:
@@ -90,15 +87,6 @@ async def test_a_suspended_cache_reads_through_until_resumed() -> None:
     await cache.get("c1", source.read)
     await cache.get("c1", source.read)
     assert source.reads == 4
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    url, drop = fresh_database(postgres_url())
-    try:
-        yield url
-    finally:
-        drop()
 
 
 async def _notify(url: str, channel: str, payload: str) -> None:

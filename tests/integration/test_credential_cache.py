@@ -45,7 +45,7 @@ from tests.integration.test_connections import (
     weather_provider,
 )
 from tests.support.app_server import GOOD_API_KEY, AppServer
-from tests.support.postgres import fresh_database, postgres_url
+from tests.support.postgres import postgres_url
 from tests.support.rotating_provider import RotatingProvider
 from tests.support.tcp_proxy import TcpProxy
 
@@ -60,15 +60,6 @@ REPLICA_BOUND_SECONDS = 2.0
 def provider() -> Iterator[RotatingProvider]:
     with RotatingProvider() as server:
         yield server
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    url, drop = fresh_database(postgres_url())
-    try:
-        yield url
-    finally:
-        drop()
 
 
 async def connect(services: Services, app: AppServer, provider: RotatingProvider) -> str:

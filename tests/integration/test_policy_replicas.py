@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -19,22 +19,12 @@ from nexus.policy.v1 import agents_pb2, agents_pb2_grpc, policy_pb2, policy_pb2_
 
 from tests.conftest import INTERNAL_TOKEN, service_env
 from tests.integration.helpers import expect_error
-from tests.support.postgres import fresh_database, postgres_url
 
 # Far longer than any test here: what a replica sees, it sees through the notice.
 BACKSTOP_SECONDS = 60
 # How soon the other replica must act on a change (notices take milliseconds).
 BOUND_SECONDS = 2.0
 INTERNAL = (("x-nexus-internal-token", INTERNAL_TOKEN),)
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    url, drop = fresh_database(postgres_url())
-    try:
-        yield url
-    finally:
-        drop()
 
 
 @pytest.fixture

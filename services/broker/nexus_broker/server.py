@@ -24,6 +24,7 @@ from nexus_common import (
     Migrations,
     NexusServer,
     PageTokens,
+    agent_changes,
     build_server,
     create_engine,
     internal_authenticator,
@@ -35,7 +36,7 @@ from .adapters.credential_check import CredentialChecker
 from .adapters.group_commit import GroupCommit
 from .adapters.oidc_discovery import DiscoveryClient
 from .adapters.oidc_id_token import IdTokenVerifier
-from .adapters.policy_client import PolicyClient, agent_changes
+from .adapters.policy_client import PolicyClient
 from .adapters.rfc6749 import TokenEndpoint
 from .adapters.row_cache import RowCache
 from .domain.return_urls import ReturnUrlPolicy

@@ -14,14 +14,14 @@ change.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from nexus.policy.v1 import agents_pb2, agents_pb2_grpc, policy_pb2, policy_pb2_grpc
-from nexus_common import INTERNAL_TOKEN_HEADER, InternalClient, LoadingCache
+from nexus.policy.v1 import agents_pb2, agents_pb2_grpc
+from nexus_common import InternalClient, LoadingCache
 
-__all__ = ["AgentKeys", "agent_changes"]
+__all__ = ["AgentKeys"]
 
 
 @dataclass(frozen=True)
@@ -112,20 +112,3 @@ class AgentKeys:
     def resume(self) -> None:
         self._cache.resume()
         self._forget()
-
-
-def agent_changes(policy: InternalClient, token: str) -> Callable[[], AsyncIterator[str | None]]:
-    """Opens the policy service's feed of agent changes, as ``ChangeFeed`` reads it."""
-    stub = policy_pb2_grpc.PolicyServiceStub(policy.channel)
-
-    async def watch() -> AsyncIterator[str | None]:
-        call = stub.WatchAgentChanges(
-            policy_pb2.WatchAgentChangesRequest(), metadata=((INTERNAL_TOKEN_HEADER, token),)
-        )
-        try:
-            async for notice in call:
-                yield notice.agent_id or None
-        finally:
-            call.cancel()
-
-    return watch

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from nexus_common import ChangeFeed, InternalClient, NexusServer, build_server
+from nexus_common import ChangeFeed, InternalClient, NexusServer, agent_changes, build_server
 
-from .agent_keys import AgentKeys, agent_changes
+from .agent_keys import AgentKeys
 from .auth import GatewayAuthenticator
 from .browser import BrowserServer, create_browser_app
 from .servicers import (

@@ -12,14 +12,13 @@ the customer's backend says of it now.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 from nexus.policy.v1 import policy_pb2, policy_pb2_grpc
 from nexus_common import (
-    INTERNAL_TOKEN_HEADER,
     AdminPrincipal,
     InternalClient,
     LoadingCache,
@@ -31,7 +30,7 @@ from ..domain.connections import Connection
 from ..domain.providers import Provider
 from ..domain.sessions import UserStamp
 
-__all__ = ["AccessGrant", "PolicyClient", "SessionAsk", "agent_changes"]
+__all__ = ["AccessGrant", "PolicyClient", "SessionAsk"]
 
 _ACTIONS = {
     Action.GET_TOKEN: policy_pb2.AccessRequest.ACTION_GET_TOKEN,
@@ -167,20 +166,3 @@ def _grant(decision: policy_pb2.AccessDecision) -> AccessGrant:
             else None
         ),
     )
-
-
-def agent_changes(policy: InternalClient, token: str) -> Callable[[], AsyncIterator[str | None]]:
-    """Opens the policy service's feed of agent changes, as ``ChangeFeed`` reads it."""
-    stub = policy_pb2_grpc.PolicyServiceStub(policy.channel)
-
-    async def watch() -> AsyncIterator[str | None]:
-        call = stub.WatchAgentChanges(
-            policy_pb2.WatchAgentChangesRequest(), metadata=((INTERNAL_TOKEN_HEADER, token),)
-        )
-        try:
-            async for notice in call:
-                yield notice.agent_id or None
-        finally:
-            call.cancel()
-
-    return watch
