@@ -46,7 +46,7 @@ from nexus.broker.v1 import connections_pb2, sessions_pb2
 from nexus.gateway.v1 import gateway_pb2
 
 from bench.floor import Floor, running_floor
-from bench.loadgen import Load, grpc_frame, h2load, need, wrk
+from bench.loadgen import Load, grpc_frame, h2load, need, stop_on_sigterm, wrk
 from bench.metrics import Handled, scrape
 from bench.stack import AGENT_ID, OPS_SCOPE, Setup, access_request, running_stack, set_up
 from tests.support.otlp_collector import start_otlp_collector
@@ -550,4 +550,5 @@ def _service_cpu(point: Point) -> float:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     main()

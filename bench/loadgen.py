@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import statistics
 import struct
 import subprocess
@@ -30,6 +31,7 @@ __all__ = [
     "parse_h2load",
     "parse_wrk",
     "percentile",
+    "stop_on_sigterm",
     "wrk",
 ]
 
@@ -173,3 +175,13 @@ def wrk(url: str, headers: Mapping[str, str], seconds: float, connections: int) 
         if done.returncode != 0:
             raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}{done.stderr}")
         return parse_wrk(done.stdout)
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM unwind like Ctrl-C, so the stacks and servers a bench
+    started are stopped by their ``finally`` blocks instead of left running."""
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, interrupted)

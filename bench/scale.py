@@ -61,7 +61,7 @@ from nexus_common import Keyring
 from sqlalchemy import Engine, create_engine, func, select, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.loadgen import Load, grpc_frame, h2load, need
+from bench.loadgen import Load, grpc_frame, h2load, need, stop_on_sigterm
 from bench.metrics import scrape
 from tests.support.postgres import fresh_database, postgres_url
 from tools.devstack import DEV_PORTS, ROOT, Stack, free_port
@@ -566,4 +566,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     main()
