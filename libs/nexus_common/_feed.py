@@ -17,28 +17,22 @@ closing its connection) is a gap, and is opened again after a backoff.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import random
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from nexus.policy.v1 import policy_pb2, policy_pb2_grpc
 
 from ._auth import INTERNAL_TOKEN_HEADER
 from ._client import InternalClient
+from ._follow import RETRY_SECONDS, Follower
 
 __all__ = ["ChangeFeed", "agent_changes"]
-
-log = logging.getLogger("nexus.feed")
-
-_RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
 class _NotReady(Exception):
     """The stream's first message was a change, not the word that it listens."""
 
 
-class ChangeFeed:
+class ChangeFeed(Follower):
     def __init__(
         self,
         name: str,
@@ -49,71 +43,28 @@ class ChangeFeed:
         on_gap: Callable[[], None],
         on_ready: Callable[[], None],
         idle_seconds: float = 15.0,
-        retry_seconds: Sequence[float] = _RETRY_SECONDS,
+        retry_seconds: Sequence[float] = RETRY_SECONDS,
     ) -> None:
-        self._name = name
+        super().__init__(
+            f"the {name} change feed",
+            on_notice,
+            on_gap=on_gap,
+            on_ready=on_ready,
+            retry_seconds=retry_seconds,
+        )
         self._channel = channel
         self._connect = connect
-        self._on_notice = on_notice
-        self._on_gap = on_gap
-        self._on_ready = on_ready
         self._idle = idle_seconds
-        self._retry = tuple(retry_seconds)
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
-
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set()
 
     async def start(self, *, wait_seconds: float = 0.0) -> None:
-        """Start following; wait up to ``wait_seconds`` for the first ready,
-        serving uncached meanwhile if the far end is not up yet. Idempotent."""
-        if self._task is not None:
-            return
-        self._on_gap()
-        self._task = asyncio.create_task(self._run(), name=f"change-feed-{self._name}")
-        if wait_seconds > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), wait_seconds)
+        await super().start(wait_seconds=wait_seconds)
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            try:
-                await self._follow()
-                log.warning("the %s change feed ended; caches off until it is back", self._name)
-            except Exception as exc:
-                # Only the kind: a status message is the peer's text.
-                log.warning(
-                    "the %s change feed was lost (%s); caches off until it is back",
-                    self._name,
-                    type(exc).__name__,
-                )
-            finally:
-                if self._ready.is_set():
-                    self._ready.clear()
-                    self._on_gap()
-                    failures = 0
-            delay = self._retry[min(failures, len(self._retry) - 1)]
-            # Jitter, so the replicas of a service do not all reconnect at once.
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - not a secret
-            failures += 1
-
-    async def _follow(self) -> None:
+    async def _session(self) -> None:
         stream = self._connect()
         try:
             if await self._next(stream) is not None:
                 raise _NotReady
-            self._ready.set()
-            self._on_ready()
+            self._heard()
             while True:
                 payload = await self._next(stream)
                 if payload is not None:
