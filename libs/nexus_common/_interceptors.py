@@ -273,18 +273,23 @@ class LoggingInterceptor(ObservingInterceptor):
         )
 
 
+def _status_of(exc: Exception, method: str) -> grpc.Status:
+    """A NexusError's own status; anything else is logged and answered INTERNAL."""
+    if isinstance(exc, NexusError):
+        return to_grpc_status(exc)
+    log.exception("unhandled error in %s", method)
+    return to_grpc_status(Internal("internal error"))
+
+
 class ErrorMappingInterceptor(UnaryInterceptor):
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 return await behavior(request, context)
-            except NexusError as error:
-                status = to_grpc_status(error)
             except grpc.aio.AbortError:
                 raise
-            except Exception:
-                log.exception("unhandled error in %s", method)
-                status = to_grpc_status(Internal("internal error"))
+            except Exception as exc:
+                status = _status_of(exc, method)
             await context.abort(status.code, status.details, status.trailing_metadata)
 
         return mapped
@@ -298,13 +303,10 @@ class ErrorMappingInterceptor(UnaryInterceptor):
                 async for response in _responses(behavior, request, context):
                     yield response
                 return
-            except NexusError as error:
-                status = to_grpc_status(error)
             except grpc.aio.AbortError:
                 raise
-            except Exception:
-                log.exception("unhandled error in %s", method)
-                status = to_grpc_status(Internal("internal error"))
+            except Exception as exc:
+                status = _status_of(exc, method)
             await context.abort(status.code, status.details, status.trailing_metadata)
 
         return mapped
