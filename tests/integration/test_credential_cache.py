@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -81,6 +82,7 @@ async def connect(services: Services, app: AppServer, provider: RotatingProvider
     started = await start(services, f"{app.url}/done", provider_name="rotating")
     landing = await browse(started.auth_url)
     assert parse_qs(urlsplit(str(landing.url)).query)["status"] == ["success"], landing.text
+    await notices_heard(services)
     return started.connection_id
 
 
@@ -97,6 +99,30 @@ async def access_token(services: Services, connection_id: str) -> str:
 
 def cached(broker: Broker, connection_id: str) -> bool:
     return connection_id in broker.core.connections.cache.connections._entries
+
+
+async def notices_heard(services: Services) -> None:
+    """Wait until broker A has heard every change notice sent so far. A notice
+    of a write arrives a little after the write's own commit dropped the entry,
+    and drops whatever was cached in between; notices arrive in order, so once
+    a marker sent now is heard, the earlier ones have been too."""
+    url = services.env["NEXUS_BROKER_DATABASE_URL"]
+    cache = services.broker.core.connections.cache
+    if not cache.listening:
+        return
+    rows = cache.connections
+    marker = f"connection:marker-{uuid.uuid4()}"
+    engine = peek(url)
+    try:
+        with engine.begin() as db:
+            db.execute(sa.text("SELECT pg_notify('nexus_broker', :marker)"), {"marker": marker})
+    finally:
+        engine.dispose()
+
+    async def heard() -> bool:
+        return marker in rows._generations
+
+    await seconds_until(heard)
 
 
 @contextlib.contextmanager
@@ -185,6 +211,7 @@ async def test_a_rotated_token_is_never_served_from_the_cache(
 
     # A forced refresh (RefreshConnection) rotates the tokens.
     await force_refresh(services, connection_id)
+    await notices_heard(services)
     forced = provider.issued[-1][0]
     assert forced != first
     assert await access_token(services, connection_id) == forced
@@ -193,23 +220,19 @@ async def test_a_rotated_token_is_never_served_from_the_cache(
     # it due, and only the new one goes out.
     provider.expires_in = 2
     await force_refresh(services, connection_id)
+    await notices_heard(services)
     due = provider.issued[-1][0]
     provider.expires_in = 3600
     served = await access_token(services, connection_id)
     fresh = provider.issued[-1][0]
     assert fresh != due and served == fresh
+    await notices_heard(services)  # the refresh's own notice
     assert await access_token(services, connection_id) == fresh
     assert cached(services.broker, connection_id)
 
     # The background loop's refresh of a token cached while still good.
     schedule_refresh_now(services, connection_id)
-    if services.env["NEXUS_BROKER_DATABASE_URL"].startswith("postgresql"):
-        # That write's notice drops the entry when it arrives; wait for it, so
-        # it cannot drop the entry the next release stores.
-        async def dropped() -> bool:
-            return not cached(services.broker, connection_id)
-
-        await seconds_until(dropped)
+    await notices_heard(services)
     assert await access_token(services, connection_id) == fresh
     assert cached(services.broker, connection_id)
     await run_refresh_loop_once(services)
@@ -601,6 +624,7 @@ async def test_a_session_reads_its_named_provider_from_the_cache_until_it_change
     ask = agent_session(agent_id="ops-agent", provider="internal-ops", scopes=["acme:gliding"])
     first = await sessions(services).CreateAgentSession(ask, metadata=bearer(key))
     # The first learns the name's id; the second caches the provider by that id.
+    await notices_heard(services)
     await sessions(services).CreateAgentSession(ask, metadata=bearer(key))
 
     with statements(services.broker) as sent:
