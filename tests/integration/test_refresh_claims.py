@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from nexus_broker.domain.connections import Connection, ConnectionStatus, TokenSet
 from nexus_broker.server import BrokerCore, create_core, migrate_database
 from nexus_broker.service_layer.connections import connection_event
-from nexus_broker.service_layer.outcomes import Outcome, OutcomeWriter
+from nexus_broker.service_layer.outcomes import Outcome, outcome_writer
 from nexus_broker.service_layer.providers import create_provider
 from nexus_broker.settings import BrokerSettings
 
@@ -83,9 +83,10 @@ async def test_due_connections_are_claimed_at_once_and_outcomes_stored_only_unde
             stored = replace(connection, last_refreshed_at=now, updated_at=now)
             event = connection_event("refresh.succeeded", stored, now)
             outcomes.append(Outcome(lease, stored, fresh, event))
-        writer = OutcomeWriter(core.deps.uow)
+        writer = outcome_writer(core.deps.uow)
         # Written together: one transaction, each row under its own fence.
-        stored = await asyncio.gather(*(writer.write(outcome) for outcome in outcomes))
+        stored = await asyncio.gather(*(writer.record(outcome) for outcome in outcomes))
+        await writer.close()
         assert stored == [False, True, True]
 
         with engine.connect() as db:

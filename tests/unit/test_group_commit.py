@@ -21,7 +21,7 @@ class Store:
         self.fail: Exception | None = None
         self.writing = 0
 
-    async def write(self, events: list[AuditEvent]) -> None:
+    async def write(self, events: list[AuditEvent]) -> list[bool]:
         self.writing += 1
         try:
             if self.gate is not None:
@@ -29,6 +29,8 @@ class Store:
             if self.fail is not None:
                 raise self.fail
             self.batches.append([event.resource for event in events])
+            # An odd-numbered resource stands for a row a conditional write skipped.
+            return [not event.resource.endswith(("1", "3", "5", "7", "9")) for event in events]
         finally:
             self.writing -= 1
 
@@ -126,3 +128,12 @@ async def test_closing_writes_what_is_queued() -> None:
     # After closing, a row is still written, on its own.
     await batcher.record(event(7))
     assert store.batches[-1] == ["connections/7"]
+
+
+async def test_each_caller_learns_whether_its_own_item_was_stored() -> None:
+    store = Store()
+    batcher = GroupCommit(store.write, max_batch=8, name="outcome")
+    results = await asyncio.gather(*(batcher.record(event(n)) for n in range(6)))
+    assert results == [True, False, True, False, True, False]
+    assert len(store.batches) < 6
+    await batcher.close()

@@ -94,6 +94,7 @@ class BrokerCore:
         # Queued rows first: their callers are waiting, and need the engine.
         await self.connections.audit.close()
         await self.sessions.grants.close()
+        await self.refresher.close()
         await self.connections.cache.close()
         await self.feed.close()
         await self.policy.close()

@@ -32,18 +32,20 @@ __all__ = ["GroupCommit"]
 log = logging.getLogger("nexus.audit")
 
 T = TypeVar("T")
-Write = Callable[[list[T]], Awaitable[None]]
+# Stores its items in one transaction and says, per item, whether it was
+# stored (a conditional write may skip one), or raises.
+Write = Callable[[list[T]], Awaitable[list[bool]]]
 
 
 @dataclass(frozen=True)
 class _Queued(Generic[T]):
     item: T
-    stored: asyncio.Future[None]
+    stored: asyncio.Future[bool]
 
 
 class GroupCommit(Generic[T]):
     def __init__(self, write: Write[T], max_batch: int, *, name: str) -> None:
-        """``write`` stores its items in one transaction, or raises."""
+        """``write`` stores a batch in one transaction (see ``Write``)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._write = write
@@ -53,16 +55,17 @@ class GroupCommit(Generic[T]):
         self._closed = False
         self._name = name
 
-    async def record(self, item: T) -> None:
-        """Return once ``item`` is committed; raise if its batch's commit failed."""
+    async def record(self, item: T) -> bool:
+        """Whether ``item`` was stored, once its batch is committed; raise if
+        the commit failed."""
         if self._closed:
             # Shutting down: no flusher any more, so the row goes in on its own.
-            await self._write([item])
-            return
+            (stored,) = await self._write([item])
+            return stored
         queue = self._running()
         queued = _Queued(item, asyncio.get_running_loop().create_future())
         await queue.put(queued)  # waits while the queue is full
-        await queued.stored
+        return await queued.stored
 
     def _running(self) -> asyncio.Queue[_Queued[T]]:
         if self._queue is None:
@@ -86,7 +89,7 @@ class GroupCommit(Generic[T]):
 
     async def _flush(self, batch: list[_Queued[T]]) -> None:
         try:
-            await self._write([queued.item for queued in batch])
+            results = await self._write([queued.item for queued in batch])
         except asyncio.CancelledError:
             # Stopped mid-flush (the loop is ending): nobody may take the
             # rows for stored, and nobody may wait for ever.
@@ -103,9 +106,9 @@ class GroupCommit(Generic[T]):
                 if not queued.stored.done():
                     queued.stored.set_exception(_failure(exc))
             return
-        for queued in batch:
+        for queued, stored in zip(batch, results, strict=True):
             if not queued.stored.done():
-                queued.stored.set_result(None)
+                queued.stored.set_result(stored)
 
     async def close(self) -> None:
         """Flush what is queued, then stop; later rows are written one by one."""

@@ -70,19 +70,20 @@ async def write_audit_batch(
     events: list[AuditEvent],
     uow: Callable[[], BrokerUnitOfWork],
     one_statement: Callable[[], BrokerUnitOfWork],
-) -> None:
+) -> list[bool]:
     """Store a group commit's batch: one INSERT, one commit (once more on a
     connection the database had dropped, when nothing was sent). A batch of
     one, all a lone caller ever has, is one statement that commits itself:
     ``one_statement`` makes units of work whose statements do."""
-    await write_grants([], events, one_statement if len(events) == 1 else uow)
+    return await write_grants([], events, one_statement if len(events) == 1 else uow)
 
 
 async def write_grants(
     sessions: list[Session], events: list[AuditEvent], uow: Callable[[], BrokerUnitOfWork]
-) -> None:
+) -> list[bool]:
     """Store sessions and audit events in one transaction: one INSERT per
-    table, one commit, once more on a connection the database had dropped."""
+    table, one commit, once more on a connection the database had dropped.
+    Every event is stored (one True each), or none is."""
 
     async def write() -> None:
         async with uow() as work:
@@ -91,3 +92,4 @@ async def write_grants(
             await work.commit()
 
     await retry_stale(write)
+    return [True] * len(events)

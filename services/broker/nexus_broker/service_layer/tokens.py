@@ -30,6 +30,7 @@ from nexus_common import (
     retry_stale,
 )
 
+from ..adapters.group_commit import GroupCommit
 from ..adapters.policy_client import PolicyClient
 from ..adapters.rfc6749 import ClientCredentials, TokenEndpointError
 from ..adapters.rfc7009 import revoke_tokens
@@ -48,7 +49,7 @@ from .connections import (
     provider_of,
 )
 from .leases import RefreshLeases
-from .outcomes import Outcome, OutcomeWriter
+from .outcomes import Outcome, outcome_writer
 from .releases import release_snapshot
 
 __all__ = [
@@ -85,10 +86,14 @@ class Refresher:
     # Keyed by (connection, forced): a forced refresh must not settle for an
     # unforced one that found nothing to do.
     _inflight: dict[tuple[str, bool], asyncio.Future[None]] = field(default_factory=dict)
-    _outcomes: OutcomeWriter = field(init=False)
+    _outcomes: GroupCommit[Outcome] = field(init=False)
 
     def __post_init__(self) -> None:
-        self._outcomes = OutcomeWriter(self.deps.uow)
+        self._outcomes = outcome_writer(self.deps.uow)
+
+    async def close(self) -> None:
+        """Store the outcomes still queued."""
+        await self._outcomes.close()
 
     @property
     def leases(self) -> RefreshLeases:
@@ -411,7 +416,7 @@ class Refresher:
         event = connection_event(
             action, outcome, now, status=status, error=error, failures=failures
         )
-        saved = await self._outcomes.write(Outcome(lease, outcome, tokens, event))
+        saved = await self._outcomes.record(Outcome(lease, outcome, tokens, event))
         if saved:
             TOKEN_REFRESHES.labels(_refresh_outcome(tokens, status)).inc()
         return saved
