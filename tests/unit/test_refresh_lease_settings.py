@@ -34,3 +34,29 @@ def test_the_refresh_loop_has_sixteen_provider_calls_in_flight_unless_set() -> N
 def test_a_refresh_concurrency_out_of_range_refuses_to_start(value: str) -> None:
     with pytest.raises(ConfigError, match="NEXUS_REFRESH_CONCURRENCY"):
         BrokerSettings.from_env(BASE | {"NEXUS_REFRESH_CONCURRENCY": value})
+
+
+def test_the_caches_and_the_audit_batches_have_their_defaults_unless_set() -> None:
+    defaults = BrokerSettings.from_env(BASE)
+    assert (defaults.cache_max_age_seconds, defaults.audit_batch_max) == (60, 256)
+    off = BrokerSettings.from_env(
+        BASE | {"NEXUS_CACHE_MAX_AGE_SECONDS": "0", "NEXUS_AUDIT_BATCH_MAX": "1"}
+    )
+    assert (off.cache_max_age_seconds, off.audit_batch_max) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("NEXUS_CACHE_MAX_AGE_SECONDS", "-1"),
+        ("NEXUS_CACHE_MAX_AGE_SECONDS", "3601"),
+        ("NEXUS_CACHE_MAX_AGE_SECONDS", "nan"),
+        ("NEXUS_CACHE_MAX_AGE_SECONDS", "forever"),
+        ("NEXUS_AUDIT_BATCH_MAX", "0"),
+        ("NEXUS_AUDIT_BATCH_MAX", "10001"),
+        ("NEXUS_AUDIT_BATCH_MAX", "lots"),
+    ],
+)
+def test_a_cache_age_or_batch_size_out_of_range_refuses_to_start(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        BrokerSettings.from_env(BASE | {name: value})
