@@ -34,6 +34,11 @@ async def serve(port: int) -> None:
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((_AnyUnary(),))
     server.add_insecure_port(f"127.0.0.1:{port}")
+    await run_until_signalled(server)
+
+
+async def run_until_signalled(server: grpc.aio.Server) -> None:
+    """Serve until SIGTERM or SIGINT, then stop."""
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,5 +1,6 @@
-"""The floor, running: the trivial gRPC server in its own process, and Envoy with
-Nexus's own config (``envoy/envoy.yaml``) pointed at it instead of the gateway."""
+"""The floor, running: the trivial gRPC server in its own process, Envoy with Nexus's
+own config (``envoy/envoy.yaml``) pointed at it instead of the gateway, and the
+zero-work relay in front of it (``bench.relay_server``), the shape's floor."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ _STARTUP_SECONDS = 30.0
 class Floor:
     grpc_url: str  # h2load's base URL for the echo server
     rest_url: str  # Envoy, routing the REST surface to the echo server
+    relay_url: str  # the relay forwarding every call to the echo server
 
 
 def _wait(process: subprocess.Popen[bytes], ready: Callable[[], bool], what: str) -> None:
@@ -55,6 +57,7 @@ def _listening(port: int) -> bool:
 @contextlib.contextmanager
 def running_floor() -> Iterator[Floor]:
     ports = {name: free_port() for name in ENVOY_PORTS}
+    relay_port = free_port()
     processes: list[subprocess.Popen[bytes]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="nexus-bench-floor-") as scratch:
@@ -63,6 +66,18 @@ def running_floor() -> Iterator[Floor]:
             )
             processes.append(echo)
             _wait(echo, lambda: _listening(ports["gateway"]), "the echo server")
+            relay = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.relay_server",
+                    str(relay_port),
+                    str(ports["gateway"]),
+                ],
+                cwd=ROOT,
+            )
+            processes.append(relay)
+            _wait(relay, lambda: _listening(relay_port), "the relay")
             config = Path(scratch) / "envoy.yaml"
             config.write_text(render_envoy_config(ports))
             envoy = str(Path(sys.executable).parent / "envoy")
@@ -77,6 +92,7 @@ def running_floor() -> Iterator[Floor]:
             yield Floor(
                 grpc_url=f"http://127.0.0.1:{ports['gateway']}",
                 rest_url=f"http://127.0.0.1:{ports['rest']}",
+                relay_url=f"http://127.0.0.1:{relay_port}",
             )
     finally:
         for process in reversed(processes):

@@ -6,7 +6,10 @@ connection with 1, 16 or 64 streams in flight (gRPC), or 1, 16 or 64 HTTP/1.1 co
 through Envoy (REST), each point a fixed number of requests sized to last about
 ``--seconds`` after a warm-up. The floor is a trivial ``grpc.aio`` server in
 its own process (``bench.echo_server``), loaded with the very same request just before
-each point, and for REST the same Envoy config routing to it. The stack runs on a fresh
+each point, and for REST the same Envoy config routing to it. gRPC paths through the
+gateway are also read against their shape's floor: a relay that only forwards each call
+to the echo server (``bench.relay_server``), two Python gRPC processes in a row as the
+gateway and broker are. The stack runs on a fresh
 PostgreSQL database with production's defaults, metrics served and every span exported
 over OTLP to a receiver on loopback.
 
@@ -91,21 +94,20 @@ class Point:
     # CPU time each stack process spent per measured request, in ms: unlike rates, it
     # hardly moves with other work on the machine.
     cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
+    # The zero-work relay loaded with the same request: the floor of the path's shape.
+    relay: Load | None = None
 
     def ratios(self) -> dict[str, float]:
-        def ratio(mine: float, floor: float) -> float:
-            return round(mine / floor, 4) if floor else 0.0
-
-        return {
-            "throughput": ratio(self.load.per_second, self.floor.per_second),
-            "mean_latency": ratio(self.load.mean_ms, self.floor.mean_ms),
-            "p99_latency": ratio(self.load.p99_ms, self.floor.p99_ms),
-        }
+        return _ratios(self.load, self.floor)
 
     def floor_line(self) -> str:
+        line = _floor_line("  its floor", self.in_flight, self.floor)
+        if self.relay is None:
+            return line
+        relay = _ratios(self.relay, self.floor)
         return (
-            f"{'  its floor':<32} {self.in_flight:>9} {self.floor.per_second:>9.0f} {'':>8} "
-            f"{self.floor.mean_ms:>8.2f} {'':>8} {self.floor.p99_ms:>8.2f}"
+            f"{line}\n{_floor_line('  zero-work relay', self.in_flight, self.relay)}"
+            f"  (x floor: {relay['throughput']:.3f} req/s, {relay['mean_latency']:.1f} mean)"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -123,7 +125,31 @@ class Point:
             "ok_answers_counted_by_service": self.ok_answers if self.counted else None,
             "cancelled_at_end_of_timed_run": self.cancelled_at_end,
             "cpu_ms_per_request": self.cpu_ms_per_request,
+            "zero_work_relay": None
+            if self.relay is None
+            else {
+                "measured": self.relay.as_dict(),
+                "ratios_of_floor": _ratios(self.relay, self.floor),
+            },
         }
+
+
+def _ratios(load: Load, floor: Load) -> dict[str, float]:
+    def ratio(mine: float, base: float) -> float:
+        return round(mine / base, 4) if base else 0.0
+
+    return {
+        "throughput": ratio(load.per_second, floor.per_second),
+        "mean_latency": ratio(load.mean_ms, floor.mean_ms),
+        "p99_latency": ratio(load.p99_ms, floor.p99_ms),
+    }
+
+
+def _floor_line(label: str, in_flight: int, load: Load) -> str:
+    return (
+        f"{label:<32} {in_flight:>9} {load.per_second:>9.0f} {'':>8} "
+        f"{load.mean_ms:>8.2f} {'':>8} {load.p99_ms:>8.2f}"
+    )
 
 
 def _grpc_headers(extra: dict[str, str]) -> dict[str, str]:
@@ -350,13 +376,17 @@ def _wrk_point(probe: Probe, stack: Stack, floor: Floor, width: int, settings: S
     return _checked(point, probe, answered, counted=True)
 
 
-def _floor(probe: Probe, floor: Floor, width: int, settings: Settings) -> Load:
-    """The floor loaded with this very request, just before the path: background load on
-    the machine then weighs on both sides of the ratio alike."""
-    base = floor.rest_url if probe.kind == REST else floor.grpc_url
+def _floor(
+    probe: Probe, floor: Floor, width: int, settings: Settings, *, relay: bool = False
+) -> Load:
+    """The floor (or the relay in front of it) loaded with this very request, just
+    before the path: background load on the machine then weighs on both sides of the
+    ratio alike."""
+    base = floor.relay_url if relay else floor.rest_url if probe.kind == REST else floor.grpc_url
     load = _load(probe, base, width, settings, lambda: None)
     if load.failed or not load.requests:
-        raise RuntimeError(f"the floor itself failed ({probe.name}, {width} in flight): {load}")
+        what = "the relay" if relay else "the floor itself"
+        raise RuntimeError(f"{what} failed ({probe.name}, {width} in flight): {load}")
     return load
 
 
@@ -375,7 +405,11 @@ def measure(
         for probe in filter(only, probes(stack, setup)):
             for width in settings.widths:
                 base = _floor(probe, floor, width, settings)
+                relay = None
+                if probe.kind == GRPC and probe.port == "gateway":
+                    relay = _floor(probe, floor, width, settings, relay=True)
                 point = _point(probe, stack, base, width, settings, counted)
+                point.relay = relay
                 report(point)
                 points.append(point)
             if with_wrk and probe.kind == REST and probe.name in _WRK_CHECKED:
@@ -458,10 +492,10 @@ def main() -> None:
     def only(probe: Probe) -> bool:
         return args.only is None or args.only in probe.name
 
-    with start_otlp_collector() as collector:
+    with start_otlp_collector(keep_spans=False) as collector:
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint}
         points = _run_stack(env, args, settings, only, with_wrk=not args.no_wrk)
-        spans = len(collector.spans())
+        spans = collector.count
         print(f"({spans} spans exported over OTLP during the run)")
         figures: dict[str, Any] = {
             "cores": os.cpu_count(),

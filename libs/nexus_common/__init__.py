@@ -18,6 +18,7 @@ from ._auth import (
 from ._cache import LoadingCache
 from ._client import InternalClient
 from ._db import (
+    BatchInsert,
     Migrations,
     SqlUnitOfWork,
     create_engine,
@@ -144,6 +145,7 @@ __all__ = [
     "AuditEvent",
     "Authenticator",
     "BackendAuthUnavailable",
+    "BatchInsert",
     "BodyTooLarge",
     "BrowserMismatch",
     "CallbackProviderMismatch",

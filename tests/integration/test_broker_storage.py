@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
+from nexus_broker.adapters.grant_rows import GrantRows
 from nexus_broker.domain.sessions import Session, SessionKind
 from nexus_broker.server import create_core, migrate_database
 from nexus_broker.service_layer.providers import create_provider
@@ -142,10 +143,7 @@ async def test_long_ended_sessions_are_purged_and_live_ones_kept(
 
     old, recent, live = session(timedelta(days=8)), session(timedelta(days=1)), session(-HOUR)
     try:
-        async with core.deps.uow() as uow:
-            for row in (old, recent, live):
-                await uow.sessions.add(row)
-            await uow.commit()
+        await GrantRows(core.engine).insert([old, recent, live], [])
         assert await purge_sessions(core.sessions, timedelta(days=7)) == 1
         async with core.deps.uow() as uow:
             assert await uow.sessions.get(old.id) is None

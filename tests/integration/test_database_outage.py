@@ -17,7 +17,13 @@ import pytest
 import sqlalchemy as sa
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from nexus_common import DatabaseUnavailable, SqlUnitOfWork, create_engine, retry_stale
+from nexus_common import (
+    BatchInsert,
+    DatabaseUnavailable,
+    SqlUnitOfWork,
+    create_engine,
+    retry_stale,
+)
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from tests.conftest import Services
@@ -139,5 +145,39 @@ async def test_a_connection_dropped_in_the_pool_is_retried_once_on_a_fresh_one(
         with pytest.raises(DatabaseUnavailable) as caught:
             await read()
         assert caught.value.stale and caught.value.retry_after_seconds == 1.0
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("rows", [1, 3], ids=["one row, committing itself", "a batch"])
+async def test_a_batch_insert_meeting_a_dropped_pooled_connection_runs_once_more(
+    database_url: str, proxy: TcpProxy, rows: int
+) -> None:
+    """Group commits insert through ``BatchInsert``, outside any unit of work:
+    after a restart of PostgreSQL, their first insert on a pooled connection
+    the server closed runs once more on a fresh one, and each row is stored once."""
+    engine = create_engine(database_url)
+    table = sa.Table("batch_rows", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
+    insert = BatchInsert(engine)
+
+    async def stored() -> list[int]:
+        async with engine.connect() as connection:
+            return list((await connection.execute(sa.select(table.c.id))).scalars())
+
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(table.metadata.create_all)
+        await insert((table, [{"id": 0}]))  # leaves its connection in the pool
+        proxy.cut()
+        await asyncio.sleep(0.2)
+        proxy.restore()
+        await insert((table, [{"id": n} for n in range(1, rows + 1)]))
+        assert sorted(await stored()) == list(range(rows + 1))
+        # With nothing to reach, the caller sees the fault as UNAVAILABLE, and no row is stored.
+        proxy.cut()
+        with pytest.raises(DatabaseUnavailable):
+            await insert((table, [{"id": 100 + n} for n in range(rows)]))
+        proxy.restore()
+        assert sorted(await stored()) == list(range(rows + 1))
     finally:
         await engine.dispose()

@@ -47,14 +47,27 @@ def _attributes(items: Any) -> dict[str, Any]:
 
 
 class OtlpCollector(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self) -> None:
+    def __init__(self, keep_spans: bool) -> None:
+        self._keep_spans = keep_spans
         self._spans: list[ExportedSpan] = []
         self._arrived = threading.Condition()
         self.endpoint = ""
+        self.count = 0
 
     def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
+        if not self._keep_spans:
+            # A bench counts; decoding every span in Python would take the
+            # CPU the services under measurement share with this process.
+            arrived = sum(
+                len(scope_spans.spans)
+                for resource_spans in request.resource_spans
+                for scope_spans in resource_spans.scope_spans
+            )
+            with self._arrived:
+                self.count += arrived
+            return trace_service_pb2.ExportTraceServiceResponse()
         received = []
         for resource_spans in request.resource_spans:
             service = str(_attributes(resource_spans.resource.attributes).get("service.name"))
@@ -73,6 +86,7 @@ class OtlpCollector(trace_service_pb2_grpc.TraceServiceServicer):
                     )
         with self._arrived:
             self._spans.extend(received)
+            self.count += len(received)
             self._arrived.notify_all()
         return trace_service_pb2.ExportTraceServiceResponse()
 
@@ -92,8 +106,9 @@ class OtlpCollector(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 @contextmanager
-def start_otlp_collector() -> Iterator[OtlpCollector]:
-    collector = OtlpCollector()
+def start_otlp_collector(keep_spans: bool = True) -> Iterator[OtlpCollector]:
+    """``keep_spans=False`` only counts them, for a bench."""
+    collector = OtlpCollector(keep_spans)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
     port = server.add_insecure_port("127.0.0.1:0")

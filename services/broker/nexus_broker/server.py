@@ -33,6 +33,7 @@ from nexus_common import (
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from .adapters.credential_check import CredentialChecker
+from .adapters.grant_rows import GrantRows
 from .adapters.group_commit import GroupCommit
 from .adapters.oidc_discovery import DiscoveryClient
 from .adapters.oidc_id_token import IdTokenVerifier
@@ -118,11 +119,7 @@ def _now() -> datetime:
 def create_core(settings: BrokerSettings) -> BrokerCore:
     engine = create_engine(settings.database_url)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
-    # For a write of one statement: the statement commits itself, one round
-    # trip instead of three (BEGIN, the statement, COMMIT).
-    one_statement = async_sessionmaker(
-        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
-    )
+    grant_rows = GrantRows(engine)
     http = outbound_client(settings.outbound, httpx.Timeout(settings.provider_timeout_seconds))
     cache = RowCache(settings.database_url, settings.cache_max_age_seconds)
     deps = RegistryDeps(
@@ -155,11 +152,7 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
         ),
         cache=cache,
         audit=GroupCommit(
-            lambda events: write_audit_batch(
-                events,
-                deps.uow,
-                lambda: BrokerUnitOfWork(one_statement, settings.keyring, cache),
-            ),
+            lambda events: write_audit_batch(events, grant_rows),
             settings.audit_batch_max,
             name="audit",
         ),
@@ -191,7 +184,7 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
         limits=settings.sessions,
         issuer=settings.session_issuer,
         grants=GroupCommit(
-            lambda grants: write_grants([s for s, _ in grants], [e for _, e in grants], deps.uow),
+            lambda grants: write_grants([s for s, _ in grants], [e for _, e in grants], grant_rows),
             settings.audit_batch_max,
             name="session",
         ),

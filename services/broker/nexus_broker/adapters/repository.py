@@ -17,7 +17,7 @@ from ..domain.providers import Provider, ProviderSpec
 from .orm import audit_events, providers
 from .writes import Writes
 
-__all__ = ["AuditRepository", "ProviderQuery", "ProviderRepository"]
+__all__ = ["AuditRepository", "ProviderQuery", "ProviderRepository", "audit_row"]
 
 _SPEC_COLUMNS = [f.name for f in fields(ProviderSpec) if f.name != "client_secret"]
 
@@ -179,6 +179,10 @@ class ProviderRepository:
         )
 
 
+def audit_row(event: AuditEvent) -> dict[str, Any]:
+    return asdict(event.fitted())
+
+
 class AuditRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -191,7 +195,7 @@ class AuditRepository:
         go as executemany parameters, which psycopg sends in one pipeline."""
         if events:
             await self._session.execute(
-                audit_events.insert(), [asdict(event.fitted()) for event in events]
+                audit_events.insert(), [audit_row(event) for event in events]
             )
 
     async def add_new(self, events: list[AuditEvent]) -> int:

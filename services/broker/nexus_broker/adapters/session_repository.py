@@ -17,7 +17,12 @@ from ..domain.sessions import NarrowedToken, Session, UserStamp
 from ..domain.signing import ALGORITHM, SigningKey
 from .orm import agent_sessions, narrowed_tokens, signing_keys
 
-__all__ = ["NarrowedTokenRepository", "SessionRepository", "SigningKeyRepository"]
+__all__ = [
+    "NarrowedTokenRepository",
+    "SessionRepository",
+    "SigningKeyRepository",
+    "session_row",
+]
 
 
 def _session(row: Any) -> Session:
@@ -42,7 +47,7 @@ def _session(row: Any) -> Session:
     )
 
 
-def _row(session: Session) -> dict[str, Any]:
+def session_row(session: Session) -> dict[str, Any]:
     user = session.user
     return {
         "id": session.id,
@@ -65,14 +70,6 @@ def _row(session: Session) -> dict[str, Any]:
 class SessionRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
-
-    async def add(self, session: Session) -> None:
-        await self.add_all([session])
-
-    async def add_all(self, sessions: list[Session]) -> None:
-        """As executemany parameters: one statement compiled once, whatever the batch size."""
-        if sessions:
-            await self._session.execute(agent_sessions.insert(), [_row(s) for s in sessions])
 
     async def get(self, session_id: str) -> Session | None:
         row = (

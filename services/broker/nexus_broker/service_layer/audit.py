@@ -11,9 +11,9 @@ from nexus_common import (
     PageTokens,
     ValidationFailed,
     page_size,
-    retry_stale,
 )
 
+from ..adapters.grant_rows import GrantRows
 from ..domain.sessions import Session
 from .unit_of_work import BrokerUnitOfWork
 
@@ -66,30 +66,18 @@ async def record_audit_events(events: list[AuditEvent], uow: Callable[[], Broker
     return recorded
 
 
-async def write_audit_batch(
-    events: list[AuditEvent],
-    uow: Callable[[], BrokerUnitOfWork],
-    one_statement: Callable[[], BrokerUnitOfWork],
-) -> list[bool]:
-    """Store a group commit's batch: one INSERT, one commit (once more on a
-    connection the database had dropped, when nothing was sent). A batch of
-    one, all a lone caller ever has, is one statement that commits itself:
-    ``one_statement`` makes units of work whose statements do."""
-    return await write_grants([], events, one_statement if len(events) == 1 else uow)
+async def write_audit_batch(events: list[AuditEvent], rows: GrantRows) -> list[bool]:
+    """Store a group commit's batch of release audit events: one INSERT, one
+    commit (a batch of one, all a lone caller ever has, is one statement that
+    commits itself)."""
+    return await write_grants([], events, rows)
 
 
 async def write_grants(
-    sessions: list[Session], events: list[AuditEvent], uow: Callable[[], BrokerUnitOfWork]
+    sessions: list[Session], events: list[AuditEvent], rows: GrantRows
 ) -> list[bool]:
     """Store sessions and audit events in one transaction: one INSERT per
     table, one commit, once more on a connection the database had dropped.
     Every event is stored (one True each), or none is."""
-
-    async def write() -> None:
-        async with uow() as work:
-            await work.sessions.add_all(sessions)
-            await work.audit.add_all(events)
-            await work.commit()
-
-    await retry_stale(write)
+    await rows.insert(sessions, events)
     return [True] * len(events)
