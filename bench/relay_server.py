@@ -5,18 +5,19 @@ back. It does no other work.
 A gateway in front of a broker is this shape: two Python gRPC processes in a row, one
 of them both server and client. Loaded with the very request a path gets, it measures
 what that shape costs before any of Nexus's own work, so a path's figures can be read
-against the best any two-process design in grpcio could do on this machine.
+against the best any two-process design in grpcio could do on this machine. It runs on
+the services' event loop (``nexus_common.run_service``), so it stays their bound.
 
     python -m bench.relay_server PORT UPSTREAM_PORT
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Any
 
 import grpc
+from nexus_common import run_service
 
 from bench.echo_server import run_until_signalled
 
@@ -48,4 +49,4 @@ async def serve(port: int, upstream_port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1]), int(sys.argv[2])))
+    run_service(serve(int(sys.argv[1]), int(sys.argv[2])))

@@ -117,7 +117,13 @@ from ._outbound import (
 )
 from ._paging import PageTokens, page_size
 from ._principal import AdminPrincipal, AgentPrincipal, Principal, principal_of
-from ._server import MAX_MESSAGE_BYTES, NexusServer, build_server, run_until_signalled
+from ._server import (
+    MAX_MESSAGE_BYTES,
+    NexusServer,
+    build_server,
+    run_service,
+    run_until_signalled,
+)
 from ._settings import ConfigError, Deployment, Env
 from ._tracing import outbound_span, pass_trace_context, tracing
 
@@ -246,6 +252,7 @@ __all__ = [
     "redact",
     "reseal_column",
     "retry_stale",
+    "run_service",
     "run_until_signalled",
     "serve_metrics",
     "sync_url",

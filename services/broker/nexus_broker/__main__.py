@@ -24,6 +24,7 @@ from nexus_common import (
     Env,
     configure_logging,
     current_caller,
+    run_service,
     run_until_signalled,
     tracing,
 )
@@ -125,7 +126,7 @@ def main(argv: list[str]) -> None:
         print(f"re-sealed {asyncio.run(_reseal(settings))} secrets")
     elif not argv:
         with tracing("broker", os.environ):
-            asyncio.run(_serve(settings))
+            run_service(_serve(settings))
     else:
         raise SystemExit(_USAGE)
 

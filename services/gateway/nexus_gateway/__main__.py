@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from nexus_common import configure_logging, run_until_signalled, tracing
+from nexus_common import configure_logging, run_service, run_until_signalled, tracing
 
 from .server import create_gateway
 from .settings import GatewaySettings
@@ -33,7 +33,7 @@ def main() -> None:
     settings = GatewaySettings.from_env(os.environ)
     configure_logging("gateway", settings.log_level)
     with tracing("gateway", os.environ):
-        asyncio.run(_serve(settings))
+        run_service(_serve(settings))
 
 
 if __name__ == "__main__":

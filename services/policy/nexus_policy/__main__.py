@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 
-from nexus_common import Env, configure_logging, run_until_signalled, tracing
+from nexus_common import Env, configure_logging, run_service, run_until_signalled, tracing
 
 from .server import MIGRATIONS, create_policy, migrate_database
 from .settings import PolicySettings
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> None:
     if settings.auto_migrate:
         migrate_database(settings.database_url)
     with tracing("policy", os.environ):
-        asyncio.run(_serve(settings))
+        run_service(_serve(settings))
 
 
 if __name__ == "__main__":
