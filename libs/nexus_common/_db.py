@@ -273,8 +273,8 @@ class BatchInsert:
     Core: one executemany INSERT per table and one commit, without the ORM
     session a unit of work opens, which a group commit (inserting, reading
     nothing back) does not need: leaving it out took about a quarter off the
-    broker's CPU per GetToken at one request in flight (3.2–3.7 ms in four
-    bench runs before, 2.0–2.9 ms in seven after). A single row is one
+    broker's CPU per GetToken at one request in flight (3.2 to 3.7 ms in four
+    bench runs before, 2.0 to 2.9 ms in seven after). A single row is one
     statement that commits itself: one round trip instead of three.
     Losing the database raises ``DatabaseUnavailable``, and a connection the
     database had dropped before anything was sent is retried once."""
