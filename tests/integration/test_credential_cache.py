@@ -184,14 +184,24 @@ def releases_recorded(services: Services, connection_id: str) -> int:
 # --- one replica: its own writes -------------------------------------------------
 
 
-async def test_a_revoke_stops_a_warm_token_at_once(
+async def warm_connection(
     services: Services, app: AppServer, provider: RotatingProvider
-) -> None:
+) -> tuple[str, str]:
+    """A connected connection whose token the broker now serves from its cache:
+    the second GetToken gets the same token as the first. Returns its id and
+    that token."""
     await services.broker.core.start_caches()
     connection_id = await connect(services, app, provider)
     issued = await access_token(services, connection_id)
     assert await access_token(services, connection_id) == issued
     assert cached(services.broker, connection_id)
+    return connection_id, issued
+
+
+async def test_a_revoke_stops_a_warm_token_at_once(
+    services: Services, app: AppServer, provider: RotatingProvider
+) -> None:
+    connection_id, _ = await warm_connection(services, app, provider)
 
     await revoke(services, connection_id)
     message = await expect_error(
@@ -203,11 +213,7 @@ async def test_a_revoke_stops_a_warm_token_at_once(
 async def test_a_rotated_token_is_never_served_from_the_cache(
     services: Services, app: AppServer, provider: RotatingProvider
 ) -> None:
-    await services.broker.core.start_caches()
-    connection_id = await connect(services, app, provider)
-    first = await access_token(services, connection_id)
-    assert await access_token(services, connection_id) == first
-    assert cached(services.broker, connection_id)
+    connection_id, first = await warm_connection(services, app, provider)
 
     # A forced refresh (RefreshConnection) rotates the tokens.
     await force_refresh(services, connection_id)
@@ -260,10 +266,7 @@ def schedule_refresh_now(services: Services, connection_id: str) -> None:
 async def test_a_warm_get_token_sends_only_its_audit_row(
     services: Services, app: AppServer, provider: RotatingProvider
 ) -> None:
-    await services.broker.core.start_caches()
-    connection_id = await connect(services, app, provider)
-    issued = await access_token(services, connection_id)
-    assert cached(services.broker, connection_id)
+    connection_id, issued = await warm_connection(services, app, provider)
 
     with statements(services.broker) as sent:
         for _ in range(5):
@@ -278,9 +281,7 @@ async def test_a_warm_get_token_sends_only_its_audit_row(
 async def test_concurrent_releases_share_commits_and_every_row_is_stored(
     services: Services, app: AppServer, provider: RotatingProvider
 ) -> None:
-    await services.broker.core.start_caches()
-    connection_id = await connect(services, app, provider)
-    await access_token(services, connection_id)
+    connection_id, _ = await warm_connection(services, app, provider)
     before = releases_recorded(services, connection_id)
 
     calls = 48
@@ -324,10 +325,7 @@ async def test_a_release_whose_audit_commit_fails_fails_and_hands_out_nothing(
     committing session, as a crash or a failover at that moment would."""
     if not services.env["NEXUS_BROKER_DATABASE_URL"].startswith("postgresql"):
         pytest.skip("the fault is made by PostgreSQL")
-    await services.broker.core.start_caches()
-    connection_id = await connect(services, app, provider)
-    await access_token(services, connection_id)
-    assert cached(services.broker, connection_id)
+    connection_id, _ = await warm_connection(services, app, provider)
     before = releases_recorded(services, connection_id)
 
     with dying_commits(services):
