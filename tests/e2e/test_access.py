@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -35,7 +34,7 @@ from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.support.app_server import GOOD_API_KEY, AppServer
 from tests.support.backend_auth_server import BackendAuthServer
 from tests.support.browser import follow_until
-from tests.support.oidc_server import OidcServer, start_oidc_server
+from tests.support.oidc_server import OidcServer
 from tools.devstack import Stack
 
 CRM_SCOPES = ["crm:contacts:read", "crm:contacts:write"]
@@ -52,12 +51,6 @@ CONNECTIONS = ("alice-crm", "bob-crm", "alice-weather", "bob-weather")
 @pytest.fixture(scope="module")
 def stack_env() -> dict[str, str]:
     return {"NEXUS_ENVIRONMENT": "production"}
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[OidcServer]:
-    with start_oidc_server() as server:
-        yield server
 
 
 @dataclass

@@ -8,7 +8,6 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -16,14 +15,8 @@ import pytest
 from tests.e2e.test_rest_providers import admin, error_reason
 from tests.e2e.test_rest_sessions import connect, curl, ok
 from tests.support.backend_auth_server import BackendAuthServer
-from tests.support.oidc_server import OidcServer, behave, start_oidc_server
+from tests.support.oidc_server import OidcServer, behave
 from tools.devstack import Stack
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[OidcServer]:
-    with start_oidc_server() as server:
-        yield server
 
 
 def _forged_page_token(position: object, query: dict[str, object]) -> str:

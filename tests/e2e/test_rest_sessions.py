@@ -18,16 +18,10 @@ from tests.e2e.test_rest_providers import error_reason
 from tests.support.backend_auth_server import BackendAuthServer
 from tests.support.browser import follow_until
 from tests.support.metrics import sample_sum
-from tests.support.oidc_server import OidcServer, start_oidc_server
+from tests.support.oidc_server import OidcServer
 from tools.devstack import Stack
 
 CALENDAR_SCOPE = "https://www.googleapis.com/auth/calendar.events.readonly"
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[OidcServer]:
-    with start_oidc_server() as server:
-        yield server
 
 
 def curl(

@@ -10,7 +10,6 @@ import dataclasses
 import importlib.resources
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -35,74 +34,10 @@ from nexus_sdk import (
     NexusUnexpectedError,
 )
 
-from tests.e2e.test_rest_sessions import connect, ok
+from tests.e2e.agent_guide import Guide
 from tests.support.backend_auth_server import BackendAuthServer
-from tests.support.oidc_server import OidcServer, start_oidc_server, stats
+from tests.support.oidc_server import OidcServer, stats
 from tools.devstack import Stack, free_port
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[OidcServer]:
-    with start_oidc_server() as server:
-        yield server
-
-
-@dataclass(frozen=True)
-class Guide:
-    """What Steps 1-3 leave behind: two agents' keys and sarah's Salesforce connection."""
-
-    crm_key: str
-    ops_key: str
-    connection_id: str
-
-
-@pytest.fixture(scope="module")
-def guide(stack: Stack, idp: OidcServer) -> Guide:
-    """Steps 1-3 of the agent-sessions guide over REST, as an admin does them once."""
-    admin = {"X-API-Key": stack.admin_key}
-    with httpx.Client(base_url=stack.rest_url, headers=admin, timeout=30) as rest:
-        salesforce = ok(
-            rest.post(
-                "/v1/providers",
-                json={
-                    "name": "salesforce",
-                    "auth_type": "oauth2",
-                    "client_id": "SF_CLIENT_ID",
-                    "client_secret": "SF_CLIENT_SECRET",
-                    "auth_url": f"{idp.issuer}/authorize",
-                    "token_url": f"{idp.issuer}/token",
-                    "scopes": ["crm:contacts:read", "crm:contacts:write"],
-                    "params": {"skip_scope_on_exchange": True},
-                },
-            )
-        )
-        # acme:treasury exists, but no agent may ask for it.
-        ok(
-            rest.post(
-                "/v1/providers",
-                json={
-                    "name": "internal-ops",
-                    "auth_type": "nexus",
-                    "scopes": ["acme:gliding", "acme:flaring", "acme:treasury"],
-                },
-            )
-        )
-        crm = ok(
-            rest.post(
-                "/admin/v1/agents",
-                json={"agent_id": "crm-agent", "allowed_scopes": ["crm:contacts:read"]},
-            )
-        )
-        ops = ok(
-            rest.post(
-                "/admin/v1/agents",
-                json={"agent_id": "ops-agent", "allowed_scopes": ["acme:gliding", "acme:flaring"]},
-            )
-        )
-        connection_id = connect(
-            rest, admin, salesforce["id"], ["crm:contacts:read", "crm:contacts:write"]
-        )
-    return Guide(crm["agent_key"], ops["agent_key"], connection_id)
 
 
 @pytest.fixture
