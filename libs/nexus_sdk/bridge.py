@@ -38,15 +38,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import grpc
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
-
 from ._apply import AppliedCredentials, UnsupportedStrategy, apply_credentials
 from ._client import AsyncNexusClient
 from ._errors import NexusAuthError, NexusInvalidRequestError, NexusNotFoundError
+from ._extras import requires_extra
 from ._models import TokenPayload
+
+with requires_extra("bridge"):
+    import grpc
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+    from websockets.asyncio.client import ClientConnection, connect
+    from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
 __all__ = [
     "Bridge",
