@@ -65,8 +65,10 @@ class ExampleServer:
 def start_example_server(env: dict[str, str]) -> ExampleServer:
     """Start the example with ``env`` added to ours (minus any Nexus keys of ours)."""
     port = free_port()
-    inherited = {k: v for k, v in os.environ.items() if k not in ("NEXUS_API_KEY", "NEXUS_AGENT_KEY")}
-    output = tempfile.NamedTemporaryFile(prefix="mcp-example-", suffix=".log")  # noqa: SIM115
+    inherited = {
+        k: v for k, v in os.environ.items() if k not in ("NEXUS_API_KEY", "NEXUS_AGENT_KEY")
+    }
+    output = tempfile.NamedTemporaryFile(prefix="mcp-example-", suffix=".log")
     process = subprocess.Popen(
         [sys.executable, str(EXAMPLE)],
         cwd=REPO_ROOT,
