@@ -7,7 +7,6 @@ real upstream API on loopback that records the credential each tool sent."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -17,8 +16,12 @@ from typing import Any
 
 import httpx
 import jwt
+import nexus_sdk.mcp
 import pytest
 from mcp.types import CallToolResult, TextContent
+from nexus_sdk import AgentSession, NexusClientOptions
+from nexus_sdk._mcp_credentials import session_credentials
+from nexus_sdk.mcp import JwtTokenVerifier, NexusMCP, ProtectedResource, ToolCredentials
 
 from tests.e2e.agent_guide import Guide
 from tests.e2e.test_rest_sessions import ok, verify
@@ -446,8 +449,6 @@ def test_importing_without_the_mcp_extra_names_the_extra_to_install() -> None:
 
 
 def test_the_public_api_is_what_the_readme_names() -> None:
-    import nexus_sdk.mcp
-
     assert sorted(nexus_sdk.mcp.__all__) == [
         "CONNECTION_META_KEY",
         "DEFAULT_SESSION_TTL",
@@ -457,4 +458,72 @@ def test_the_public_api_is_what_the_readme_names() -> None:
         "ToolCredentials",
     ]
     assert nexus_sdk.mcp.CONNECTION_META_KEY == CONNECTION_META_KEY
-    assert json.dumps(sorted(nexus_sdk.mcp.__all__))
+
+
+# What a tool author can get wrong, refused before the server runs
+
+
+def nexus_for_declarations(**options: str) -> NexusMCP:
+    return NexusMCP(
+        NexusClientOptions(gateway_url="http://127.0.0.1:9", **options),
+        agent_id=AGENT_ID,
+        resource=ProtectedResource(
+            url="http://127.0.0.1:8000/mcp", authorization_server="https://auth.example.com"
+        ),
+        token_verifier=JwtTokenVerifier(
+            issuer="https://auth.example.com",
+            jwks_url="https://auth.example.com/jwks.json",
+            audience="http://127.0.0.1:8000/mcp",
+        ),
+    )
+
+
+def test_a_tool_must_be_async_take_tool_credentials_and_declare_a_list_of_scopes() -> None:
+    nexus = nexus_for_declarations(agent_key="nxag_k")
+    declare = nexus.as_agent(provider="salesforce", scopes=["crm:contacts:read"])
+
+    def blocking(query: str, credentials: ToolCredentials) -> str:
+        return query
+
+    async def without_credentials(query: str) -> str:
+        return query
+
+    with pytest.raises(TypeError, match="async"):
+        declare(blocking)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ToolCredentials"):
+        declare(without_credentials)
+    with pytest.raises(TypeError, match="list of scope"):
+        nexus.on_behalf_of_user(provider="internal-ops", scopes="acme:gliding")
+    with pytest.raises(TypeError, match="list of scope"):
+        nexus.on_behalf_of_user(provider="internal-ops", scopes=[])
+    with pytest.raises(ValueError, match="agent key"):
+        nexus_for_declarations(api_key="nxa_admin")
+    with pytest.raises(ValueError, match="asymmetric"):
+        JwtTokenVerifier(issuer="i", jwks_url="https://i/jwks", audience="a", algorithms=["HS256"])
+
+
+def test_tool_credentials_apply_the_token_but_never_show_it() -> None:
+    session = AgentSession(
+        session_id="s-1",
+        access_token="provider-token-value",
+        token_type="Bearer",
+        expires_at=2**31,
+        scopes=("crm:contacts:read",),
+        provider="salesforce",
+        connection_id="c-1",
+        session_token="session-token-value",
+        agent_id=AGENT_ID,
+        acting_for="",
+        tenant_id="",
+        clearance_level="",
+        token_scopes=("crm:contacts:read",),
+    )
+    credentials = session_credentials(session)
+    request = httpx.Request("GET", "https://crm.example.com/contacts?q=Ada")
+    sent = next(credentials.auth.auth_flow(request))
+
+    assert sent.headers["Authorization"] == "Bearer provider-token-value"
+    assert credentials.scopes == ("crm:contacts:read",) and credentials.acting_for == ""
+    for shown in (repr(credentials), str(credentials), repr(credentials.auth)):
+        assert "token-value" not in shown
+    assert "s-1" in repr(credentials)
