@@ -38,7 +38,8 @@ try:
     import mcp.server.mcpserver  # noqa: F401
 except ImportError as missing:
     raise ImportError(
-        "nexus_sdk.mcp needs the MCP Python SDK: pip install 'nexus-sdk[mcp]'"
+        "nexus_sdk.mcp needs the MCP Python SDK 2.x (mcp.server.mcpserver): "
+        "pip install 'nexus-sdk[mcp]'"
     ) from missing
 
 from ._mcp_auth import JwtTokenVerifier, ProtectedResource

@@ -444,7 +444,7 @@ def test_importing_without_the_mcp_extra_names_the_extra_to_install() -> None:
         [sys.executable, "-c", hidden], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 1
-    assert "ImportError: nexus_sdk.mcp needs the MCP Python SDK" in done.stderr
+    assert "ImportError: nexus_sdk.mcp needs the MCP Python SDK 2.x" in done.stderr
     assert "pip install 'nexus-sdk[mcp]'" in done.stderr
 
 
