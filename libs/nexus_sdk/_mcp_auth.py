@@ -1,0 +1,153 @@
+"""The MCP server as an OAuth resource server (MCP authorization spec, RFC 9728).
+
+``ProtectedResource`` says what the server tells clients about itself; the
+mcp SDK's own machinery (``AuthSettings``, its bearer middleware) then serves
+``/.well-known/oauth-protected-resource<path>`` and answers a request without
+a valid token with 401 and ``WWW-Authenticate: Bearer ... resource_metadata=``.
+
+What the resource server checks itself, by default (``JwtTokenVerifier``): the
+user's token is a JWT signed by a key in the authorization server's JWK Set,
+with that issuer, this server's audience, a subject and an unexpired ``exp``.
+The MCP spec requires a server to refuse tokens not issued for it, so an
+unverifiable token never reaches a tool. Whether the user may do what a tool
+does is not decided here: Nexus's backend (``BACKEND_AUTH_URL``) validates the
+same token again when a tool opens an on-behalf-of session, and reports the
+user's permissions. A deployer whose tokens are opaque plugs any mcp
+``TokenVerifier`` instead (RFC 7662 introspection, say).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
+
+__all__ = ["DEFAULT_ALGORITHMS", "JwtTokenVerifier", "ProtectedResource"]
+
+logger = logging.getLogger("nexus_sdk.mcp")
+
+# Asymmetric only: a shared-secret (HS*) key would let whoever verifies also mint.
+DEFAULT_ALGORITHMS = ("ES256", "RS256", "EdDSA")
+# An unknown key id may mean the authorization server rotated its keys; look
+# again, but not on every forged token.
+JWKS_REFETCH_SECONDS = 30.0
+CLOCK_LEEWAY_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class ProtectedResource:
+    """This MCP server as an OAuth protected resource.
+
+    ``url`` is the MCP endpoint as clients reach it (``https://mcp.example.com/mcp``),
+    the RFC 9728 ``resource``; ``authorization_server`` is the issuer of the
+    users' tokens, named in the metadata so clients know where to get one.
+    """
+
+    url: str
+    authorization_server: str
+
+    def auth_settings(self) -> AuthSettings:
+        # The token's audience is checked by the verifier (JwtTokenVerifier or
+        # the deployer's), not by comparing RFC 8707 resource indicators.
+        return AuthSettings(
+            issuer_url=self.authorization_server,  # type: ignore[arg-type]
+            resource_server_url=self.url,  # type: ignore[arg-type]
+            validate_token_resource=False,
+        )
+
+
+class JwtTokenVerifier:
+    """An mcp ``TokenVerifier`` for JWT access tokens, checked against the issuer's JWK Set.
+
+    ``audience`` is what the tokens name as theirs (``aud``); the MCP spec
+    expects this server's resource URL. The JWK Set is fetched with ``http``
+    (an ``httpx.AsyncClient`` you own) or a client of our own, without
+    following redirects.
+    """
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        jwks_url: str,
+        audience: str,
+        algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
+        http: httpx.AsyncClient | None = None,
+        timeout_seconds: float = 10.0,
+    ) -> None:
+        if isinstance(algorithms, str) or any(alg.upper().startswith("HS") for alg in algorithms):
+            raise ValueError("algorithms must be a list of asymmetric JWS algorithms")
+        self.issuer = issuer
+        self.jwks_url = jwks_url
+        self.audience = audience
+        self.algorithms = tuple(algorithms)
+        self._http = http
+        self._timeout = httpx.Timeout(timeout_seconds)
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = float("-inf")
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """The token's principal, or ``None`` (the middleware then answers 401)."""
+        try:
+            header = jwt.get_unverified_header(token)
+            key = await self._key(header.get("kid"))
+            if key is None:
+                logger.info("bearer token refused: its key id is not in %s", self.jwks_url)
+                return None
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=list(self.algorithms),
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=CLOCK_LEEWAY_SECONDS,
+                options={"require": ["iss", "aud", "sub", "exp"]},
+            )
+        except jwt.PyJWTError as exc:
+            # The class says why; the message might quote the token's content.
+            logger.info("bearer token refused (%s)", type(exc).__name__)
+            return None
+        scope = claims.get("scope")
+        return AccessToken(
+            token=token,
+            client_id=str(claims.get("client_id") or claims.get("azp") or claims["sub"]),
+            scopes=scope.split() if isinstance(scope, str) else [],
+            expires_at=int(claims["exp"]),
+            subject=str(claims["sub"]),
+            claims={"iss": claims["iss"]},
+        )
+
+    async def _key(self, kid: object) -> jwt.PyJWK | None:
+        if not isinstance(kid, str):
+            return None
+        if kid not in self._keys and time.monotonic() - self._fetched_at >= JWKS_REFETCH_SECONDS:
+            await self._fetch()
+        return self._keys.get(kid)
+
+    async def _fetch(self) -> None:
+        self._fetched_at = time.monotonic()
+        try:
+            if self._http is not None:
+                response = await self._http.get(self.jwks_url, timeout=self._timeout)
+            else:
+                async with httpx.AsyncClient(timeout=self._timeout) as http:
+                    response = await http.get(self.jwks_url)
+            response.raise_for_status()
+            keys = jwt.PyJWKSet.from_dict(response.json()).keys
+        except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
+            # Keep the keys we had: a failed fetch must not log everyone out.
+            logger.warning(
+                "could not fetch the JWK Set at %s (%s)", self.jwks_url, type(exc).__name__
+            )
+            return
+        self._keys = {key.key_id: key for key in keys if key.key_id}
+
+    def __repr__(self) -> str:
+        return f"JwtTokenVerifier(issuer={self.issuer!r}, audience={self.audience!r})"
