@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { webcrypto } from 'node:crypto';
 import { test } from 'node:test';
 
-import { NexusAuthError, type AgentSession, type JwkSet } from '@nexus-broker/sdk';
+import { NexusAuthError, NexusClient, type AgentSession, type JwkSet } from '@nexus-broker/sdk';
 
 import { asAgent, stack, userinfoStatus } from './support.js';
 
@@ -190,4 +190,20 @@ test('Step 5: the session token verifies with the JWK Set from jwks()', async ()
   const forged = { ...JSON.parse(Buffer.from(payload ?? '', 'base64url').toString()), sub: 'mallory' };
   const tampered = [header, Buffer.from(JSON.stringify(forged)).toString('base64url'), signature].join('.');
   assert.equal(await verifiedClaims(tampered, keys), null);
+});
+
+test('jwks() needs no credential, and sends none', async () => {
+  const sent: Array<Record<string, string>> = [];
+  const nexus = new NexusClient({
+    gatewayUrl: stack.gatewayUrl,
+    agentKey: stack.crmKey,
+    fetch: async (input, init) => {
+      sent.push({ ...(init?.headers as Record<string, string>) });
+      return fetch(input, init);
+    },
+  });
+  const keys = await nexus.jwks();
+  assert.ok(keys.keys.length > 0 && keys.keys.every((key) => typeof key.kid === 'string'));
+  assert.equal(sent.length, 1);
+  assert.ok(!('Authorization' in (sent[0] ?? {})) && !('X-API-Key' in (sent[0] ?? {})));
 });
