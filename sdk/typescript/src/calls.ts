@@ -87,7 +87,13 @@ export function checkConnection(connectionId: string): Call<Connection> {
 
 export function createAgentSession(request: AgentSessionRequest): Call<AgentSession> {
   const body = sessionBody(request);
-  return { method: 'POST', path: '/v1/agent-sessions', body, auth: true, read: reader(agentSession) };
+  return {
+    method: 'POST',
+    path: '/v1/agent-sessions',
+    body,
+    auth: true,
+    read: reader(agentSession),
+  };
 }
 
 export function createOboSession(request: OboSessionRequest): Call<AgentSession> {

@@ -100,7 +100,10 @@ export class NexusClient {
 
   async #send<T>(call: Call<T>): Promise<T> {
     const settings = this.#settings;
-    const headers: Record<string, string> = { Accept: 'application/json', 'User-Agent': USER_AGENT };
+    const headers: Record<string, string> = {
+      Accept: 'application/json',
+      'User-Agent': USER_AGENT,
+    };
     if (call.body !== undefined) headers['Content-Type'] = 'application/json';
     if (call.auth) Object.assign(headers, settings.authHeaders());
     let answer: Answer;
@@ -115,7 +118,11 @@ export class NexusClient {
         // One deadline for the whole exchange, the body included.
         signal: AbortSignal.timeout(settings.timeoutSeconds * 1000),
       });
-      answer = { status: response.status, statusText: response.statusText, body: await response.text() };
+      answer = {
+        status: response.status,
+        statusText: response.statusText,
+        body: await response.text(),
+      };
     } catch (thrown) {
       throw transportError(settings.origin, thrown) ?? thrown;
     }

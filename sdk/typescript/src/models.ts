@@ -217,7 +217,8 @@ export function tokenPayload(body: unknown): TokenPayload {
   return new TokenPayload({
     strategy: strategy as Strategy,
     credentials: object(data['credentials']),
-    expiresAt: expiresAt === undefined || expiresAt === null ? null : unixSeconds(expiresAt, 'expires_at'),
+    expiresAt:
+      expiresAt === undefined || expiresAt === null ? null : unixSeconds(expiresAt, 'expires_at'),
   });
 }
 

@@ -27,7 +27,9 @@ test('the public API is what the docs name', () => {
     'UnsupportedStrategy',
     'applyCredentials',
   ]);
-  const methods = Object.getOwnPropertyNames(sdk.NexusClient.prototype).filter((name) => name !== 'constructor');
+  const methods = Object.getOwnPropertyNames(sdk.NexusClient.prototype).filter(
+    (name) => name !== 'constructor',
+  );
   assert.deepEqual(methods.sort(), [
     'checkConnection',
     'closeAgentSession',
@@ -70,7 +72,10 @@ test('every error class is a NexusError with its own name', () => {
     const error = new cls('refused', { status: 403, reason: 'R', metadata: { k: 'v' } });
     assert.ok(error instanceof sdk.NexusError && error instanceof Error);
     assert.equal(error.name, cls.name);
-    assert.deepEqual([error.status, error.reason, error.message, error.metadata], [403, 'R', 'refused', { k: 'v' }]);
+    assert.deepEqual(
+      [error.status, error.reason, error.message, error.metadata],
+      [403, 'R', 'refused', { k: 'v' }],
+    );
     assert.equal(String(error), `${cls.name}: refused (HTTP 403, R)`);
   }
   assert.equal(String(new sdk.NexusError('no answer')), 'NexusError: no answer');

@@ -66,10 +66,15 @@ test('checkConnection reports an active connection to the admin key, and only to
     assert.deepEqual([error.status, error.reason], [404, 'CONNECTION_NOT_FOUND']);
     return true;
   });
-  await assert.rejects(asAgent(stack.crmKey).checkConnection(stack.connectionId), (error: unknown) => {
-    assert.ok(error instanceof NexusAuthError);
-    return true;
-  });
+  await assert.rejects(
+    asAgent(stack.crmKey).checkConnection(stack.connectionId),
+    (error: unknown) => {
+      assert.ok(error instanceof NexusAuthError);
+      // Agent keys are not admin credentials: the gateway does not know the caller here.
+      assert.deepEqual([error.status, error.reason], [401, 'UNAUTHENTICATED']);
+      return true;
+    },
+  );
 });
 
 test('applyCredentials: oauth2 is a Bearer header the provider accepts', async () => {
@@ -110,12 +115,19 @@ test('applyCredentials: api_key fields go to the query and the body when the sch
       { name: 'signature', in: 'body', key: 'sig' },
     ],
   };
-  const token = new TokenPayload({ strategy, credentials: { api_key: 'k-1', account: 42, signature: 's-1' } });
+  const token = new TokenPayload({
+    strategy,
+    credentials: { api_key: 'k-1', account: 42, signature: 's-1' },
+  });
   const applied = applyCredentials(token);
   assert.deepEqual(applied.headers, { 'X-API-Key': 'k-1' });
   assert.deepEqual(applied.query, { acct: '42' });
   assert.deepEqual(applied.body, { sig: 's-1' });
-  for (const shown of [inspect(applied, { showHidden: true }), JSON.stringify(applied), inspect(token)]) {
+  for (const shown of [
+    inspect(applied, { showHidden: true }),
+    JSON.stringify(applied),
+    inspect(token),
+  ]) {
     assert.ok(!shown.includes('k-1') && !shown.includes('s-1'));
   }
 });

@@ -46,37 +46,104 @@ const CRM_SESSION: AgentSessionRequest = {
   provider: 'salesforce',
   scopes: ['crm:contacts:read'],
 };
-const crmSession = (extra: Partial<AgentSessionRequest> = {}) => (nexus: NexusClient) =>
-  nexus.requestAgentSession({ ...CRM_SESSION, ...extra });
-const token = (connectionId: string) => (nexus: NexusClient) => nexus.getTokenByConnectionId(connectionId);
+const crmSession =
+  (extra: Partial<AgentSessionRequest> = {}) =>
+  (nexus: NexusClient) =>
+    nexus.requestAgentSession({ ...CRM_SESSION, ...extra });
+const token = (connectionId: string) => (nexus: NexusClient) =>
+  nexus.getTokenByConnectionId(connectionId);
 
 const REFUSALS: Record<string, Refusal> = {
-  'wrong-agent-key': { call: crmSession(), error: NexusAuthError, status: 401, reason: 'UNAUTHENTICATED', key: 'wrong' },
-  'no-key': { call: crmSession(), error: NexusAuthError, status: 401, reason: 'UNAUTHENTICATED', key: 'none' },
-  'another-agents-identity': { call: crmSession(), error: NexusAuthError, status: 403, reason: 'AGENT_MISMATCH', key: 'ops' },
+  'wrong-agent-key': {
+    call: crmSession(),
+    error: NexusAuthError,
+    status: 401,
+    reason: 'UNAUTHENTICATED',
+    key: 'wrong',
+  },
+  'no-key': {
+    call: crmSession(),
+    error: NexusAuthError,
+    status: 401,
+    reason: 'UNAUTHENTICATED',
+    key: 'none',
+  },
+  'another-agents-identity': {
+    call: crmSession(),
+    error: NexusAuthError,
+    status: 403,
+    reason: 'AGENT_MISMATCH',
+    key: 'ops',
+  },
   'unknown-provider': {
     call: crmSession({ provider: 'no-such-provider' }),
     error: NexusNotFoundError,
     status: 404,
     reason: 'PROVIDER_NOT_FOUND',
   },
-  'ttl-too-long': { call: crmSession({ ttl: 86_400 }), error: NexusInvalidRequestError, status: 400, reason: 'VALIDATION_FAILED' },
-  'ttl-zero': { call: crmSession({ ttl: 0 }), error: NexusInvalidRequestError, status: 400, reason: 'VALIDATION_FAILED' },
-  'unknown-connection': { call: token('conn_01HXYZ'), error: NexusNotFoundError, status: 404, reason: 'CONNECTION_NOT_FOUND', key: 'admin' },
+  'ttl-too-long': {
+    call: crmSession({ ttl: 86_400 }),
+    error: NexusInvalidRequestError,
+    status: 400,
+    reason: 'VALIDATION_FAILED',
+  },
+  'ttl-zero': {
+    call: crmSession({ ttl: 0 }),
+    error: NexusInvalidRequestError,
+    status: 400,
+    reason: 'VALIDATION_FAILED',
+  },
+  'unknown-connection': {
+    call: token('conn_01HXYZ'),
+    error: NexusNotFoundError,
+    status: 404,
+    reason: 'CONNECTION_NOT_FOUND',
+    key: 'admin',
+  },
   // Unquoted, this would be GET /v1/providers; quoted, it is just an unknown id.
-  'id-with-dot-dot-slash': { call: token('../providers'), error: NexusNotFoundError, status: 404, reason: 'CONNECTION_NOT_FOUND', key: 'admin' },
-  'gateway-stopped': { call: crmSession(), error: NexusUnavailableError, status: null, reason: null, gateway: 'stopped' },
-  'not-a-nexus-gateway': { call: token('conn_01HXYZ'), error: NexusNotFoundError, status: 404, reason: null, gateway: 'idp' },
+  'id-with-dot-dot-slash': {
+    call: token('../providers'),
+    error: NexusNotFoundError,
+    status: 404,
+    reason: 'CONNECTION_NOT_FOUND',
+    key: 'admin',
+  },
+  'gateway-stopped': {
+    call: crmSession(),
+    error: NexusUnavailableError,
+    status: null,
+    reason: null,
+    gateway: 'stopped',
+  },
+  'not-a-nexus-gateway': {
+    call: token('conn_01HXYZ'),
+    error: NexusNotFoundError,
+    status: 404,
+    reason: null,
+    gateway: 'idp',
+  },
 };
 
 async function refusalClient(refusal: Refusal): Promise<NexusClient> {
   const gateway = refusal.gateway ?? 'stack';
-  const gatewayUrl = gateway === 'stack' ? stack.gatewayUrl : gateway === 'idp' ? stack.idpIssuer : await stoppedUrl();
+  const gatewayUrl =
+    gateway === 'stack'
+      ? stack.gatewayUrl
+      : gateway === 'idp'
+        ? stack.idpIssuer
+        : await stoppedUrl();
   const key = refusal.key ?? 'crm';
   if (key === 'admin') return new NexusClient({ gatewayUrl, apiKey: stack.adminKey });
-  const agentKey = { crm: stack.crmKey, ops: stack.opsKey, wrong: 'nxag_not-a-real-key', none: undefined }[key];
+  const agentKey = {
+    crm: stack.crmKey,
+    ops: stack.opsKey,
+    wrong: 'nxag_not-a-real-key',
+    none: undefined,
+  }[key];
   // 'none' must mean no key at all, so the environment cannot supply one.
-  assert.ok(process.env['NEXUS_AGENT_KEY'] === undefined && process.env['NEXUS_API_KEY'] === undefined);
+  assert.ok(
+    process.env['NEXUS_AGENT_KEY'] === undefined && process.env['NEXUS_API_KEY'] === undefined,
+  );
   return new NexusClient({ gatewayUrl, agentKey });
 }
 
@@ -102,7 +169,11 @@ test('a gateway that does not answer in time is unavailable', async () => {
   await once(silent, 'listening');
   const { port } = silent.address() as AddressInfo;
   try {
-    const nexus = new NexusClient({ gatewayUrl: `http://127.0.0.1:${port}`, agentKey: stack.crmKey, timeoutSeconds: 0.3 });
+    const nexus = new NexusClient({
+      gatewayUrl: `http://127.0.0.1:${port}`,
+      agentKey: stack.crmKey,
+      timeoutSeconds: 0.3,
+    });
     await assert.rejects(nexus.jwks(), (error: unknown) => {
       assert.ok(error instanceof NexusUnavailableError);
       assert.equal(error.status, null);
@@ -152,15 +223,27 @@ test('every status has one error class, even without a JSON body', async () => {
   try {
     const nexus = new NexusClient({ gatewayUrl: server.url, agentKey: 'nxag_k' });
     for (const [status, cls] of BY_STATUS) {
-      answers.push([status, 'text/html', '<html>secret-looking page</html>'], [status, 'application/json', STATUS_BODY]);
-      const page = await nexus.getTokenByConnectionId('conn_01HXYZ').catch((error: unknown) => error);
-      const rpcStatus = await nexus.getTokenByConnectionId('conn_01HXYZ').catch((error: unknown) => error);
+      answers.push(
+        [status, 'text/html', '<html>secret-looking page</html>'],
+        [status, 'application/json', STATUS_BODY],
+      );
+      const page = await nexus
+        .getTokenByConnectionId('conn_01HXYZ')
+        .catch((error: unknown) => error);
+      const rpcStatus = await nexus
+        .getTokenByConnectionId('conn_01HXYZ')
+        .catch((error: unknown) => error);
       assert.ok(page instanceof NexusError && rpcStatus instanceof NexusError);
       assert.equal(page.constructor, cls, `HTTP ${status}`);
       assert.deepEqual([page.status, page.reason], [status, null]);
-      assert.ok(String(page).includes(`HTTP ${status}`) && !String(page).includes('secret-looking'));
+      assert.ok(
+        String(page).includes(`HTTP ${status}`) && !String(page).includes('secret-looking'),
+      );
       assert.equal(rpcStatus.constructor, cls, `HTTP ${status}`);
-      assert.deepEqual([rpcStatus.reason, rpcStatus.message], ['AGENT_ALREADY_EXISTS', 'agent already exists']);
+      assert.deepEqual(
+        [rpcStatus.reason, rpcStatus.message],
+        ['AGENT_ALREADY_EXISTS', 'agent already exists'],
+      );
       assert.deepEqual(rpcStatus.metadata, { agent_id: 'crm-agent' });
     }
   } finally {
@@ -214,47 +297,88 @@ test('dot segments, empty ids and non-strings are refused before any request', a
     },
   });
   for (const bad of ['', '.', '..', undefined, 42, '\ud800']) {
-    await assert.rejects(nexus.closeAgentSession(bad as string), { name: 'TypeError', message: /sessionId/ });
-    await assert.rejects(nexus.getTokenByConnectionId(bad as string), { name: 'TypeError', message: /connectionId/ });
-    await assert.rejects(nexus.refreshConnection(bad as string), { name: 'TypeError', message: /connectionId/ });
-    await assert.rejects(nexus.checkConnection(bad as string), { name: 'TypeError', message: /connectionId/ });
+    await assert.rejects(nexus.closeAgentSession(bad as string), {
+      name: 'TypeError',
+      message: /sessionId/,
+    });
+    await assert.rejects(nexus.getTokenByConnectionId(bad as string), {
+      name: 'TypeError',
+      message: /connectionId/,
+    });
+    await assert.rejects(nexus.refreshConnection(bad as string), {
+      name: 'TypeError',
+      message: /connectionId/,
+    });
+    await assert.rejects(nexus.checkConnection(bad as string), {
+      name: 'TypeError',
+      message: /connectionId/,
+    });
   }
-  await assert.rejects(nexus.getTokenByConnectionId("a/../../providers?x#y!'()*"), NexusNotFoundError);
+  await assert.rejects(
+    nexus.getTokenByConnectionId("a/../../providers?x#y!'()*"),
+    NexusNotFoundError,
+  );
   assert.deepEqual(seen, ['/v1/token/a%2F..%2F..%2Fproviders%3Fx%23y%21%27%28%29%2A']);
 });
 
 test('bad options and arguments are refused with a clear message', async () => {
-  assert.throws(() => new NexusClient({ gatewayUrl: stack.gatewayUrl, agentKey: 'a', apiKey: 'b' }), {
-    name: 'TypeError',
-    message: /not both/,
-  });
-  assert.throws(() => new NexusClient({ gatewayUrl: 'https://user:pw@nexus.example.com' }), /credentials/);
+  assert.throws(
+    () => new NexusClient({ gatewayUrl: stack.gatewayUrl, agentKey: 'a', apiKey: 'b' }),
+    {
+      name: 'TypeError',
+      message: /not both/,
+    },
+  );
+  assert.throws(
+    () => new NexusClient({ gatewayUrl: 'https://user:pw@nexus.example.com' }),
+    /credentials/,
+  );
   assert.throws(() => new NexusClient({ gatewayUrl: 'nexus.example.com' }), /http/);
   assert.throws(() => new NexusClient({ gatewayUrl: 'ftp://nexus.example.com' }), /http/);
   assert.throws(() => new NexusClient({ gatewayUrl: 'https://nexus.example.com/?x=1' }), /query/);
-  assert.throws(() => new NexusClient({ gatewayUrl: stack.gatewayUrl, timeoutSeconds: 0 }), /timeoutSeconds/);
+  assert.throws(
+    () => new NexusClient({ gatewayUrl: stack.gatewayUrl, timeoutSeconds: 0 }),
+    /timeoutSeconds/,
+  );
   const secret = 'nxag_line\r\nX-Injected: 1';
   assert.throws(
     () => new NexusClient({ gatewayUrl: stack.gatewayUrl, agentKey: secret }),
-    (error: unknown) => error instanceof TypeError && /agentKey/.test(error.message) && !error.message.includes('nxag_line'),
+    (error: unknown) =>
+      error instanceof TypeError &&
+      /agentKey/.test(error.message) &&
+      !error.message.includes('nxag_line'),
   );
   const nexus = asAgent(stack.crmKey);
   await assert.rejects(
     nexus.requestAgentSession({ ...CRM_SESSION, scopes: 'a b' as unknown as string[] }),
     { name: 'TypeError', message: /scopes/ },
   );
-  await assert.rejects(nexus.requestAgentSession({ ...CRM_SESSION, ttl: 1.5 }), { name: 'TypeError', message: /ttl/ });
+  await assert.rejects(nexus.requestAgentSession({ ...CRM_SESSION, ttl: 1.5 }), {
+    name: 'TypeError',
+    message: /ttl/,
+  });
 });
 
 /** Every way a value can be shown: inspect (also with hidden members), String, JSON. */
 function shown(value: unknown): string[] {
-  const views = [inspect(value), inspect(value, { showHidden: true, depth: 8 }), String(value), JSON.stringify(value) ?? ''];
-  if (value instanceof NexusError) views.push(value.message, value.stack ?? '', ...Object.values(value.metadata));
+  const views = [
+    inspect(value),
+    inspect(value, { showHidden: true, depth: 8 }),
+    String(value),
+    JSON.stringify(value) ?? '',
+  ];
+  if (value instanceof NexusError)
+    views.push(value.message, value.stack ?? '', ...Object.values(value.metadata));
   return views;
 }
 
 test('secrets never appear in errors, inspect output or JSON', async () => {
-  const secrets = [stack.opsKey, stack.adminKey, stack.permittedUserToken, stack.unpermittedUserToken];
+  const secrets = [
+    stack.opsKey,
+    stack.adminKey,
+    stack.permittedUserToken,
+    stack.unpermittedUserToken,
+  ];
   const ops = asAgent(stack.opsKey);
   const admin = new NexusClient({ gatewayUrl: stack.gatewayUrl, apiKey: stack.adminKey });
   const obo = await ops.requestOboSession({
@@ -265,20 +389,31 @@ test('secrets never appear in errors, inspect output or JSON', async () => {
   });
   await ops.closeAgentSession(obo.sessionId);
   const refused = await ops
-    .requestOboSession({ agentId: 'ops-agent', provider: 'internal-ops', scopes: ['acme:gliding'], userContextToken: stack.unpermittedUserToken })
+    .requestOboSession({
+      agentId: 'ops-agent',
+      provider: 'internal-ops',
+      scopes: ['acme:gliding'],
+      userContextToken: stack.unpermittedUserToken,
+    })
     .catch((error: unknown) => error);
   assert.ok(refused instanceof NexusAuthError);
   const unreachable = new NexusClient({ gatewayUrl: await stoppedUrl(), agentKey: stack.opsKey });
-  const down = await unreachable.getTokenByConnectionId(stack.connectionId).catch((error: unknown) => error);
+  const down = await unreachable
+    .getTokenByConnectionId(stack.connectionId)
+    .catch((error: unknown) => error);
   assert.ok(down instanceof NexusUnavailableError);
-  assert.match(down.message, /could not reach the Nexus gateway at http:\/\/127\.0\.0\.1:\d+ \(ECONNREFUSED\)/);
+  assert.match(
+    down.message,
+    /could not reach the Nexus gateway at http:\/\/127\.0\.0\.1:\d+ \(ECONNREFUSED\)/,
+  );
   const tokenPayload = await admin.getTokenByConnectionId(stack.connectionId);
   const accessToken = String(tokenPayload.credentials['access_token']);
   assert.ok(accessToken.length > 8 && obo.sessionToken.length > 8);
 
   for (const value of [ops, admin, unreachable, refused, down]) {
     for (const view of shown(value)) {
-      for (const secret of secrets) assert.ok(!view.includes(secret), 'a key or user token is shown');
+      for (const secret of secrets)
+        assert.ok(!view.includes(secret), 'a key or user token is shown');
     }
   }
   assert.ok(inspect(obo).includes(obo.sessionId));

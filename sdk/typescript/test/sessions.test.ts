@@ -25,7 +25,12 @@ const internalOps = {
 };
 
 /** Step 5's run_gliding, in TypeScript; `opened` collects each session it got. */
-async function runGliding(userToken: string, customerIds: string[], opened: AgentSession[], scope = 'acme:gliding') {
+async function runGliding(
+  userToken: string,
+  customerIds: string[],
+  opened: AgentSession[],
+  scope = 'acme:gliding',
+) {
   // Rejects with NexusAuthError if the user does not have the permission
   const obo = await ops.requestOboSession({
     agentId: 'ops-agent',
@@ -54,7 +59,10 @@ test('a read-only session reaches the provider, is active until closed, and clos
   } finally {
     await crm.closeAgentSession(session.sessionId);
   }
-  assert.deepEqual([session.agentId, session.provider, session.tokenType], ['crm-agent', 'salesforce', 'Bearer']);
+  assert.deepEqual(
+    [session.agentId, session.provider, session.tokenType],
+    ['crm-agent', 'salesforce', 'Bearer'],
+  );
   assert.deepEqual(session.scopes, ['crm:contacts:read']);
   assert.equal(session.connectionId, stack.connectionId);
   assert.equal(session.actingFor, '');
@@ -71,7 +79,11 @@ test('a read-only session reaches the provider, is active until closed, and clos
 
 test('the crm agent cannot widen its scopes', async () => {
   await assert.rejects(
-    crm.requestAgentSession({ agentId: 'crm-agent', provider: 'salesforce', scopes: ['crm:contacts:write'] }),
+    crm.requestAgentSession({
+      agentId: 'crm-agent',
+      provider: 'salesforce',
+      scopes: ['crm:contacts:write'],
+    }),
     (error: unknown) => {
       assert.ok(error instanceof NexusAuthError);
       assert.deepEqual([error.status, error.reason], [403, 'AGENT_SCOPE_NOT_ALLOWED']);
@@ -98,7 +110,12 @@ test('ttl is seconds: a 900 second session ends within 15 minutes', async () => 
 test('one client serves concurrent sessions', async () => {
   const sessions = await Promise.all(
     Array.from({ length: 5 }, () =>
-      ops.requestAgentSession({ agentId: 'ops-agent', provider: 'internal-ops', scopes: ['acme:flaring'], ttl: 60 }),
+      ops.requestAgentSession({
+        agentId: 'ops-agent',
+        provider: 'internal-ops',
+        scopes: ['acme:flaring'],
+        ttl: 60,
+      }),
     ),
   );
   await Promise.all(sessions.map((session) => ops.closeAgentSession(session.sessionId)));
@@ -108,7 +125,11 @@ test('one client serves concurrent sessions', async () => {
 test('Step 5: an OBO session for a permitted user carries their context, and ends on close', async () => {
   const opened: AgentSession[] = [];
   const result = await runGliding(stack.permittedUserToken, ['c-1', 'c-2'], opened);
-  assert.deepEqual(result, { glided: ['c-1', 'c-2'], tenantId: 'acme-eu', clearanceLevel: 'secret' });
+  assert.deepEqual(result, {
+    glided: ['c-1', 'c-2'],
+    tenantId: 'acme-eu',
+    clearanceLevel: 'secret',
+  });
   const [obo] = opened;
   assert.ok(obo !== undefined);
   assert.equal(obo.actingFor, 'sarah');
@@ -118,29 +139,41 @@ test('Step 5: an OBO session for a permitted user carries their context, and end
 
 test('Step 5: a user without acme:gliding is refused with USER_PERMISSION_MISSING', async () => {
   const opened: AgentSession[] = [];
-  await assert.rejects(runGliding(stack.unpermittedUserToken, ['c-1'], opened), (error: unknown) => {
-    assert.ok(error instanceof NexusAuthError);
-    assert.deepEqual([error.status, error.reason], [403, 'USER_PERMISSION_MISSING']);
-    assert.ok(error.metadata['missing']?.includes('acme:gliding'));
-    return true;
-  });
+  await assert.rejects(
+    runGliding(stack.unpermittedUserToken, ['c-1'], opened),
+    (error: unknown) => {
+      assert.ok(error instanceof NexusAuthError);
+      assert.deepEqual([error.status, error.reason], [403, 'USER_PERMISSION_MISSING']);
+      assert.ok(error.metadata['missing']?.includes('acme:gliding'));
+      return true;
+    },
+  );
   assert.equal(opened.length, 0);
 });
 
 test('Step 5: a permission the user has but the agent was never allowed is refused', async () => {
-  await assert.rejects(runGliding(stack.permittedUserToken, ['c-9'], [], 'acme:treasury'), (error: unknown) => {
-    assert.ok(error instanceof NexusAuthError);
-    assert.deepEqual([error.status, error.reason], [403, 'AGENT_SCOPE_NOT_ALLOWED']);
-    assert.equal(error.metadata['denied_scopes'], 'acme:treasury');
-    return true;
-  });
+  await assert.rejects(
+    runGliding(stack.permittedUserToken, ['c-9'], [], 'acme:treasury'),
+    (error: unknown) => {
+      assert.ok(error instanceof NexusAuthError);
+      assert.deepEqual([error.status, error.reason], [403, 'AGENT_SCOPE_NOT_ALLOWED']);
+      assert.equal(error.metadata['denied_scopes'], 'acme:treasury');
+      return true;
+    },
+  );
 });
 
 /** Verifies a compact ES256 JWS with a key from the set; returns its claims, or null. */
-async function verifiedClaims(token: string, keys: JwkSet): Promise<Record<string, unknown> | null> {
+async function verifiedClaims(
+  token: string,
+  keys: JwkSet,
+): Promise<Record<string, unknown> | null> {
   const [header, payload, signature] = token.split('.');
   assert.ok(header !== undefined && payload !== undefined && signature !== undefined);
-  const { kid, alg } = JSON.parse(Buffer.from(header, 'base64url').toString()) as { kid: string; alg: string };
+  const { kid, alg } = JSON.parse(Buffer.from(header, 'base64url').toString()) as {
+    kid: string;
+    alg: string;
+  };
   assert.equal(alg, 'ES256');
   const jwk = keys.keys.find((key) => key.kid === kid);
   assert.ok(jwk !== undefined, 'the token is signed by a key in the set');
@@ -157,7 +190,9 @@ async function verifiedClaims(token: string, keys: JwkSet): Promise<Record<strin
     Buffer.from(signature, 'base64url'),
     Buffer.from(`${header}.${payload}`),
   );
-  return valid ? (JSON.parse(Buffer.from(payload, 'base64url').toString()) as Record<string, unknown>) : null;
+  return valid
+    ? (JSON.parse(Buffer.from(payload, 'base64url').toString()) as Record<string, unknown>)
+    : null;
 }
 
 test('Step 5: the session token verifies with the JWK Set from jwks()', async () => {
@@ -187,8 +222,15 @@ test('Step 5: the session token verifies with the JWK Set from jwks()', async ()
 
   // The same token with its claims changed no longer verifies.
   const [header, payload, signature] = obo.sessionToken.split('.');
-  const forged = { ...JSON.parse(Buffer.from(payload ?? '', 'base64url').toString()), sub: 'mallory' };
-  const tampered = [header, Buffer.from(JSON.stringify(forged)).toString('base64url'), signature].join('.');
+  const forged = {
+    ...JSON.parse(Buffer.from(payload ?? '', 'base64url').toString()),
+    sub: 'mallory',
+  };
+  const tampered = [
+    header,
+    Buffer.from(JSON.stringify(forged)).toString('base64url'),
+    signature,
+  ].join('.');
   assert.equal(await verifiedClaims(tampered, keys), null);
 });
 
