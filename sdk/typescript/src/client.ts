@@ -106,18 +106,21 @@ export class NexusClient {
     };
     if (call.body !== undefined) headers['Content-Type'] = 'application/json';
     if (call.auth) Object.assign(headers, settings.authHeaders());
+    // Built before sending, so a body that cannot be JSON fails as itself,
+    // not as a network failure.
+    const init: RequestInit = {
+      method: call.method,
+      headers,
+      ...(call.body === undefined ? {} : { body: JSON.stringify(call.body) }),
+      // The gateway never redirects API calls, and following one would send
+      // the caller's key somewhere else: a 3xx is read as an unexpected answer.
+      redirect: 'manual',
+      // One deadline for the whole exchange, the body included.
+      signal: AbortSignal.timeout(settings.timeoutSeconds * 1000),
+    };
     let answer: Answer;
     try {
-      const response = await settings.fetch(settings.baseUrl + call.path, {
-        method: call.method,
-        headers,
-        ...(call.body === undefined ? {} : { body: JSON.stringify(call.body) }),
-        // The gateway never redirects API calls, and following one would send
-        // the caller's key somewhere else: a 3xx is read as an unexpected answer.
-        redirect: 'manual',
-        // One deadline for the whole exchange, the body included.
-        signal: AbortSignal.timeout(settings.timeoutSeconds * 1000),
-      });
+      const response = await settings.fetch(settings.baseUrl + call.path, init);
       answer = {
         status: response.status,
         statusText: response.statusText,

@@ -177,7 +177,7 @@ export function transportError(origin: string, thrown: unknown): NexusUnavailabl
       `the Nexus gateway at ${origin} did not answer in time (TimeoutError)`,
     );
   }
-  if (thrown instanceof TypeError || (thrown instanceof Error && thrown.name === 'AbortError')) {
+  if (thrown instanceof TypeError) {
     return new NexusUnavailableError(
       `could not reach the Nexus gateway at ${origin} (${failureCode(thrown)})`,
     );
