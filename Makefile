@@ -6,10 +6,10 @@ PROTO_SRC := $(shell find protos/nexus -name '*.proto' | sort)
 GOOGLE_PROTOS := $(shell $(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))' 2>/dev/null)
 PROTOC := $(PY) -m grpc_tools.protoc -Iprotos -Iprotos/third_party -I$(GOOGLE_PROTOS)
 
-.PHONY: install run test protos check-protos k8s-envoy lint lint-protos validate-envoy pytest bench bench-scale bench-tools clean
+.PHONY: install run test protos check-protos k8s-envoy lint lint-protos validate-envoy check-typescript pytest bench bench-scale bench-tools clean
 
 install: $(VENV)/.installed node_modules/.installed tests/support/oidc/node_modules/.installed \
-	tests/support/certified_oidc/node_modules/.installed
+	tests/support/certified_oidc/node_modules/.installed sdk/typescript/node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,10 @@ tests/support/oidc/node_modules/.installed: tests/support/oidc/package.json test
 
 tests/support/certified_oidc/node_modules/.installed: tests/support/certified_oidc/package.json tests/support/certified_oidc/package-lock.json
 	npm ci --silent --no-audit --no-fund --prefix tests/support/certified_oidc
+	touch $@
+
+sdk/typescript/node_modules/.installed: sdk/typescript/package.json sdk/typescript/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix sdk/typescript
 	touch $@
 
 run: install
@@ -59,10 +63,17 @@ lint: install lint-protos
 validate-envoy: $(VENV)/.installed
 	$(VENV)/bin/envoy --mode validate -c envoy/envoy.yaml --log-level warn
 
+# The TypeScript SDK built into sdk/typescript/dist (its tests import it from there, as users
+# do) and its tests checked, all under tsc --strict; tests/e2e/test_typescript_sdk.py builds
+# both again and runs the tests with node --test against the real stack.
+check-typescript: sdk/typescript/node_modules/.installed
+	sdk/typescript/node_modules/.bin/tsc -p sdk/typescript
+	sdk/typescript/node_modules/.bin/tsc -p sdk/typescript/test --noEmit
+
 pytest: install
 	$(PY) -m pytest -q
 
-test: check-protos lint validate-envoy pytest
+test: check-protos lint validate-envoy check-typescript pytest
 
 # Ratios against a trivial gRPC server measured in the same run, on PostgreSQL (DATABASE_URL,
 # else 127.0.0.1:5432 as user postgres); not part of `make test`. h2load comes from Debian's
