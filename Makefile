@@ -9,7 +9,8 @@ PROTOC := $(PY) -m grpc_tools.protoc -Iprotos -Iprotos/third_party -I$(GOOGLE_PR
 .PHONY: install run test protos check-protos k8s-envoy lint lint-protos validate-envoy check-typescript pytest bench bench-scale bench-tools clean
 
 install: $(VENV)/.installed node_modules/.installed tests/support/oidc/node_modules/.installed \
-	tests/support/certified_oidc/node_modules/.installed sdk/typescript/node_modules/.installed
+	tests/support/certified_oidc/node_modules/.installed sdk/typescript/node_modules/.installed \
+	tests/support/mcp_inspector/node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +32,13 @@ tests/support/certified_oidc/node_modules/.installed: tests/support/certified_oi
 
 sdk/typescript/node_modules/.installed: sdk/typescript/package.json sdk/typescript/package-lock.json
 	npm ci --silent --no-audit --no-fund --prefix sdk/typescript
+	touch $@
+
+# npm install, not ci: the lock omits a Windows-only optional package of the Inspector's
+# (napi-windows-process-start-time) that registries may not serve, and npm ci refuses a
+# lock without it. With the lock in step, install changes neither file.
+tests/support/mcp_inspector/node_modules/.installed: tests/support/mcp_inspector/package.json tests/support/mcp_inspector/package-lock.json
+	npm install --silent --no-save --no-audit --no-fund --prefix tests/support/mcp_inspector
 	touch $@
 
 run: install
@@ -58,7 +66,7 @@ lint-protos: node_modules/.installed
 lint: install lint-protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy libs services tools bench
+	$(VENV)/bin/mypy libs services tools bench examples
 
 validate-envoy: $(VENV)/.installed
 	$(VENV)/bin/envoy --mode validate -c envoy/envoy.yaml --log-level warn
