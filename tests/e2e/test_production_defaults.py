@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from tests.e2e.test_rest_providers import error_reason
-from tests.e2e.test_rest_sessions import bearer, curl, guide, idp, ok
+from tests.e2e.test_rest_sessions import bearer, curl, guide, ok
 from tools.devstack import Stack
 
-__all__ = ["guide", "idp"]  # the guide's fixtures, run here against production
+__all__ = ["guide"]  # the guide's fixture, run here against production
 
 _PATCH = re.compile(r"PATCH (/\S+) (\{.*\})")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +45,7 @@ def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def compiled_tests() -> Path:
+def compile_sdk_and_tests() -> Path:
     """The SDK built into dist/ and its tests into dist-test/, afresh."""
     if not TSC.exists():
         pytest.fail(f"{TSC} is missing: run `make install` (npm ci --prefix sdk/typescript)")
@@ -92,10 +90,9 @@ def captured_connection(
     return str(started["connection_id"])
 
 
-@pytest.fixture(scope="module")
-def node_env(
+def node_environment(
     stack: Stack, guide: Guide, idp: OidcServer, backend: BackendAuthServer, app: AppServer
-) -> Iterator[dict[str, str]]:
+) -> dict[str, str]:
     """What the node tests read (see sdk/typescript/test/support.ts)."""
     with httpx.Client(
         base_url=stack.rest_url, headers={"X-API-Key": stack.admin_key}, timeout=30
@@ -128,7 +125,7 @@ def node_env(
         for name, value in os.environ.items()
         if name not in ("NEXUS_AGENT_KEY", "NEXUS_API_KEY")
     }
-    yield {
+    return {
         **inherited,
         "NEXUS_TS_GATEWAY_URL": stack.rest_url,
         "NEXUS_TS_ADMIN_KEY": stack.admin_key,
@@ -149,14 +146,8 @@ def node_env(
     }
 
 
-def test_every_compiled_test_file_is_run_here(compiled_tests: Path) -> None:
-    assert sorted(path.name for path in compiled_tests.glob("*.test.js")) == sorted(EXPECTED)
-
-
-@pytest.mark.parametrize("name", EXPECTED)
-def test_typescript_sdk_against_the_real_stack(
-    name: str, compiled_tests: Path, node_env: dict[str, str]
-) -> None:
+def passes_every_test(name: str, compiled_tests: Path, node_env: dict[str, str]) -> None:
+    """Runs one compiled test file under node --test: it must pass exactly its EXPECTED tests."""
     result = run(
         ["node", "--test", "--test-reporter=tap", str(compiled_tests / name)],
         cwd=SDK,
@@ -165,8 +156,7 @@ def test_typescript_sdk_against_the_real_stack(
     output = result.stdout + result.stderr
     counts = {key: int(value) for key, value in SUMMARY.findall(result.stdout)}
     expected = EXPECTED[name]
-    code = result.returncode
-    assert code == 0, output
+    assert result.returncode == 0, output
     assert counts == {
         "tests": expected,
         "pass": expected,
@@ -175,3 +165,26 @@ def test_typescript_sdk_against_the_real_stack(
         "skipped": 0,
         "todo": 0,
     }, output
+
+
+@pytest.fixture(scope="module")
+def compiled_tests() -> Path:
+    return compile_sdk_and_tests()
+
+
+@pytest.fixture(scope="module")
+def node_env(
+    stack: Stack, guide: Guide, idp: OidcServer, backend: BackendAuthServer, app: AppServer
+) -> dict[str, str]:
+    return node_environment(stack, guide, idp, backend, app)
+
+
+def test_every_compiled_test_file_is_run_here(compiled_tests: Path) -> None:
+    assert sorted(path.name for path in compiled_tests.glob("*.test.js")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_typescript_sdk_against_the_real_stack(
+    name: str, compiled_tests: Path, node_env: dict[str, str]
+) -> None:
+    passes_every_test(name, compiled_tests, node_env)

@@ -1,10 +1,14 @@
-"""The Python SDK installs alone.
+"""The SDKs install alone, as an agent's project gets them.
 
-A wheel is built from a copy of ``libs/nexus_sdk`` (so nothing else in the
-repository can leak into it) and installed into fresh virtualenvs, with
+Python: a wheel is built from a copy of ``libs/nexus_sdk`` (so nothing else in
+the repository can leak into it) and installed into fresh virtualenvs, with
 dependencies from the package index as an agent's ``pip install`` gets them.
 What is expected is derived, not listed: httpx's own dependency closure, and
 none of the packages the server's ``pyproject.toml`` requires.
+
+TypeScript: ``npm pack`` of ``sdk/typescript`` (its ``prepack`` builds it),
+installed into a fresh npm project, which gets that one package and types a
+strict compiler accepts.
 """
 
 from __future__ import annotations
@@ -24,6 +28,32 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 SDK = ROOT / "libs" / "nexus_sdk"
+TS_SDK = ROOT / "sdk" / "typescript"
+TSC = TS_SDK / "node_modules" / ".bin" / "tsc"
+# An agent's code as the docs write it, with the types it relies on spelled out.
+TS_CONSUMER = """\
+import { NexusAuthError, NexusClient, type AgentSession } from '@nexus-broker/sdk';
+
+const nexus = new NexusClient({ gatewayUrl: 'http://127.0.0.1:1', agentKey: 'k' });
+try {
+  const session: AgentSession = await nexus.requestAgentSession({
+    agentId: 'crm-agent',
+    provider: 'salesforce',
+    scopes: ['crm:contacts:read'],
+    ttl: 900,
+  });
+  const expiresAt: number = session.expiresAt;
+  const bearer: string = `Bearer ${session.accessToken}`;
+  await nexus.closeAgentSession(session.sessionId);
+  console.log(expiresAt, bearer.length);
+} catch (error) {
+  if (error instanceof NexusAuthError) {
+    const status: number | null = error.status;
+    const reason: string | null = error.reason;
+    console.log(status, reason, error.message, error.metadata);
+  }
+}
+"""
 
 
 def run(*argv: str | Path, cwd: Path | None = None) -> str:
@@ -132,3 +162,44 @@ def test_the_extras_bring_what_their_modules_import(wheel: Path, tmp_path: Path)
     assert not added & {"sqlalchemy", "alembic", "psycopg", "aiosqlite", "uvloop", "grpcio-status"}
     works = python_says(python, "import nexus_sdk.bridge, nexus_sdk.mcp", tmp_path)
     assert works.returncode == 0, works.stderr
+
+
+def test_the_typescript_sdk_installs_alone_with_types_a_strict_compiler_checks(
+    tmp_path: Path,
+) -> None:
+    run("npm", "pack", "--silent", "--pack-destination", tmp_path, cwd=TS_SDK)
+    (tarball,) = tmp_path.glob("nexus-broker-sdk-*.tgz")
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    (agent / "package.json").write_text('{"name": "agent", "private": true, "type": "module"}')
+
+    run("npm", "install", "--no-audit", "--no-fund", tarball, cwd=agent)
+
+    modules = agent / "node_modules"
+    assert [p.name for p in modules.iterdir() if not p.name.startswith(".")] == ["@nexus-broker"]
+    assert [p.name for p in (modules / "@nexus-broker").iterdir()] == ["sdk"]
+    exported = run(
+        "node",
+        "--input-type=module",
+        "-e",
+        "import * as sdk from '@nexus-broker/sdk'; console.log(JSON.stringify(Object.keys(sdk)))",
+        cwd=agent,
+    )
+    assert {"NexusClient", "NexusError", "NexusAuthError", "applyCredentials"} <= set(
+        json.loads(exported)
+    )
+    strict = ["--strict", "--noEmit", "--module", "nodenext", "--moduleResolution", "nodenext"]
+    (agent / "agent.ts").write_text(TS_CONSUMER)
+    run(TSC, *strict, "--target", "es2022", "agent.ts", cwd=agent)
+    # The types are real: an expiry read as a string does not compile.
+    (agent / "wrong.ts").write_text(
+        TS_CONSUMER.replace("const expiresAt: number", "const expiresAt: string")
+    )
+    wrong = subprocess.run(
+        [str(TSC), *strict, "--target", "es2022", "wrong.ts"],
+        cwd=agent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert wrong.returncode != 0 and "TS2322" in wrong.stdout, wrong.stdout

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
+
+from tests.support.processes import StopsOnExit
 
 __all__ = ["LoopbackServer", "owner"]
 
 
-class LoopbackServer:
+class LoopbackServer(StopsOnExit):
     """Stop it with ``stop()`` or by leaving a ``with`` block; afterwards its
     port refuses connections. Handlers reach the owner as ``self.server.owner``."""
 
@@ -30,17 +31,6 @@ class LoopbackServer:
             self._http.shutdown()
             self._thread.join()
         self._http.server_close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def owner(handler: BaseHTTPRequestHandler) -> Any:

@@ -17,13 +17,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 import httpx
 
 from tests.support.node_server import REPO_ROOT
-from tests.support.processes import reap
+from tests.support.processes import StopsOnExit, reap
 from tools.devstack import free_port
 
 __all__ = ["EXAMPLE", "ExampleServer", "start_example_server"]
@@ -32,7 +31,7 @@ EXAMPLE = REPO_ROOT / "examples" / "mcp_crm_server.py"
 STARTUP_TIMEOUT_S = 30.0
 
 
-class ExampleServer:
+class ExampleServer(StopsOnExit):
     """A running example server; stop it with ``stop()`` or by leaving a ``with`` block."""
 
     def __init__(self, process: subprocess.Popen[bytes], output: IO[bytes], port: int) -> None:
@@ -49,17 +48,6 @@ class ExampleServer:
     def stop(self) -> None:
         reap(self._process)
         self._output.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_example_server(env: dict[str, str]) -> ExampleServer:

@@ -16,8 +16,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
+
+from tests.support.processes import StopsOnExit
 
 __all__ = ["NodeServer", "start_node_server"]
 
@@ -26,7 +27,7 @@ STARTUP_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
 
 
-class NodeServer:
+class NodeServer(StopsOnExit):
     """A running server; stop it with ``stop()`` or by leaving a ``with`` block."""
 
     def __init__(self, process: subprocess.Popen[bytes]) -> None:
@@ -34,17 +35,6 @@ class NodeServer:
 
     def stop(self) -> None:
         _stop(self._process)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

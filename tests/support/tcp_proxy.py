@@ -14,15 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from types import TracebackType
-from typing import Self
+
+from tests.support.processes import StopsOnExit
 
 __all__ = ["TcpProxy"]
 
 _CHUNK = 64 * 1024
 
 
-class TcpProxy:
+class TcpProxy(StopsOnExit):
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self._upstream = (upstream_host, upstream_port)
         self._cut = False
@@ -90,14 +90,3 @@ class TcpProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
