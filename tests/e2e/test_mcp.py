@@ -25,6 +25,7 @@ from nexus_sdk.mcp import JwtTokenVerifier, NexusMCP, ProtectedResource, ToolCre
 
 from tests.e2e.agent_guide import Guide
 from tests.e2e.test_rest_sessions import ok, verify
+from tests.e2e.test_sdk import userinfo_status
 from tests.support.backend_auth_server import BackendAuthServer, start_backend_auth_server
 from tests.support.mcp_clients import Exchanged, inspector, python_client
 from tests.support.mcp_example import ExampleServer, start_example_server
@@ -145,11 +146,6 @@ def idp_claims(idp: OidcServer, token: str) -> dict[str, Any]:
         options={"verify_aud": False},
     )
     return claims
-
-
-def userinfo_status(idp: OidcServer, token: str) -> int:
-    headers = {"Authorization": f"Bearer {token}"}
-    return httpx.get(f"{idp.issuer}/userinfo", headers=headers, timeout=10).status_code
 
 
 def introspect(stack: Stack, agent_key: str, token: str) -> dict[str, Any]:
@@ -436,6 +432,49 @@ async def test_no_token_appears_in_any_mcp_message_or_server_log_line(
             # Tokens the tests never see (an agent session's own session token) are JWTs too.
             assert not JWT.search(text_), f"a JWT in {where}"
             assert "nxag_" not in text_, f"an agent key in {where}"
+
+
+def sessions_of(stack: Stack, action: str) -> set[str]:
+    """The sessions of the MCP server's agent with ``action`` in Nexus's audit trail."""
+    found: set[str] = set()
+    page_token = ""
+    with httpx.Client(base_url=stack.rest_url, timeout=30) as rest:
+        while True:
+            page = ok(
+                rest.get(
+                    "/v1/audit-events",
+                    params={"page_token": page_token},
+                    headers={"X-API-Key": stack.admin_key},
+                )
+            )
+            found |= {
+                event["resource"]
+                for event in page["audit_events"]
+                if event["action"] == action and event["details"].get("agent_id") == AGENT_ID
+            }
+            page_token = page["next_page_token"]
+            if not page_token:
+                return found
+
+
+async def test_nexus_records_every_session_a_tool_call_opened_as_closed(
+    server: ExampleServer,
+    stack: Stack,
+    backend: BackendAuthServer,
+    secrets: Secrets,
+    exchanged: Exchanged,
+) -> None:
+    # The agent tool's session token never leaves the MCP server, so Nexus's
+    # own record is what shows that its session, too, ended with the call.
+    before = sessions_of(stack, "session.granted")
+    async with python_client(server.url, sarah(backend, secrets), exchanged) as client:
+        for _ in range(2):
+            assert not (await client.call_tool("find_contacts", {"query": "Ada"})).is_error
+            assert not (await client.call_tool("glide", {"customer_ids": ["c-6"]})).is_error
+
+    granted = sessions_of(stack, "session.granted")
+    assert len(granted - before) == 4
+    assert granted <= sessions_of(stack, "session.closed")
 
 
 def test_importing_without_the_mcp_extra_names_the_extra_to_install() -> None:
