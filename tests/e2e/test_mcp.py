@@ -30,6 +30,7 @@ from tests.support.backend_auth_server import BackendAuthServer, start_backend_a
 from tests.support.mcp_clients import Exchanged, inspector, python_client
 from tests.support.mcp_example import ExampleServer, start_example_server
 from tests.support.mcp_upstream import FAIL, UpstreamApi
+from tests.support.node_server import REPO_ROOT
 from tests.support.oidc_server import OidcServer, stats
 from tools.devstack import Stack
 
@@ -475,6 +476,29 @@ async def test_nexus_records_every_session_a_tool_call_opened_as_closed(
     granted = sessions_of(stack, "session.granted")
     assert len(granted - before) == 4
     assert granted <= sessions_of(stack, "session.closed")
+
+
+def readme_block(heading: str) -> str:
+    """The first ```python block after ``heading`` in the README."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index(f"\n{heading}\n") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("```", start)]
+
+
+async def test_the_readmes_tool_author_snippet_builds_a_server_with_both_tools(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NEXUS_AGENT_KEY", "nxag_readme")
+    monkeypatch.delenv("NEXUS_API_KEY", raising=False)
+    snippet: dict[str, Any] = {"__name__": "readme"}  # not "__main__": build, do not serve
+    exec(readme_block("### What a tool author writes"), snippet)  # noqa: S102 (our README)
+
+    tools = {tool.name: tool for tool in await snippet["mcp"].list_tools()}
+    assert sorted(tools) == ["find_contacts", "glide"]
+    assert list(tools["glide"].input_schema["properties"]) == ["customer_ids"]
+    assert list(tools["find_contacts"].input_schema["properties"]) == ["query"]
+    await snippet["nexus"].aclose()
 
 
 def test_importing_without_the_mcp_extra_names_the_extra_to_install() -> None:
