@@ -7,9 +7,11 @@ real upstream API on loopback that records the credential each tool sent."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from tests.e2e.test_sdk import userinfo_status
 from tests.support.backend_auth_server import BackendAuthServer, start_backend_auth_server
 from tests.support.mcp_clients import Exchanged, inspector, python_client
 from tests.support.mcp_example import ExampleServer, start_example_server
-from tests.support.mcp_upstream import FAIL, UpstreamApi
+from tests.support.mcp_upstream import FAIL, HOLD, UpstreamApi
 from tests.support.node_server import REPO_ROOT
 from tests.support.oidc_server import OidcServer, stats
 from tools.devstack import Stack
@@ -476,6 +478,34 @@ async def test_nexus_records_every_session_a_tool_call_opened_as_closed(
     granted = sessions_of(stack, "session.granted")
     assert len(granted - before) == 4
     assert granted <= sessions_of(stack, "session.closed")
+
+
+async def test_a_call_cancelled_while_its_tool_waits_still_closes_its_session(
+    server: ExampleServer,
+    stack: Stack,
+    backend: BackendAuthServer,
+    upstream: UpstreamApi,
+    secrets: Secrets,
+    exchanged: Exchanged,
+) -> None:
+    before = sessions_of(stack, "session.granted")
+    try:
+        async with python_client(server.url, sarah(backend, secrets), exchanged) as client:
+            call = asyncio.create_task(client.call_tool("find_contacts", {"query": HOLD}))
+            assert await asyncio.to_thread(upstream.holding.wait, 30), "the tool never called"
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        opened = sessions_of(stack, "session.granted") - before
+        assert len(opened) == 1
+        # The server closes the session after it has seen the cancellation; no
+        # event of its reaches the test, so Nexus's record is polled.
+        deadline = time.monotonic() + 20
+        while not opened <= sessions_of(stack, "session.closed"):
+            assert time.monotonic() < deadline, "the cancelled call's session stayed open"
+            await asyncio.sleep(0.2)
+    finally:
+        upstream.release()
 
 
 def readme_block(heading: str) -> str:

@@ -108,7 +108,7 @@ def inspector(
     if not NODE.is_file() or not INSPECTOR.is_file():
         raise RuntimeError(
             "the MCP Inspector is not installed: run "
-            f"`npm ci --prefix {INSPECTOR_DIR.relative_to(REPO_ROOT)}` in {REPO_ROOT}"
+            f"`make install` (npm install --prefix {INSPECTOR_DIR.relative_to(REPO_ROOT)})"
         )
     done = subprocess.run(
         [

@@ -2,7 +2,9 @@
 
 - ``POST /gliding`` (the operations API): answers the JSON it was sent, with
   ``"glided"`` for ``customer_ids``; a customer id ``"fail"`` makes it answer 500.
-- ``GET /contacts?q=...`` (the CRM API): ``{"records": [...]}``; ``q=fail`` answers 500.
+- ``GET /contacts?q=...`` (the CRM API): ``{"records": [...]}``; ``q=fail`` answers 500,
+  and ``q=hold`` answers only once ``release()`` is called, so a call can be
+  cancelled while its tool waits on the API.
 
 Every request is kept in ``requests`` (method, path, the bearer token it
 carried, its JSON body), so a test can check the credential each tool sent.
@@ -19,10 +21,14 @@ from urllib.parse import parse_qs, urlsplit
 
 from tests.support.loopback import LoopbackServer, owner
 
-__all__ = ["FAIL", "Received", "UpstreamApi"]
+__all__ = ["FAIL", "HOLD", "Received", "UpstreamApi"]
 
 # The input that makes either API fail, so a tool raises after it got credentials.
 FAIL = "fail"
+# The query the CRM API holds until released.
+HOLD = "hold"
+# How long a held request waits for release() at most, so a failed test cannot hang the server.
+HOLD_LIMIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,14 @@ class UpstreamApi(LoopbackServer):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: list[Received] = []
+        # Set when a held request has arrived; the test then knows the tool is waiting on us.
+        self.holding = threading.Event()
+        self._released = threading.Event()
         super().__init__(_Handler)
+
+    def release(self) -> None:
+        """Let held requests (and any later ones) answer."""
+        self._released.set()
 
     @property
     def requests(self) -> list[Received]:
@@ -104,5 +117,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, {"error": "not found"})
         elif query == FAIL:
             self._reply(500, {"error": "search failed"})
+        elif query == HOLD:
+            upstream: UpstreamApi = owner(self)
+            upstream.holding.set()
+            upstream._released.wait(HOLD_LIMIT_S)
+            self._reply(200, {"records": []})
         else:
             self._reply(200, {"records": [{"name": f"{query} Example", "email": "x@example.com"}]})
