@@ -37,7 +37,7 @@ logger = logging.getLogger("nexus_sdk.mcp")
 DEFAULT_ALGORITHMS = ("ES256", "RS256", "EdDSA")
 # An unknown key id may mean the authorization server rotated its keys; look
 # again, but not on every forged token.
-JWKS_REFETCH_SECONDS = 30.0
+DEFAULT_JWKS_REFETCH_SECONDS = 30.0
 CLOCK_LEEWAY_SECONDS = 30
 
 
@@ -69,7 +69,8 @@ class JwtTokenVerifier:
     ``audience`` is what the tokens name as theirs (``aud``); the MCP spec
     expects this server's resource URL. The JWK Set is fetched with ``http``
     (an ``httpx.AsyncClient`` you own) or a client of our own, without
-    following redirects.
+    following redirects; again when a token names a key it does not hold, at
+    most every ``refetch_interval_seconds``.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class JwtTokenVerifier:
         algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
         http: httpx.AsyncClient | None = None,
         timeout_seconds: float = 10.0,
+        refetch_interval_seconds: float = DEFAULT_JWKS_REFETCH_SECONDS,
     ) -> None:
         if isinstance(algorithms, str) or any(alg.upper().startswith("HS") for alg in algorithms):
             raise ValueError("algorithms must be a list of asymmetric JWS algorithms")
@@ -90,6 +92,7 @@ class JwtTokenVerifier:
         self.algorithms = tuple(algorithms)
         self._http = http
         self._timeout = httpx.Timeout(timeout_seconds)
+        self.refetch_interval_seconds = refetch_interval_seconds
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = float("-inf")
 
@@ -127,7 +130,8 @@ class JwtTokenVerifier:
     async def _key(self, kid: object) -> jwt.PyJWK | None:
         if not isinstance(kid, str):
             return None
-        if kid not in self._keys and time.monotonic() - self._fetched_at >= JWKS_REFETCH_SECONDS:
+        since = time.monotonic() - self._fetched_at
+        if kid not in self._keys and since >= self.refetch_interval_seconds:
             await self._fetch()
         return self._keys.get(kid)
 

@@ -508,6 +508,33 @@ async def test_a_call_cancelled_while_its_tool_waits_still_closes_its_session(
         upstream.release()
 
 
+async def test_the_verifier_learns_a_rotated_key_but_asks_at_most_once_per_interval() -> None:
+    with start_backend_auth_server() as issuer:
+
+        def verifier(interval: float) -> JwtTokenVerifier:
+            return JwtTokenVerifier(
+                issuer=issuer.issuer,
+                jwks_url=issuer.jwks_url,
+                audience=issuer.audience,
+                refetch_interval_seconds=interval,
+            )
+
+        eager, patient = verifier(0), verifier(3600)
+        before = issuer.issue_token("sarah", permissions=[])
+        for each in (eager, patient):
+            assert (await each.verify_token(before)) is not None
+        issuer.rotate_key()
+        after = issuer.issue_token("sarah", permissions=[])
+        fetched = issuer.jwks_calls
+
+        accepted = await eager.verify_token(after)
+        refused = await patient.verify_token(after)
+
+        assert accepted is not None and accepted.subject == "sarah"
+        assert refused is None
+        assert issuer.jwks_calls == fetched + 1  # the eager one asked again, the patient one not
+
+
 def readme_block(heading: str) -> str:
     """The first ```python block after ``heading`` in the README."""
     readme = (REPO_ROOT / "README.md").read_text()
