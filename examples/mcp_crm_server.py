@@ -13,7 +13,7 @@ Two tools over streamable HTTP at ``http://MCP_HOST:MCP_PORT/mcp``:
   grants only if the user holds that permission.
 - ``find_contacts`` acts as the agent: an agent session on ``salesforce``
   limited to ``crm:contacts:read``. A call may name the connection in its
-  request ``_meta`` (``dev.nexus/connection_id``).
+  request ``_meta`` (``dev.nexus/connection_id``); ``glide`` takes none.
 
 Other settings: ``MCP_HOST`` (127.0.0.1), ``MCP_PORT`` (8000), ``MCP_RESOURCE_URL``
 (the endpoint's public URL; default from host and port), ``MCP_TOKEN_AUDIENCE``
@@ -139,7 +139,8 @@ def create_server(settings: Settings) -> MCPServer[None]:
         return result
 
     @mcp.tool()
-    @nexus.as_agent(provider="salesforce", scopes=["crm:contacts:read"])
+    # The host application names the user's CRM connection in each call's _meta.
+    @nexus.as_agent(provider="salesforce", scopes=["crm:contacts:read"], connection_from_meta=True)
     async def find_contacts(query: str, credentials: ToolCredentials) -> list[dict[str, Any]]:
         """Find CRM contacts whose name matches the query."""
         async with httpx.AsyncClient(auth=credentials.auth, timeout=timeout) as http:

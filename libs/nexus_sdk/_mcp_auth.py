@@ -144,7 +144,10 @@ class JwtTokenVerifier:
                 async with httpx.AsyncClient(timeout=self._timeout) as http:
                     response = await http.get(self.jwks_url)
             response.raise_for_status()
-            keys = jwt.PyJWKSet.from_dict(response.json()).keys
+            published = response.json()
+            if not isinstance(published, dict):
+                raise ValueError("a JWK Set is a JSON object")
+            keys = jwt.PyJWKSet.from_dict(published).keys
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
             # Keep the keys we had: a failed fetch must not log everyone out.
             logger.warning(

@@ -63,6 +63,7 @@ class _Need:
     scopes: tuple[str, ...]
     acts_for: Literal["user", "agent"]
     ttl: timedelta | int
+    connection_from_meta: bool
 
 
 class NexusMCP:
@@ -98,20 +99,39 @@ class NexusMCP:
         return self.resource.auth_settings()
 
     def on_behalf_of_user(
-        self, *, provider: str, scopes: Sequence[str], ttl: timedelta | int = DEFAULT_SESSION_TTL
+        self,
+        *,
+        provider: str,
+        scopes: Sequence[str],
+        ttl: timedelta | int = DEFAULT_SESSION_TTL,
+        connection_from_meta: bool = False,
     ) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
         """A tool that acts for the calling user: the MCP request's bearer token
         becomes the ``user_context_token`` of an on-behalf-of session, which
-        Nexus grants only if both the user and this agent hold ``scopes``."""
-        return self._declare(_Need(provider, _scope_tuple(scopes), "user", ttl))
+        Nexus grants only if both the user and this agent hold ``scopes``, on a
+        connection in the user's own workspaces. ``connection_from_meta`` as
+        for ``as_agent``."""
+        need = _Need(provider, _scope_tuple(scopes), "user", ttl, connection_from_meta)
+        return self._declare(need)
 
     def as_agent(
-        self, *, provider: str, scopes: Sequence[str], ttl: timedelta | int = DEFAULT_SESSION_TTL
+        self,
+        *,
+        provider: str,
+        scopes: Sequence[str],
+        ttl: timedelta | int = DEFAULT_SESSION_TTL,
+        connection_from_meta: bool = False,
     ) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
         """A tool that acts as this server's agent: an agent session limited to
-        ``scopes``, on the connection the call names in ``_meta``
-        (``CONNECTION_META_KEY``), else the provider's only active one."""
-        return self._declare(_Need(provider, _scope_tuple(scopes), "agent", ttl))
+        ``scopes``, on the provider's only active connection.
+
+        With ``connection_from_meta``, a call may name another connection in its
+        request ``_meta`` (``CONNECTION_META_KEY``): any connection the agent
+        may reach, whoever the calling user is. So it is off unless declared,
+        for servers whose host application, not their users, sets ``_meta``;
+        without it, a call naming a connection is refused."""
+        need = _Need(provider, _scope_tuple(scopes), "agent", ttl, connection_from_meta)
+        return self._declare(need)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -178,7 +198,7 @@ class NexusMCP:
                 await self._close(session, tool)
 
     async def _open(self, need: _Need, context: Context, tool: str) -> AgentSession:
-        connection_id = _named_connection(context)
+        connection_id = _named_connection(context, need, tool)
         try:
             if need.acts_for == "user":
                 return await self.client.request_obo_session(
@@ -232,11 +252,16 @@ def _parameter_of_type(
     return names[0] if names else None
 
 
-def _named_connection(context: Context) -> str | None:
+def _named_connection(context: Context, need: _Need, tool: str) -> str | None:
     meta = context.request_context.meta or {}
     named = meta.get(CONNECTION_META_KEY)
     if named is None:
         return None
+    if not need.connection_from_meta:
+        raise ToolError(
+            f"{tool} does not let a call choose its connection (_meta {CONNECTION_META_KEY}); "
+            f"it uses the {need.provider} connection Nexus picks"
+        )
     if not isinstance(named, str) or not named:
         raise ToolError(f"_meta {CONNECTION_META_KEY} must be a connection id string")
     return named

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from tests.e2e.agent_guide import Guide
 from tests.e2e.test_rest_sessions import ok, verify
 from tests.e2e.test_sdk import userinfo_status
 from tests.support.backend_auth_server import BackendAuthServer, start_backend_auth_server
+from tests.support.loopback import LoopbackServer, owner
 from tests.support.mcp_clients import Exchanged, inspector, python_client
 from tests.support.mcp_example import ExampleServer, start_example_server
 from tests.support.mcp_upstream import FAIL, HOLD, UpstreamApi
@@ -250,6 +252,27 @@ async def test_a_call_can_name_the_connection_in_its_meta(
     assert idp_claims(idp, sent.bearer)["scope"] == "crm:contacts:read"
     assert unknown.is_error and "CONNECTION_NOT_FOUND" in text(unknown)
     assert upstream.last("/contacts") == sent
+
+
+async def test_a_tool_not_declared_to_take_a_connection_refuses_one_named_in_meta(
+    server: ExampleServer,
+    stack: Stack,
+    guide: Guide,
+    backend: BackendAuthServer,
+    upstream: UpstreamApi,
+    secrets: Secrets,
+    exchanged: Exchanged,
+) -> None:
+    # glide is declared without connection_from_meta: a caller cannot steer it.
+    before, sent_before = sessions_of(stack, "session.granted"), len(upstream.requests)
+    async with python_client(server.url, sarah(backend, secrets), exchanged) as client:
+        refused = await client.call_tool(
+            "glide", {"customer_ids": ["c-1"]}, meta={CONNECTION_META_KEY: guide.connection_id}
+        )
+    assert refused.is_error
+    assert "glide does not let a call choose its connection" in text(refused)
+    assert sessions_of(stack, "session.granted") == before
+    assert len(upstream.requests) == sent_before
 
 
 def test_the_inspector_cli_lists_and_calls_the_tools(
@@ -533,6 +556,39 @@ async def test_the_verifier_learns_a_rotated_key_but_asks_at_most_once_per_inter
         assert accepted is not None and accepted.subject == "sarah"
         assert refused is None
         assert issuer.jwks_calls == fetched + 1  # the eager one asked again, the patient one not
+
+
+class _Published(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body: bytes = owner(self).body
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class JwkSetEndpoint(LoopbackServer):
+    """Serves ``body`` as the JWK Set, whatever it is."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        super().__init__(_Published)
+
+
+@pytest.mark.parametrize("published", [b"[]", b'"keys"', b"not json", b'{"keys": [1]}'])
+async def test_a_jwk_set_that_is_not_one_refuses_the_token_and_keeps_serving(
+    published: bytes, backend: BackendAuthServer
+) -> None:
+    token = backend.issue_token("sarah", permissions=[])
+    with JwkSetEndpoint(published) as endpoint:
+        verifier = JwtTokenVerifier(
+            issuer=backend.issuer, jwks_url=endpoint.url, audience=backend.audience
+        )
+        assert await verifier.verify_token(token) is None
 
 
 def readme_block(heading: str) -> str:

@@ -10,6 +10,7 @@ silently ran fewer, skipped some or was not found fails."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -45,8 +46,9 @@ def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     )
 
 
+@functools.cache
 def compile_sdk_and_tests() -> Path:
-    """The SDK built into dist/ and its tests into dist-test/, afresh."""
+    """The SDK built into dist/ and its tests into dist-test/, afresh once per test run."""
     if not TSC.exists():
         pytest.fail(f"{TSC} is missing: run `make install` (npm ci --prefix sdk/typescript)")
     for stale in COMPILED_TESTS.glob("*.js"):
