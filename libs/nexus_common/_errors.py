@@ -52,6 +52,7 @@
     │   ├── NoConnection                reason NO_CONNECTION
     │   ├── ConnectionAmbiguous         reason CONNECTION_AMBIGUOUS
     │   ├── SessionNotSupported         reason SESSION_NOT_SUPPORTED
+    │   ├── ConfirmationRequired        reason CONFIRMATION_REQUIRED
     │   └── CaptureAttemptsExhausted    reason CAPTURE_ATTEMPTS_EXHAUSTED
     ├── RequestTooLarge                 RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE
     ├── RefreshRateLimited              RESOURCE_EXHAUSTED, reason REFRESH_RATE_LIMITED
@@ -97,6 +98,7 @@ __all__ = [
     "ChangeFeedUnavailable",
     "ConcurrentModification",
     "ConfirmationInvalid",
+    "ConfirmationRequired",
     "ConnectionAmbiguous",
     "ConnectionExceedsAgentScopes",
     "ConnectionNotActive",
@@ -433,6 +435,13 @@ class ConnectionAmbiguous(FailedPrecondition):
 
 class SessionNotSupported(FailedPrecondition):
     reason = "SESSION_NOT_SUPPORTED"
+
+
+class ConfirmationRequired(FailedPrecondition):
+    """A connection asked not to be confirmed where the deployment requires it:
+    an unconfirmed link could bind another person's account (RFC 9700 §4.7)."""
+
+    reason = "CONFIRMATION_REQUIRED"
 
 
 class BackendAuthUnavailable(Unavailable):

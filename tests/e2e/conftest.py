@@ -3,11 +3,15 @@ the real Envoy binary, on PostgreSQL, with a real customer backend for OBO."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
 
 from tests.e2e.agent_guide import Guide
 from tests.e2e.test_rest_sessions import connect, ok
@@ -15,6 +19,41 @@ from tests.support.backend_auth_server import BackendAuthServer
 from tests.support.oidc_server import OidcServer, start_oidc_server
 from tests.support.postgres import fresh_database, postgres_url
 from tools.devstack import DEV_PORTS, Stack, free_port
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    """Headless Debian Chromium driven by Selenium. Outside CI it is skipped when
+    not installed; in CI (CI=true) a missing Chromium fails, since .ci/run installs it."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
+    if missing:
+        message = f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    browser.set_page_load_timeout(30)
+    try:
+        yield browser
+    finally:
+        browser.quit()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ import json
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import grpc
 import httpx
@@ -31,6 +30,7 @@ from grpc_status import rpc_status
 from nexus.broker.v1 import connections_pb2, sessions_pb2
 from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
+from tests.e2e.test_rest_sessions import finish_connection
 from tests.support.app_server import GOOD_API_KEY, AppServer
 from tests.support.backend_auth_server import BackendAuthServer
 from tests.support.browser import follow_until
@@ -81,8 +81,7 @@ def connect_crm(rest: httpx.Client, admin: dict[str, str], workspace: str) -> st
     )
     with httpx.Client(timeout=30) as browser:
         back = follow_until(browser, started["auth_url"], "http://localhost:3000")
-    assert parse_qs(urlsplit(back.headers["location"]).query)["status"] == ["success"]
-    return str(started["connection_id"])
+    return finish_connection(rest, admin, started, back.headers["location"])
 
 
 def _connect_weather(
@@ -102,8 +101,7 @@ def _connect_weather(
     with httpx.Client(follow_redirects=True, timeout=30) as browser:
         page = browser.get(started["auth_url"])
         landing = browser.post(page.url, data={"api_key": GOOD_API_KEY})
-    assert parse_qs(urlsplit(str(landing.url)).query)["status"] == ["success"]
-    return str(started["connection_id"])
+    return finish_connection(rest, admin, started, str(landing.url))
 
 
 def register_crm(

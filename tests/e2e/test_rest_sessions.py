@@ -164,11 +164,26 @@ def connect(rest: httpx.Client, key: dict[str, str], provider_id: str, scopes: l
     with httpx.Client(timeout=30) as browser:
         back = follow_until(browser, started["auth_url"], "http://localhost:3000")
     assert back.status_code == 302, back.text
-    outcome = parse_qs(urlsplit(back.headers["location"]).query)
+    return finish_connection(rest, key, started, back.headers["location"])
+
+
+def finish_connection(
+    rest: httpx.Client, key: dict[str, str], started: dict[str, Any], landing: str
+) -> str:
+    """The app's side once the browser lands on ``landing`` (its return_url):
+    in production the connection waits for the app to confirm it, which the app
+    does after checking that its signed-in user owns the workspace."""
+    outcome = parse_qs(urlsplit(landing).query)
     assert outcome["status"] == ["success"], outcome
-    checked = ok(rest.get(f"/v1/check-connection/{started['connection_id']}", headers=key))
+    connection_id = str(started["connection_id"])
+    if started["confirmation_required"]:
+        waiting = ok(rest.get(f"/v1/check-connection/{connection_id}", headers=key))
+        assert waiting["status"] == "unconfirmed"
+        code = json.dumps({"confirmation": outcome["confirmation"][0]})
+        ok(curl(rest, f"/v1/connections/{connection_id}:confirm", key, code))
+    checked = ok(rest.get(f"/v1/check-connection/{connection_id}", headers=key))
     assert checked["status"] == "active"
-    return str(started["connection_id"])
+    return connection_id
 
 
 def bearer(guide: dict[str, Any], agent: str) -> dict[str, str]:

@@ -1,6 +1,7 @@
-"""NEXUS_CONNECTION_CONFIRMATION=required over gRPC through the gateway, with
-the real OAuth server from npm, on SQLite and PostgreSQL: every connection
-waits for ConfirmConnection, whatever its request says."""
+"""NEXUS_CONNECTION_CONFIRMATION=required (production's default) over gRPC
+through the gateway, with the real OAuth server from npm, on SQLite and
+PostgreSQL: every connection waits for ConfirmConnection, and a request that
+asks not to is refused unless the deployment opted out by name."""
 
 from __future__ import annotations
 
@@ -80,3 +81,61 @@ async def test_confirming_needs_an_admin_key(services: Services) -> None:
             )
         )
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def _unconfirmed_request(return_url: str) -> gateway_pb2.RequestConnectionRequest:
+    return gateway_pb2.RequestConnectionRequest(
+        connection=connections_pb2.RequestConnectionRequest(
+            workspace_id="user_sarah",
+            provider_name="mock-idp",
+            return_url=return_url,
+            require_confirmation=False,
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "service_overrides",
+    [
+        {"NEXUS_ENVIRONMENT": "production"},
+        {"NEXUS_CONNECTION_CONFIRMATION": "required"},
+    ],
+)
+async def test_asking_for_no_confirmation_is_refused_where_it_is_required(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    """The request that would leave the unopened-link gap open is refused, and
+    nothing is written: the workspace holds no connection afterwards."""
+    await register_idp(services, idp)
+    await expect_error(
+        connections(services).RequestConnection(
+            _unconfirmed_request(f"{app.url}/done"), metadata=ADMIN
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "CONFIRMATION_REQUIRED",
+    )
+    listed = await connections(services).ListConnections(
+        connections_pb2.ListConnectionsRequest(workspace_id="user_sarah"), metadata=ADMIN
+    )
+    assert list(listed.connections) == []
+    # Unset, the deployment's rule applies: the connection waits for confirmation.
+    started = await start(services, f"{app.url}/done")
+    assert started.confirmation_required
+
+
+@pytest.mark.parametrize(
+    "service_overrides",
+    [{"NEXUS_ENVIRONMENT": "production", "NEXUS_CONNECTION_CONFIRMATION": "optional"}],
+)
+async def test_a_production_deployment_that_opts_out_by_name_may_skip_confirmation(
+    services: Services, idp: OidcServer, app: AppServer
+) -> None:
+    await register_idp(services, idp)
+    started = await connections(services).RequestConnection(
+        _unconfirmed_request(f"{app.url}/done"), metadata=ADMIN
+    )
+    assert not started.confirmation_required
+    async with httpx.AsyncClient(follow_redirects=True, timeout=30) as browser:
+        landing = await browser.get(started.auth_url)
+    assert "confirmation" not in parse_qs(urlsplit(str(landing.url)).query)
+    assert (await check(services, started.connection_id)).status == "active"

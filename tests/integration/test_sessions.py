@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 import httpx
@@ -91,6 +92,18 @@ async def connect_crm(
     async with httpx.AsyncClient(follow_redirects=True, timeout=30) as browser:
         landing = await browser.get(started.auth_url)
     assert "status=success" in str(landing.url), landing.url
+    if started.confirmation_required:
+        # Production's flow: the app confirms with the code the browser brought back.
+        code = parse_qs(urlsplit(str(landing.url)).query)["confirmation"][0]
+        await connections(services).ConfirmConnection(
+            gateway_pb2.ConfirmConnectionRequest(
+                connection_id=started.connection_id,
+                confirm=connections_pb2.ConfirmConnectionRequest(
+                    connection_id=started.connection_id, confirmation=code
+                ),
+            ),
+            metadata=ADMIN,
+        )
     return started.connection_id
 
 

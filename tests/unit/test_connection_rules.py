@@ -134,11 +134,20 @@ def test_an_unconfirmed_connection_expires_at_its_deadline() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "always"),
-    [("", False), ("optional", False), ("required", True), ("Required ", True)],
+    ("environment", "value", "always"),
+    [
+        ("development", "", False),
+        ("production", "", True),
+        ("production", "optional", False),
+        ("development", "required", True),
+        ("production", "Required ", True),
+    ],
 )
-def test_connection_confirmation_is_optional_unless_required(value: str, always: bool) -> None:
+def test_connection_confirmation_is_required_in_production_unless_opted_out(
+    environment: str, value: str, always: bool
+) -> None:
     env = service_env("sqlite:///unused.db", "1:" + "A" * 43 + "=")
+    env["NEXUS_ENVIRONMENT"] = environment
     env["NEXUS_CONNECTION_CONFIRMATION"] = value
     assert BrokerSettings.from_env(env).confirmation_always is always
 

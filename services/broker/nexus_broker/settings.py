@@ -39,8 +39,9 @@ class BrokerSettings:
     state_key: bytes = field(repr=False)
     return_url_allowlist: tuple[str, ...]
     connection_ttl_seconds: float
-    # NEXUS_CONNECTION_CONFIRMATION=required: every connection waits for the
-    # app's ConfirmConnection, not only those that ask for it.
+    # NEXUS_CONNECTION_CONFIRMATION=required (production's default): every
+    # connection waits for the app's ConfirmConnection, and a request asking not
+    # to is refused; optional: only those that ask for it wait.
     confirmation_always: bool
     clock_skew_seconds: float
     provider_timeout_seconds: float
@@ -151,7 +152,11 @@ def _bounded(env: Env, name: str, default: int, low: int, high: int) -> int:
 
 
 def _confirmation_always(env: Env) -> bool:
-    value = env.text("NEXUS_CONNECTION_CONFIRMATION", "optional").strip().lower()
+    # Production requires it unless the deployment opts out by name: an
+    # unconfirmed auth_url opened by someone else binds their account to the
+    # requester's workspace (connection injection, RFC 9700 §4.7).
+    default = "optional" if env.deployment() == Deployment.DEVELOPMENT else "required"
+    value = env.text("NEXUS_CONNECTION_CONFIRMATION", default).strip().lower()
     if value not in ("optional", "required"):
         raise ConfigError("NEXUS_CONNECTION_CONFIRMATION must be 'optional' or 'required'")
     return value == "required"

@@ -34,7 +34,9 @@ class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
             scopes=tuple(request.scopes),
             return_url=request.return_url,
             deps=self._deps,
-            require_confirmation=request.require_confirmation,
+            require_confirmation=(
+                request.require_confirmation if request.HasField("require_confirmation") else None
+            ),
         )
         return pb.RequestConnectionResponse(
             auth_url=started.auth_url,

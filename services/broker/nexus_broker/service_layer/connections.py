@@ -20,6 +20,7 @@ from nexus_common import (
     CallbackProviderMismatch,
     CaptureAttemptsExhausted,
     ConfirmationInvalid,
+    ConfirmationRequired,
     ConnectionNotActive,
     ConnectionNotFound,
     CredentialsRejected,
@@ -104,7 +105,7 @@ class ConnectionDeps:
     # Release audit rows, written by group commit.
     audit: GroupCommit[AuditEvent]
     # NEXUS_CONNECTION_CONFIRMATION=required: every connection waits for the
-    # app's confirmation, whatever the request says.
+    # app's confirmation, and a request asking not to is refused.
     confirmation_always: bool = False
     # How far apart replicas' clocks may be (NEXUS_CLOCK_SKEW_SECONDS): an unconfirmed
     # connection is expired, its tokens revoked, only this long after confirming stops.
@@ -219,7 +220,7 @@ async def request_connection(
     scopes: tuple[str, ...],
     return_url: str,
     deps: ConnectionDeps,
-    require_confirmation: bool = False,
+    require_confirmation: bool | None = None,
 ) -> StartedConnection:
     if not workspace_id or len(workspace_id) > 255:
         raise ValidationFailed(
@@ -232,6 +233,13 @@ async def request_connection(
             "return_url is not on this deployment's allowlist (NEXUS_RETURN_URL_ALLOWLIST)",
             field="return_url",
         )
+    if require_confirmation is False and deps.confirmation_always:
+        raise ConfirmationRequired(
+            "this deployment requires every connection to be confirmed by the app"
+            " (NEXUS_CONNECTION_CONFIRMATION=required): leave require_confirmation"
+            " unset and call ConfirmConnection with the code the browser brings back",
+            field="require_confirmation",
+        )
     provider = await _usable_provider(provider_id, provider_name, deps)
     granted = _check_scopes(provider, scopes)
     now = deps.now()
@@ -240,7 +248,7 @@ async def request_connection(
     verifier = None if static else new_code_verifier()
     # OIDC Core §3.1.2.1: a nonce binds the ID token to this authorization.
     nonce = secrets.token_urlsafe(24) if "openid" in granted else None
-    confirm = require_confirmation or deps.confirmation_always
+    confirm = bool(require_confirmation) or deps.confirmation_always
     connection = Connection(
         id=str(uuid.uuid4()),
         workspace_id=workspace_id,

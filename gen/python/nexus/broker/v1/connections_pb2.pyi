@@ -39,8 +39,9 @@ class RequestConnectionRequest(_message.Message):
     """Where the browser goes when the connection is done; must be allowlisted."""
     require_confirmation: _builtins.bool
     """Completed, the connection waits for ConfirmConnection with the one-time
-    code the browser brings to return_url. Always on when the deployment sets
-    NEXUS_CONNECTION_CONFIRMATION=required.
+    code the browser brings to return_url. Unset: the deployment decides
+    (NEXUS_CONNECTION_CONFIRMATION; production requires it). false is refused
+    where confirmation is required, unless the deployment set it to optional.
     """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -54,13 +55,15 @@ class RequestConnectionRequest(_message.Message):
         provider_name: _builtins.str = ...,
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         return_url: _builtins.str = ...,
-        require_confirmation: _builtins.bool = ...,
+        require_confirmation: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_require_confirmation", b"_require_confirmation", "require_confirmation", b"require_confirmation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider_id", b"provider_id", "provider_name", b"provider_name", "require_confirmation", b"require_confirmation", "return_url", b"return_url", "scopes", b"scopes", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_require_confirmation", b"_require_confirmation", "provider_id", b"provider_id", "provider_name", b"provider_name", "require_confirmation", b"require_confirmation", "return_url", b"return_url", "scopes", b"scopes", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__require_confirmation: _TypeAlias = _typing.Literal["require_confirmation"]  # noqa: Y015
+    _WhichOneofArgType__require_confirmation: _TypeAlias = _typing.Literal["_require_confirmation", b"_require_confirmation"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__require_confirmation) -> _WhichOneofReturnType__require_confirmation | None: ...
 
 Global___RequestConnectionRequest: _TypeAlias = RequestConnectionRequest  # noqa: Y015
 
