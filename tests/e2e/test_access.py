@@ -287,7 +287,7 @@ async def test_each_agent_reaches_each_connection_as_the_rule_says(
     connection: str,
 ) -> None:
     expected = RULES[path](agent, connection)
-    alice = backend.issue_token("alice", permissions=["crm:contacts:read"])
+    alice = backend.issue_token("alice", permissions=["crm:contacts:read"], workspaces=["alice"])
     connection_id = world.connections[connection]
     provider = _provider(connection)
     key = world.keys[agent]
@@ -380,7 +380,9 @@ def test_only_the_sessions_own_agent_and_admins_see_it_through_envoy(
 def test_an_obo_session_through_envoy_ends_with_its_users_token(
     rest: httpx.Client, world: World, backend: BackendAuthServer
 ) -> None:
-    short = backend.issue_token("alice", permissions=["crm:contacts:read"], expires_in=30)
+    short = backend.issue_token(
+        "alice", permissions=["crm:contacts:read"], expires_in=30, workspaces=["alice"]
+    )
     body = _session_body("obo-agent", world.connections["alice-crm"], "crm")
     obo = _ok(
         rest.post(

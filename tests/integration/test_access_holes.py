@@ -346,7 +346,7 @@ async def test_an_obo_session_never_outlives_its_users_token(
     key = await register_agent(
         services, "ops-agent", [READ], providers=["salesforce"], on_behalf_of_only=True
     )
-    short = backend.issue_token("alice", permissions=[READ], expires_in=30)
+    short = backend.issue_token("alice", permissions=[READ], expires_in=30, workspaces=["alice"])
     obo = await sessions(services).CreateOboSession(
         obo_session(short, agent_id="ops-agent", ttl_seconds=1800), metadata=bearer(key)
     )
@@ -454,3 +454,46 @@ async def test_a_service_call_without_a_caller_gets_no_credential_and_no_kill_sw
             grpc.StatusCode.INVALID_ARGUMENT,
             "VALIDATION_FAILED",
         )
+
+
+async def test_a_user_of_another_tenant_never_reaches_a_connection_of_the_same_name(
+    services: Services, idp: OidcServer, app: AppServer, backend: BackendAuthServer
+) -> None:
+    """Ids are not unique across tenants: organisation 1001 of tenant A is not
+    user 1001 of tenant B, whatever the ids say, and production grants no
+    workspace for an id alone."""
+    await register_crm(services, idp, supports_scope_narrowing=True)
+    org = await connect_crm(services, app, "1001", tenant_id="tenant-a")
+    untenanted = await connect_crm(services, app, "2002")
+    key = await register_agent(
+        services, "ops-agent", [READ], providers=["salesforce"], on_behalf_of_only=True
+    )
+    stub = sessions(services)
+
+    def ask(token: str, **named: str) -> Any:
+        return stub.CreateOboSession(
+            obo_session(token, agent_id="ops-agent", **named), metadata=bearer(key)
+        )
+
+    # Tenant B's user 1001, even with 1001 listed by the backend as theirs.
+    other_tenant = backend.issue_token(
+        "1001", permissions=[READ], tenant_id="tenant-b", workspaces=["1001"]
+    )
+    await expect_error(ask(other_tenant, connection_id=org), DENIED, "USER_WORKSPACE_NOT_OWNED")
+    await expect_error(ask(other_tenant), grpc.StatusCode.FAILED_PRECONDITION, "NO_CONNECTION")
+    # A user whose id merely equals the workspace's owns nothing in production.
+    by_id_alone = backend.issue_token("2002", permissions=[READ], tenant_id="tenant-b")
+    await expect_error(
+        ask(by_id_alone, connection_id=untenanted), DENIED, "USER_WORKSPACE_NOT_OWNED"
+    )
+    await expect_error(ask(by_id_alone), grpc.StatusCode.FAILED_PRECONDITION, "NO_CONNECTION")
+
+    # Tenant A's user to whom the backend gives workspace 1001 reaches it, named or not.
+    own = backend.issue_token("u-7", permissions=[READ], tenant_id="tenant-a", workspaces=["1001"])
+    assert (await ask(own, connection_id=org)).connection_id == org
+    found = await ask(own)
+    assert found.connection_id == org and found.tenant_id == "tenant-a"
+    checked = await connections(services).CheckConnection(
+        connections_pb2.CheckConnectionRequest(connection_id=org), metadata=ADMIN
+    )
+    assert checked.tenant_id == "tenant-a"

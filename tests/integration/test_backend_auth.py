@@ -58,7 +58,11 @@ async def test_the_backend_answer_becomes_the_user_context(
 ) -> None:
     before = int(time.time())
     token = backend.issue_token(
-        "alice", permissions=["repo:read", "mail:send"], tenant_id="acme", clearance_level=3
+        "alice",
+        permissions=["repo:read", "mail:send"],
+        tenant_id="acme",
+        clearance_level=3,
+        workspaces=["team-alice"],
     )
 
     context = await _client(http, backend).user_context(token)
@@ -69,7 +73,7 @@ async def test_the_backend_answer_becomes_the_user_context(
         clearance_level="3",
         permissions=frozenset({"repo:read", "mail:send"}),
         expires_at=context.expires_at,
-        workspaces=frozenset({"alice"}),
+        workspaces=frozenset({"team-alice"}),
     )
     assert context.expires_at is not None
     assert before + 300 <= context.expires_at <= time.time() + 300

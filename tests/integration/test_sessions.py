@@ -75,7 +75,11 @@ async def register_crm(services: Services, idp: OidcServer, **params: Any) -> No
 
 
 async def connect_crm(
-    services: Services, app: AppServer, workspace: str = "user_sarah", scopes: tuple[str, ...] = ()
+    services: Services,
+    app: AppServer,
+    workspace: str = "user_sarah",
+    scopes: tuple[str, ...] = (),
+    tenant_id: str = "",
 ) -> str:
     """Connect a workspace to salesforce through the provider's real redirect flow."""
     started = await connections(services).RequestConnection(
@@ -85,6 +89,7 @@ async def connect_crm(
                 provider_name="salesforce",
                 scopes=scopes or CRM_SCOPES,
                 return_url=f"{app.url}/done",
+                tenant_id=tenant_id,
             )
         ),
         metadata=ADMIN,

@@ -101,6 +101,54 @@ def test_each_cell_of_the_access_table(
     assert answer(caller, action, name, tgt, user) == expected
 
 
+def of_tenant(workspace: str, tenant: str) -> Target:
+    return Target("id-crm", "crm", ConnectionRef("c1", workspace, (READ,), tenant))
+
+
+# Agent sessions serving ALICE (tenant "acme"), as a multi-user server's are:
+# the agent's own scopes and bindings, and only connections Alice owns.
+OWNED_CASES = [
+    ("star", target("alice"), "OK"),
+    ("star", target("bob"), "USER_WORKSPACE_NOT_OWNED"),
+    ("ws-a", target("team"), "WORKSPACE_NOT_BOUND"),
+    ("star", of_tenant("alice", "acme"), "OK"),
+    ("star", of_tenant("alice", "globex"), "USER_WORKSPACE_NOT_OWNED"),
+    ("obo-only", target("alice"), "AGENT_OBO_ONLY"),
+]
+
+
+@pytest.mark.parametrize(("name", "tgt", "expected"), OWNED_CASES)
+def test_an_agent_session_serving_a_user_reaches_only_that_users_connections(
+    name: str, tgt: Target, expected: str
+) -> None:
+    assert answer(AgentPrincipal(name), Action.AGENT_SESSION, name, tgt, ALICE) == expected
+
+
+def test_a_connection_of_another_tenant_is_never_the_users() -> None:
+    obo = AGENTS["obo-only"]
+    with pytest.raises(NexusError) as refused:
+        decide(
+            AgentPrincipal("obo-only"),
+            Action.OBO_SESSION,
+            obo,
+            obo.bindings,
+            of_tenant("team", "globex"),
+            (READ,),
+            ALICE,
+        )
+    assert refused.value.reason == "USER_WORKSPACE_NOT_OWNED"
+    star = AGENTS["star"]
+    assert decide(
+        AgentPrincipal("star"),
+        Action.AGENT_SESSION,
+        star,
+        star.bindings,
+        Target("id-crm", "crm"),
+        (READ,),
+        ALICE,
+    ) == Reach(frozenset({"alice", "team"}), "acme")
+
+
 def test_a_session_without_a_connection_looks_only_where_it_may() -> None:
     open_search = Target("id-crm", "crm")
     ws_a = AGENTS["ws-a"]
@@ -116,7 +164,7 @@ def test_a_session_without_a_connection_looks_only_where_it_may() -> None:
         open_search,
         (READ,),
         ALICE,
-    ) == Reach(frozenset({"alice", "team"}))
+    ) == Reach(frozenset({"alice", "team"}), ALICE.tenant_id)
     star = AGENTS["star"]
     assert decide(
         AgentPrincipal("star"), Action.AGENT_SESSION, star, star.bindings, open_search, (READ,)

@@ -15,12 +15,14 @@ def _body(**fields: object) -> bytes:
 
 def test_optional_fields_default_to_empty_and_unknown_fields_are_ignored() -> None:
     answer = parse_answer(_body(user_id="u1", permissions=[], tenant_id=None, extra={"x": 1}))
-    assert answer == UserContext("u1", "", "", frozenset(), None, frozenset({"u1"}))
+    assert answer == UserContext("u1", "", "", frozenset(), None, frozenset())
 
 
-def test_a_user_owns_the_workspace_named_by_their_id_and_those_listed() -> None:
-    answer = parse_answer(_body(user_id="alice", permissions=[], workspaces=["team-a", "alice"]))
-    assert answer.workspaces == frozenset({"alice", "team-a"})
+def test_a_user_owns_only_the_workspaces_listed_unless_the_deployment_says_otherwise() -> None:
+    body = _body(user_id="alice", permissions=[], workspaces=["team-a"])
+    assert parse_answer(body).workspaces == frozenset({"team-a"})
+    implicit = parse_answer(body, user_id_is_workspace=True)
+    assert implicit.workspaces == frozenset({"alice", "team-a"})
 
 
 def test_an_integer_clearance_level_is_kept_as_a_string() -> None:

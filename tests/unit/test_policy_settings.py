@@ -50,3 +50,20 @@ def test_local_verification_needs_all_three_settings() -> None:
     )
     assert settings.backend_auth is not None
     assert settings.backend_auth.token_jwks_uri == "https://idp.example/jwks.json"
+
+
+@pytest.mark.parametrize(
+    ("extra", "implicit"),
+    [
+        ({}, False),  # production's default: ownership comes only from the backend
+        ({"NEXUS_ENVIRONMENT": "development"}, True),
+        ({"NEXUS_USER_ID_IS_WORKSPACE": "true"}, True),
+        ({"NEXUS_ENVIRONMENT": "development", "NEXUS_USER_ID_IS_WORKSPACE": "false"}, False),
+    ],
+)
+def test_the_user_id_names_a_workspace_only_where_the_deployment_says_so(
+    extra: dict[str, str], implicit: bool
+) -> None:
+    settings = PolicySettings.from_env(BASE | {"BACKEND_AUTH_URL": "https://a.example/me"} | extra)
+    assert settings.backend_auth is not None
+    assert settings.backend_auth.user_id_is_workspace is implicit

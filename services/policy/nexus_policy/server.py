@@ -95,6 +95,7 @@ def _users(
         cache_seconds=settings.cache_seconds,
         local=local,
         jwks_min_refetch_seconds=settings.jwks_min_refetch_seconds,
+        user_id_is_workspace=settings.user_id_is_workspace,
     )
 
 

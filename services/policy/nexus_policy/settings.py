@@ -33,6 +33,10 @@ class BackendAuthSettings:
     token_audience: str
     token_jwks_uri: str
     jwks_min_refetch_seconds: float = 30.0
+    # NEXUS_USER_ID_IS_WORKSPACE: a user also owns the workspace named by their
+    # user_id. On in development (the docs' walkthrough), off in production,
+    # where only the backend's `workspaces` grant ownership.
+    user_id_is_workspace: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,4 +121,7 @@ def _backend_auth(env: Env) -> BackendAuthSettings | None:
         token_audience=local[1],
         token_jwks_uri=local[2],
         jwks_min_refetch_seconds=env.jwks_min_refetch_seconds(),
+        user_id_is_workspace=env.flag(
+            "NEXUS_USER_ID_IS_WORKSPACE", env.deployment() == Deployment.DEVELOPMENT
+        ),
     )

@@ -280,11 +280,11 @@ class ConnectionRepository:
         return list((await self._session.scalars(statement)).all())
 
     async def usable_for(
-        self, provider_id: str, workspaces: frozenset[str] | None, limit: int
+        self, provider_id: str, workspaces: frozenset[str] | None, tenant_id: str | None, limit: int
     ) -> list[Connection]:
         """Connections to a provider that could back a session, in these
-        workspaces (None: in any): active ones, and those waiting for the user
-        to reconnect."""
+        workspaces (None: in any) of this tenant or of none (None: any tenant):
+        active ones, and those waiting for the user to reconnect."""
         statement = (
             select(connections)
             .where(
@@ -296,6 +296,8 @@ class ConnectionRepository:
         )
         if workspaces is not None:
             statement = statement.where(connections.c.workspace_id.in_(sorted(workspaces)))
+        if tenant_id is not None:
+            statement = statement.where(connections.c.tenant_id.in_(["", tenant_id]))
         return [self._to_domain(row) for row in await self._session.execute(statement)]
 
     async def reseal(self) -> int:

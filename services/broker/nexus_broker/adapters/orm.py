@@ -83,6 +83,8 @@ connections = Table(
     metadata,
     Column("id", String(36), primary_key=True),
     Column("workspace_id", String(255), nullable=False),
+    # The app's tenant of the workspace ("" for none): migration 0008.
+    Column("tenant_id", String(255), nullable=False, default=""),
     Column("provider_id", String(36), ForeignKey("providers.id"), nullable=False),
     Column("scopes", JSON, nullable=False),
     Column("return_url", Text, nullable=False),

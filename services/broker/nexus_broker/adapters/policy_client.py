@@ -58,6 +58,8 @@ class AccessGrant:
     user_expires_at: datetime | None
     # Where a session may look for its connection; None for anywhere.
     workspaces: frozenset[str] | None
+    # A user's session looks only at connections of this tenant or of none; None: any.
+    tenant_id: str | None
     # Credentials minted for the agent before this must not be handed out again.
     sessions_valid_after: datetime | None
 
@@ -115,6 +117,7 @@ class PolicyClient:
                     connection_id=connection.id,
                     workspace_id=connection.workspace_id,
                     granted_scopes=granted_scopes,
+                    tenant_id=connection.tenant_id,
                 )
             )
         if session is not None:
@@ -160,6 +163,7 @@ def _grant(decision: policy_pb2.AccessDecision) -> AccessGrant:
             else None
         ),
         workspaces=None if decision.any_workspace else frozenset(decision.workspaces),
+        tenant_id=decision.tenant_id if decision.HasField("tenant_id") else None,
         sessions_valid_after=(
             decision.sessions_valid_after.ToDatetime(tzinfo=UTC)
             if decision.HasField("sessions_valid_after")

@@ -107,6 +107,8 @@ class Connection:
     next_refresh_at: datetime | None = None
     refresh_failures: int = 0
     last_error: str = ""
+    # The app's tenant of the workspace: only its users reach it on their behalf.
+    tenant_id: str = ""
 
     def granted_scopes(self, tokens: TokenSet | None) -> tuple[str, ...]:
         """What the provider granted; RFC 6749 §5.1: a token response without

@@ -29,6 +29,7 @@ class ConnectionServicer(connections_pb2_grpc.ConnectionServiceServicer):
     ) -> pb.RequestConnectionResponse:
         started = await connections.request_connection(
             workspace_id=request.workspace_id,
+            tenant_id=request.tenant_id,
             provider_id=request.provider_id,
             provider_name=request.provider_name,
             scopes=tuple(request.scopes),

@@ -154,6 +154,7 @@ def connection_to_proto(connection: Connection, provider: Provider) -> connectio
         next_refresh_at=timestamp(connection.next_refresh_at),
         last_error=connection.last_error,
         expire_time=timestamp(connection.pending_until),
+        tenant_id=connection.tenant_id,
     )
 
 

@@ -63,6 +63,12 @@ def _request(
         connection_id=message.connection_id,
         workspace_id=message.workspace_id,
         user_context_token=token,
+        owner_context_token=(
+            message.owner_context_token
+            if isinstance(message, pb.CreateAgentSessionRequest)
+            and message.HasField("owner_context_token")
+            else None
+        ),
     )
 
 

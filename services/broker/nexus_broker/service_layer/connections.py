@@ -221,6 +221,7 @@ async def request_connection(
     return_url: str,
     deps: ConnectionDeps,
     require_confirmation: bool | None = None,
+    tenant_id: str = "",
 ) -> StartedConnection:
     if not workspace_id or len(workspace_id) > 255:
         raise ValidationFailed(
@@ -252,6 +253,7 @@ async def request_connection(
     connection = Connection(
         id=str(uuid.uuid4()),
         workspace_id=workspace_id,
+        tenant_id=tenant_id,
         provider_id=provider.id,
         scopes=granted,
         return_url=return_url,

@@ -117,6 +117,9 @@ class SessionRequest:
     workspace_id: str = ""
     # None for an agent session; the user's token for an on-behalf-of session.
     user_context_token: str | None = field(default=None, repr=False)
+    # An agent session serving a signed-in user: that user's token. The
+    # connection must be the user's; the session acts as the agent.
+    owner_context_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -167,13 +170,12 @@ async def _named_connection(
 
 
 async def _find_connection(
-    request: SessionRequest, provider: Provider, reach: frozenset[str] | None, deps: SessionDeps
+    request: SessionRequest, provider: Provider, grant: AccessGrant, deps: SessionDeps
 ) -> Connection:
     """The only usable connection where the decision allows looking; never a guess."""
-    if request.workspace_id:
-        reach = frozenset({request.workspace_id})
+    reach = frozenset({request.workspace_id}) if request.workspace_id else grant.workspaces
     async with deps.connections.uow() as uow:
-        matches = await uow.connections.usable_for(provider.id, reach, limit=2)
+        matches = await uow.connections.usable_for(provider.id, reach, grant.tenant_id, limit=2)
     where = f" in workspace {request.workspace_id!r}" if request.workspace_id else ""
     if not matches:
         raise NoConnection(
@@ -291,6 +293,10 @@ async def create_session(
     )
     if request.user_context_token is not None and not request.user_context_token.strip():
         raise ValidationFailed("user_context_token is required", field="user_context_token")
+    if request.owner_context_token is not None and not request.owner_context_token.strip():
+        raise ValidationFailed(
+            "owner_context_token, when given, must be the user's token", field="owner_context_token"
+        )
     ttl = deps.limits.ttl(request.ttl_seconds)
     kind = SessionKind.AGENT if request.user_context_token is None else SessionKind.OBO
     try:
@@ -328,15 +334,22 @@ async def _issue(
         named[0] if named else None,
         named[1] if named else (),
         SessionAsk(
-            request.agent_id, request.scopes, request.user_context_token, request.workspace_id
+            request.agent_id,
+            request.scopes,
+            request.user_context_token if kind == SessionKind.OBO else request.owner_context_token,
+            request.workspace_id,
         ),
     )
+    # An agent session serving a user is the agent's own, confined to the user's
+    # connections: it does not act for them, so it is not stamped with them.
+    acting_for = grant.user if kind == SessionKind.OBO else None
+    owner = grant.user.user_id if grant.user is not None and acting_for is None else ""
     credential: _Credential | None = None
     if provider.spec.auth_type == AuthType.NEXUS:
         _check_offered(provider, grant.scopes)
     else:
         if named is None:
-            connection = await _find_connection(request, provider, grant.workspaces, deps)
+            connection = await _find_connection(request, provider, grant, deps)
             async with deps.connections.uow() as uow:
                 granted = connection.granted_scopes(await uow.connections.tokens(connection.id))
         else:
@@ -358,7 +371,7 @@ async def _issue(
         scopes=grant.scopes,
         created_at=now,
         expires_at=expires_at,
-        user=grant.user,
+        user=acting_for,
         narrowed_token_id=credential.narrowed_token_id if credential else None,
     )
     key = await deps.signer.current(now)
@@ -375,7 +388,8 @@ async def _issue(
         scopes=list(session.scopes),
         token_scopes=list(credential.token_scopes if credential else session.scopes),
         acting_for=user.user_id if user else "",
-        tenant_id=user.tenant_id if user else "",
+        tenant_id=grant.user.tenant_id if grant.user else "",
+        owner=owner,
         outcome="granted",
         expires_at=int(expires_at.timestamp()),
     )

@@ -13,12 +13,15 @@ The contract a customer implements at ``BACKEND_AUTH_URL``::
         clearance_level  string or integer, optional, default ""; kept as a string
         expires_at       number, optional: Unix seconds when the user's token expires
         workspaces       array of strings, optional: workspaces the user owns
-                         besides the one named by their user_id
     401 or 403           the token is not valid (or has expired)
 
-A user owns the workspace named by their ``user_id`` and every workspace
-listed in ``workspaces``; an on-behalf-of session reaches only connections in
-those. The user's token lives until the earlier of its JWT ``exp`` (when it is
+A user owns every workspace listed in ``workspaces``, and, where the
+deployment says so (``user_id_is_workspace``, NEXUS_USER_ID_IS_WORKSPACE: on in
+development, off in production), the one named by their ``user_id``; an
+on-behalf-of session reaches only connections in those, and only those of the
+user's tenant or of none (the policy's domain compares tenants). The implicit
+rule is off in production because ids are not unique across tenants: user
+``1001`` of one tenant must not own organisation ``1001`` of another. The user's token lives until the earlier of its JWT ``exp`` (when it is
 a JWT) and ``expires_at``, and no session acting for them lives longer.
 
 A 401 or 403, or an ``expires_at`` already past, raises ``UserTokenInvalid``.
@@ -122,9 +125,11 @@ class BackendAuthClient:
         jwks_min_refetch_seconds: float = 30.0,
         clock: Callable[[], float] = time.time,
         cache_size: int = 10_000,
+        user_id_is_workspace: bool = False,
     ) -> None:
         self._http = http
         self._url = url
+        self._user_id_is_workspace = user_id_is_workspace
         self._timeout_seconds = timeout_seconds
         self._cache_seconds = cache_seconds
         self._local = local
@@ -262,7 +267,7 @@ class BackendAuthClient:
             raise BackendAuthUnavailable(
                 f"the user backend could not be reached ({type(exc).__name__})"
             ) from exc
-        return parse_answer(body)
+        return parse_answer(body, user_id_is_workspace=self._user_id_is_workspace)
 
 
 async def _read_capped(response: httpx.Response) -> bytes:
@@ -288,7 +293,7 @@ def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def parse_answer(body: bytes) -> UserContext:
+def parse_answer(body: bytes, *, user_id_is_workspace: bool = False) -> UserContext:
     """The contract's 200 body as a UserContext; ``BackendAuthUnavailable`` if it breaks it."""
     try:
         answer = parse_json(body)
@@ -342,5 +347,5 @@ def parse_answer(body: bytes) -> UserContext:
         permissions=frozenset(permissions),
         # Any later expiry is as good as none, and still a date every service can hold.
         expires_at=None if expires_at is None else min(float(expires_at), LATEST_EXPIRY),
-        workspaces=frozenset([user_id, *workspaces]),
+        workspaces=frozenset([user_id, *workspaces] if user_id_is_workspace else workspaces),
     )

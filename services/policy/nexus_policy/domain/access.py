@@ -14,11 +14,17 @@ access) or an ``AgentPrincipal``. Every path that releases or refreshes a creden
                           within allowed_scopes unless full_connection_access.
     agent session         not for on_behalf_of_only agents; scopes within
                           allowed_scopes; the connection (or the workspace
-                          asked for) must be bound.
+                          asked for) must be bound. With an owner (the
+                          signed-in user a multi-user agent serves), the
+                          connection must also be one the owner owns.
     on-behalf-of session  scopes within allowed_scopes and within the user's
                           permissions; the connection (or workspace) must be
                           one the user owns, and bound unless the agent is
                           on_behalf_of_only or bound to every workspace.
+
+A user owns a connection when its workspace is among the user's and its tenant
+(recorded at RequestConnection) is the user's or none: ids are not unique across
+tenants, so user ``1001`` of one tenant never reaches another tenant's ``1001``.
 
 Each denial is an error with a stable reason and a message that names the fix.
 """
@@ -58,6 +64,7 @@ __all__ = [
     "agent_gate",
     "decide",
     "effective_bindings",
+    "owns",
 ]
 
 
@@ -86,6 +93,8 @@ class ConnectionRef:
     connection_id: str
     workspace_id: str
     granted_scopes: tuple[str, ...]
+    # The app's tenant of the workspace; "" for none.
+    tenant_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,9 +111,12 @@ class Target:
 
 @dataclass(frozen=True)
 class Reach:
-    """Where a session may look for its connection: these workspaces, or any (None)."""
+    """Where a session may look for its connection: these workspaces, or any
+    (None); and, for a user's session, only connections of ``tenant_id`` or of
+    no tenant (None: any tenant)."""
 
     workspaces: frozenset[str] | None
+    tenant_id: str | None = None
 
 
 _ANYWHERE = Reach(None)
@@ -202,9 +214,7 @@ def _check_connection_scopes(agent: Agent, bindings: Bindings, connection: Conne
         )
 
 
-def _check_user(
-    agent: Agent, bindings: Bindings, user: UserContext, scopes: tuple[str, ...], target: Target
-) -> Reach:
+def _check_permissions(user: UserContext, scopes: tuple[str, ...]) -> None:
     missing = [scope for scope in scopes if scope not in user.permissions]
     if missing:
         raise UserPermissionMissing(
@@ -214,20 +224,32 @@ def _check_user(
             user_id=user.user_id,
             tenant_id=user.tenant_id,
         )
-    owned = user.workspaces
-    asked = target.connection.workspace_id if target.connection else target.workspace_id
-    if asked and asked not in owned:
+
+
+def owns(user: UserContext, workspace_id: str, tenant_id: str) -> bool:
+    """Whether the user owns a connection in ``workspace_id`` of ``tenant_id``."""
+    return workspace_id in user.workspaces and tenant_id in ("", user.tenant_id)
+
+
+def _owned_reach(agent: Agent, bindings: Bindings, user: UserContext, target: Target) -> Reach:
+    """Where a session serving ``user`` may look: the user's own workspaces,
+    within the agent's bindings unless it acts only for users or everywhere."""
+    connection = target.connection
+    asked = connection.workspace_id if connection else target.workspace_id
+    tenant = connection.tenant_id if connection else ""
+    if asked and not owns(user, asked, tenant):
         raise UserWorkspaceNotOwned(
-            f"the user {user.user_id!r} does not own the workspace {asked!r}; an on-behalf-of "
-            "session reaches only its user's workspaces",
+            f"the user {user.user_id!r} does not own the workspace {asked!r}; a session for "
+            "a user reaches only that user's workspaces, in their tenant",
             user_id=user.user_id,
             workspace_id=asked,
         )
+    owned = user.workspaces
     if bindings.on_behalf_of_only or bindings.any_workspace:
-        return Reach(owned)
+        return Reach(owned, user.tenant_id)
     if asked and not bindings.allows_workspace(asked):
         raise _workspace_not_bound(agent, bindings, asked)
-    return Reach(frozenset(owned & set(bindings.workspaces)))
+    return Reach(frozenset(owned & set(bindings.workspaces)), user.tenant_id)
 
 
 def agent_gate(
@@ -261,8 +283,8 @@ def decide(
     """Allow (returning where a session may look) or raise the denial.
 
     ``agent`` and ``bindings`` are the agent acting (the caller, or the agent a
-    session is for); ``user`` is set for on-behalf-of sessions once the
-    customer's backend vouched for them.
+    session is for); ``user`` is set, once the customer's backend vouched for
+    them, for on-behalf-of sessions and for agent sessions serving a user.
     """
     if isinstance(caller, AdminPrincipal) and action not in Action.SESSIONS:
         return _ANYWHERE
@@ -272,7 +294,13 @@ def decide(
     if action == Action.OBO_SESSION:
         if user is None:
             raise AssertionError("an on-behalf-of decision needs its user")
-        return _check_user(agent, bindings, user, scopes, target)
+        _check_permissions(user, scopes)
+        return _owned_reach(agent, bindings, user, target)
+    if user is not None:
+        if action != Action.AGENT_SESSION:
+            raise AssertionError("only sessions serve a user")
+        # The agent's own scopes, in the user's own workspaces.
+        return _owned_reach(agent, bindings, user, target)
     connection = target.connection
     workspace = connection.workspace_id if connection else target.workspace_id
     if workspace and not bindings.allows_workspace(workspace):

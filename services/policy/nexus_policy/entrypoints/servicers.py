@@ -83,7 +83,7 @@ def _target(request: policy_pb2.AccessRequest) -> Target:
     if request.HasField("connection"):
         given = request.connection
         connection = ConnectionRef(
-            given.connection_id, given.workspace_id, tuple(given.granted_scopes)
+            given.connection_id, given.workspace_id, tuple(given.granted_scopes), given.tenant_id
         )
     return Target(request.provider_id, request.provider_name, connection, request.workspace_id)
 
@@ -221,6 +221,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             workspaces=sorted(reach or ()),
             any_workspace=reach is None,
         )
+        if grant.reach.tenant_id is not None:
+            response.tenant_id = grant.reach.tenant_id
         if grant.agent is not None:
             response.agent_id = grant.agent.agent_id
             response.sessions_valid_after.CopyFrom(_timestamp(grant.agent.sessions_valid_after))

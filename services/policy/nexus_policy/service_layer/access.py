@@ -100,12 +100,16 @@ async def authorize(
     agent = await _agent(deps, acting)
     bindings = effective_bindings(agent, target, allow_unbound=deps.allow_unbound)
     user: OboUser | None = None
-    if action == Action.OBO_SESSION:
+    # An agent session may serve a signed-in user (its owner): it is then
+    # confined to that user's connections, which only the backend can say.
+    serves_user = action == Action.OBO_SESSION or (
+        action == Action.AGENT_SESSION and user_token is not None
+    )
+    if serves_user:
         agent_gate(caller, action, agent, bindings, target, wanted)
         if deps.users is None:
             raise FailedPrecondition(
-                "on-behalf-of sessions are not configured: set BACKEND_AUTH_URL on the "
-                "policy service"
+                "sessions for a user are not configured: set BACKEND_AUTH_URL on the policy service"
             )
         if user_token is None:
             raise ValidationFailed("user_context_token is required", field="user_context_token")

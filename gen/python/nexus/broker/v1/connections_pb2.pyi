@@ -30,6 +30,7 @@ class RequestConnectionRequest(_message.Message):
     SCOPES_FIELD_NUMBER: _builtins.int
     RETURN_URL_FIELD_NUMBER: _builtins.int
     REQUIRE_CONFIRMATION_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """The app's own identifier for the user or tenant, e.g. "user_sarah"."""
     provider_id: _builtins.str
@@ -42,6 +43,11 @@ class RequestConnectionRequest(_message.Message):
     code the browser brings to return_url. Unset: the deployment decides
     (NEXUS_CONNECTION_CONFIRMATION; production requires it). false is refused
     where confirmation is required, unless the deployment set it to optional.
+    """
+    tenant_id: _builtins.str
+    """The app's tenant the workspace belongs to, as BACKEND_AUTH_URL reports its
+    users' tenant_id. Set, only that tenant's users reach the connection on
+    their behalf; unset, the connection belongs to no tenant.
     """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -56,10 +62,11 @@ class RequestConnectionRequest(_message.Message):
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         return_url: _builtins.str = ...,
         require_confirmation: _builtins.bool | None = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_require_confirmation", b"_require_confirmation", "require_confirmation", b"require_confirmation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_require_confirmation", b"_require_confirmation", "provider_id", b"provider_id", "provider_name", b"provider_name", "require_confirmation", b"require_confirmation", "return_url", b"return_url", "scopes", b"scopes", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_require_confirmation", b"_require_confirmation", "provider_id", b"provider_id", "provider_name", b"provider_name", "require_confirmation", b"require_confirmation", "return_url", b"return_url", "scopes", b"scopes", "tenant_id", b"tenant_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__require_confirmation: _TypeAlias = _typing.Literal["require_confirmation"]  # noqa: Y015
     _WhichOneofArgType__require_confirmation: _TypeAlias = _typing.Literal["_require_confirmation", b"_require_confirmation"]  # noqa: Y015
@@ -452,6 +459,7 @@ class Connection(_message.Message):
     NEXT_REFRESH_AT_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     connection_id: _builtins.str
     workspace_id: _builtins.str
     provider_id: _builtins.str
@@ -462,6 +470,8 @@ class Connection(_message.Message):
     """
     last_error: _builtins.str
     """Why the last refresh (or the connection) failed, in words; never a provider's body."""
+    tenant_id: _builtins.str
+    """The tenant given at RequestConnection; empty for none."""
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -486,10 +496,11 @@ class Connection(_message.Message):
         next_refresh_at: _timestamp_pb2.Timestamp | None = ...,
         last_error: _builtins.str = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "last_refreshed_at", b"last_refreshed_at", "next_refresh_at", b"next_refresh_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_id", b"connection_id", "create_time", b"create_time", "expire_time", b"expire_time", "last_error", b"last_error", "last_refreshed_at", b"last_refreshed_at", "next_refresh_at", b"next_refresh_at", "provider_id", b"provider_id", "provider_name", b"provider_name", "scopes", b"scopes", "status", b"status", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_id", b"connection_id", "create_time", b"create_time", "expire_time", b"expire_time", "last_error", b"last_error", "last_refreshed_at", b"last_refreshed_at", "next_refresh_at", b"next_refresh_at", "provider_id", b"provider_id", "provider_name", b"provider_name", "scopes", b"scopes", "status", b"status", "tenant_id", b"tenant_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,7 @@ from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enexus/broker/v1/sessions.proto\x12\x0fnexus.broker.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1bgoogle/protobuf/empty.proto\"\xca\x01\n\x19\x43reateAgentSessionRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08provider\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06scopes\x18\x03 \x03(\tB\x04\xe2\x41\x01\x02\x12\x1e\n\x0bttl_seconds\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1b\n\rconnection_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cworkspace_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x42\x0e\n\x0c_ttl_seconds\"\xeb\x01\n\x17\x43reateOboSessionRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08provider\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06scopes\x18\x03 \x03(\tB\x04\xe2\x41\x01\x02\x12\x1e\n\x0bttl_seconds\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1b\n\rconnection_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cworkspace_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12!\n\x12user_context_token\x18\x07 \x01(\tB\x05\xe2\x41\x02\x02\x04\x42\x0e\n\x0c_ttl_seconds\"\x98\x02\n\x0c\x41gentSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\t\x12\x12\n\ntoken_type\x18\x03 \x01(\t\x12\x12\n\nexpires_at\x18\x04 \x01(\r\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\x15\n\rconnection_id\x18\x07 \x01(\t\x12\x15\n\rsession_token\x18\x08 \x01(\t\x12\x10\n\x08\x61gent_id\x18\t \x01(\t\x12\x12\n\nacting_for\x18\n \x01(\t\x12\x11\n\ttenant_id\x18\x0b \x01(\t\x12\x17\n\x0f\x63learance_level\x18\x0c \x01(\t\x12\x14\n\x0ctoken_scopes\x18\r \x03(\t\"4\n\x18\x43loseAgentSessionRequest\x12\x18\n\nsession_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"/\n\x18IntrospectSessionRequest\x12\x13\n\x05token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xe1\x03\n\x19IntrospectSessionResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x12\n\x05scope\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x16\n\tclient_id\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x10\n\x03sub\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x10\n\x03\x65xp\x18\x05 \x01(\rH\x03\x88\x01\x01\x12\x10\n\x03iat\x18\x06 \x01(\rH\x04\x88\x01\x01\x12\x10\n\x03iss\x18\x07 \x01(\tH\x05\x88\x01\x01\x12\x10\n\x03\x61ud\x18\x08 \x01(\tH\x06\x88\x01\x01\x12\x10\n\x03jti\x18\t \x01(\tH\x07\x88\x01\x01\x12\x17\n\ntoken_type\x18\n \x01(\tH\x08\x88\x01\x01\x12\x17\n\nacting_for\x18\x0b \x01(\tH\t\x88\x01\x01\x12\x16\n\ttenant_id\x18\x0c \x01(\tH\n\x88\x01\x01\x12\x1c\n\x0f\x63learance_level\x18\r \x01(\tH\x0b\x88\x01\x01\x12\x1a\n\rconnection_id\x18\x0e \x01(\tH\x0c\x88\x01\x01\x42\x08\n\x06_scopeB\x0c\n\n_client_idB\x06\n\x04_subB\x06\n\x04_expB\x06\n\x04_iatB\x06\n\x04_issB\x06\n\x04_audB\x06\n\x04_jtiB\r\n\x0b_token_typeB\r\n\x0b_acting_forB\x0c\n\n_tenant_idB\x12\n\x10_clearance_levelB\x10\n\x0e_connection_id\"\x10\n\x0eGetJwksRequest\"1\n\x17\x45ndAgentSessionsRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"K\n\x18\x45ndAgentSessionsResponse\x12\x17\n\x0f\x63losed_sessions\x18\x01 \x01(\x05\x12\x16\n\x0erevoked_tokens\x18\x02 \x01(\x05\x32\xbd\x04\n\x0eSessionService\x12_\n\x12\x43reateAgentSession\x12*.nexus.broker.v1.CreateAgentSessionRequest\x1a\x1d.nexus.broker.v1.AgentSession\x12[\n\x10\x43reateOboSession\x12(.nexus.broker.v1.CreateOboSessionRequest\x1a\x1d.nexus.broker.v1.AgentSession\x12V\n\x11\x43loseAgentSession\x12).nexus.broker.v1.CloseAgentSessionRequest\x1a\x16.google.protobuf.Empty\x12j\n\x11IntrospectSession\x12).nexus.broker.v1.IntrospectSessionRequest\x1a*.nexus.broker.v1.IntrospectSessionResponse\x12@\n\x07GetJwks\x12\x1f.nexus.broker.v1.GetJwksRequest\x1a\x14.google.api.HttpBody\x12g\n\x10\x45ndAgentSessions\x12(.nexus.broker.v1.EndAgentSessionsRequest\x1a).nexus.broker.v1.EndAgentSessionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enexus/broker/v1/sessions.proto\x12\x0fnexus.broker.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1bgoogle/protobuf/empty.proto\"\x8b\x02\n\x19\x43reateAgentSessionRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08provider\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06scopes\x18\x03 \x03(\tB\x04\xe2\x41\x01\x02\x12\x1e\n\x0bttl_seconds\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1b\n\rconnection_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cworkspace_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12\'\n\x13owner_context_token\x18\x07 \x01(\tB\x05\xe2\x41\x02\x01\x04H\x01\x88\x01\x01\x42\x0e\n\x0c_ttl_secondsB\x16\n\x14_owner_context_token\"\xeb\x01\n\x17\x43reateOboSessionRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08provider\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06scopes\x18\x03 \x03(\tB\x04\xe2\x41\x01\x02\x12\x1e\n\x0bttl_seconds\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1b\n\rconnection_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cworkspace_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12!\n\x12user_context_token\x18\x07 \x01(\tB\x05\xe2\x41\x02\x02\x04\x42\x0e\n\x0c_ttl_seconds\"\x98\x02\n\x0c\x41gentSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\t\x12\x12\n\ntoken_type\x18\x03 \x01(\t\x12\x12\n\nexpires_at\x18\x04 \x01(\r\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\x15\n\rconnection_id\x18\x07 \x01(\t\x12\x15\n\rsession_token\x18\x08 \x01(\t\x12\x10\n\x08\x61gent_id\x18\t \x01(\t\x12\x12\n\nacting_for\x18\n \x01(\t\x12\x11\n\ttenant_id\x18\x0b \x01(\t\x12\x17\n\x0f\x63learance_level\x18\x0c \x01(\t\x12\x14\n\x0ctoken_scopes\x18\r \x03(\t\"4\n\x18\x43loseAgentSessionRequest\x12\x18\n\nsession_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"/\n\x18IntrospectSessionRequest\x12\x13\n\x05token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xe1\x03\n\x19IntrospectSessionResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x12\n\x05scope\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x16\n\tclient_id\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x10\n\x03sub\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x10\n\x03\x65xp\x18\x05 \x01(\rH\x03\x88\x01\x01\x12\x10\n\x03iat\x18\x06 \x01(\rH\x04\x88\x01\x01\x12\x10\n\x03iss\x18\x07 \x01(\tH\x05\x88\x01\x01\x12\x10\n\x03\x61ud\x18\x08 \x01(\tH\x06\x88\x01\x01\x12\x10\n\x03jti\x18\t \x01(\tH\x07\x88\x01\x01\x12\x17\n\ntoken_type\x18\n \x01(\tH\x08\x88\x01\x01\x12\x17\n\nacting_for\x18\x0b \x01(\tH\t\x88\x01\x01\x12\x16\n\ttenant_id\x18\x0c \x01(\tH\n\x88\x01\x01\x12\x1c\n\x0f\x63learance_level\x18\r \x01(\tH\x0b\x88\x01\x01\x12\x1a\n\rconnection_id\x18\x0e \x01(\tH\x0c\x88\x01\x01\x42\x08\n\x06_scopeB\x0c\n\n_client_idB\x06\n\x04_subB\x06\n\x04_expB\x06\n\x04_iatB\x06\n\x04_issB\x06\n\x04_audB\x06\n\x04_jtiB\r\n\x0b_token_typeB\r\n\x0b_acting_forB\x0c\n\n_tenant_idB\x12\n\x10_clearance_levelB\x10\n\x0e_connection_id\"\x10\n\x0eGetJwksRequest\"1\n\x17\x45ndAgentSessionsRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"K\n\x18\x45ndAgentSessionsResponse\x12\x17\n\x0f\x63losed_sessions\x18\x01 \x01(\x05\x12\x16\n\x0erevoked_tokens\x18\x02 \x01(\x05\x32\xbd\x04\n\x0eSessionService\x12_\n\x12\x43reateAgentSession\x12*.nexus.broker.v1.CreateAgentSessionRequest\x1a\x1d.nexus.broker.v1.AgentSession\x12[\n\x10\x43reateOboSession\x12(.nexus.broker.v1.CreateOboSessionRequest\x1a\x1d.nexus.broker.v1.AgentSession\x12V\n\x11\x43loseAgentSession\x12).nexus.broker.v1.CloseAgentSessionRequest\x1a\x16.google.protobuf.Empty\x12j\n\x11IntrospectSession\x12).nexus.broker.v1.IntrospectSessionRequest\x1a*.nexus.broker.v1.IntrospectSessionResponse\x12@\n\x07GetJwks\x12\x1f.nexus.broker.v1.GetJwksRequest\x1a\x14.google.api.HttpBody\x12g\n\x10\x45ndAgentSessions\x12(.nexus.broker.v1.EndAgentSessionsRequest\x1a).nexus.broker.v1.EndAgentSessionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEAGENTSESSIONREQUEST'].fields_by_name['connection_id']._serialized_options = b'\342A\001\001'
   _globals['_CREATEAGENTSESSIONREQUEST'].fields_by_name['workspace_id']._loaded_options = None
   _globals['_CREATEAGENTSESSIONREQUEST'].fields_by_name['workspace_id']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEAGENTSESSIONREQUEST'].fields_by_name['owner_context_token']._loaded_options = None
+  _globals['_CREATEAGENTSESSIONREQUEST'].fields_by_name['owner_context_token']._serialized_options = b'\342A\002\001\004'
   _globals['_CREATEOBOSESSIONREQUEST'].fields_by_name['agent_id']._loaded_options = None
   _globals['_CREATEOBOSESSIONREQUEST'].fields_by_name['agent_id']._serialized_options = b'\342A\001\002'
   _globals['_CREATEOBOSESSIONREQUEST'].fields_by_name['provider']._loaded_options = None
@@ -67,23 +69,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENDAGENTSESSIONSREQUEST'].fields_by_name['agent_id']._loaded_options = None
   _globals['_ENDAGENTSESSIONSREQUEST'].fields_by_name['agent_id']._serialized_options = b'\342A\001\002'
   _globals['_CREATEAGENTSESSIONREQUEST']._serialized_start=141
-  _globals['_CREATEAGENTSESSIONREQUEST']._serialized_end=343
-  _globals['_CREATEOBOSESSIONREQUEST']._serialized_start=346
-  _globals['_CREATEOBOSESSIONREQUEST']._serialized_end=581
-  _globals['_AGENTSESSION']._serialized_start=584
-  _globals['_AGENTSESSION']._serialized_end=864
-  _globals['_CLOSEAGENTSESSIONREQUEST']._serialized_start=866
-  _globals['_CLOSEAGENTSESSIONREQUEST']._serialized_end=918
-  _globals['_INTROSPECTSESSIONREQUEST']._serialized_start=920
-  _globals['_INTROSPECTSESSIONREQUEST']._serialized_end=967
-  _globals['_INTROSPECTSESSIONRESPONSE']._serialized_start=970
-  _globals['_INTROSPECTSESSIONRESPONSE']._serialized_end=1451
-  _globals['_GETJWKSREQUEST']._serialized_start=1453
-  _globals['_GETJWKSREQUEST']._serialized_end=1469
-  _globals['_ENDAGENTSESSIONSREQUEST']._serialized_start=1471
-  _globals['_ENDAGENTSESSIONSREQUEST']._serialized_end=1520
-  _globals['_ENDAGENTSESSIONSRESPONSE']._serialized_start=1522
-  _globals['_ENDAGENTSESSIONSRESPONSE']._serialized_end=1597
-  _globals['_SESSIONSERVICE']._serialized_start=1600
-  _globals['_SESSIONSERVICE']._serialized_end=2173
+  _globals['_CREATEAGENTSESSIONREQUEST']._serialized_end=408
+  _globals['_CREATEOBOSESSIONREQUEST']._serialized_start=411
+  _globals['_CREATEOBOSESSIONREQUEST']._serialized_end=646
+  _globals['_AGENTSESSION']._serialized_start=649
+  _globals['_AGENTSESSION']._serialized_end=929
+  _globals['_CLOSEAGENTSESSIONREQUEST']._serialized_start=931
+  _globals['_CLOSEAGENTSESSIONREQUEST']._serialized_end=983
+  _globals['_INTROSPECTSESSIONREQUEST']._serialized_start=985
+  _globals['_INTROSPECTSESSIONREQUEST']._serialized_end=1032
+  _globals['_INTROSPECTSESSIONRESPONSE']._serialized_start=1035
+  _globals['_INTROSPECTSESSIONRESPONSE']._serialized_end=1516
+  _globals['_GETJWKSREQUEST']._serialized_start=1518
+  _globals['_GETJWKSREQUEST']._serialized_end=1534
+  _globals['_ENDAGENTSESSIONSREQUEST']._serialized_start=1536
+  _globals['_ENDAGENTSESSIONSREQUEST']._serialized_end=1585
+  _globals['_ENDAGENTSESSIONSRESPONSE']._serialized_start=1587
+  _globals['_ENDAGENTSESSIONSRESPONSE']._serialized_end=1662
+  _globals['_SESSIONSERVICE']._serialized_start=1665
+  _globals['_SESSIONSERVICE']._serialized_end=2238
 # @@protoc_insertion_point(module_scope)

@@ -28,6 +28,7 @@ class CreateAgentSessionRequest(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     CONNECTION_ID_FIELD_NUMBER: _builtins.int
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    OWNER_CONTEXT_TOKEN_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The agent asking; an agent may only ask as itself."""
     provider: _builtins.str
@@ -38,6 +39,13 @@ class CreateAgentSessionRequest(_message.Message):
     """Which connection to use; needed when the provider has several that match."""
     workspace_id: _builtins.str
     """Narrows the connection to one workspace's."""
+    owner_context_token: _builtins.str
+    """For an agent that serves several users (an MCP server, say): the token of
+    the signed-in user this call serves, as BACKEND_AUTH_URL accepts it. The
+    connection must then be one that user owns, besides the agent's bindings;
+    the session still acts as the agent, with its scopes, and lives no longer
+    than the user's token.
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -49,13 +57,19 @@ class CreateAgentSessionRequest(_message.Message):
         ttl_seconds: _builtins.int | None = ...,
         connection_id: _builtins.str = ...,
         workspace_id: _builtins.str = ...,
+        owner_context_token: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_ttl_seconds", b"_ttl_seconds", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_owner_context_token", b"_owner_context_token", "_ttl_seconds", b"_ttl_seconds", "owner_context_token", b"owner_context_token", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ttl_seconds", b"_ttl_seconds", "agent_id", b"agent_id", "connection_id", b"connection_id", "provider", b"provider", "scopes", b"scopes", "ttl_seconds", b"ttl_seconds", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_owner_context_token", b"_owner_context_token", "_ttl_seconds", b"_ttl_seconds", "agent_id", b"agent_id", "connection_id", b"connection_id", "owner_context_token", b"owner_context_token", "provider", b"provider", "scopes", b"scopes", "ttl_seconds", b"ttl_seconds", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__owner_context_token: _TypeAlias = _typing.Literal["owner_context_token"]  # noqa: Y015
+    _WhichOneofArgType__owner_context_token: _TypeAlias = _typing.Literal["_owner_context_token", b"_owner_context_token"]  # noqa: Y015
     _WhichOneofReturnType__ttl_seconds: _TypeAlias = _typing.Literal["ttl_seconds"]  # noqa: Y015
     _WhichOneofArgType__ttl_seconds: _TypeAlias = _typing.Literal["_ttl_seconds", b"_ttl_seconds"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__owner_context_token) -> _WhichOneofReturnType__owner_context_token | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__ttl_seconds) -> _WhichOneofReturnType__ttl_seconds | None: ...
 
 Global___CreateAgentSessionRequest: _TypeAlias = CreateAgentSessionRequest  # noqa: Y015

@@ -129,7 +129,9 @@ class UserContext(_message.Message):
     def permissions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def workspaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The workspaces the user owns: their user_id, and any the backend listed."""
+        """The workspaces the user owns: those the backend listed, and their user_id
+        where the deployment says so (NEXUS_USER_ID_IS_WORKSPACE).
+        """
 
     def __init__(
         self,
@@ -202,8 +204,11 @@ class ConnectionRef(_message.Message):
     CONNECTION_ID_FIELD_NUMBER: _builtins.int
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     GRANTED_SCOPES_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     connection_id: _builtins.str
     workspace_id: _builtins.str
+    tenant_id: _builtins.str
+    """The app's tenant of the workspace, given at RequestConnection; "" for none."""
     @_builtins.property
     def granted_scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The scopes the provider granted the connection."""
@@ -214,10 +219,11 @@ class ConnectionRef(_message.Message):
         connection_id: _builtins.str = ...,
         workspace_id: _builtins.str = ...,
         granted_scopes: _abc.Iterable[_builtins.str] | None = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_id", b"connection_id", "granted_scopes", b"granted_scopes", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_id", b"connection_id", "granted_scopes", b"granted_scopes", "tenant_id", b"tenant_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -263,7 +269,10 @@ class AccessRequest(_message.Message):
     agent_id: _builtins.str
     """Sessions: the agent the session is for. An agent may ask only as itself."""
     user_context_token: _builtins.str
-    """On-behalf-of sessions: the user's token, checked at BACKEND_AUTH_URL."""
+    """On-behalf-of sessions: the user's token, checked at BACKEND_AUTH_URL.
+    Agent sessions: the token of the signed-in user the agent serves (its
+    owner_context_token); the connection must then be one that user owns.
+    """
     provider_id: _builtins.str
     provider_name: _builtins.str
     workspace_id: _builtins.str
@@ -313,9 +322,14 @@ class AccessDecision(_message.Message):
     WORKSPACES_FIELD_NUMBER: _builtins.int
     ANY_WORKSPACE_FIELD_NUMBER: _builtins.int
     SESSIONS_VALID_AFTER_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The agent acting; empty for an admin."""
     any_workspace: _builtins.bool
+    tenant_id: _builtins.str
+    """Sessions on behalf of a user (or owned by one): only connections of this
+    tenant, or of none. Unset: any tenant.
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Sessions: the granted scopes, sorted and without repeats."""
@@ -345,12 +359,15 @@ class AccessDecision(_message.Message):
         workspaces: _abc.Iterable[_builtins.str] | None = ...,
         any_workspace: _builtins.bool = ...,
         sessions_valid_after: _timestamp_pb2.Timestamp | None = ...,
+        tenant_id: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sessions_valid_after", b"sessions_valid_after", "user", b"user"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tenant_id", b"_tenant_id", "sessions_valid_after", b"sessions_valid_after", "tenant_id", b"tenant_id", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "any_workspace", b"any_workspace", "scopes", b"scopes", "sessions_valid_after", b"sessions_valid_after", "user", b"user", "workspaces", b"workspaces"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tenant_id", b"_tenant_id", "agent_id", b"agent_id", "any_workspace", b"any_workspace", "scopes", b"scopes", "sessions_valid_after", b"sessions_valid_after", "tenant_id", b"tenant_id", "user", b"user", "workspaces", b"workspaces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__tenant_id: _TypeAlias = _typing.Literal["tenant_id"]  # noqa: Y015
+    _WhichOneofArgType__tenant_id: _TypeAlias = _typing.Literal["_tenant_id", b"_tenant_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tenant_id) -> _WhichOneofReturnType__tenant_id | None: ...
 
 Global___AccessDecision: _TypeAlias = AccessDecision  # noqa: Y015
 
