@@ -13,7 +13,9 @@ Two tools over streamable HTTP at ``http://MCP_HOST:MCP_PORT/mcp``:
   grants only if the user holds that permission.
 - ``find_contacts`` acts as the agent: an agent session on ``salesforce``
   limited to ``crm:contacts:read``. A call may name the connection in its
-  request ``_meta`` (``dev.nexus/connection_id``); ``glide`` takes none.
+  request ``_meta`` (``dev.nexus/connection_id``), and Nexus then grants the
+  session only if that connection is the calling user's own (the user's token
+  goes with it, checked at the app's ``BACKEND_AUTH_URL``); ``glide`` takes none.
 
 Other settings: ``MCP_HOST`` (127.0.0.1), ``MCP_PORT`` (8000), ``MCP_RESOURCE_URL``
 (the endpoint's public URL; default from host and port), ``MCP_TOKEN_AUDIENCE``
@@ -139,7 +141,8 @@ def create_server(settings: Settings) -> MCPServer[None]:
         return result
 
     @mcp.tool()
-    # The host application names the user's CRM connection in each call's _meta.
+    # A call may name the user's CRM connection in its _meta. The user's own
+    # client writes _meta, so Nexus checks the connection is that user's.
     @nexus.as_agent(provider="salesforce", scopes=["crm:contacts:read"], connection_from_meta=True)
     async def find_contacts(query: str, credentials: ToolCredentials) -> list[dict[str, Any]]:
         """Find CRM contacts whose name matches the query."""

@@ -64,8 +64,11 @@ def create_agent_session(
     ttl: int | timedelta | None,
     connection_id: str | None,
     workspace_id: str | None,
+    owner_context_token: str | None = None,
 ) -> Call[AgentSession]:
     body = _session_body(agent_id, provider, scopes, ttl, connection_id, workspace_id)
+    if owner_context_token is not None:
+        body["owner_context_token"] = owner_context_token
     return Call(_request(options, "POST", "/v1/agent-sessions", body), _reader(agent_session))
 
 

@@ -65,11 +65,15 @@ class NexusClient:
         ttl: int | timedelta | None = None,
         connection_id: str | None = None,
         workspace_id: str | None = None,
+        owner_context_token: str | None = None,
     ) -> AgentSession:
         """A session limited to ``scopes``, which must be within the agent's allowed scopes.
 
         ``ttl`` defaults to the gateway's; the connection is the one named,
-        else the only active one for the provider (and workspace).
+        else the only active one for the provider (and workspace). An agent
+        serving several users passes the calling user's token as
+        ``owner_context_token``: the connection must then be that user's (as
+        the app's ``BACKEND_AUTH_URL`` says), and the session still acts as the agent.
         """
         return self._send(
             _calls.create_agent_session(
@@ -80,6 +84,7 @@ class NexusClient:
                 ttl=ttl,
                 connection_id=connection_id,
                 workspace_id=workspace_id,
+                owner_context_token=owner_context_token,
             )
         )
 
@@ -186,6 +191,7 @@ class AsyncNexusClient:
         ttl: int | timedelta | None = None,
         connection_id: str | None = None,
         workspace_id: str | None = None,
+        owner_context_token: str | None = None,
     ) -> AgentSession:
         """A session limited to ``scopes``; see ``NexusClient.request_agent_session``."""
         return await self._send(
@@ -197,6 +203,7 @@ class AsyncNexusClient:
                 ttl=ttl,
                 connection_id=connection_id,
                 workspace_id=workspace_id,
+                owner_context_token=owner_context_token,
             )
         )
 

@@ -123,13 +123,15 @@ class NexusMCP:
         connection_from_meta: bool = False,
     ) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
         """A tool that acts as this server's agent: an agent session limited to
-        ``scopes``, on the provider's only active connection.
+        ``scopes``, on the provider's only active connection the agent may reach.
 
-        With ``connection_from_meta``, a call may name another connection in its
-        request ``_meta`` (``CONNECTION_META_KEY``): any connection the agent
-        may reach, whoever the calling user is. So it is off unless declared,
-        for servers whose host application, not their users, sets ``_meta``;
-        without it, a call naming a connection is refused."""
+        With ``connection_from_meta``, a call may name a connection in its
+        request ``_meta`` (``CONNECTION_META_KEY``). The calling user's client
+        writes ``_meta``, so the session then carries the request's verified
+        bearer token as its ``owner_context_token``: Nexus grants it only if
+        the named connection is that user's (as the app's ``BACKEND_AUTH_URL``
+        says), whatever else the agent may reach. A call naming a connection is
+        refused without a verified user token, and always unless declared."""
         need = _Need(provider, _scope_tuple(scopes), "agent", ttl, connection_from_meta)
         return self._declare(need)
 
@@ -215,6 +217,8 @@ class NexusMCP:
                 scopes=need.scopes,
                 ttl=need.ttl,
                 connection_id=connection_id,
+                # A connection the caller chose must be the caller's own.
+                owner_context_token=_user_token(tool) if connection_id else None,
             )
         except NexusError as exc:
             logger.info("tool %s: Nexus refused its credentials (%s)", tool, exc.reason)
@@ -271,8 +275,9 @@ def _user_token(tool: str) -> str:
     verified = get_access_token()
     if verified is None:
         raise ToolError(
-            f"{tool} acts on behalf of the calling user, but the request carried no verified "
-            "user token (give the MCPServer NexusMCP's token_verifier and auth_settings)"
+            f"{tool} needs the calling user's verified token (to act for them, or to check that "
+            "the connection it names is theirs), but the request carried none (give the "
+            "MCPServer NexusMCP's token_verifier and auth_settings)"
         )
     return verified.token
 

@@ -19,7 +19,7 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from nexus_sdk import AsyncNexusClient, NexusAuthError, NexusClientOptions, NexusNotFoundError
+from nexus_sdk import AsyncNexusClient, NexusClientOptions, NexusNotFoundError
 from nexus_sdk.bridge import Bridge, BridgeError, BridgeOptions, RetryPolicy, Send
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import ServerConnection, serve
@@ -304,7 +304,8 @@ async def test_an_agent_not_bound_to_the_connections_workspace_gets_no_bridge(
                 bridge.maintain_websocket(setup.connection_id, stream.url, Recorder()), 30
             )
     cause = failed.value.__cause__
-    assert isinstance(cause, NexusAuthError) and cause.reason == "WORKSPACE_NOT_BOUND"
+    # Not its connection reads as absent to the agent; the audit has WORKSPACE_NOT_BOUND.
+    assert isinstance(cause, NexusNotFoundError) and cause.reason == "CONNECTION_NOT_FOUND"
     assert stream.opened == []
 
 

@@ -8,6 +8,7 @@ real upstream API on loopback that records the credential each tool sent."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -127,8 +128,22 @@ def server(
 
 
 def sarah(backend: BackendAuthServer, secrets: Secrets) -> str:
+    """The guide's user: the app's backend says she owns the workspace user_sarah."""
     token = backend.issue_token(
-        "sarah", permissions=["acme:gliding"], tenant_id="acme-eu", clearance_level="secret"
+        "sarah",
+        permissions=["acme:gliding"],
+        tenant_id="acme-eu",
+        clearance_level="secret",
+        workspaces=["user_sarah"],
+    )
+    secrets.add(token)
+    return token
+
+
+def bob(backend: BackendAuthServer, secrets: Secrets) -> str:
+    """Another signed-in user of the same MCP server, who owns user_bob only."""
+    token = backend.issue_token(
+        "bob", permissions=["acme:gliding"], tenant_id="acme-eu", workspaces=["user_bob"]
     )
     secrets.add(token)
     return token
@@ -252,6 +267,49 @@ async def test_a_call_can_name_the_connection_in_its_meta(
     assert idp_claims(idp, sent.bearer)["scope"] == "crm:contacts:read"
     assert unknown.is_error and "CONNECTION_NOT_FOUND" in text(unknown)
     assert upstream.last("/contacts") == sent
+
+
+async def test_a_user_naming_another_users_connection_gets_no_credential_from_it(
+    server: ExampleServer,
+    stack: Stack,
+    guide: Guide,
+    backend: BackendAuthServer,
+    upstream: UpstreamApi,
+    secrets: Secrets,
+    exchanged: Exchanged,
+    tmp_path: Path,
+) -> None:
+    """The user's own client writes _meta: Bob, signed in to the same server,
+    names Sarah's connection to find_contacts (declared connection_from_meta).
+    Nexus checks the connection against Bob's own, so the tool never runs with
+    Sarah's CRM token, through the official client or the Inspector."""
+    before, sent_before = sessions_of(stack, "session.granted"), len(upstream.requests)
+    async with python_client(server.url, bob(backend, secrets), exchanged) as client:
+        refused = await client.call_tool(
+            "find_contacts", {"query": "Grace"}, meta={CONNECTION_META_KEY: guide.connection_id}
+        )
+    by_inspector = inspector(
+        server.url,
+        bob(backend, secrets),
+        [
+            "--method",
+            "tools/call",
+            "--tool-name",
+            "find_contacts",
+            "--tool-arg",
+            "query=Grace",
+            "--tool-metadata",
+            f"{CONNECTION_META_KEY}={guide.connection_id}",
+        ],
+        exchanged,
+        tmp_path,
+        tool_error=True,
+    )
+    assert refused.is_error, text(refused)
+    for message in (text(refused), json.dumps(by_inspector)):
+        assert "CONNECTION_NOT_FOUND" in message and "user_sarah" not in message
+    assert sessions_of(stack, "session.granted") == before
+    assert len(upstream.requests) == sent_before
 
 
 async def test_a_tool_not_declared_to_take_a_connection_refuses_one_named_in_meta(

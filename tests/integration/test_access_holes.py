@@ -13,6 +13,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 from nexus.broker.v1 import (
+    audit_pb2,
     connections_pb2,
     connections_pb2_grpc,
     providers_pb2,
@@ -40,6 +41,7 @@ from tests.support.backend_auth_server import BackendAuthServer
 from tests.support.oidc_server import OidcServer, stats
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
 READ = "crm:contacts:read"
 
 
@@ -90,14 +92,27 @@ async def test_an_agent_reads_no_connection_outside_its_bindings(
         services, "alice-agent", CRM_SCOPES, providers=["salesforce"], workspaces=["alice"]
     )
 
+    # Not theirs reads as absent: the agent learns neither bob's workspace nor
+    # that the id names anything. The audit keeps the real reason.
     for connection_id in (alice, bob):
         await expect_error(
-            get_token(services, connection_id, calendar), DENIED, "PROVIDER_NOT_BOUND"
+            get_token(services, connection_id, calendar), NOT_FOUND, "CONNECTION_NOT_FOUND"
         )
     message = await expect_error(
-        get_token(services, bob, alice_only), DENIED, "WORKSPACE_NOT_BOUND"
+        get_token(services, bob, alice_only), NOT_FOUND, "CONNECTION_NOT_FOUND"
     )
-    assert "'bob'" in message and "PATCH /admin/v1/agents/alice-agent" in message
+    nobody = "00000000-0000-4000-8000-000000000000"
+    absent = await expect_error(
+        get_token(services, nobody, alice_only), NOT_FOUND, "CONNECTION_NOT_FOUND"
+    )
+    assert message == absent.replace(nobody, bob) and "'bob'" not in message
+    trail = await gateway_pb2_grpc.AuditServiceStub(services.gateway).ListAuditEvents(
+        audit_pb2.ListAuditEventsRequest(resource=f"connections/{bob}"), metadata=ADMIN
+    )
+    assert [e.details["reason"] for e in trail.audit_events if e.action == "access.denied"] == [
+        "WORKSPACE_NOT_BOUND",
+        "PROVIDER_NOT_BOUND",
+    ]
     assert (await get_token(services, alice, alice_only)).credentials["access_token"]
 
 
@@ -168,13 +183,18 @@ async def test_agent_sessions_stay_in_the_agents_workspaces(
         grpc.StatusCode.FAILED_PRECONDITION,
         "NO_CONNECTION",
     )
-    for named in ({"workspace_id": "bob"}, {"connection_id": bob}):
+    # Asked by workspace, the agent named it itself; by connection id, another
+    # workspace's connection reads as absent.
+    for named, code, reason in (
+        ({"workspace_id": "bob"}, DENIED, "WORKSPACE_NOT_BOUND"),
+        ({"connection_id": bob}, NOT_FOUND, "CONNECTION_NOT_FOUND"),
+    ):
         await expect_error(
             sessions(services).CreateAgentSession(
                 agent_session(**asked, **named), metadata=bearer(key)
             ),
-            DENIED,
-            "WORKSPACE_NOT_BOUND",
+            code,
+            reason,
         )
     alice = await connect_crm(services, app, "alice")
     session = await sessions(services).CreateAgentSession(
@@ -199,15 +219,23 @@ async def test_an_obo_session_acting_for_alice_never_gets_bobs_token(
         grpc.StatusCode.FAILED_PRECONDITION,
         "NO_CONNECTION",
     )
-    for named in ({"connection_id": bob}, {"workspace_id": "bob"}):
-        message = await expect_error(
-            stub.CreateOboSession(
-                obo_session(alice_token, agent_id="ops-agent", **named), metadata=bearer(key)
-            ),
-            DENIED,
-            "USER_WORKSPACE_NOT_OWNED",
-        )
-        assert "'alice'" in message and "'bob'" in message
+    await expect_error(
+        stub.CreateOboSession(
+            obo_session(alice_token, agent_id="ops-agent", connection_id=bob),
+            metadata=bearer(key),
+        ),
+        NOT_FOUND,
+        "CONNECTION_NOT_FOUND",
+    )
+    message = await expect_error(
+        stub.CreateOboSession(
+            obo_session(alice_token, agent_id="ops-agent", workspace_id="bob"),
+            metadata=bearer(key),
+        ),
+        DENIED,
+        "USER_WORKSPACE_NOT_OWNED",
+    )
+    assert "'alice'" in message and "'bob'" in message
 
     # The backend may list further workspaces the user owns.
     team = await connect_crm(services, app, "team-alice")
@@ -405,7 +433,7 @@ async def test_a_binding_change_applies_to_the_very_next_decision(
     key = await register_agent(
         services, "crm-agent", CRM_SCOPES, providers=["salesforce"], workspaces=["alice"]
     )
-    await expect_error(get_token(services, bob, key), DENIED, "WORKSPACE_NOT_BOUND")
+    await expect_error(get_token(services, bob, key), NOT_FOUND, "CONNECTION_NOT_FOUND")
 
     async def bind(*workspaces: str) -> None:
         await agents(services).UpdateAgent(
@@ -423,7 +451,7 @@ async def test_a_binding_change_applies_to_the_very_next_decision(
     await bind("alice", "bob")
     assert (await get_token(services, bob, key)).credentials["access_token"]
     await bind("alice")
-    await expect_error(get_token(services, bob, key), DENIED, "WORKSPACE_NOT_BOUND")
+    await expect_error(get_token(services, bob, key), NOT_FOUND, "CONNECTION_NOT_FOUND")
 
 
 async def test_a_service_call_without_a_caller_gets_no_credential_and_no_kill_switch_by_mistake(
@@ -479,12 +507,12 @@ async def test_a_user_of_another_tenant_never_reaches_a_connection_of_the_same_n
     other_tenant = backend.issue_token(
         "1001", permissions=[READ], tenant_id="tenant-b", workspaces=["1001"]
     )
-    await expect_error(ask(other_tenant, connection_id=org), DENIED, "USER_WORKSPACE_NOT_OWNED")
+    await expect_error(ask(other_tenant, connection_id=org), NOT_FOUND, "CONNECTION_NOT_FOUND")
     await expect_error(ask(other_tenant), grpc.StatusCode.FAILED_PRECONDITION, "NO_CONNECTION")
     # A user whose id merely equals the workspace's owns nothing in production.
     by_id_alone = backend.issue_token("2002", permissions=[READ], tenant_id="tenant-b")
     await expect_error(
-        ask(by_id_alone, connection_id=untenanted), DENIED, "USER_WORKSPACE_NOT_OWNED"
+        ask(by_id_alone, connection_id=untenanted), NOT_FOUND, "CONNECTION_NOT_FOUND"
     )
     await expect_error(ask(by_id_alone), grpc.StatusCode.FAILED_PRECONDITION, "NO_CONNECTION")
 

@@ -100,11 +100,22 @@ async def python_client(url: str, bearer: str, exchanged: Exchanged) -> AsyncIte
         yield client
 
 
+# The Inspector's exit status for a tool call whose result has isError set.
+TOOL_IS_ERROR_EXIT = 5
+
+
 def inspector(
-    url: str, bearer: str, args: list[str], exchanged: Exchanged, home: Path
+    url: str,
+    bearer: str,
+    args: list[str],
+    exchanged: Exchanged,
+    home: Path,
+    *,
+    tool_error: bool = False,
 ) -> dict[str, Any]:
     """Run the Inspector CLI once against ``url`` and return the JSON it printed.
-    ``home`` is its home directory, where it may keep state."""
+    ``home`` is its home directory, where it may keep state. With ``tool_error``
+    the call must end in a tool error, and that error's JSON is returned."""
     if not NODE.is_file() or not INSPECTOR.is_file():
         raise RuntimeError(
             "the MCP Inspector is not installed: run "
@@ -128,6 +139,10 @@ def inspector(
         check=False,
     )
     exchanged.records += [done.stdout, done.stderr]
+    if tool_error:
+        assert done.returncode == TOOL_IS_ERROR_EXIT, done.stderr.decode(errors="replace")
+        printed: dict[str, Any] = json.loads(done.stdout or done.stderr)
+        return printed
     if done.returncode != 0:
         raise RuntimeError(
             f"the Inspector exited with {done.returncode}:\n{done.stderr.decode(errors='replace')}"

@@ -11,11 +11,33 @@ from nexus_common import AgentPrincipal, AuditEvent, NexusError, Principal
 from ..adapters.policy_client import AccessGrant, PolicyClient
 from ..domain.connections import Connection, TokenSet
 from ..domain.providers import AuthType, Provider
-from .connections import ConnectionDeps, load_connection, provider_of
+from .connections import ConnectionDeps, connection_not_found, load_connection, provider_of
 
-__all__ = ["Decide", "audit_denial", "authorize_connection", "connection_decision"]
+__all__ = [
+    "Decide",
+    "audit_denial",
+    "authorize_connection",
+    "connection_decision",
+    "seen_by",
+]
 
 log = logging.getLogger("nexus.access")
+
+# Denials that say where a connection the caller named lives: to an agent
+# they would name another workspace or provider, and tell a connection that
+# exists from one that does not.
+_ABOUT_THE_CONNECTION = frozenset(
+    {"PROVIDER_NOT_BOUND", "WORKSPACE_NOT_BOUND", "USER_WORKSPACE_NOT_OWNED"}
+)
+
+
+def seen_by(caller: Principal, error: NexusError, connection_id: str) -> NexusError:
+    """The denial as ``caller`` may see it once the audit holds the details:
+    an agent that named someone else's connection learns only that it has
+    none by that id."""
+    if isinstance(caller, AgentPrincipal) and error.reason in _ABOUT_THE_CONNECTION:
+        return connection_not_found(connection_id)
+    return error
 
 
 def _agent_of(caller: Principal) -> str:
@@ -63,7 +85,10 @@ def connection_decision(
                 workspace_id=connection.workspace_id,
                 provider=provider.name,
             )
-            raise
+            hidden = seen_by(caller, error, connection.id)
+            if hidden is error:
+                raise
+            raise hidden from None
 
     return decide
 

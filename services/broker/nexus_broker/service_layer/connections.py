@@ -655,14 +655,21 @@ async def capture_credentials(
     )
 
 
+def connection_not_found(connection_id: str) -> ConnectionNotFound:
+    """The one answer for a connection that does not exist, and, to an agent,
+    for one that is not its to reach (``access.seen_by``): the two read the same."""
+    return ConnectionNotFound(
+        f"there is no connection {connection_id!r} that this caller may use",
+        connection_id=connection_id,
+    )
+
+
 async def load_connection(uow: BrokerUnitOfWork, connection_id: str) -> Connection:
     if not connection_id:
         raise ValidationFailed("connection_id is required", field="connection_id")
     connection = await uow.connections.get(connection_id)
     if connection is None:
-        raise ConnectionNotFound(
-            f"no connection has the id {connection_id!r}", connection_id=connection_id
-        )
+        raise connection_not_found(connection_id)
     return connection
 
 

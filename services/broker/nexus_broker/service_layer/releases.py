@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nexus_common import ConnectionNotFound, ProviderNotFound, ValidationFailed
+from nexus_common import ProviderNotFound, ValidationFailed
 
 from ..adapters.connection_repository import SealedConnection, SealedCredentials
 from ..adapters.writes import connection_tag, provider_tag
 from ..domain.connections import Connection
 from ..domain.providers import Provider
-from .connections import ConnectionDeps, provider_of
+from .connections import ConnectionDeps, connection_not_found, provider_of
 from .providers import get_provider
 from .unit_of_work import BrokerUnitOfWork
 
@@ -41,9 +41,7 @@ async def release_snapshot(connection_id: str, deps: ConnectionDeps) -> ReleaseS
         async with deps.uow() as uow:
             found = await uow.connections.get_sealed(connection_id)
             if found is None:
-                raise ConnectionNotFound(
-                    f"no connection has the id {connection_id!r}", connection_id=connection_id
-                )
+                raise connection_not_found(connection_id)
             # In the same transaction: a cold miss is one round trip per row.
             read_with.append(await _provider(found.connection, deps, uow))
         return found

@@ -38,7 +38,6 @@ from nexus_common import (
     AdminPrincipal,
     AuditEvent,
     ConnectionAmbiguous,
-    ConnectionNotFound,
     NexusError,
     NoConnection,
     Principal,
@@ -69,8 +68,8 @@ from ..domain.sessions import (
     validate_request,
 )
 from ..metrics import SESSIONS
-from .access import audit_denial
-from .connections import ConnectionDeps, client_credentials, load_connection
+from .access import audit_denial, seen_by
+from .connections import ConnectionDeps, client_credentials, connection_not_found, load_connection
 from .releases import named_provider
 from .signing import SessionSigner
 from .tokens import Refresher, release_token, require_active
@@ -161,11 +160,9 @@ async def _named_connection(
     if connection.provider_id != provider.id or (
         request.workspace_id and connection.workspace_id != request.workspace_id
     ):
-        where = f" in workspace {request.workspace_id!r}" if request.workspace_id else ""
-        raise ConnectionNotFound(
-            f"connection {request.connection_id} is not a connection to {provider.name}{where}",
-            connection_id=request.connection_id,
-        )
+        # Read as absent: what another provider's or workspace's connection is
+        # is not the caller's to learn.
+        raise connection_not_found(request.connection_id)
     return connection, connection.granted_scopes(tokens)
 
 
@@ -317,7 +314,10 @@ async def create_session(
             tenant_id=metadata.get("tenant_id", ""),
             workspace_id=metadata.get("workspace_id", request.workspace_id),
         )
-        raise
+        hidden = seen_by(caller, error, request.connection_id) if request.connection_id else error
+        if hidden is error:
+            raise
+        raise hidden from None
     SESSIONS.labels(kind, "granted", "").inc()
     return issued
 

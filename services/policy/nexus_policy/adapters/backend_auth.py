@@ -21,7 +21,9 @@ development, off in production), the one named by their ``user_id``; an
 on-behalf-of session reaches only connections in those, and only those of the
 user's tenant or of none (the policy's domain compares tenants). The implicit
 rule is off in production because ids are not unique across tenants: user
-``1001`` of one tenant must not own organisation ``1001`` of another. The user's token lives until the earlier of its JWT ``exp`` (when it is
+``1001`` of one tenant must not own organisation ``1001`` of another.
+
+The user's token lives until the earlier of its JWT ``exp`` (when it is
 a JWT) and ``expires_at``, and no session acting for them lives longer.
 
 A 401 or 403, or an ``expires_at`` already past, raises ``UserTokenInvalid``.
