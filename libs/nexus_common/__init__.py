@@ -20,6 +20,7 @@ from ._client import InternalClient
 from ._db import (
     BatchInsert,
     Migrations,
+    ResealPage,
     SqlUnitOfWork,
     create_engine,
     reseal_column,
@@ -212,6 +213,7 @@ __all__ = [
     "RefreshRateLimited",
     "RemoteError",
     "RequestTooLarge",
+    "ResealPage",
     "Resolver",
     "ReturnUrlNotAllowed",
     "ScopeNotGranted",
