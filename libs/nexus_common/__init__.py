@@ -117,7 +117,15 @@ from ._outbound import (
     system_resolver,
 )
 from ._paging import PageTokens, page_size
-from ._principal import AdminPrincipal, AgentPrincipal, Principal, principal_of
+from ._principal import (
+    AdminPrincipal,
+    AgentPrincipal,
+    Introspector,
+    Principal,
+    ResourceServerPrincipal,
+    introspector_of,
+    principal_of,
+)
 from ._server import (
     MAX_MESSAGE_BYTES,
     NexusServer,
@@ -180,6 +188,7 @@ __all__ = [
     "FailedPrecondition",
     "Internal",
     "InternalClient",
+    "Introspector",
     "InvalidArgument",
     "InvalidPageToken",
     "IssuerMismatch",
@@ -215,6 +224,7 @@ __all__ = [
     "RequestTooLarge",
     "ResealPage",
     "Resolver",
+    "ResourceServerPrincipal",
     "ReturnUrlNotAllowed",
     "ScopeNotGranted",
     "ScopeNotOffered",
@@ -243,6 +253,7 @@ __all__ = [
     "current_caller",
     "generate_key_spec",
     "internal_authenticator",
+    "introspector_of",
     "listens",
     "outbound_client",
     "outbound_span",
