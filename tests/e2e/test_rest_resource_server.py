@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from nexus_sdk import Introspection, NexusClient, NexusClientOptions
 
 from tests.e2e.test_rest_providers import error_reason
 from tests.e2e.test_rest_sessions import ok
@@ -72,6 +73,11 @@ def test_a_resource_server_key_introspects_its_providers_tokens_over_rest(
     ours = introspect(tokens["internal-ops"])
     assert ours["active"] is True and ours["aud"] == "internal-ops"
     assert introspect(tokens["billing-ops"]) == {"active": False}
+    # The Python SDK, as a resource server uses it.
+    options = NexusClientOptions(gateway_url=stack.rest_url, api_key=OPS_KEY)
+    with NexusClient(options) as nexus:
+        assert nexus.introspect_session(tokens["internal-ops"]).scopes == ("acme:gliding",)
+        assert nexus.introspect_session(tokens["billing-ops"]) == Introspection(False, {})
 
     for method, path in (
         ("GET", "/v1/providers"),
