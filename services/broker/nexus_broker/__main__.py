@@ -123,7 +123,10 @@ def main(argv: list[str]) -> None:
     if settings.auto_migrate:
         migrate_database(settings.database_url)
     if argv == ["reseal"]:
-        print(f"re-sealed {asyncio.run(_reseal(settings))} secrets")
+        # The version says which NEXUS_KEYRING_PRIMARY this run saw: one left
+        # at the old key re-seals nothing.
+        count = asyncio.run(_reseal(settings))
+        print(f"re-sealed {count} secrets under key version {settings.keyring.primary}")
     elif not argv:
         with tracing("broker", os.environ):
             run_service(_serve(settings))
