@@ -20,6 +20,7 @@ from ._client import InternalClient
 from ._db import (
     BatchInsert,
     Migrations,
+    ResealPage,
     SqlUnitOfWork,
     create_engine,
     reseal_column,
@@ -117,7 +118,15 @@ from ._outbound import (
     system_resolver,
 )
 from ._paging import PageTokens, page_size
-from ._principal import AdminPrincipal, AgentPrincipal, Principal, principal_of
+from ._principal import (
+    AdminPrincipal,
+    AgentPrincipal,
+    Introspector,
+    Principal,
+    ResourceServerPrincipal,
+    introspector_of,
+    principal_of,
+)
 from ._server import (
     MAX_MESSAGE_BYTES,
     NexusServer,
@@ -181,6 +190,7 @@ __all__ = [
     "FailedPrecondition",
     "Internal",
     "InternalClient",
+    "Introspector",
     "InvalidArgument",
     "InvalidPageToken",
     "IssuerMismatch",
@@ -214,7 +224,9 @@ __all__ = [
     "RefreshRateLimited",
     "RemoteError",
     "RequestTooLarge",
+    "ResealPage",
     "Resolver",
+    "ResourceServerPrincipal",
     "ReturnUrlNotAllowed",
     "ScopeNotGranted",
     "ScopeNotOffered",
@@ -243,6 +255,7 @@ __all__ = [
     "current_caller",
     "generate_key_spec",
     "internal_authenticator",
+    "introspector_of",
     "listens",
     "outbound_client",
     "outbound_span",

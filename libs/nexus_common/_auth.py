@@ -1,4 +1,4 @@
-"""Caller credentials: admin API keys and the internal service token.
+"""Caller credentials: admin API keys, resource-server keys and the internal service token.
 
 Keys are compared as SHA-256 digests with ``hmac.compare_digest`` against
 every configured key, so neither the time taken nor the answer tells which
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -60,12 +60,14 @@ def _digest(value: str) -> bytes:
 
 
 class ApiKeySet:
-    """Named secret keys, e.g. admin API keys or the internal token."""
+    """Named secret keys, e.g. admin API keys or the internal token. Several
+    keys may share a name (given as pairs): a key being rotated and its successor."""
 
-    def __init__(self, keys: dict[str, str]) -> None:
-        if any(not key for key in keys.values()):
+    def __init__(self, keys: Mapping[str, str] | Iterable[tuple[str, str]]) -> None:
+        pairs = list(keys.items() if isinstance(keys, Mapping) else keys)
+        if any(not key for _, key in pairs):
             raise ValueError("an API key may not be empty")
-        self._digests = [(name, _digest(key)) for name, key in keys.items()]
+        self._digests = [(name, _digest(key)) for name, key in pairs]
 
     @classmethod
     def from_spec(cls, spec: str) -> ApiKeySet:
@@ -83,13 +85,18 @@ class ApiKeySet:
         # Names only: even a key's digest would let a guess be checked offline.
         return f"ApiKeySet(names={[name for name, _ in self._digests]})"
 
-    def match(self, presented: str | None) -> str:
-        """Return the matching key's name, or raise Unauthenticated."""
+    def find(self, presented: str | None) -> str | None:
+        """The matching key's name, else None; every key is compared."""
         candidate = _digest(presented or "")
         matched: str | None = None
         for name, digest in self._digests:
             if hmac.compare_digest(candidate, digest) and presented:
                 matched = name
+        return matched
+
+    def match(self, presented: str | None) -> str:
+        """Return the matching key's name, or raise Unauthenticated."""
+        matched = self.find(presented)
         if matched is None:
             raise Unauthenticated("a valid API key is required")
         return matched

@@ -44,6 +44,7 @@ from ._keyring import Keyring
 __all__ = [
     "BatchInsert",
     "Migrations",
+    "ResealPage",
     "SqlUnitOfWork",
     "create_engine",
     "reseal_column",
@@ -318,24 +319,51 @@ async def retry_stale(unit: Callable[[], Awaitable[T]]) -> T:
     return await unit()
 
 
+@dataclass(frozen=True)
+class ResealPage:
+    """What one batch of ``reseal_column`` did: how many values it re-sealed,
+    and the key of the last row it read (None once the column is done)."""
+
+    resealed: int
+    last: Any | None
+
+
 async def reseal_column(
     session: AsyncSession,
     keyring: Keyring,
     key: Column[Any],
     sealed: Column[Any],
     aad: Callable[[Any], bytes],
-) -> int:
-    """Re-seal every value of a sealed column not sealed under the keyring's
-    newest key, so an old key can leave the keyring. Returns how many."""
+    *,
+    after: Any | None,
+    limit: int,
+) -> ResealPage:
+    """Re-seal under the keyring's primary key the values, in up to ``limit``
+    rows after ``after`` in key order, that another key sealed, so an old key
+    can leave the keyring. The caller commits each batch on its own: locks
+    last one batch, not the whole table.
+
+    Each row is swapped only while it still holds the value read (compare and
+    swap): a value written meanwhile, such as a refresh storing the tokens
+    that replace the ones it spent, is never overwritten with the older
+    plaintext. Such a row is read again and, if still under an old key,
+    re-sealed from what it holds now."""
     table = sealed.table
     assert isinstance(table, Table)
-    rows = await session.execute(select(key, sealed).where(sealed.is_not(None)))
-    stale = [(row_key, value) for row_key, value in rows if keyring.needs_reseal(value)]
-    for row_key, value in stale:
-        plaintext = keyring.open(value, aad(row_key))
-        await session.execute(
-            update(table)
-            .where(key == row_key)
-            .values({sealed.name: keyring.seal(plaintext, aad(row_key))})
-        )
-    return len(stale)
+    statement = select(key, sealed).where(sealed.is_not(None)).order_by(key).limit(limit)
+    if after is not None:
+        statement = statement.where(key > after)
+    rows = (await session.execute(statement)).all()
+    resealed = 0
+    for row_key, value in rows:
+        current: bytes | None = value
+        while current is not None and keyring.needs_reseal(current):
+            fresh = keyring.seal(keyring.open(current, aad(row_key)), aad(row_key))
+            swapped = await session.execute(
+                update(table).where(key == row_key, sealed == current).values({sealed.name: fresh})
+            )
+            if int(getattr(swapped, "rowcount", 0)) == 1:
+                resealed += 1
+                break
+            current = await session.scalar(select(sealed).where(key == row_key))
+    return ResealPage(resealed, rows[-1][0] if len(rows) == limit else None)

@@ -2,7 +2,9 @@
 
 A sealed value is ``FORMAT || key_version (4 bytes, big-endian) || nonce (12) ||
 ciphertext+tag``. The key version lets old values open after a new primary key
-is added, so keys rotate without downtime; the associated data binds each
+is added, so keys rotate without downtime; the primary (the key that seals)
+may be an older version than the newest, so a new key can reach every replica
+before any of them seals with it. The associated data binds each
 ciphertext to its row and column, so a value copied into another row fails to
 open instead of leaking under the wrong identity.
 """
@@ -44,11 +46,16 @@ class Keyring:
 
     def __repr__(self) -> str:
         # Versions only: the keys themselves never appear where settings are printed.
-        return f"Keyring(primary={self.primary}, versions={sorted(self._ciphers)})"
+        return f"Keyring(primary={self.primary}, versions={self.versions})"
+
+    @property
+    def versions(self) -> list[int]:
+        return sorted(self._ciphers)
 
     @classmethod
-    def from_spec(cls, spec: str) -> Keyring:
-        """Parse ``"1:<base64 key>,2:<base64 key>"``; the highest version seals."""
+    def from_spec(cls, spec: str, primary: int | None = None) -> Keyring:
+        """Parse ``"1:<base64 key>,2:<base64 key>"``; ``primary`` seals, by
+        default the highest version."""
         keys: dict[int, bytes] = {}
         for item in filter(None, (part.strip() for part in spec.split(","))):
             version_text, sep, encoded = item.partition(":")
@@ -58,7 +65,7 @@ class Keyring:
                 keys[int(version_text)] = base64.b64decode(encoded, validate=True)
             except binascii.Error as exc:
                 raise KeyringError(f"key version {version_text} is not valid base64") from exc
-        return cls(keys)
+        return cls(keys, primary)
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(_NONCE_BYTES)

@@ -29,6 +29,21 @@ def test_rotation_seals_with_the_newest_key_and_still_opens_old_values() -> None
         Keyring.from_spec(second).open(sealed_v1, b"aad")
 
 
+def test_a_key_distributed_before_its_promotion_seals_nothing() -> None:
+    first, second = generate_key_spec(1), generate_key_spec(2)
+    old = Keyring.from_spec(first)
+    distributed = Keyring.from_spec(f"{first},{second}", primary=1)
+    promoted = Keyring.from_spec(f"{first},{second}", primary=2)
+    # While key 2 rolls out, replicas that lack it open what the others seal.
+    assert old.open(distributed.seal(b"value", b"aad"), b"aad") == b"value"
+    # While its promotion rolls out, every replica has it.
+    assert distributed.open(promoted.seal(b"value", b"aad"), b"aad") == b"value"
+    assert promoted.open(distributed.seal(b"value", b"aad"), b"aad") == b"value"
+    assert promoted.needs_reseal(distributed.seal(b"value", b"aad"))
+    with pytest.raises(KeyringError, match="primary key version 3"):
+        Keyring.from_spec(f"{first},{second}", primary=3)
+
+
 def test_tampered_ciphertext_is_refused() -> None:
     keyring = Keyring.from_spec(generate_key_spec(1))
     sealed = bytearray(keyring.seal(b"value", b"aad"))

@@ -60,3 +60,17 @@ def test_the_caches_and_the_audit_batches_have_their_defaults_unless_set() -> No
 def test_a_cache_age_or_batch_size_out_of_range_refuses_to_start(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         BrokerSettings.from_env(BASE | {name: value})
+
+
+def test_the_highest_key_seals_unless_nexus_keyring_primary_names_another() -> None:
+    keys = {"NEXUS_KEYRING": f"{generate_key_spec(1)},{generate_key_spec(2)}"}
+    assert BrokerSettings.from_env(BASE | keys).keyring.primary == 2
+    held_back = BrokerSettings.from_env(BASE | keys | {"NEXUS_KEYRING_PRIMARY": "1"})
+    assert held_back.keyring.primary == 1
+
+
+@pytest.mark.parametrize("value", ["3", "0", "-1", "two", "1.0"])
+def test_a_keyring_primary_not_in_the_keyring_refuses_to_start(value: str) -> None:
+    keys = {"NEXUS_KEYRING": f"{generate_key_spec(1)},{generate_key_spec(2)}"}
+    with pytest.raises(ConfigError, match="NEXUS_KEYRING_PRIMARY"):
+        BrokerSettings.from_env(BASE | keys | {"NEXUS_KEYRING_PRIMARY": value})

@@ -1,8 +1,8 @@
 """``python -m nexus_broker``: migrate (unless disabled) and serve.
 
 ``python -m nexus_broker reseal`` instead re-seals every stored secret under
-the keyring's newest key and exits; run it after adding a key and before
-removing an old one.
+the keyring's primary key and exits; run it once every replica seals with
+that key (``NEXUS_KEYRING_PRIMARY``), and before an old key is removed.
 
 ``python -m nexus_broker migrate`` upgrades the schema and exits (the
 Kubernetes migration Job); ``migrate --check`` exits 0 only when the schema is
@@ -123,7 +123,10 @@ def main(argv: list[str]) -> None:
     if settings.auto_migrate:
         migrate_database(settings.database_url)
     if argv == ["reseal"]:
-        print(f"re-sealed {asyncio.run(_reseal(settings))} secrets")
+        # The version says which NEXUS_KEYRING_PRIMARY this run saw: one left
+        # at the old key re-seals nothing.
+        count = asyncio.run(_reseal(settings))
+        print(f"re-sealed {count} secrets under key version {settings.keyring.primary}")
     elif not argv:
         with tracing("broker", os.environ):
             run_service(_serve(settings))

@@ -77,7 +77,7 @@ class BrokerSettings:
         return cls(
             listen=env.text("NEXUS_BROKER_LISTEN", "127.0.0.1:50061"),
             database_url=env.database_url("NEXUS_BROKER_DATABASE_URL"),
-            keyring=Keyring.from_spec(env.text("NEXUS_KEYRING")),
+            keyring=_keyring(env),
             internal_tokens=ApiKeySet(env.internal_tokens()[1]),
             discovery_timeout_seconds=env.number("NEXUS_DISCOVERY_TIMEOUT_SECONDS", 5.0),
             discovery_retry_seconds=env.number("NEXUS_DISCOVERY_RETRY_SECONDS", 30.0),
@@ -160,6 +160,19 @@ def _confirmation_always(env: Env) -> bool:
     if value not in ("optional", "required"):
         raise ConfigError("NEXUS_CONNECTION_CONFIRMATION must be 'optional' or 'required'")
     return value == "required"
+
+
+def _keyring(env: Env) -> Keyring:
+    """NEXUS_KEYRING_PRIMARY holds a new key back from sealing until every
+    replica has it, so none meets a value it cannot open during a rollout."""
+    spec = env.text("NEXUS_KEYRING")
+    keyring = Keyring.from_spec(spec)
+    primary = env.text("NEXUS_KEYRING_PRIMARY", "")
+    if not primary:
+        return keyring
+    if not primary.isdigit() or int(primary) not in keyring.versions:
+        raise ConfigError("NEXUS_KEYRING_PRIMARY must be one of the versions in NEXUS_KEYRING")
+    return Keyring.from_spec(spec, int(primary))
 
 
 def _state_key(value: str) -> bytes:

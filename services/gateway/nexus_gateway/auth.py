@@ -5,6 +5,10 @@ present their own key as ``Authorization: Bearer <agent key>``; the policy
 service, which holds only key digests, says which agent that is, and the
 answer is remembered until the agent changes (``agent_keys``). Agents reach
 only the methods an agent needs.
+
+A resource-server key (``X-API-Key`` too, from ``NEXUS_RESOURCE_SERVER_KEYS``)
+reaches introspection only; the broker then reports active only the session
+tokens for its provider (RFC 7662 §2.1).
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ from nexus_common import (
     AUTHORIZATION_HEADER,
     ApiKeySet,
     Caller,
+    CallerNotAllowed,
     Unauthenticated,
 )
 
 from .agent_keys import AgentKeys
 
-__all__ = ["AGENT_METHODS", "PUBLIC_METHODS", "GatewayAuthenticator"]
+__all__ = ["AGENT_METHODS", "PUBLIC_METHODS", "RESOURCE_SERVER_METHODS", "GatewayAuthenticator"]
 
 
 def _methods(service: str, *names: str) -> frozenset[str]:
@@ -38,14 +43,18 @@ AGENT_METHODS = _methods("ConnectionService", "GetToken", "RefreshConnection") |
     "IntrospectSession",
 )
 PUBLIC_METHODS = _methods("SessionService", "GetJwks")
+RESOURCE_SERVER_METHODS = _methods("SessionService", "IntrospectSession")
 
 _BEARER = "bearer "
 
 
 class GatewayAuthenticator:
-    def __init__(self, admin_keys: ApiKeySet, agent_keys: AgentKeys) -> None:
+    def __init__(
+        self, admin_keys: ApiKeySet, agent_keys: AgentKeys, resource_server_keys: ApiKeySet
+    ) -> None:
         self._admin_keys = admin_keys
         self._agent_keys = agent_keys
+        self._resource_server_keys = resource_server_keys
 
     async def __call__(self, method: str, metadata: Mapping[str, str]) -> Caller:
         if method in PUBLIC_METHODS:
@@ -55,7 +64,18 @@ class GatewayAuthenticator:
             return await self._agent(authorization)
         if authorization and API_KEY_HEADER not in metadata:
             raise Unauthenticated("this method needs an admin key (X-API-Key), not an agent key")
-        return Caller("admin", self._admin_keys.match(metadata.get(API_KEY_HEADER)))
+        return self._api_key(method, metadata.get(API_KEY_HEADER))
+
+    def _api_key(self, method: str, presented: str | None) -> Caller:
+        admin = self._admin_keys.find(presented)
+        if admin is not None:
+            return Caller("admin", admin)
+        provider = self._resource_server_keys.find(presented)
+        if provider is None:
+            raise Unauthenticated("a valid API key is required")
+        if method not in RESOURCE_SERVER_METHODS:
+            raise CallerNotAllowed("a resource-server key may only introspect session tokens")
+        return Caller("resource_server", provider)
 
     async def _agent(self, authorization: str) -> Caller:
         if authorization[: len(_BEARER)].lower() != _BEARER:

@@ -82,7 +82,9 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
             lambda s: gateway_pb2_grpc.add_SessionServiceServicer_to_server(sessions, s),
         ],
         service_names=SERVICE_NAMES,
-        authenticate=GatewayAuthenticator(settings.admin_keys, agent_keys),
+        authenticate=GatewayAuthenticator(
+            settings.admin_keys, agent_keys, settings.resource_server_keys
+        ),
     )
     browser = BrowserServer(
         create_browser_app(broker, secure_cookies=settings.public_base_url.startswith("https://")),

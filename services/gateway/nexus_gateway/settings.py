@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from nexus_common import ApiKeySet, ConfigError, Env
 
 __all__ = ["GatewaySettings"]
+
+# As the broker's provider names.
+_PROVIDER_NAME = re.compile(r"[a-z0-9-]+")
+# Held by services outside Nexus, so never short enough to guess.
+_MIN_RESOURCE_SERVER_KEY = 32
 
 
 @dataclass(frozen=True)
@@ -17,6 +23,8 @@ class GatewaySettings:
     # Where browsers reach Envoy; https makes the binding cookie __Host- and Secure.
     public_base_url: str
     admin_keys: ApiKeySet
+    # Named by the provider whose session tokens each key may introspect.
+    resource_server_keys: ApiKeySet
     internal_token: str = field(repr=False)
     broker_target: str
     policy_target: str
@@ -39,6 +47,7 @@ class GatewaySettings:
             http_listen=env.text("NEXUS_GATEWAY_HTTP_LISTEN", "127.0.0.1:8081"),
             public_base_url=env.text("NEXUS_PUBLIC_BASE_URL", "http://127.0.0.1:8080"),
             admin_keys=admin_keys,
+            resource_server_keys=_resource_server_keys(env),
             internal_token=env.internal_tokens()[0],
             broker_target=env.text("NEXUS_BROKER_TARGET", "127.0.0.1:50061"),
             policy_target=env.text("NEXUS_POLICY_TARGET", "127.0.0.1:50071"),
@@ -50,3 +59,18 @@ class GatewaySettings:
                 "NEXUS_CACHE_MAX_AGE_SECONDS", 60.0, low=0, high=3600
             ),
         )
+
+
+def _resource_server_keys(env: Env) -> ApiKeySet:
+    """``provider:key,...``; a provider may be named twice while its key rotates."""
+    pairs: list[tuple[str, str]] = []
+    spec = env.text("NEXUS_RESOURCE_SERVER_KEYS", "")
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        provider, _, key = item.partition(":")
+        if not _PROVIDER_NAME.fullmatch(provider) or len(key) < _MIN_RESOURCE_SERVER_KEY:
+            raise ConfigError(
+                "NEXUS_RESOURCE_SERVER_KEYS entries look like '<provider name>:<key>',"
+                f" with keys of at least {_MIN_RESOURCE_SERVER_KEY} characters"
+            )
+        pairs.append((provider, key))
+    return ApiKeySet(pairs)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from nexus_common import Keyring, reseal_column, utc
+from nexus_common import Keyring, ResealPage, reseal_column, utc
 from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -300,7 +300,7 @@ class ConnectionRepository:
             statement = statement.where(connections.c.tenant_id.in_(["", tenant_id]))
         return [self._to_domain(row) for row in await self._session.execute(statement)]
 
-    async def reseal(self) -> int:
+    async def reseal(self, after: str | None, limit: int) -> ResealPage:
         self._writes.all()
         return await reseal_column(
             self._session,
@@ -308,6 +308,8 @@ class ConnectionRepository:
             connections.c.id,
             connections.c.credentials_sealed,
             _credentials_aad,
+            after=after,
+            limit=limit,
         )
 
     async def delete(self, connection_id: str) -> bool:
@@ -497,13 +499,15 @@ class AttemptRepository:
         )
         return spent
 
-    async def reseal(self) -> int:
+    async def reseal(self, after: str | None, limit: int) -> ResealPage:
         return await reseal_column(
             self._session,
             self._keyring,
             authorization_attempts.c.id,
             authorization_attempts.c.code_verifier_sealed,
             _verifier_aad,
+            after=after,
+            limit=limit,
         )
 
     async def set_confirmation(self, attempt_id: str, confirmation_hash: str) -> None:

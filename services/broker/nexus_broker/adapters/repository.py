@@ -7,7 +7,7 @@ from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any
 
-from nexus_common import AuditEvent, Keyring, ProviderAlreadyExists, reseal_column, utc
+from nexus_common import AuditEvent, Keyring, ProviderAlreadyExists, ResealPage, reseal_column, utc
 from sqlalchemy import and_, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -168,7 +168,7 @@ class ProviderRepository:
             return None
         return self._keyring.open(sealed, _secret_aad(provider_id)).decode()
 
-    async def reseal(self) -> int:
+    async def reseal(self, after: str | None, limit: int) -> ResealPage:
         self._writes.all()
         return await reseal_column(
             self._session,
@@ -176,6 +176,8 @@ class ProviderRepository:
             providers.c.id,
             providers.c.client_secret_sealed,
             _secret_aad,
+            after=after,
+            limit=limit,
         )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from nexus_common import Keyring, reseal_column, utc
+from nexus_common import Keyring, ResealPage, reseal_column, utc
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -211,13 +211,15 @@ class NarrowedTokenRepository:
         )
         return int(getattr(result, "rowcount", 0))
 
-    async def reseal(self) -> int:
+    async def reseal(self, after: str | None, limit: int) -> ResealPage:
         return await reseal_column(
             self._session,
             self._keyring,
             narrowed_tokens.c.id,
             narrowed_tokens.c.access_token_sealed,
             _narrowed_aad,
+            after=after,
+            limit=limit,
         )
 
 
@@ -273,11 +275,13 @@ class SigningKeyRepository:
         known = opened or {}
         return [known.get(row.kid) or self._to_domain(row) for row in rows]
 
-    async def reseal(self) -> int:
+    async def reseal(self, after: str | None, limit: int) -> ResealPage:
         return await reseal_column(
             self._session,
             self._keyring,
             signing_keys.c.kid,
             signing_keys.c.private_key_sealed,
             _key_aad,
+            after=after,
+            limit=limit,
         )

@@ -10,7 +10,7 @@ from google.protobuf import empty_pb2
 from grpc.aio import ServicerContext as Context
 from nexus.broker.v1 import sessions_pb2 as pb
 from nexus.broker.v1 import sessions_pb2_grpc
-from nexus_common import current_caller, principal_of
+from nexus_common import current_caller, introspector_of, principal_of
 
 from ..service_layer import sessions
 from ..service_layer.sessions import IssuedSession, SessionDeps, SessionRequest
@@ -121,7 +121,7 @@ class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
         self, request: pb.IntrospectSessionRequest, context: Context
     ) -> pb.IntrospectSessionResponse:
         claims = await sessions.introspect_session(
-            request.token, principal_of(current_caller.get()), self._deps
+            request.token, introspector_of(current_caller.get()), self._deps
         )
         return _introspection(claims)
 

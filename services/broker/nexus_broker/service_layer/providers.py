@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -17,6 +17,7 @@ from nexus_common import (
     PageTokens,
     ProviderDeleted,
     ProviderNotFound,
+    ResealPage,
     ValidationFailed,
     page_size,
 )
@@ -308,18 +309,34 @@ async def providers_by_auth_type(deps: RegistryDeps) -> dict[str, list[Provider]
             after = (batch[-1].name, batch[-1].id)
 
 
+# Rows one re-seal transaction rewrites: its row locks last that long.
+_RESEAL_BATCH = 100
+
+_SEALED_COLUMNS: tuple[Callable[[BrokerUnitOfWork, str | None], Awaitable[ResealPage]], ...] = (
+    lambda work, after: work.providers.reseal(after, _RESEAL_BATCH),
+    lambda work, after: work.connections.reseal(after, _RESEAL_BATCH),
+    lambda work, after: work.attempts.reseal(after, _RESEAL_BATCH),
+    lambda work, after: work.signing_keys.reseal(after, _RESEAL_BATCH),
+    lambda work, after: work.narrowed.reseal(after, _RESEAL_BATCH),
+)
+
+
 async def reseal_secrets(uow: Callable[[], BrokerUnitOfWork], now: datetime) -> int:
-    """After a new key joins the keyring: move every stored secret onto it."""
+    """After the keyring's primary key changed: move every stored secret onto
+    it, a batch of rows per transaction, while refreshes go on (each row is
+    swapped only if unchanged since read, see ``reseal_column``)."""
+    count = 0
+    for reseal in _SEALED_COLUMNS:
+        after: str | None = None
+        while True:
+            async with uow() as work:
+                page = await reseal(work, after)
+                await work.commit()
+            count += page.resealed
+            if page.last is None:
+                break
+            after = page.last
     async with uow() as work:
-        count = sum(
-            [
-                await work.providers.reseal(),
-                await work.connections.reseal(),
-                await work.attempts.reseal(),
-                await work.signing_keys.reseal(),
-                await work.narrowed.reseal(),
-            ]
-        )
         await work.audit.add(AuditEvent.record("keyring.reseal", "vault", now, resealed=count))
         await work.commit()
     return count

@@ -36,13 +36,16 @@ from typing import Any
 
 from nexus_common import (
     AdminPrincipal,
+    AgentPrincipal,
     AuditEvent,
     ConnectionAmbiguous,
+    Introspector,
     NexusError,
     NoConnection,
     Principal,
     ProviderDeleted,
     ProviderUnavailable,
+    ResourceServerPrincipal,
     ScopeNotGranted,
     ScopeNotOffered,
     SessionNotFound,
@@ -130,9 +133,16 @@ class IssuedSession:
     token_scopes: tuple[str, ...]
 
 
-def _may_see(caller: Principal, session: Session) -> bool:
-    """Admins see every session; an agent only its own."""
-    return isinstance(caller, AdminPrincipal) or caller.agent_id == session.agent_id
+def _may_see(caller: Introspector, session: Session) -> bool:
+    """Admins see every session; an agent only its own; a resource server only
+    those whose audience (``aud``) is its provider."""
+    match caller:
+        case AdminPrincipal():
+            return True
+        case AgentPrincipal(agent_id=agent_id):
+            return agent_id == session.agent_id
+        case ResourceServerPrincipal(provider=provider):
+            return provider == session.provider_name
 
 
 async def _session_provider(name: str, deps: SessionDeps) -> Provider:
@@ -520,10 +530,13 @@ async def _revoke_all(revocations: list[_Revocation], deps: SessionDeps, now: da
 
 
 async def introspect_session(
-    token: str, caller: Principal, deps: SessionDeps
+    token: str, caller: Introspector, deps: SessionDeps
 ) -> dict[str, Any] | None:
-    """RFC 7662: the claims of an active session token, else None. Only admins
-    and the session's own agent learn anything; for anyone else it is inactive."""
+    """RFC 7662: the claims of an active session token, else None. Only admins,
+    the session's own agent and its provider's resource server learn anything;
+    for anyone else it is inactive, as RFC 7662 §2.2 asks of a token "the
+    protected resource is not allowed to introspect", so that the answer tells
+    no caller whether another's token exists."""
     if not token:
         raise ValidationFailed("token is required", field="token")
     now = deps.connections.now()
