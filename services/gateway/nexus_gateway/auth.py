@@ -47,7 +47,9 @@ class GatewayAuthenticator:
         self._admin_keys = admin_keys
         self._agent_keys = agent_keys
 
-    async def __call__(self, method: str, metadata: Mapping[str, str]) -> Caller:
+    async def __call__(
+        self, method: str, metadata: Mapping[str, str], peer: str | None = None
+    ) -> Caller:
         if method in PUBLIC_METHODS:
             return Caller("anonymous", "-")
         authorization = metadata.get(AUTHORIZATION_HEADER, "")
