@@ -93,8 +93,8 @@ class ServerTls:
     key: bytes = field(repr=False)
 
     @classmethod
-    def from_env(cls, env: Env, prefix: str) -> ServerTls | None:
-        names = (f"{prefix}_CERT_FILE", f"{prefix}_KEY_FILE")
+    def from_env(cls, env: Env, cert_setting: str, key_setting: str) -> ServerTls | None:
+        names = (cert_setting, key_setting)
         if not _all_or_none(env, names):
             return None
         cert, key = (_read(env, name) for name in names)

@@ -59,7 +59,9 @@ class GatewaySettings:
                 "NEXUS_CACHE_MAX_AGE_SECONDS", 60.0, low=0, high=3600
             ),
             tls=ServiceTls.from_env(env),
-            public_tls=ServerTls.from_env(env, "NEXUS_GATEWAY_TLS"),
+            public_tls=ServerTls.from_env(
+                env, "NEXUS_GATEWAY_TLS_CERT_FILE", "NEXUS_GATEWAY_TLS_KEY_FILE"
+            ),
             caller_proofs=CallerProofs(env.internal_tokens()[0]),
             health_listen=env.address("NEXUS_HEALTH_LISTEN", ""),
         )
