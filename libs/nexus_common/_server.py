@@ -154,7 +154,7 @@ def build_server(
 def _listen(
     server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
 ) -> int:
-    port = (
+    port: int = (
         server.add_secure_port(address, credentials)
         if credentials is not None
         else server.add_insecure_port(address)
