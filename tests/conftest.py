@@ -112,11 +112,18 @@ def service_overrides() -> dict[str, str]:
 
 
 @pytest.fixture
+def per_service_overrides() -> dict[str, dict[str, str]]:
+    """Settings for one service alone, by service name (its certificate, say)."""
+    return {}
+
+
+@pytest.fixture
 async def services(
     database_url: str,
     keyring_spec: str,
     backend: BackendAuthServer,
     service_overrides: dict[str, str],
+    per_service_overrides: dict[str, dict[str, str]],
 ) -> AsyncIterator[Services]:
     from nexus_broker.server import create_broker
     from nexus_broker.server import migrate_database as migrate_broker
@@ -144,15 +151,16 @@ async def services(
     )
     migrate_broker(database_url)
     migrate_policy(database_url)
-    policy = create_policy(PolicySettings.from_env(env))
+    own = per_service_overrides
+    policy = create_policy(PolicySettings.from_env({**env, **own.get("policy", {})}))
     await policy.start_caches()
     await policy.server.start()
     env["NEXUS_POLICY_TARGET"] = f"127.0.0.1:{policy.server.port}"
-    broker = create_broker(BrokerSettings.from_env(env))
+    broker = create_broker(BrokerSettings.from_env({**env, **own.get("broker", {})}))
     await broker.core.start_caches(wait_seconds=5)
     await broker.server.start()
     forwarding = asyncio.create_task(policy.forwarder.run(0.1))
-    gateway = create_gateway(GatewaySettings.from_env(env))
+    gateway = create_gateway(GatewaySettings.from_env({**env, **own.get("gateway", {})}))
     await gateway.start_caches(wait_seconds=5)
     await gateway.server.start()
     browser = asyncio.create_task(gateway.browser.serve())

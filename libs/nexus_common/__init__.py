@@ -7,6 +7,7 @@ from ._auth import (
     API_KEY_HEADER,
     AUTHORIZATION_HEADER,
     CALLER_HEADER,
+    CALLER_PROOF_HEADER,
     INTERNAL_TOKEN_HEADER,
     ApiKeySet,
     Authenticator,
@@ -16,6 +17,7 @@ from ._auth import (
     internal_authenticator,
 )
 from ._cache import LoadingCache
+from ._caller_proof import CallerProofs
 from ._client import InternalClient
 from ._db import (
     BatchInsert,
@@ -42,6 +44,7 @@ from ._errors import (
     BrowserMismatch,
     CallbackProviderMismatch,
     CallerNotAllowed,
+    CallerProofInvalid,
     CaptureAttemptsExhausted,
     ChangeFeedUnavailable,
     ConcurrentModification,
@@ -81,6 +84,8 @@ from ._errors import (
     ScopeNotGranted,
     ScopeNotOffered,
     SecretRequiredForEndpointChange,
+    ServiceIdentityRequired,
+    ServiceMethodNotAllowed,
     SessionNotFound,
     SessionNotSupported,
     StateInvalid,
@@ -134,18 +139,24 @@ from ._server import (
     run_service,
     run_until_signalled,
 )
+from ._service_access import CALLER_ASSERTING, SERVICE_METHODS, check_service_call
 from ._settings import ConfigError, Deployment, Env
+from ._tls import SERVICE_ID_PREFIX, ServerTls, ServiceTls, peer_service
 from ._tracing import outbound_span, pass_trace_context, tracing
 
 __all__ = [
     "API_KEY_HEADER",
     "AUTHORIZATION_HEADER",
+    "CALLER_ASSERTING",
     "CALLER_HEADER",
+    "CALLER_PROOF_HEADER",
     "DEFAULT_MAX_BODY_BYTES",
     "ERROR_DOMAIN",
     "INTERNAL_TOKEN_HEADER",
     "MAX_MESSAGE_BYTES",
     "PUBLIC_METHOD_PREFIXES",
+    "SERVICE_ID_PREFIX",
+    "SERVICE_METHODS",
     "AddressRefused",
     "AdminPrincipal",
     "AgentAlreadyExists",
@@ -167,6 +178,8 @@ __all__ = [
     "CallbackProviderMismatch",
     "Caller",
     "CallerNotAllowed",
+    "CallerProofInvalid",
+    "CallerProofs",
     "CaptureAttemptsExhausted",
     "ChangeFeed",
     "ChangeFeedUnavailable",
@@ -231,6 +244,10 @@ __all__ = [
     "ScopeNotGranted",
     "ScopeNotOffered",
     "SecretRequiredForEndpointChange",
+    "ServerTls",
+    "ServiceIdentityRequired",
+    "ServiceMethodNotAllowed",
+    "ServiceTls",
     "SessionNotFound",
     "SessionNotSupported",
     "SqlUnitOfWork",
@@ -249,6 +266,7 @@ __all__ = [
     "admin_authenticator",
     "agent_changes",
     "build_server",
+    "check_service_call",
     "configure_logging",
     "create_engine",
     "current_actor",
@@ -262,6 +280,7 @@ __all__ = [
     "page_size",
     "parse_json",
     "pass_trace_context",
+    "peer_service",
     "principal_of",
     "read_capped",
     "redact",

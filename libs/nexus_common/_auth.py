@@ -1,4 +1,5 @@
-"""Caller credentials: admin API keys, resource-server keys and the internal service token.
+"""Caller credentials: admin API keys, resource-server keys, the internal
+service token, and the service a verified client certificate names.
 
 Keys are compared as SHA-256 digests with ``hmac.compare_digest`` against
 every configured key, so neither the time taken nor the answer tells which
@@ -9,16 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
-from ._errors import Unauthenticated
+from ._errors import CallerProofInvalid, ServiceIdentityRequired, Unauthenticated
+from ._service_access import CALLER_ASSERTING, check_service_call
+
+if TYPE_CHECKING:
+    from ._caller_proof import CallerProofs
 
 __all__ = [
     "API_KEY_HEADER",
     "AUTHORIZATION_HEADER",
     "CALLER_HEADER",
+    "CALLER_PROOF_HEADER",
     "INTERNAL_TOKEN_HEADER",
     "ApiKeySet",
     "Authenticator",
@@ -32,8 +39,10 @@ API_KEY_HEADER = "x-api-key"
 # Agents present their key as ``Authorization: Bearer <agent key>``.
 AUTHORIZATION_HEADER = "authorization"
 INTERNAL_TOKEN_HEADER = "x-nexus-internal-token"  # noqa: S105 - a header name
-# Set by the gateway on internal calls so the broker can audit who acted.
+# Set by the gateway on internal calls so the broker can audit who acted;
+# believed only with the gateway's proof (``_caller_proof``).
 CALLER_HEADER = "x-nexus-caller"
+CALLER_PROOF_HEADER = "x-nexus-caller-proof"
 
 
 @dataclass(frozen=True)
@@ -102,25 +111,49 @@ class ApiKeySet:
         return matched
 
 
-Authenticator = Callable[[str, Mapping[str, str]], Awaitable[Caller]]
+class Authenticator(Protocol):
+    """Who makes a call to ``method``. ``peer`` is the service the client's
+    verified certificate names (mutual TLS), else None."""
+
+    def __call__(
+        self, method: str, metadata: Mapping[str, str], peer: str | None = None
+    ) -> Awaitable[Caller]: ...
 
 
 def admin_authenticator(keys: ApiKeySet) -> Authenticator:
     """Admin API keys from ``x-api-key``; the same error for a missing or wrong key."""
 
-    async def authenticate(method: str, metadata: Mapping[str, str]) -> Caller:
+    async def authenticate(
+        method: str, metadata: Mapping[str, str], peer: str | None = None
+    ) -> Caller:
         return Caller("admin", keys.match(metadata.get(API_KEY_HEADER)))
 
     return authenticate
 
 
-def internal_authenticator(tokens: ApiKeySet) -> Authenticator:
-    """Service-to-service calls: the internal token, then the caller the
-    gateway established (or the calling service itself)."""
+def internal_authenticator(
+    tokens: ApiKeySet, proofs: CallerProofs | None = None, *, mutual_tls: bool = False
+) -> Authenticator:
+    """Service-to-service calls: the internal token; with ``mutual_tls``, a
+    certificate naming a service allowed this method; then the caller the
+    gateway established and proved, or else the calling service itself.
+    Without ``proofs`` no call may name a caller."""
 
-    async def authenticate(method: str, metadata: Mapping[str, str]) -> Caller:
-        service = tokens.match(metadata.get(INTERNAL_TOKEN_HEADER))
-        on_behalf = metadata.get(CALLER_HEADER)
-        return Caller.parse(on_behalf) if on_behalf else Caller("service", service)
+    async def authenticate(
+        method: str, metadata: Mapping[str, str], peer: str | None = None
+    ) -> Caller:
+        token_name = tokens.match(metadata.get(INTERNAL_TOKEN_HEADER))
+        if mutual_tls:
+            if peer is None:
+                raise ServiceIdentityRequired(
+                    "the client certificate names no Nexus service (spiffe://nexus/<service>)"
+                )
+            check_service_call(peer, method)
+        claimed = metadata.get(CALLER_HEADER)
+        if claimed is None:
+            return Caller("service", peer or token_name)
+        if proofs is None or (mutual_tls and peer not in CALLER_ASSERTING):
+            raise CallerProofInvalid(f"the {peer or 'calling'} service may not name a caller")
+        return proofs.verify(claimed, method, metadata.get(CALLER_PROOF_HEADER))
 
     return authenticate

@@ -1,5 +1,9 @@
 """Calling another Nexus service: the internal token, the caller, and errors.
 
+Over mutual TLS when the service has a certificate (``ServiceTls``). Only a
+client with ``CallerProofs`` (the gateway's) names the caller it acts for;
+any other calls as its own service.
+
 An error status from the callee is passed on unchanged (same code, reason and
 message), so a fault reads the same whichever service raised it.
 """
@@ -14,8 +18,10 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from ._auth import CALLER_HEADER, INTERNAL_TOKEN_HEADER, current_caller
+from ._auth import CALLER_HEADER, CALLER_PROOF_HEADER, INTERNAL_TOKEN_HEADER, current_caller
+from ._caller_proof import CallerProofs
 from ._errors import DependencyUnavailable, Internal, NexusError, RemoteError
+from ._tls import ServiceTls
 from ._tracing import client_span, client_status
 
 __all__ = ["InternalClient"]
@@ -54,13 +60,27 @@ class InternalClient:
     Calls are spread over every address the target resolves to.
     """
 
-    def __init__(self, service: str, target: str, token: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        service: str,
+        target: str,
+        token: str,
+        timeout: float = 10.0,
+        *,
+        tls: ServiceTls | None = None,
+        proofs: CallerProofs | None = None,
+    ) -> None:
         self.service = service
         # No client interceptors: grpc.aio runs intercepted calls on a much
         # slower path; the client span is made in ``_invoke`` instead.
-        self.channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self.channel = (
+            tls.channel(service, target, _CHANNEL_OPTIONS)
+            if tls is not None
+            else grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        )
         self._token = token
         self._timeout = timeout
+        self._proofs = proofs
 
     async def call(self, method: Callable[..., Awaitable[Response]], request: Any) -> Response:
         # Every hop of GetToken comes through here: no response headers are read.
@@ -77,10 +97,12 @@ class InternalClient:
         self, method: Callable[..., Awaitable[Response]], request: Any, *, headers: bool
     ) -> tuple[Response, dict[str, str]]:
         metadata = [(INTERNAL_TOKEN_HEADER, self._token)]
+        path = _method_path(method)
         caller = current_caller.get()
-        if caller is not None:
+        if caller is not None and self._proofs is not None:
             metadata.append((CALLER_HEADER, str(caller)))
-        with client_span(_method_path(method), metadata) as span:
+            metadata.append((CALLER_PROOF_HEADER, self._proofs.prove(caller, path)))
+        with client_span(path, metadata) as span:
             try:
                 # A grpc.aio call: awaitable, and it also holds the response headers.
                 call: Any = method(request, metadata=metadata, timeout=self._timeout)

@@ -17,7 +17,9 @@
     │   ├── CallbackProviderMismatch    reason CALLBACK_PROVIDER_MISMATCH
     │   └── UserContextInvalid          reason USER_CONTEXT_INVALID
     ├── Unauthenticated                 UNAUTHENTICATED, reason UNAUTHENTICATED
-    │   └── UserTokenInvalid            reason USER_TOKEN_INVALID
+    │   ├── UserTokenInvalid            reason USER_TOKEN_INVALID
+    │   ├── CallerProofInvalid          reason CALLER_PROOF_INVALID
+    │   └── ServiceIdentityRequired     reason SERVICE_IDENTITY_REQUIRED
     ├── PermissionDenied                PERMISSION_DENIED, reason PERMISSION_DENIED
     │   ├── AgentDisabled               reason AGENT_DISABLED
     │   ├── AgentMismatch               reason AGENT_MISMATCH
@@ -32,7 +34,8 @@
     │   ├── ConnectionExceedsAgentScopes reason CONNECTION_EXCEEDS_AGENT_SCOPES
     │   ├── UserWorkspaceNotOwned       reason USER_WORKSPACE_NOT_OWNED (metadata: workspace_id)
     │   ├── TokenBroaderThanSession     reason TOKEN_BROADER_THAN_SESSION (metadata: token_scopes)
-    │   └── BrowserMismatch             reason BROWSER_MISMATCH
+    │   ├── BrowserMismatch             reason BROWSER_MISMATCH
+    │   └── ServiceMethodNotAllowed     reason SERVICE_METHOD_NOT_ALLOWED (metadata: service)
     ├── NotFound                        NOT_FOUND
     │   ├── ProviderNotFound            reason PROVIDER_NOT_FOUND
     │   ├── ConnectionNotFound          reason CONNECTION_NOT_FOUND
@@ -94,6 +97,7 @@ __all__ = [
     "BrowserMismatch",
     "CallbackProviderMismatch",
     "CallerNotAllowed",
+    "CallerProofInvalid",
     "CaptureAttemptsExhausted",
     "ChangeFeedUnavailable",
     "ConcurrentModification",
@@ -133,6 +137,8 @@ __all__ = [
     "ScopeNotGranted",
     "ScopeNotOffered",
     "SecretRequiredForEndpointChange",
+    "ServiceIdentityRequired",
+    "ServiceMethodNotAllowed",
     "SessionNotFound",
     "SessionNotSupported",
     "StateInvalid",
@@ -279,6 +285,25 @@ class Unauthenticated(NexusError):
 class PermissionDenied(NexusError):
     reason = "PERMISSION_DENIED"
     grpc_status = "PERMISSION_DENIED"
+
+
+class CallerProofInvalid(Unauthenticated):
+    """A service call named a caller without the gateway's proof for it, or
+    with one that is forged, expired or made for another method."""
+
+    reason = "CALLER_PROOF_INVALID"
+
+
+class ServiceIdentityRequired(Unauthenticated):
+    """Mutual TLS is on and the client's certificate names no Nexus service."""
+
+    reason = "SERVICE_IDENTITY_REQUIRED"
+
+
+class ServiceMethodNotAllowed(PermissionDenied):
+    """A service called a method that is not on its allowlist."""
+
+    reason = "SERVICE_METHOD_NOT_ALLOWED"
 
 
 class NotFound(NexusError):

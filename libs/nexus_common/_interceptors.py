@@ -35,6 +35,7 @@ from ._errors import (
     Unauthenticated,
     ValidationFailed,
 )
+from ._tls import peer_service
 from ._tracing import current_trace_id, server_span
 
 __all__ = [
@@ -420,7 +421,7 @@ class AuthInterceptor(UnaryInterceptor):
         }
         # Each RPC runs in its own task, so the caller stays set for the
         # outer interceptors (logging) and never leaks into another call.
-        current_caller.set(await self._authenticate(method, metadata))
+        current_caller.set(await self._authenticate(method, metadata, peer_service(context)))
 
     def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
         if method.startswith(PUBLIC_METHOD_PREFIXES):

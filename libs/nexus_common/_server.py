@@ -1,4 +1,4 @@
-"""gRPC server bootstrap: interceptors, health, reflection and graceful stop."""
+"""gRPC server bootstrap: interceptors, TLS, health, reflection and graceful stop."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ Registrar = Callable[[grpc.aio.Server], None]
 
 
 class NexusServer:
-    """A started-or-startable gRPC server together with its health servicer."""
+    """A started-or-startable gRPC server together with its health servicer,
+    and the plaintext health-only server, if any."""
 
     def __init__(
         self,
@@ -63,14 +64,19 @@ class NexusServer:
         port: int,
         health_servicer: health.HealthServicer,
         service_names: Sequence[str],
+        health_server: tuple[grpc.aio.Server, int] | None = None,
     ) -> None:
         self.server = server
         self.port = port
         self.health = health_servicer
         self._service_names = service_names
+        self._health_server = health_server[0] if health_server else None
+        self.health_port = health_server[1] if health_server else None
 
     async def start(self) -> None:
         await self.server.start()
+        if self._health_server is not None:
+            await self._health_server.start()
         for name in (*self._service_names, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -78,6 +84,8 @@ class NexusServer:
         # Fail readiness first so load balancers drain us, then finish in-flight calls.
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
 
 
 def build_server(
@@ -88,13 +96,21 @@ def build_server(
     authenticate: Authenticator,
     max_connection_age: float = _MAX_CONNECTION_AGE,
     metrics: bool | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+    reflection_enabled: bool = True,
+    health_listen: str = "",
 ) -> NexusServer:
     """Build a server with the shared interceptor chain; port 0 picks a free port.
 
     Connections are closed politely (GOAWAY) after ``max_connection_age``
     seconds, so clients resolve their target again and reach replicas added
     since they connected. ``metrics`` (by default ``NEXUS_METRICS``, on unless
-    false) counts and times every call for Prometheus.
+    false) counts and times every call for Prometheus. With ``credentials``
+    the listener speaks TLS only. ``reflection_enabled``: whether to describe
+    the services to anyone who asks (tools use it on the public gateway; the
+    internal services keep their surface to themselves). ``health_listen``
+    serves the health service alone, in plaintext: Kubernetes' gRPC probes
+    speak no TLS.
     """
     if metrics is None:
         metrics = Env(os.environ).flag("NEXUS_METRICS", True)
@@ -122,13 +138,30 @@ def build_server(
         register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    if reflection_enabled:
+        reflection.enable_server_reflection(
+            (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    port = _listen(server, address, credentials)
+    health_server = None
+    if health_listen:
+        probes = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probes)
+        health_server = (probes, _listen(probes, health_listen, None))
+    return NexusServer(server, port, health_servicer, service_names, health_server)
+
+
+def _listen(
+    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
+) -> int:
+    port: int = (
+        server.add_secure_port(address, credentials)
+        if credentials is not None
+        else server.add_insecure_port(address)
     )
-    port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not listen on {address}")
-    return NexusServer(server, port, health_servicer, service_names)
+    return port
 
 
 def run_service(main: Coroutine[Any, Any, None]) -> None:

@@ -14,6 +14,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 EXAMPLE_SECRET = K8S / "nexus-secrets.example.yaml"
+# The services' certificates: one Secret each, named nexus-tls-<service>.
+EXAMPLE_TLS = K8S / "nexus-tls.example.yaml"
+TLS_MOUNT = "/etc/nexus/tls"
 SECRET_NAME = "nexus-secrets"
 CONFIG_NAME = "nexus-config"
 SERVICES = ("gateway", "broker", "policy")
@@ -150,6 +153,7 @@ _LIB_READS = {
     "internal_tokens()": {"NEXUS_INTERNAL_TOKEN", "NEXUS_INTERNAL_TOKEN_PREVIOUS"},
     "database_url(": {"DATABASE_URL"},
     "deployment()": {"NEXUS_ENVIRONMENT"},
+    "ServiceTls.from_env(": {"NEXUS_TLS_CERT_FILE", "NEXUS_TLS_KEY_FILE", "NEXUS_TLS_CA_FILE"},
 }
 _NAME = re.compile(r'"((?:NEXUS_|DATABASE_URL|BACKEND_AUTH_URL)[A-Z0-9_]*)"')
 
@@ -161,7 +165,10 @@ def _settings_source(service: str) -> str:
 @cache
 def settings_read(service: str) -> frozenset[str]:
     """Every environment variable a service's settings read."""
-    lib = (ROOT / "libs" / "nexus_common" / "_settings.py").read_text()
+    lib = "".join(
+        (ROOT / "libs" / "nexus_common" / module).read_text()
+        for module in ("_settings.py", "_tls.py")
+    )
     source = _settings_source(service)
     names = set(_NAME.findall(source))
     for call, lib_names in _LIB_READS.items():

@@ -30,7 +30,7 @@ NEXUS_IMAGE = f"nexus:{PROJECT_VERSION}"
 def _every_document() -> list[Any]:
     return [
         pytest.param(doc, id=f"{path.name}:{doc['kind']}/{doc['metadata']['name']}")
-        for path in [*k8s.resource_files(), k8s.EXAMPLE_SECRET]
+        for path in [*k8s.resource_files(), k8s.EXAMPLE_SECRET, k8s.EXAMPLE_TLS]
         for doc in k8s.load(path)
     ]
 
@@ -53,7 +53,7 @@ def test_a_manifest_with_an_unknown_field_is_rejected() -> None:
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
-def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
+def test_kustomization_lists_every_manifest_but_the_example_secrets() -> None:
     listed = {path.name for path in k8s.resource_files()}
     generated = {
         source.partition("=")[2] or source
@@ -61,8 +61,9 @@ def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
         for source in entry.get("files", []) + entry.get("envs", [])
     }
     on_disk = {path.relative_to(k8s.K8S).as_posix() for path in k8s.K8S.rglob("*.yaml")}
-    assert k8s.EXAMPLE_SECRET.name not in listed | generated
-    missing = on_disk - listed - generated - {"kustomization.yaml", k8s.EXAMPLE_SECRET.name}
+    examples = {k8s.EXAMPLE_SECRET.name, k8s.EXAMPLE_TLS.name}
+    assert not examples & (listed | generated)
+    missing = on_disk - listed - generated - {"kustomization.yaml"} - examples
     assert not missing, f"not in kustomization.yaml: {sorted(missing)}"
     for name in listed | generated:
         assert (k8s.K8S / name).is_file(), f"kustomization.yaml names a missing file {name}"
@@ -120,6 +121,12 @@ def test_every_pod_runs_hardened(pod: Pod) -> None:
         assert context.get("runAsUser", 1) > 0 and context.get("runAsNonRoot", True) is True
         assert not any(port.get("hostPort") for port in container.get("ports", []))
     for volume in spec.get("volumes", []):
+        if "secret" in volume:
+            # Only a service's own certificate, and read-only.
+            assert volume["secret"]["secretName"] == f"nexus-tls-{pod.name}", volume["name"]
+            mounts = [m for c in pod.all_containers for m in c.get("volumeMounts", [])]
+            assert all(m["readOnly"] for m in mounts if m["name"] == volume["name"])
+            continue
         assert {"emptyDir", "configMap"} & set(volume), f"{volume['name']}: unexpected volume"
 
 
@@ -194,10 +201,11 @@ def test_every_deployment_probes_readiness_and_liveness(deployment: Doc) -> None
 
 
 @pytest.mark.parametrize("service", k8s.SERVICES)
-def test_services_are_probed_on_the_grpc_health_service_of_their_port(service: str) -> None:
+def test_services_are_probed_on_the_plaintext_health_port(service: str) -> None:
     pod = k8s.pod(service)
     (container,) = pod.containers
-    port = pod.container_ports()["grpc"]
+    port = pod.container_ports()["health"]
+    assert k8s.config_env()["NEXUS_HEALTH_LISTEN"] == f"0.0.0.0:{port}"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"] == {"port": port}, probe
 
@@ -246,9 +254,14 @@ def test_every_service_port_targets_a_container_port(service: Doc) -> None:
 def test_listen_addresses_bind_the_pod_on_its_container_port() -> None:
     env = k8s.config_env()
     listens = {
-        "gateway": ["NEXUS_GATEWAY_LISTEN", "NEXUS_GATEWAY_HTTP_LISTEN", "NEXUS_METRICS_LISTEN"],
-        "broker": ["NEXUS_BROKER_LISTEN", "NEXUS_METRICS_LISTEN"],
-        "policy": ["NEXUS_POLICY_LISTEN", "NEXUS_METRICS_LISTEN"],
+        "gateway": [
+            "NEXUS_GATEWAY_LISTEN",
+            "NEXUS_GATEWAY_HTTP_LISTEN",
+            "NEXUS_METRICS_LISTEN",
+            "NEXUS_HEALTH_LISTEN",
+        ],
+        "broker": ["NEXUS_BROKER_LISTEN", "NEXUS_METRICS_LISTEN", "NEXUS_HEALTH_LISTEN"],
+        "policy": ["NEXUS_POLICY_LISTEN", "NEXUS_METRICS_LISTEN", "NEXUS_HEALTH_LISTEN"],
     }
     for service, names in listens.items():
         ports = set(k8s.pod(service).container_ports().values())

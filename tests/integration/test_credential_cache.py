@@ -32,6 +32,13 @@ from nexus.broker.v1 import connections_pb2, connections_pb2_grpc, providers_pb2
 from nexus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from nexus_broker.server import Broker, create_broker
 from nexus_broker.settings import BrokerSettings
+from nexus_common import (
+    CALLER_HEADER,
+    CALLER_PROOF_HEADER,
+    INTERNAL_TOKEN_HEADER,
+    Caller,
+    CallerProofs,
+)
 
 from tests.conftest import INTERNAL_TOKEN, Services
 from tests.integration.helpers import ADMIN, expect_error, peek
@@ -397,14 +404,24 @@ async def calling(broker: Broker) -> AsyncIterator[connections_pb2_grpc.Connecti
         yield connections_pb2_grpc.ConnectionServiceStub(channel)
 
 
-AS_ADMIN = (("x-nexus-internal-token", INTERNAL_TOKEN), ("x-nexus-caller", "admin:tests"))
+GET_TOKEN = "/nexus.broker.v1.ConnectionService/GetToken"
+
+
+def as_admin() -> tuple[tuple[str, str], ...]:
+    """What the gateway sends for an admin's GetToken: the token, the caller and its proof."""
+    proof = CallerProofs(INTERNAL_TOKEN).prove(Caller("admin", "tests"), GET_TOKEN)
+    return (
+        (INTERNAL_TOKEN_HEADER, INTERNAL_TOKEN),
+        (CALLER_HEADER, "admin:tests"),
+        (CALLER_PROOF_HEADER, proof),
+    )
 
 
 async def get_token(
     stub: connections_pb2_grpc.ConnectionServiceStub, connection_id: str
 ) -> connections_pb2.TokenPayload:
     return await stub.GetToken(
-        connections_pb2.GetTokenRequest(connection_id=connection_id), metadata=AS_ADMIN
+        connections_pb2.GetTokenRequest(connection_id=connection_id), metadata=as_admin()
     )
 
 

@@ -159,7 +159,11 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
     )
     refresher = Refresher(connections)
     policy = InternalClient(
-        "policy", settings.policy_target, settings.internal_token, settings.policy_timeout_seconds
+        "policy",
+        settings.policy_target,
+        settings.internal_token,
+        settings.policy_timeout_seconds,
+        tls=settings.tls,
     )
     decisions = PolicyClient(policy, cache_max_age_seconds=settings.cache_max_age_seconds)
     feed = ChangeFeed(
@@ -209,6 +213,11 @@ def create_broker(settings: BrokerSettings) -> Broker:
             lambda s: sessions_pb2_grpc.add_SessionServiceServicer_to_server(session_service, s),
         ],
         service_names=SERVICE_NAMES,
-        authenticate=internal_authenticator(settings.internal_tokens),
+        authenticate=internal_authenticator(
+            settings.internal_tokens, settings.caller_proofs, mutual_tls=settings.tls is not None
+        ),
+        credentials=settings.tls.server_credentials() if settings.tls else None,
+        reflection_enabled=False,
+        health_listen=settings.health_listen,
     )
     return Broker(server, core)

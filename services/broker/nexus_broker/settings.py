@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from nexus_common import (
     DEFAULT_MAX_BODY_BYTES,
     ApiKeySet,
+    CallerProofs,
     ConfigError,
     Deployment,
     Env,
     Keyring,
     OutboundPolicy,
+    ServiceTls,
 )
 
 from .domain.connections import RefreshPolicy
@@ -70,10 +72,17 @@ class BrokerSettings:
     cache_max_age_seconds: float = 60.0
     # Most audit rows one group commit writes; as many more may wait for it.
     audit_batch_max: int = 256
+    # NEXUS_TLS_*: mutual TLS with the other services (None: plaintext, `make run`).
+    tls: ServiceTls | None = field(default=None, repr=False)
+    # Checks the gateway's proof of the caller it forwards.
+    caller_proofs: CallerProofs = field(default_factory=lambda: CallerProofs(""), repr=False)
+    # NEXUS_HEALTH_LISTEN: the health service alone, in plaintext, for probes.
+    health_listen: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> BrokerSettings:
         env = Env(environ)
+        current, accepted = env.internal_tokens()
         return cls(
             listen=env.text("NEXUS_BROKER_LISTEN", "127.0.0.1:50061"),
             database_url=env.database_url("NEXUS_BROKER_DATABASE_URL"),
@@ -132,6 +141,9 @@ class BrokerSettings:
                 "NEXUS_CACHE_MAX_AGE_SECONDS", 60.0, low=0, high=3600
             ),
             audit_batch_max=_audit_batch_max(env),
+            tls=ServiceTls.from_env(env),
+            caller_proofs=CallerProofs(current, accepted.values()),
+            health_listen=env.address("NEXUS_HEALTH_LISTEN", ""),
         )
 
 

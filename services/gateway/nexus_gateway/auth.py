@@ -56,7 +56,9 @@ class GatewayAuthenticator:
         self._agent_keys = agent_keys
         self._resource_server_keys = resource_server_keys
 
-    async def __call__(self, method: str, metadata: Mapping[str, str]) -> Caller:
+    async def __call__(
+        self, method: str, metadata: Mapping[str, str], peer: str | None = None
+    ) -> Caller:
         if method in PUBLIC_METHODS:
             return Caller("anonymous", "-")
         authorization = metadata.get(AUTHORIZATION_HEADER, "")

@@ -51,12 +51,16 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
         settings.broker_target,
         settings.internal_token,
         settings.upstream_timeout_seconds,
+        tls=settings.tls,
+        proofs=settings.caller_proofs,
     )
     policy = InternalClient(
         "policy",
         settings.policy_target,
         settings.internal_token,
         settings.upstream_timeout_seconds,
+        tls=settings.tls,
+        proofs=settings.caller_proofs,
     )
     providers = ProviderServicer(broker)
     audit = AuditServicer(broker)
@@ -85,6 +89,8 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
         authenticate=GatewayAuthenticator(
             settings.admin_keys, agent_keys, settings.resource_server_keys
         ),
+        credentials=settings.public_tls.server_credentials() if settings.public_tls else None,
+        health_listen=settings.health_listen,
     )
     browser = BrowserServer(
         create_browser_app(broker, secure_cookies=settings.public_base_url.startswith("https://")),

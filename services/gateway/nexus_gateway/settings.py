@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from nexus_common import ApiKeySet, ConfigError, Env
+from nexus_common import ApiKeySet, CallerProofs, ConfigError, Env, ServerTls, ServiceTls
 
 __all__ = ["GatewaySettings"]
 
@@ -35,6 +35,15 @@ class GatewaySettings:
     # NEXUS_CACHE_MAX_AGE_SECONDS: the backstop age of a remembered agent key
     # (0: none). The policy's change feed, not this, keeps the cache right.
     cache_max_age_seconds: float = 60.0
+    # NEXUS_TLS_*: the certificate the gateway presents to broker and policy
+    # (None: plaintext, `make run`).
+    tls: ServiceTls | None = field(default=None, repr=False)
+    # NEXUS_GATEWAY_TLS_*: TLS on the public gRPC listener (None: plaintext).
+    public_tls: ServerTls | None = field(default=None, repr=False)
+    # Proves to broker and policy the caller each call is for.
+    caller_proofs: CallerProofs = field(default_factory=lambda: CallerProofs(""), repr=False)
+    # NEXUS_HEALTH_LISTEN: the health service alone, in plaintext, for probes.
+    health_listen: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
@@ -58,6 +67,12 @@ class GatewaySettings:
             cache_max_age_seconds=env.seconds(
                 "NEXUS_CACHE_MAX_AGE_SECONDS", 60.0, low=0, high=3600
             ),
+            tls=ServiceTls.from_env(env),
+            public_tls=ServerTls.from_env(
+                env, "NEXUS_GATEWAY_TLS_CERT_FILE", "NEXUS_GATEWAY_TLS_KEY_FILE"
+            ),
+            caller_proofs=CallerProofs(env.internal_tokens()[0]),
+            health_listen=env.address("NEXUS_HEALTH_LISTEN", ""),
         )
 
 

@@ -103,7 +103,9 @@ def create_policy(settings: PolicySettings) -> Policy:
     engine = create_engine(settings.database_url)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     http = outbound_client(settings.outbound, httpx.Timeout(settings.outbound.deadline_seconds))
-    broker = InternalClient("broker", settings.broker_target, settings.internal_token, 5.0)
+    broker = InternalClient(
+        "broker", settings.broker_target, settings.internal_token, 5.0, tls=settings.tls
+    )
 
     def uow() -> PolicyUnitOfWork:
         return PolicyUnitOfWork(sessions)
@@ -132,7 +134,12 @@ def create_policy(settings: PolicySettings) -> Policy:
             lambda s: agents_pb2_grpc.add_AgentRegistryServiceServicer_to_server(registry, s),
         ],
         service_names=SERVICE_NAMES,
-        authenticate=internal_authenticator(settings.internal_tokens),
+        authenticate=internal_authenticator(
+            settings.internal_tokens, settings.caller_proofs, mutual_tls=settings.tls is not None
+        ),
+        credentials=settings.tls.server_credentials() if settings.tls else None,
+        reflection_enabled=False,
+        health_listen=settings.health_listen,
     )
 
     def gap() -> None:

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from nexus_common import (
     DEFAULT_MAX_BODY_BYTES,
     ApiKeySet,
+    CallerProofs,
     ConfigError,
     Deployment,
     Env,
     OutboundPolicy,
+    ServiceTls,
 )
 
 __all__ = ["BackendAuthSettings", "PolicySettings"]
@@ -60,11 +62,18 @@ class PolicySettings:
     cache_max_age_seconds: float
     # Where BACKEND_AUTH_URL and the user tokens' JWKS may be; each call's total deadline.
     outbound: OutboundPolicy
+    # NEXUS_TLS_*: mutual TLS with the other services (None: plaintext, `make run`).
+    tls: ServiceTls | None = field(default=None, repr=False)
+    # Checks the gateway's proof of the caller it forwards.
+    caller_proofs: CallerProofs = field(default_factory=lambda: CallerProofs(""), repr=False)
+    # NEXUS_HEALTH_LISTEN: the health service alone, in plaintext, for probes.
+    health_listen: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PolicySettings:
         env = Env(environ)
         backend_auth = _backend_auth(env)
+        current, accepted = env.internal_tokens()
         return cls(
             listen=env.text("NEXUS_POLICY_LISTEN", "127.0.0.1:50071"),
             database_url=env.database_url("NEXUS_POLICY_DATABASE_URL"),
@@ -85,6 +94,9 @@ class PolicySettings:
                 max_body_bytes=env.integer("NEXUS_OUTBOUND_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
                 deadline_seconds=backend_auth.timeout_seconds if backend_auth else 10.0,
             ),
+            tls=ServiceTls.from_env(env),
+            caller_proofs=CallerProofs(current, accepted.values()),
+            health_listen=env.address("NEXUS_HEALTH_LISTEN", ""),
         )
 
 
