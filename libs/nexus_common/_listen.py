@@ -52,6 +52,8 @@ _TCP_OPTIONS = {
     "keepalives_count": "3",
     "tcp_user_timeout": "10000",
 }
+# How an operator tells the listeners apart in pg_stat_activity.
+APPLICATION_NAME = "nexus change listener"
 
 
 def listens(database_url: str) -> bool:
@@ -63,7 +65,7 @@ def listens(database_url: str) -> bool:
 def _conninfo(database_url: str) -> str:
     url = make_url(database_url).set(drivername="postgresql")
     params = conninfo_to_dict(url.render_as_string(hide_password=False))
-    return make_conninfo(**{**_TCP_OPTIONS, **params})
+    return make_conninfo(**{**_TCP_OPTIONS, "application_name": APPLICATION_NAME, **params})
 
 
 class _HeartbeatMissed(Exception):

@@ -142,7 +142,7 @@ async def test_the_listener_hears_notices_and_reports_a_lost_connection(pg_url: 
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as admin:
             await admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE query LIKE 'NOTIFY \"nexus_heartbeat_%%' AND pid <> pg_backend_pid()"
+                "WHERE application_name = 'nexus change listener' AND datname = current_database()"
             )
         await _until(lambda: events[-2:] == ["gap", "ready"] and len(events) == 4, changed)
         await _notify(pg_url, "nexus_test", "connection:c2")
