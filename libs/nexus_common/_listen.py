@@ -4,21 +4,21 @@ Writers ``NOTIFY`` in the same transaction as the write (a trigger does it), so 
 notice is delivered exactly when the write becomes visible. The listener turns
 each notice into a call of ``on_notice(channel, payload)``.
 
-While it is not listening (before the first ``LISTEN``, after the connection is
-lost) notices go unheard, so ``on_gap()`` is called at once and ``on_ready()``
-only when ``LISTEN`` holds again: the caches it feeds stop caching in between.
+While it is not listening (before the first heartbeat, after the connection
+is lost) notices go unheard, so ``on_gap()`` is called at once and
+``on_ready()`` only when it hears again: the caches it feeds stop caching in
+between.
 
 A connection can also die without a word: a half-open TCP connection, a NAT
-that forgot it, a proxy that failed over. Its socket stays open and silent, as
+that forgot it, a proxy that failed over. Its socket stays open and quiet, as
 it would with no writes to hear. So the listener sends itself a heartbeat, a
 ``NOTIFY`` on a channel of its own through that same connection, every
-``heartbeat_seconds``; one that is not back within that interval is a gap at
-once, and the listener connects again (giving up on the old one in the
-background). Notices arrive in commit order, so a
-heartbeat heard back means every notice committed before it was heard too:
-a write anywhere shows in this replica within twice the interval, dead
-connection or not. The first heartbeat of a connection, not its ``LISTEN``,
-is what turns caching on.
+``heartbeat_seconds``. One not back within that interval is a gap at once, and
+the listener connects again (giving up on the old connection in the
+background). Notices arrive in commit order, so a heartbeat heard back means
+every notice committed before it was heard too; a connection that dies stops
+the caching within twice the interval. A connection's first heartbeat heard,
+not its ``LISTEN``, is what turns caching on.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def listens(database_url: str) -> bool:
 def _conninfo(database_url: str) -> str:
     url = make_url(database_url).set(drivername="postgresql")
     params = conninfo_to_dict(url.render_as_string(hide_password=False))
-    return make_conninfo(**{**_TCP_OPTIONS, "application_name": APPLICATION_NAME, **params})
+    return make_conninfo("", **{**_TCP_OPTIONS, "application_name": APPLICATION_NAME, **params})
 
 
 class _HeartbeatMissed(Exception):
@@ -152,14 +152,17 @@ class ChangeListener(Follower):
         if not heard:
             raise _HeartbeatMissed
 
-    async def _execute(self, connection: psycopg.AsyncConnection[TupleRow], query: sql.Composed) -> None:
+    async def _execute(
+        self, connection: psycopg.AsyncConnection[TupleRow], query: sql.Composed
+    ) -> None:
         # Shielded: psycopg gives up on a statement by cancelling it on the
         # server and waiting up to 10 s for that, on a dead connection in vain.
         # A statement not waited for any more is given up on in the background
         # (see _retire), so that the gap is called and the next connection
         # made at once.
-        self._statement = asyncio.ensure_future(connection.execute(query))
-        await asyncio.shield(self._statement)
+        statement: asyncio.Future[object] = asyncio.ensure_future(connection.execute(query))
+        self._statement = statement
+        await asyncio.shield(statement)
 
     def _retire(self, connection: psycopg.AsyncConnection[TupleRow]) -> None:
         statement = self._statement
