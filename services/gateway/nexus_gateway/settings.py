@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 
 from nexus_common import ApiKeySet, ConfigError, Env
 
-__all__ = ["GatewaySettings"]
+__all__ = ["MIN_ADMIN_KEY_LENGTH", "GatewaySettings"]
+
+# An admin key reads and changes everything but secrets, and is checked by
+# length alone: 32 characters of base64url carry 192 bits, as many as
+# `secrets.token_urlsafe(24)` makes (the dev stack's keys are 36, nxa_ and 32).
+MIN_ADMIN_KEY_LENGTH = 32
+_MAKE_ONE = "make one with: python -c \"import secrets; print('nxa_' + secrets.token_urlsafe(32))\""
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,12 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
         env = Env(environ)
-        admin_keys = ApiKeySet.from_spec(env.text("NEXUS_ADMIN_API_KEYS"))
+        try:
+            admin_keys = ApiKeySet.from_spec(
+                env.text("NEXUS_ADMIN_API_KEYS"), min_length=MIN_ADMIN_KEY_LENGTH
+            )
+        except ValueError as exc:
+            raise ConfigError(f"NEXUS_ADMIN_API_KEYS: {exc} ({_MAKE_ONE})") from None
         if not admin_keys:
             raise ConfigError("NEXUS_ADMIN_API_KEYS must name at least one key")
         return cls(
