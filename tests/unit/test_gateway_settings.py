@@ -29,3 +29,12 @@ def test_a_short_admin_key_refuses_to_start_and_is_not_shown(spec: str, named: s
     assert named in str(refused.value) and "at least 32" in str(refused.value)
     assert "nxa_short" not in str(refused.value)
     assert LONG_ENOUGH[:-1] not in str(refused.value)
+
+
+def test_unknown_keys_are_remembered_ten_seconds_unless_set() -> None:
+    keys = {"NEXUS_ADMIN_API_KEYS": f"ops:{LONG_ENOUGH}"}
+    assert GatewaySettings.from_env(BASE | keys).unknown_key_cache_seconds == 10
+    off = GatewaySettings.from_env(BASE | keys | {"NEXUS_UNKNOWN_KEY_CACHE_SECONDS": "0"})
+    assert off.unknown_key_cache_seconds == 0
+    with pytest.raises(ConfigError, match="NEXUS_UNKNOWN_KEY_CACHE_SECONDS"):
+        GatewaySettings.from_env(BASE | keys | {"NEXUS_UNKNOWN_KEY_CACHE_SECONDS": "301"})

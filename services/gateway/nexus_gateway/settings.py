@@ -33,6 +33,11 @@ class GatewaySettings:
     # NEXUS_CACHE_MAX_AGE_SECONDS: the backstop age of a remembered agent key
     # (0: none). The policy's change feed, not this, keeps the cache right.
     cache_max_age_seconds: float = 60.0
+    # NEXUS_UNKNOWN_KEY_CACHE_SECONDS: how long a key the policy service did
+    # not know is refused without asking again (0: always ask). Short, since
+    # it bounds only a refusal whose agent change went unheard; any change
+    # heard forgets every refusal at once.
+    unknown_key_cache_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
@@ -59,5 +64,8 @@ class GatewaySettings:
             metrics_listen=env.address("NEXUS_METRICS_LISTEN", ""),
             cache_max_age_seconds=env.seconds(
                 "NEXUS_CACHE_MAX_AGE_SECONDS", 60.0, low=0, high=3600
+            ),
+            unknown_key_cache_seconds=env.seconds(
+                "NEXUS_UNKNOWN_KEY_CACHE_SECONDS", 10.0, low=0, high=300
             ),
         )
