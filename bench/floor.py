@@ -79,7 +79,7 @@ def running_floor() -> Iterator[Floor]:
             processes.append(relay)
             _wait(relay, lambda: _listening(relay_port), "the relay")
             config = Path(scratch) / "envoy.yaml"
-            config.write_text(render_envoy_config(ports))
+            config.write_text(render_envoy_config(ports, rate_limited=False))
             envoy = str(Path(sys.executable).parent / "envoy")
             processes.append(
                 subprocess.Popen(  # noqa: S603 (the venv's envoy binary)

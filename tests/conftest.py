@@ -19,7 +19,7 @@ from tests.support.backend_auth_server import BackendAuthServer, start_backend_a
 from tests.support.oidc_server import OidcServer, start_oidc_server
 from tests.support.postgres import fresh_database, postgres_url
 
-ADMIN_KEY = "nxa_test_admin_key_0123456789"
+ADMIN_KEY = "nxa_test_admin_key_0123456789abcdef"
 INTERNAL_TOKEN = "internal-test-token-0123456789"
 STATE_KEY = "state-signing-key-for-tests-0123456789abcdef"
 LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"

@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVOY_CONFIG = ROOT / "envoy" / "envoy.yaml"
 # The committed config's ports, rewritten for a run with other ports.
 ENVOY_PORTS = {"rest": 8080, "envoy_admin": 9901, "gateway": 50051, "gateway_http": 8081}
+RATE_LIMITS_ON = (
+    "filter_enabled: { default_value: { numerator: 100, denominator: HUNDRED } }  # rate limits on"
+)
 # In start-up order: each one's dependencies are up before it.
 SERVICES = ("policy", "broker", "gateway")
 DEV_PORTS = {
@@ -102,13 +105,20 @@ def dev_secrets(data_dir: Path) -> dict[str, str]:
     return values
 
 
-def render_envoy_config(ports: Mapping[str, int]) -> str:
+def render_envoy_config(ports: Mapping[str, int], *, rate_limited: bool = True) -> str:
+    """envoy.yaml on these ports; without its rate limits for a bench, which loads one
+    address and one key far past them on purpose."""
     text = ENVOY_CONFIG.read_text()
     for name, default in ENVOY_PORTS.items():
         marker = f"port_value: {default}"
         if text.count(marker) != 1:
             raise RuntimeError(f"envoy.yaml must contain {marker!r} exactly once")
         text = text.replace(marker, f"port_value: {ports[name]}")
+    if not rate_limited:
+        if text.count(RATE_LIMITS_ON) != 1:
+            raise RuntimeError(f"envoy.yaml must contain {RATE_LIMITS_ON!r} exactly once")
+        off = RATE_LIMITS_ON.replace("numerator: 100", "numerator: 0")
+        text = text.replace(RATE_LIMITS_ON, off)
     return text
 
 
@@ -118,6 +128,8 @@ class Stack:
     ports: dict[str, int]
     env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Envoy's per-key and per-address limits (a bench turns them off).
+    rate_limited: bool = True
 
     @property
     def admin_key(self) -> str:
@@ -217,7 +229,7 @@ class Stack:
                 self._spawn(name, [python, "-m", f"nexus_{name}"], self._own_env(name, env))
                 self._wait(name, functools.partial(self._grpc_ready, self.ports[name]))
             config = self.data_dir / "envoy.yaml"
-            config.write_text(render_envoy_config(self.ports))
+            config.write_text(render_envoy_config(self.ports, rate_limited=self.rate_limited))
             envoy = str(Path(python).parent / "envoy")
             self._spawn(
                 "envoy",

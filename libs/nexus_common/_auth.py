@@ -79,12 +79,19 @@ class ApiKeySet:
         self._digests = [(name, _digest(key)) for name, key in pairs]
 
     @classmethod
-    def from_spec(cls, spec: str) -> ApiKeySet:
-        """Parse ``"name:key,other:key2"``; a bare key is named by its position."""
+    def from_spec(cls, spec: str, *, min_length: int = 0) -> ApiKeySet:
+        """Parse ``"name:key,other:key2"``; a bare key is named by its position.
+        A key shorter than ``min_length`` is refused, by name (never the key)."""
         keys: dict[str, str] = {}
         for index, item in enumerate(filter(None, (p.strip() for p in spec.split(","))), 1):
             name, sep, key = item.partition(":")
             keys[name if sep else f"key{index}"] = key if sep else item
+        for name, key in keys.items():
+            if 0 < len(key) < min_length:
+                raise ValueError(
+                    f"the key named {name!r} has {len(key)} characters; at least"
+                    f" {min_length} are needed"
+                )
         return cls(keys)
 
     def __bool__(self) -> bool:

@@ -43,6 +43,9 @@ class Follower:
         self._retry = tuple(retry_seconds)
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        # Whether the running session heard every change at some point: a
+        # session that did ends a run of failures, even when it ended silent.
+        self._session_heard = False
 
     @property
     def ready(self) -> bool:
@@ -70,12 +73,21 @@ class Follower:
         raise NotImplementedError
 
     def _heard(self) -> None:
+        self._session_heard = True
         self._ready.set()
         self._on_ready()
+
+    def _lost(self) -> None:
+        """Changes may be going unheard from now on: caches off at once, even
+        while the session is still being torn down. Idempotent."""
+        if self._ready.is_set():
+            self._ready.clear()
+            self._on_gap()
 
     async def _run(self) -> None:
         failures = 0
         while True:
+            self._session_heard = False
             try:
                 await self._session()
                 log.warning("%s ended; caches off until it is back", self._name)
@@ -87,10 +99,9 @@ class Follower:
                     type(exc).__name__,
                 )
             finally:
-                if self._ready.is_set():
-                    self._ready.clear()
-                    self._on_gap()
+                if self._session_heard:
                     failures = 0
+                self._lost()
             delay = self._retry[min(failures, len(self._retry) - 1)]
             # Jitter, so the replicas of a service do not all reconnect at once.
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - not a secret

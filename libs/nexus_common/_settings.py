@@ -94,6 +94,12 @@ class Env:
         """How soon a token with an unknown key id may make a key set be fetched again."""
         return self.seconds("NEXUS_JWKS_MIN_REFETCH_SECONDS", 30.0, low=0, high=3600)
 
+    def listener_heartbeat_seconds(self) -> float:
+        """How often a replica's ``LISTEN`` connection carries it a heartbeat; one
+        not back within as long is a gap, so a connection that died without a
+        word is found within twice this."""
+        return self.seconds("NEXUS_LISTENER_HEARTBEAT_SECONDS", 2.0, low=0.05, high=60)
+
     def deployment(self) -> str:
         value = self.text("NEXUS_ENVIRONMENT", Deployment.PRODUCTION).lower()
         if value not in (Deployment.DEVELOPMENT, Deployment.PRODUCTION):

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from nexus_common import ChangeListener, LoadingCache
+
+from tests.support.tcp_proxy import TcpProxy
 
 
 class Source:
@@ -102,25 +105,33 @@ async def _until(predicate: Callable[[], bool], changed: asyncio.Event) -> None:
             await changed.wait()
 
 
+class Heard:
+    """What a listener reported: its notices, and its gaps and readies in order."""
+
+    def __init__(self) -> None:
+        self.notices: list[tuple[str, str]] = []
+        self.events: list[str] = []
+        self.changed = asyncio.Event()
+
+    def listener(self, url: str, *, heartbeat_seconds: float = 2.0) -> ChangeListener:
+        return ChangeListener(
+            url,
+            ["nexus_test"],
+            lambda channel, payload: self._note(self.notices, (channel, payload)),
+            on_gap=lambda: self._note(self.events, "gap"),
+            on_ready=lambda: self._note(self.events, "ready"),
+            heartbeat_seconds=heartbeat_seconds,
+        )
+
+    def _note(self, into: list[object], what: object) -> None:
+        into.append(what)
+        self.changed.set()
+
+
 async def test_the_listener_hears_notices_and_reports_a_lost_connection(pg_url: str) -> None:
-    heard: list[tuple[str, str]] = []
-    events: list[str] = []
-    changed = asyncio.Event()
-
-    def noting(record: Callable[[], None]) -> Callable[[], None]:
-        def note() -> None:
-            record()
-            changed.set()
-
-        return note
-
-    listener = ChangeListener(
-        pg_url,
-        ["nexus_test"],
-        lambda channel, payload: noting(lambda: heard.append((channel, payload)))(),
-        on_gap=noting(lambda: events.append("gap")),
-        on_ready=noting(lambda: events.append("ready")),
-    )
+    seen = Heard()
+    heard, events, changed = seen.notices, seen.events, seen.changed
+    listener = seen.listener(pg_url)
     await listener.start()
     try:
         assert listener.listening and events == ["gap", "ready"]
@@ -131,10 +142,38 @@ async def test_the_listener_hears_notices_and_reports_a_lost_connection(pg_url: 
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as admin:
             await admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()"
+                "WHERE application_name = 'nexus change listener' AND datname = current_database()"
             )
         await _until(lambda: events[-2:] == ["gap", "ready"] and len(events) == 4, changed)
         await _notify(pg_url, "nexus_test", "connection:c2")
         await _until(lambda: ("nexus_test", "connection:c2") in heard, changed)
     finally:
         await listener.close()
+
+
+async def test_a_listener_whose_connection_goes_silent_reports_a_gap_and_listens_again(
+    pg_url: str,
+) -> None:
+    """The proxy stops forwarding the listener's connection without closing it:
+    no error reaches the listener, its socket just stays quiet, as when a NAT
+    forgets it. Only its heartbeat going unheard tells it; a notice sent
+    meanwhile is lost, which the gap says, and it connects again."""
+    upstream = urlsplit(pg_url)
+    with TcpProxy(upstream.hostname or "127.0.0.1", upstream.port or 5432) as proxy:
+        credentials = upstream.netloc.rpartition("@")[0]
+        via = urlunsplit(upstream._replace(netloc=f"{credentials}@127.0.0.1:{proxy.port}"))
+        seen = Heard()
+        listener = seen.listener(via, heartbeat_seconds=0.2)
+        await listener.start()
+        try:
+            assert listener.listening and seen.events == ["gap", "ready"]
+            proxy.stall()
+            await _notify(pg_url, "nexus_test", "connection:unheard")
+            await _until(lambda: seen.events == ["gap", "ready", "gap"], seen.changed)
+            await _until(lambda: seen.events == ["gap", "ready", "gap", "ready"], seen.changed)
+            await _notify(pg_url, "nexus_test", "connection:c1")
+            await _until(lambda: ("nexus_test", "connection:c1") in seen.notices, seen.changed)
+            # Its heartbeats are its own: none is passed on as a notice.
+            assert seen.notices == [("nexus_test", "connection:c1")]
+        finally:
+            await listener.close()

@@ -378,13 +378,16 @@ def dying_commits(services: Services) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def broker_b(services: Services, database_url: str | None = None) -> AsyncIterator[Broker]:
+async def broker_b(
+    services: Services, database_url: str | None = None, **env: str
+) -> AsyncIterator[Broker]:
     """A second broker server on the same database, serving and listening."""
     settings = BrokerSettings.from_env(
         {
             **services.env,
             "NEXUS_BROKER_LISTEN": "127.0.0.1:0",
             "NEXUS_BROKER_DATABASE_URL": database_url or services.env["NEXUS_BROKER_DATABASE_URL"],
+            **env,
         }
     )
     broker = create_broker(settings)
@@ -589,6 +592,65 @@ async def test_while_a_broker_cannot_hear_notices_it_reads_the_database(
             return cached(b, other_id)
 
         await seconds_until(caching, deadline=15)
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_a_broker_whose_listener_goes_silent_stops_serving_a_revoked_token_from_cache(
+    services: Services, app: AppServer, provider: RotatingProvider, proxy: TcpProxy
+) -> None:
+    """Broker B's listener reaches PostgreSQL through a proxy that stops
+    forwarding its connection without a word (no FIN, no RST), as a NAT that
+    forgot it or a proxy that failed over would: its socket stays open and
+    quiet, so B never hears broker A's revoke. B's heartbeat, not heard back,
+    drops what it cached, and the next GetToken reads the revoked row, an
+    hour before the backstop would have."""
+    revoked_id = await connect(services, app, provider)
+    other_id = await connect(services, app, provider)
+    url = via(proxy, services.env["NEXUS_BROKER_DATABASE_URL"])
+    async with (
+        broker_b(
+            services,
+            url,
+            NEXUS_CACHE_MAX_AGE_SECONDS="3600",
+            NEXUS_LISTENER_HEARTBEAT_SECONDS="0.2",
+        ) as b,
+        calling(b) as stub,
+    ):
+        issued = (await get_token(stub, revoked_id)).credentials["access_token"]
+        assert (await get_token(stub, revoked_id)).credentials["access_token"] == issued
+        assert cached(b, revoked_id)
+        # Only the listener's connection is open through the proxy when it goes
+        # silent: B's queries use new connections, which the proxy forwards.
+        await b.core.engine.dispose()
+        proxy.stall()
+
+        await revoke(services, revoked_id)  # broker A, straight to PostgreSQL
+
+        async def dropped() -> bool:
+            return not cached(b, revoked_id)
+
+        await seconds_until(dropped, deadline=30)
+        await expect_error(
+            get_token(stub, revoked_id), FAILED_PRECONDITION, "CONNECTION_NOT_ACTIVE"
+        )
+
+        # Listening again on a new connection, B caches again, and hears A.
+        async def caching() -> bool:
+            await get_token(stub, other_id)
+            return cached(b, other_id)
+
+        await seconds_until(caching, deadline=30)
+        await revoke(services, other_id)
+
+        async def refused() -> bool:
+            try:
+                await get_token(stub, other_id)
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == FAILED_PRECONDITION
+                return True
+            return False
+
+        await seconds_until(refused)
 
 
 @pytest.mark.usefixtures("postgres_only")

@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import psycopg
@@ -19,6 +20,8 @@ from nexus.policy.v1 import agents_pb2, agents_pb2_grpc, policy_pb2, policy_pb2_
 
 from tests.conftest import INTERNAL_TOKEN, service_env
 from tests.integration.helpers import expect_error
+from tests.integration.test_credential_cache import via
+from tests.support.tcp_proxy import TcpProxy
 
 # Far longer than any test here: what a replica sees, it sees through the notice.
 BACKSTOP_SECONDS = 60
@@ -198,7 +201,7 @@ async def test_a_replica_that_stops_hearing_the_database_ends_its_watches(
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as admin:
         await admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()"
+            "WHERE application_name = 'nexus change listener' AND datname = current_database()"
         )
     async with asyncio.timeout(BOUND_SECONDS):
         await expect_error(anext(notices), grpc.StatusCode.UNAVAILABLE, "CHANGE_FEED_UNAVAILABLE")
@@ -214,3 +217,82 @@ async def test_a_replica_that_stops_hearing_the_database_ends_its_watches(
                 await asyncio.sleep(0.05)
             finally:
                 again.cancel()
+
+
+async def test_a_replica_whose_listener_goes_silent_stops_granting_a_disabled_agent(
+    pg_url: str, keyring_spec: str
+) -> None:
+    """The reading replica's listener reaches PostgreSQL through a proxy that
+    stops forwarding its connection without a word, so the disable written
+    through the other replica is never heard. Its heartbeat, not heard back,
+    ends its watches (the gateways and brokers that follow it turn their own
+    caches off) and drops the agents it cached: the next decision reads the
+    disabled agent, an hour before the backstop would have."""
+    from nexus_policy.server import create_policy, migrate_database
+    from nexus_policy.settings import PolicySettings
+
+    migrate_database(pg_url)
+    upstream = urlsplit(pg_url)
+    env = service_env(
+        pg_url,
+        keyring_spec,
+        NEXUS_ENVIRONMENT="production",
+        NEXUS_CACHE_MAX_AGE_SECONDS="3600",
+        NEXUS_LISTENER_HEARTBEAT_SECONDS="0.2",
+    )
+    with TcpProxy(upstream.hostname or "127.0.0.1", upstream.port or 5432) as proxy:
+        policies = [
+            create_policy(PolicySettings.from_env(env)),
+            create_policy(
+                PolicySettings.from_env(env | {"NEXUS_POLICY_DATABASE_URL": via(proxy, pg_url)})
+            ),
+        ]
+        for policy in policies:
+            await policy.start_caches()
+            await policy.server.start()
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{p.server.port}") for p in policies]
+        watch = _watch(channels[1])
+        try:
+            writer = agents_pb2_grpc.AgentRegistryServiceStub(channels[0])
+            reader = policy_pb2_grpc.PolicyServiceStub(channels[1])
+            await writer.CreateAgent(
+                agents_pb2.CreateAgentRequest(agent=_bound("alice")), metadata=INTERNAL
+            )
+            assert await _allowed(reader, "alice")
+            notices = aiter(watch)
+            assert (await anext(notices)).ready
+            # Only the listener's connection is open through the proxy when it
+            # goes silent: the reader's queries use new ones, which it forwards.
+            await policies[1].engine.dispose()
+            proxy.stall()
+
+            disabled = agents_pb2.Agent(agent_id="crm-agent", enabled=False)
+            await writer.UpdateAgent(
+                agents_pb2.UpdateAgentRequest(agent=disabled), metadata=INTERNAL
+            )
+
+            async with asyncio.timeout(30):
+                while (notice := await _next_or_unavailable(notices)) is not None:
+                    # The create, heard before the silence, or the feed's heartbeat.
+                    assert notice.agent_id in ("crm-agent", "")
+            await expect_error(
+                reader.AuthorizeAccess(_get_token("alice"), metadata=INTERNAL),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "AGENT_DISABLED",
+            )
+        finally:
+            watch.cancel()
+            for channel in channels:
+                await channel.close()
+            for policy in policies:
+                await policy.server.stop(0)
+                await policy.close()
+
+
+async def _next_or_unavailable(notices: Any) -> Any:
+    """The watch's next notice, or None once it ends because the replica stopped hearing."""
+    try:
+        return await anext(notices)
+    except grpc.aio.AioRpcError as error:
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+        return None

@@ -155,3 +155,24 @@ def test_a_taken_metrics_port_stops_the_service_before_it_serves(keyring_spec: s
     assert process.returncode != 0
     assert b"Address already in use" in process.stderr + process.stdout
     assert b"listening on port" not in process.stderr + process.stdout
+
+
+def test_a_short_admin_key_stops_the_gateway_before_it_serves(keyring_spec: str) -> None:
+    short = "nxa_0123456789abcdef"  # 20 characters
+    env = {
+        **os.environ,
+        **service_env(
+            "sqlite://",
+            keyring_spec,
+            NEXUS_GATEWAY_LISTEN=f"127.0.0.1:{free_port()}",
+            NEXUS_ADMIN_API_KEYS=f"ops:{short}",
+        ),
+    }
+    process = subprocess.run(
+        [sys.executable, "-m", "nexus_gateway"], env=env, capture_output=True, timeout=60
+    )
+    said = process.stderr + process.stdout
+    assert process.returncode != 0
+    assert b"NEXUS_ADMIN_API_KEYS: the key named 'ops' has 20 characters" in said
+    assert b"at least 32" in said
+    assert short.encode() not in said

@@ -4,6 +4,7 @@
         # point a client at 127.0.0.1:proxy.port
         proxy.cut()      # every open connection is reset; new ones are reset at once
         proxy.restore()  # new connections reach the upstream again
+        proxy.stall()    # open connections go silent (no FIN, no RST); new ones work
 
 It runs its own event loop in a background thread, so it keeps forwarding
 whatever the test's loop is doing.
@@ -27,6 +28,7 @@ class TcpProxy(StopsOnExit):
         self._upstream = (upstream_host, upstream_port)
         self._cut = False
         self._open: set[asyncio.StreamWriter] = set()
+        self._stalled: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -53,12 +55,14 @@ class TcpProxy(StopsOnExit):
         finally:
             for writer in (client_w, upstream_w):
                 self._open.discard(writer)
+                self._stalled.discard(writer)
                 writer.transport.abort()
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, ConnectionError):
             while data := await reader.read(_CHUNK):
+                if writer in self._stalled:
+                    continue  # read, so each side's sends still succeed, and dropped
                 writer.write(data)
                 await writer.drain()
         writer.transport.abort()
@@ -72,6 +76,17 @@ class TcpProxy(StopsOnExit):
                 writer.transport.abort()
 
         self._loop.call_soon_threadsafe(reset)
+
+    def stall(self) -> None:
+        """Stop forwarding on every open connection, in both directions and
+        without a word: each end's sends still succeed and nothing arrives, as
+        when a NAT forgets a connection or a proxy fails over. They stay so;
+        new connections are forwarded. In effect when it returns."""
+
+        async def stall() -> None:
+            self._stalled.update(self._open)
+
+        asyncio.run_coroutine_threadsafe(stall(), self._loop).result(10)
 
     def restore(self) -> None:
         self._loop.call_soon_threadsafe(setattr, self, "_cut", False)

@@ -38,11 +38,20 @@ def test_a_refresh_concurrency_out_of_range_refuses_to_start(value: str) -> None
 
 def test_the_caches_and_the_audit_batches_have_their_defaults_unless_set() -> None:
     defaults = BrokerSettings.from_env(BASE)
-    assert (defaults.cache_max_age_seconds, defaults.audit_batch_max) == (60, 256)
+    assert (defaults.cache_max_age_seconds, defaults.audit_batch_max) == (10, 256)
+    assert defaults.listener_heartbeat_seconds == 2
+    # The backstop stays above the bound the heartbeat puts on a dead listener.
+    assert defaults.cache_max_age_seconds > 2 * defaults.listener_heartbeat_seconds
     off = BrokerSettings.from_env(
-        BASE | {"NEXUS_CACHE_MAX_AGE_SECONDS": "0", "NEXUS_AUDIT_BATCH_MAX": "1"}
+        BASE
+        | {
+            "NEXUS_CACHE_MAX_AGE_SECONDS": "0",
+            "NEXUS_AUDIT_BATCH_MAX": "1",
+            "NEXUS_LISTENER_HEARTBEAT_SECONDS": "0.5",
+        }
     )
     assert (off.cache_max_age_seconds, off.audit_batch_max) == (0, 1)
+    assert off.listener_heartbeat_seconds == 0.5
 
 
 @pytest.mark.parametrize(
@@ -55,6 +64,9 @@ def test_the_caches_and_the_audit_batches_have_their_defaults_unless_set() -> No
         ("NEXUS_AUDIT_BATCH_MAX", "0"),
         ("NEXUS_AUDIT_BATCH_MAX", "10001"),
         ("NEXUS_AUDIT_BATCH_MAX", "lots"),
+        ("NEXUS_LISTENER_HEARTBEAT_SECONDS", "0"),
+        ("NEXUS_LISTENER_HEARTBEAT_SECONDS", "61"),
+        ("NEXUS_LISTENER_HEARTBEAT_SECONDS", "often"),
     ],
 )
 def test_a_cache_age_or_batch_size_out_of_range_refuses_to_start(name: str, value: str) -> None:

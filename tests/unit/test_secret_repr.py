@@ -30,7 +30,7 @@ KEYRING = generate_key_spec(7)
 SECRETS = {
     "NEXUS_INTERNAL_TOKEN": "internal-token-SECRET-1",
     "NEXUS_INTERNAL_TOKEN_PREVIOUS": "internal-token-SECRET-2",
-    "NEXUS_ADMIN_API_KEYS": "ops:nxa_admin_SECRET_3",
+    "NEXUS_ADMIN_API_KEYS": "ops:nxa_admin_SECRET_3_0123456789abcdef",
     "NEXUS_RESOURCE_SERVER_KEYS": "internal-ops:nxrs_resource_server_SECRET_7_0123456789",
     "NEXUS_STATE_KEY": "state-key-SECRET-4-0123456789abcdef0123",
     "NEXUS_KEYRING": KEYRING,

@@ -121,7 +121,11 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     grant_rows = GrantRows(engine)
     http = outbound_client(settings.outbound, httpx.Timeout(settings.provider_timeout_seconds))
-    cache = RowCache(settings.database_url, settings.cache_max_age_seconds)
+    cache = RowCache(
+        settings.database_url,
+        settings.cache_max_age_seconds,
+        heartbeat_seconds=settings.listener_heartbeat_seconds,
+    )
     deps = RegistryDeps(
         uow=lambda: BrokerUnitOfWork(sessions, settings.keyring, cache),
         discovery=DiscoveryClient(http, settings.discovery_timeout_seconds),

@@ -67,9 +67,18 @@ class BrokerSettings:
     # NEXUS_ENVIRONMENT=development: providers that say nothing may hand
     # sessions tokens broader than asked, and say so.
     broader_session_tokens_by_default: bool
-    # The longest a cached row may be served (a backstop: writes and change
-    # notices drop entries long before); 0 turns the caches off.
-    cache_max_age_seconds: float = 60.0
+    # The longest a cached row or grant may be served (a backstop: writes and
+    # change notices drop entries long before); 0 turns the caches off. 10 s,
+    # not the 60 of the other services, because what it bounds here is how
+    # long a revoked or rotated credential could still go out were a notice
+    # lost in a way nobody foresaw. It costs a hot connection one row read per
+    # 10 s per replica, beside the audit row each release writes anyway. It
+    # stays above twice the listener's heartbeat (4 s), so that a dead
+    # listener is ended by the heartbeat, not by this.
+    cache_max_age_seconds: float = 10.0
+    # NEXUS_LISTENER_HEARTBEAT_SECONDS: how soon a dead LISTEN connection is
+    # found (within twice this); caching is off until it is heard again.
+    listener_heartbeat_seconds: float = 2.0
     # Most audit rows one group commit writes; as many more may wait for it.
     audit_batch_max: int = 256
     # NEXUS_TLS_*: mutual TLS with the other services (None: plaintext, `make run`).
@@ -138,8 +147,9 @@ class BrokerSettings:
             session_retention_seconds=env.number("NEXUS_SESSION_RETENTION_SECONDS", 7 * 86400.0),
             broader_session_tokens_by_default=env.deployment() == Deployment.DEVELOPMENT,
             cache_max_age_seconds=env.seconds(
-                "NEXUS_CACHE_MAX_AGE_SECONDS", 60.0, low=0, high=3600
+                "NEXUS_CACHE_MAX_AGE_SECONDS", 10.0, low=0, high=3600
             ),
+            listener_heartbeat_seconds=env.listener_heartbeat_seconds(),
             audit_batch_max=_audit_batch_max(env),
             tls=ServiceTls.from_env(env),
             caller_proofs=CallerProofs(current, accepted.values()),

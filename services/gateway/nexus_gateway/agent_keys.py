@@ -9,17 +9,25 @@ is down nothing is cached and every call asks, as before.
 The agent is known only once the policy service answered, so a change heard
 while any key is being asked about drops that answer too: it may predate the
 change.
+
+A key the policy service refused as unknown is remembered too, for a short
+while (``unknown_key_seconds``), so that a client repeating a wrong key, or
+spraying them, costs the policy service one lookup per key and interval, not
+one per request. Any agent change forgets every refusal (the change may be
+the key that was just made), as does a gap in the feed, and a refusal that
+raced a change is not remembered.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from nexus.policy.v1 import agents_pb2, agents_pb2_grpc
-from nexus_common import InternalClient, LoadingCache
+from nexus_common import InternalClient, LoadingCache, RemoteError, Unauthenticated
 
 __all__ = ["AgentKeys"]
 
@@ -35,13 +43,58 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class _Refusals:
+    """Digests of refused keys, each with the refusal's message until it lapses."""
+
+    def __init__(self, seconds: float, max_entries: int, clock: Callable[[], float]) -> None:
+        self._seconds = seconds
+        self._max_entries = max_entries
+        self._clock = clock
+        self._until: dict[bytes, tuple[float, str]] = {}
+        self._enabled = False
+        # Bumped by each forgetting: a refusal asked for before it is not kept.
+        self.epoch = 0
+
+    def of(self, digest: bytes) -> str | None:
+        held = self._until.get(digest)
+        if held is None:
+            return None
+        if held[0] <= self._clock():
+            del self._until[digest]
+            return None
+        return held[1]
+
+    def keep(self, digest: bytes, message: str, epoch: int) -> None:
+        if not self._enabled or self._seconds <= 0 or epoch != self.epoch:
+            return
+        self._until.pop(digest, None)
+        if len(self._until) >= self._max_entries:
+            # The oldest first; a spray of new keys only pushes out older ones.
+            del self._until[next(iter(self._until))]
+        self._until[digest] = (self._clock() + self._seconds, message)
+
+    def forget(self) -> None:
+        self._until.clear()
+        self.epoch += 1
+
+    def suspend(self) -> None:
+        self._enabled = False
+        self.forget()
+
+    def resume(self) -> None:
+        self.forget()
+        self._enabled = True
+
+
 class AgentKeys:
     def __init__(
         self,
         policy: InternalClient,
         max_age_seconds: float,
         *,
+        unknown_key_seconds: float,
         clock: Callable[[], datetime] = _now,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._policy = policy
         self._agents = agents_pb2_grpc.AgentRegistryServiceStub(policy.channel)
@@ -51,6 +104,7 @@ class AgentKeys:
             max_age_seconds, max_entries=self._max_entries, enabled=False
         )
         self._clock = clock
+        self._refusals = _Refusals(unknown_key_seconds, 10_000, monotonic)
         # The digests each agent's entries are under, and those being asked about.
         self._digests: dict[str, set[bytes]] = {}
         self._asking: dict[bytes, int] = {}
@@ -59,6 +113,9 @@ class AgentKeys:
     async def agent_of(self, key: str) -> str:
         """The agent holding ``key``; raises the policy service's refusal."""
         digest = hashlib.sha256(key.encode()).digest()
+        refused = self._refusals.of(digest)
+        if refused is not None:
+            raise Unauthenticated(refused)
         holder = await self._cache.get(digest, lambda: self._load(digest, key))
         if holder.expires_at is not None and holder.expires_at <= self._clock():
             # The key ran out while cached: the policy service gives the answer.
@@ -68,8 +125,13 @@ class AgentKeys:
 
     async def _load(self, digest: bytes, key: str) -> _Holder:
         self._asking[digest] = self._asking.get(digest, 0) + 1
+        epoch = self._refusals.epoch
         try:
             holder = await self._ask(key)
+        except RemoteError as error:
+            if error.reason == Unauthenticated.reason:
+                self._refusals.keep(digest, str(error), epoch)
+            raise
         finally:
             left = self._asking.pop(digest) - 1
             if left:
@@ -104,11 +166,14 @@ class AgentKeys:
         digests = self._digests.pop(agent_id, set())
         self._indexed -= len(digests)
         self._cache.invalidate(*digests, *self._asking)
+        self._refusals.forget()
 
     def suspend(self) -> None:
         self._cache.suspend()
+        self._refusals.suspend()
         self._forget()
 
     def resume(self) -> None:
         self._cache.resume()
+        self._refusals.resume()
         self._forget()

@@ -67,7 +67,11 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
     connections = ConnectionServicer(broker)
     agents = AgentServicer(policy)
     sessions = SessionServicer(broker)
-    agent_keys = AgentKeys(policy, settings.cache_max_age_seconds)
+    agent_keys = AgentKeys(
+        policy,
+        settings.cache_max_age_seconds,
+        unknown_key_seconds=settings.unknown_key_cache_seconds,
+    )
     feed = ChangeFeed(
         "policy",
         "nexus_agents",

@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 
 from nexus_common import ApiKeySet, CallerProofs, ConfigError, Env, ServerTls, ServiceTls
 
-__all__ = ["GatewaySettings"]
+__all__ = ["MIN_ADMIN_KEY_LENGTH", "GatewaySettings"]
+
+# An admin key reads and changes everything but secrets, and is checked by
+# length alone: 32 characters of base64url carry 192 bits, as many as
+# `secrets.token_urlsafe(24)` makes (the dev stack's keys are 36, nxa_ and 32).
+MIN_ADMIN_KEY_LENGTH = 32
+_MAKE_ONE = "make one with: python -c \"import secrets; print('nxa_' + secrets.token_urlsafe(32))\""
 
 # As the broker's provider names.
 _PROVIDER_NAME = re.compile(r"[a-z0-9-]+")
@@ -44,11 +50,21 @@ class GatewaySettings:
     caller_proofs: CallerProofs = field(default_factory=lambda: CallerProofs(""), repr=False)
     # NEXUS_HEALTH_LISTEN: the health service alone, in plaintext, for probes.
     health_listen: str = ""
+    # NEXUS_UNKNOWN_KEY_CACHE_SECONDS: how long a key the policy service did
+    # not know is refused without asking again (0: always ask). Short, since
+    # it bounds only a refusal whose agent change went unheard; any change
+    # heard forgets every refusal at once.
+    unknown_key_cache_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
         env = Env(environ)
-        admin_keys = ApiKeySet.from_spec(env.text("NEXUS_ADMIN_API_KEYS"))
+        try:
+            admin_keys = ApiKeySet.from_spec(
+                env.text("NEXUS_ADMIN_API_KEYS"), min_length=MIN_ADMIN_KEY_LENGTH
+            )
+        except ValueError as exc:
+            raise ConfigError(f"NEXUS_ADMIN_API_KEYS: {exc} ({_MAKE_ONE})") from None
         if not admin_keys:
             raise ConfigError("NEXUS_ADMIN_API_KEYS must name at least one key")
         return cls(
@@ -73,6 +89,9 @@ class GatewaySettings:
             ),
             caller_proofs=CallerProofs(env.internal_tokens()[0]),
             health_listen=env.address("NEXUS_HEALTH_LISTEN", ""),
+            unknown_key_cache_seconds=env.seconds(
+                "NEXUS_UNKNOWN_KEY_CACHE_SECONDS", 10.0, low=0, high=300
+            ),
         )
 
 

@@ -157,6 +157,7 @@ def create_policy(settings: PolicySettings) -> Policy:
             lambda channel, agent_id: agents.invalidate(agent_id),
             on_gap=gap,
             on_ready=ready,
+            heartbeat_seconds=settings.listener_heartbeat_seconds,
         )
         if shared
         else None

@@ -60,6 +60,10 @@ class PolicySettings:
     # NEXUS_CACHE_MAX_AGE_SECONDS: the backstop age of a cached agent (0: no cache).
     # Change notices, not this, keep the cache right.
     cache_max_age_seconds: float
+    # NEXUS_LISTENER_HEARTBEAT_SECONDS: how soon a dead LISTEN connection is
+    # found (within twice this); agents are not cached, and watches end, until
+    # it is heard again.
+    listener_heartbeat_seconds: float
     # Where BACKEND_AUTH_URL and the user tokens' JWKS may be; each call's total deadline.
     outbound: OutboundPolicy
     # NEXUS_TLS_*: mutual TLS with the other services (None: plaintext, `make run`).
@@ -88,6 +92,7 @@ class PolicySettings:
             metrics_listen=env.address("NEXUS_METRICS_LISTEN", ""),
             allow_unbound_agents=env.deployment() == Deployment.DEVELOPMENT,
             cache_max_age_seconds=_cache_max_age(env),
+            listener_heartbeat_seconds=env.listener_heartbeat_seconds(),
             outbound=OutboundPolicy.parse(
                 allowed_networks=env.text("NEXUS_OUTBOUND_ALLOWED_NETWORKS", ""),
                 denied_ports=env.text("NEXUS_OUTBOUND_DENIED_PORTS", ""),

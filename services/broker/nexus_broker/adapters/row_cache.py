@@ -15,8 +15,9 @@ Three things drop entries:
 - another replica's write arrives as a PostgreSQL notice on ``nexus_broker``
   (sent by triggers, migration 0007) and drops it when heard;
 - while notices cannot be heard (before the first ``LISTEN``, after the
-  listener's connection is lost), nothing is cached: every read goes to the
-  database. ``max_age_seconds`` bounds each entry as a backstop.
+  listener's connection is lost, or once its heartbeat goes unheard, as on a
+  connection that died without a word), nothing is cached: every read goes
+  to the database. ``max_age_seconds`` bounds each entry as a backstop.
 
 On SQLite there are no notices: one process serves, and its own writes suffice.
 The credentials stay sealed in the cache (opened per release, about 13 µs), so
@@ -39,7 +40,9 @@ _MAX_NAMES = 10_000
 
 
 class RowCache:
-    def __init__(self, database_url: str, max_age_seconds: float) -> None:
+    def __init__(
+        self, database_url: str, max_age_seconds: float, *, heartbeat_seconds: float
+    ) -> None:
         self.connections = LoadingCache[str, SealedConnection](max_age_seconds)
         self.providers = LoadingCache[str, Provider](max_age_seconds)
         # Provider names to ids, for sessions, which name their provider. An
@@ -49,7 +52,12 @@ class RowCache:
         self._listener: ChangeListener | None = None
         if listens(database_url) and self.enabled:
             self._listener = ChangeListener(
-                database_url, [CHANNEL], self._heard, on_gap=self.suspend, on_ready=self.resume
+                database_url,
+                [CHANNEL],
+                self._heard,
+                on_gap=self.suspend,
+                on_ready=self.resume,
+                heartbeat_seconds=heartbeat_seconds,
             )
             # Nothing is cached until LISTEN holds: until then another
             # replica's write could go unheard.
