@@ -20,7 +20,7 @@ from nexus_gateway.agent_keys import AgentKeys
 from nexus_gateway.auth import GatewayAuthenticator
 from nexus_gateway.settings import GatewaySettings
 
-ADMIN_KEY = "nxa_admin_key_0123456789"
+ADMIN_KEY = "nxa_admin_key_0123456789abcdefghijkl"
 OPS_KEY = "nxrs_internal_ops_0123456789abcdefghij"
 NEXT_OPS_KEY = "nxrs_internal_ops_next_0123456789abcd"
 INTROSPECT = "/nexus.gateway.v1.SessionService/IntrospectSession"
