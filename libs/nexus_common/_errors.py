@@ -46,6 +46,7 @@
     │   ├── ProviderDeleted             reason PROVIDER_DELETED
     │   ├── SecretRequiredForEndpointChange
     │   │                   reason SECRET_REQUIRED_FOR_ENDPOINT_CHANGE (metadata: fields)
+    │   ├── ProviderEndpointsPending    reason PROVIDER_ENDPOINTS_PENDING (metadata: provider)
     │   ├── ConnectionNotActive         reason CONNECTION_NOT_ACTIVE (metadata: status)
     │   ├── RefreshNotSupported         reason REFRESH_NOT_SUPPORTED
     │   ├── ConnectionReauthRequired    reason CONNECTION_REAUTH_REQUIRED
@@ -120,6 +121,7 @@ __all__ = [
     "PermissionDenied",
     "ProviderAlreadyExists",
     "ProviderDeleted",
+    "ProviderEndpointsPending",
     "ProviderNotBound",
     "ProviderNotFound",
     "ProviderUnavailable",
@@ -320,6 +322,13 @@ class SecretRequiredForEndpointChange(FailedPrecondition):
     request does not give the secret again: the stored one must not follow."""
 
     reason = "SECRET_REQUIRED_FOR_ENDPOINT_CHANGE"
+
+
+class ProviderEndpointsPending(FailedPrecondition):
+    """A provider's token endpoints moved while it had connections: nothing
+    is sent there until an admin confirms the move (``:confirmEndpoints``)."""
+
+    reason = "PROVIDER_ENDPOINTS_PENDING"
 
 
 class RequestTooLarge(NexusError):

@@ -8,7 +8,8 @@ next refresh's answer back for that many seconds (the token counts as sent
 the moment it arrives); ``drip_next_refresh`` sends the next refresh's answer
 a byte at a time over that many seconds, which no per-read timeout catches;
 ``before_refresh_answer`` runs, once, just before the next refresh is
-answered. Revocations (RFC 7009) are recorded in order.
+answered. Revocations (RFC 7009) are recorded in order. ``discovery``, when
+set, is served as its OpenID Connect discovery document.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class RotatingProvider(LoopbackServer):
         self.drip_next_refresh = 0.0
         self.refresh_arrived = threading.Event()
         self.before_refresh_answer: Callable[[], None] | None = None
+        self.discovery: dict[str, object] | None = None
         self._live: set[str] = set()
         self._codes: set[str] = set()
         super().__init__(_Handler)
@@ -99,6 +101,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        document = owner(self).discovery
+        if url.path == "/.well-known/openid-configuration" and document is not None:
+            self._answer(200, document)
+            return
         if url.path != "/authorize":
             self._answer(404, {"error": "not_found"})
             return

@@ -13,7 +13,7 @@ from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..domain.connections import Connection, ConnectionStatus, Lease, TokenSet
-from .orm import authorization_attempts, connections
+from .orm import authorization_attempts, connections, providers
 from .writes import Writes
 
 __all__ = [
@@ -315,6 +315,16 @@ class ConnectionRepository:
         )
         return int(getattr(result, "rowcount", 0)) == 1
 
+    async def any_holding_tokens(self, provider_id: str) -> bool:
+        """Whether some connection of the provider holds credentials."""
+        found = await self._session.execute(
+            select(connections.c.id)
+            .where(connections.c.provider_id == provider_id)
+            .where(connections.c.credentials_sealed.is_not(None))
+            .limit(1)
+        )
+        return found.first() is not None
+
     async def claim_due(
         self, now: datetime, until: datetime, fence: str, limit: int
     ) -> list[tuple[Connection, Callable[[], TokenSet | None]]]:
@@ -330,6 +340,12 @@ class ConnectionRepository:
             select(connections.c.id)
             .where(connections.c.status == ConnectionStatus.ACTIVE)
             .where(connections.c.next_refresh_at <= now, free)
+            # Their provider's moved token endpoints await confirmation.
+            .where(
+                connections.c.provider_id.not_in(
+                    select(providers.c.id).where(providers.c.endpoints_pending)
+                )
+            )
             .order_by(connections.c.next_refresh_at)
             .limit(limit)
             .with_for_update(skip_locked=True)

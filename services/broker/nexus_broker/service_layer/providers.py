@@ -27,10 +27,12 @@ from ..domain.discovery import Discovery, DiscoveryStatus, parse_discovery_docum
 from ..domain.providers import (
     AUTH_TYPES,
     SETTABLE_FIELDS,
+    TOKEN_ENDPOINTS,
     Provider,
     ProviderSpec,
     check_secret_follows_endpoints,
     endpoint_changes,
+    token_endpoint_moves,
     validate_spec,
 )
 from .endpoints import check_discovered_endpoints, check_spec_endpoints
@@ -39,6 +41,7 @@ from .unit_of_work import BrokerUnitOfWork
 __all__ = [
     "ProviderPage",
     "RegistryDeps",
+    "confirm_endpoints",
     "create_provider",
     "delete_provider",
     "get_provider",
@@ -153,11 +156,31 @@ async def get_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
         return provider
     refreshed = replace(provider, discovery=discovery)
     async with deps.uow() as uow:
+        # A re-fetch that moves a token endpoint is an endpoint change like an update's.
+        moved = token_endpoint_moves(provider, refreshed)
+        refreshed = await _hold_moved_endpoints(uow, provider, refreshed, moved)
         # If an admin changed the provider meanwhile, their version wins.
         if not await uow.providers.update(refreshed, None, read_at=provider.updated_at):
             return await _load(uow, provider.id)
+        if moved:
+            await uow.audit.add(
+                _endpoint_change(provider, refreshed, now, source="discovery", given=False)
+            )
         await uow.commit()
     return refreshed
+
+
+async def _hold_moved_endpoints(
+    uow: BrokerUnitOfWork, current: Provider, updated: Provider, moved: list[str]
+) -> Provider:
+    """Moved token endpoints of a provider whose connections hold tokens wait
+    for confirmation: whoever may change a provider must not thereby be able
+    to send every refresh token to a host of their choosing."""
+    if current.endpoints_pending or (
+        moved and await uow.connections.any_holding_tokens(current.id)
+    ):
+        return replace(updated, endpoints_pending=True)
+    return updated
 
 
 async def list_providers(
@@ -241,6 +264,9 @@ async def update_provider(
         updated_at=now,
     )
     async with deps.uow() as uow:
+        updated = await _hold_moved_endpoints(
+            uow, current, updated, token_endpoint_moves(current, updated)
+        )
         if not await uow.providers.update(updated, secret, read_at=current.updated_at):
             raise _changed_meanwhile(current)
         await uow.audit.add(
@@ -252,14 +278,18 @@ async def update_provider(
                 **_audit_view(patch),
             )
         )
-        if moved:
-            await uow.audit.add(_endpoint_change(current, updated, changed, now))
+        if moved or token_endpoint_moves(current, updated):
+            await uow.audit.add(
+                _endpoint_change(
+                    current, updated, now, source="update", given="client_secret" in changed
+                )
+            )
         await uow.commit()
     return updated
 
 
 def _endpoint_change(
-    current: Provider, updated: Provider, changed: set[str], now: datetime
+    current: Provider, updated: Provider, now: datetime, *, source: str, given: bool
 ) -> AuditEvent:
     before, after = current.endpoints(), updated.endpoints()
     return AuditEvent.record(
@@ -267,6 +297,7 @@ def _endpoint_change(
         _resource(updated),
         now,
         name=updated.name,
+        source=source,
         endpoints={
             name: {"old": before[name], "new": after[name]}
             for name in before
@@ -274,8 +305,36 @@ def _endpoint_change(
             or getattr(current.spec, name) != getattr(updated.spec, name)
         },
         # Whether the request gave a client secret; never the secret itself.
-        client_secret_given="client_secret" in changed,
+        client_secret_given=given,
+        endpoints_pending=updated.endpoints_pending,
     )
+
+
+async def confirm_endpoints(id_or_name: str, deps: RegistryDeps) -> Provider:
+    """The second step of an endpoint move: from now on refreshes, code
+    exchanges and revocations go to the provider's current endpoints."""
+    now = deps.clock()
+    async with deps.uow() as uow:
+        provider = await _load(uow, id_or_name)
+        if provider.deleted_at:
+            raise ProviderDeleted(f"provider {provider.name!r} is deleted and cannot be changed")
+        if not provider.endpoints_pending:
+            return provider
+        confirmed = replace(provider, endpoints_pending=False, updated_at=now)
+        if not await uow.providers.update(confirmed, None, read_at=provider.updated_at):
+            raise _changed_meanwhile(provider)
+        await uow.audit.add(
+            AuditEvent.record(
+                "provider.endpoints_confirm",
+                _resource(confirmed),
+                now,
+                name=confirmed.name,
+                # What the connections' tokens go to from now on.
+                endpoints={name: confirmed.endpoints()[name] for name in TOKEN_ENDPOINTS},
+            )
+        )
+        await uow.commit()
+    return confirmed
 
 
 async def delete_provider(id_or_name: str, deps: RegistryDeps) -> Provider:

@@ -480,7 +480,7 @@ async def _revocation(
         return None
     connection = await uow.connections.get(token.connection_id)
     provider = await uow.providers.get(connection.provider_id) if connection else None
-    if provider is None or not provider.revocation_url:
+    if provider is None or not provider.revocation_url or provider.endpoints_pending:
         return None
     if not provider.params.revoke_narrowed_tokens:
         return None

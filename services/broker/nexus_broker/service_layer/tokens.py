@@ -23,6 +23,7 @@ from nexus_common import (
     ConnectionReauthRequired,
     Internal,
     Principal,
+    ProviderEndpointsPending,
     ProviderUnavailable,
     RefreshNotSupported,
     RefreshRateLimited,
@@ -122,6 +123,7 @@ class Refresher:
             now = self.deps.now()
             # Revoked (or needing the user) while this broker waited for the lease.
             require_active(connection, provider, now)
+            provider.require_endpoints_confirmed()
             if tokens is None or not tokens.refresh_token:
                 raise SessionNotSupported(
                     f"{provider.name} issued no refresh token for this connection, so "
@@ -258,6 +260,8 @@ class Refresher:
         record (and so the lease is still held)."""
         if connection.status != ConnectionStatus.ACTIVE:
             return False  # revoked (or needing the user) since it was found due
+        if provider.endpoints_pending:
+            return False  # nothing goes to moved endpoints before they are confirmed
         now = self.deps.now()
         if tokens is not None and not tokens.refresh_token and not tokens.expires_within(now, 0):
             return False  # nothing to refresh and nothing wrong: a token that is still good
@@ -360,7 +364,7 @@ class Refresher:
         rotated = bool(fresh.refresh_token) and fresh.refresh_token != spent.refresh_token
         revoked = False
         now = self.deps.now()
-        if rotated and provider.revocation_url:
+        if rotated and provider.revocation_url and not provider.endpoints_pending:
             try:
                 async with asyncio.timeout(self.leases.call_seconds):
                     await revoke_tokens(
@@ -548,6 +552,7 @@ async def _release(
         return None
     else:
         if tokens is None or tokens.expires_within(now, 0):
+            provider.require_endpoints_confirmed()
             raise ProviderUnavailable(
                 f"the token expired and {provider.name} could not refresh it: "
                 f"{connection.last_error or 'try again'}"
@@ -614,6 +619,17 @@ async def refresh_connection(
             "be refreshed; its current credentials stay in use",
             connection_id=connection_id,
         )
+    try:
+        provider.require_endpoints_confirmed()
+    except ProviderEndpointsPending as paused:
+        await audit_denial(
+            deps,
+            "refresh.denied",
+            f"connections/{connection_id}",
+            paused,
+            workspace_id=connection.workspace_id,
+        )
+        raise
     wait = deps.refresh.forced_refresh_wait(connection, now)
     if wait is not None:
         seconds = max(1, round(wait.total_seconds()))
