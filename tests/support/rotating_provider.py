@@ -9,7 +9,11 @@ the moment it arrives); ``drip_next_refresh`` sends the next refresh's answer
 a byte at a time over that many seconds, which no per-read timeout catches;
 ``before_refresh_answer`` runs, once, just before the next refresh is
 answered. Revocations (RFC 7009) are recorded in order. ``discovery``, when
-set, is served as its OpenID Connect discovery document.
+set, is served as its OpenID Connect discovery document. ``granted_scope``,
+when set, is the ``scope`` of every token answer whatever was asked (a
+provider that ignores a narrower ask); ``asked_scopes`` records the ``scope``
+of each refresh (None when absent). ``failing`` answers every refresh with
+503, as a provider in an outage.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class RotatingProvider(LoopbackServer):
         self.refresh_arrived = threading.Event()
         self.before_refresh_answer: Callable[[], None] | None = None
         self.discovery: dict[str, object] | None = None
+        self.granted_scope: str | None = None
+        self.asked_scopes: list[str | None] = []
+        self.failing = False
         self._live: set[str] = set()
         self._codes: set[str] = set()
         super().__init__(_Handler)
@@ -54,12 +61,15 @@ class RotatingProvider(LoopbackServer):
         with self.lock:
             self._live.add(refresh)
             self.issued.append((access, refresh))
-        return {
+        answer: dict[str, object] = {
             "access_token": access,
             "token_type": "Bearer",
             "refresh_token": refresh,
             "expires_in": self.expires_in,
         }
+        if self.granted_scope is not None:
+            answer["scope"] = self.granted_scope
+        return answer
 
     def new_code(self) -> str:
         code = secrets.token_hex(8)
@@ -78,10 +88,11 @@ class RotatingProvider(LoopbackServer):
             drip, self.drip_next_refresh = self.drip_next_refresh, 0.0
         return drip
 
-    def spend(self, refresh_token: str) -> bool:
+    def spend(self, refresh_token: str, scope: str | None = None) -> bool:
         """Count a use; True when the token was live (and is spent now)."""
         with self.lock:
             self.uses[refresh_token] += 1
+            self.asked_scopes.append(scope)
             stall, self.stall_next_refresh = self.stall_next_refresh, 0.0
             hook, self.before_refresh_answer = self.before_refresh_answer, None
         self.refresh_arrived.set()
@@ -128,7 +139,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(404, {"error": "not_found"})
         elif form.get("grant_type") == "authorization_code" and provider.redeem(form["code"]):
             self._answer(200, provider.issue())
-        elif form.get("grant_type") == "refresh_token" and provider.spend(form["refresh_token"]):
+        elif form.get("grant_type") == "refresh_token" and provider.failing:
+            with provider.lock:
+                provider.uses[form.get("refresh_token", "")] += 1
+                provider.asked_scopes.append(form.get("scope"))
+            self._answer(503, {"error": "temporarily_unavailable"})
+        elif form.get("grant_type") == "refresh_token" and provider.spend(
+            form["refresh_token"], form.get("scope")
+        ):
             self._answer(200, provider.issue(), drip=provider.take_drip())
         else:
             self._answer(400, {"error": "invalid_grant"})

@@ -32,6 +32,7 @@ _TIMES = (
     "token_expires_at",
     "last_refreshed_at",
     "next_refresh_at",
+    "last_narrowed_at",
 )
 
 

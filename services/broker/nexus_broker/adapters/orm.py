@@ -101,6 +101,8 @@ connections = Table(
     Column("next_refresh_at", DateTime(timezone=True), nullable=True),
     Column("refresh_failures", Integer, nullable=False, default=0),
     Column("last_error", Text, nullable=False, default=""),
+    # The last refresh grant for a narrowed token: rate-limited like forced refreshes.
+    Column("last_narrowed_at", DateTime(timezone=True), nullable=True),
     # A refresh in progress: whoever holds an unexpired lease refreshes; others wait.
     # lease_owner holds the claim's fence (broker id and a per-claim nonce).
     Column("lease_until", DateTime(timezone=True), nullable=True),

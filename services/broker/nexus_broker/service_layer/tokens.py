@@ -129,6 +129,16 @@ class Refresher:
                     f"{provider.name} issued no refresh token for this connection, so "
                     "Nexus cannot narrow its scopes"
                 )
+            self._check_narrowing_limit(connection, provider, now)
+            # Counted before the call: a failed one was a provider call too.
+            connection = replace(connection, updated_at=now, last_narrowed_at=now)
+            async with self.deps.uow() as uow:
+                counted = await uow.connections.save(connection, lease=lease)
+                await uow.commit()
+            if not counted:
+                raise ProviderUnavailable(
+                    "another broker took over this connection's refresh meanwhile; retry"
+                )
             try:
                 fresh = await self._redeem(
                     lease, provider, client, tokens.refresh_token, scopes=scopes, now=now
@@ -141,7 +151,7 @@ class Refresher:
             if fresh.refresh_token and fresh.refresh_token != tokens.refresh_token:
                 async with self.deps.uow() as uow:
                     saved = await uow.connections.save(
-                        replace(connection, updated_at=now),
+                        connection,
                         lease=lease,
                         tokens=replace(tokens, refresh_token=fresh.refresh_token),
                     )
@@ -152,6 +162,20 @@ class Refresher:
                         "another broker took over this connection's refresh meanwhile; retry"
                     )
             return fresh
+
+    def _check_narrowing_limit(
+        self, connection: Connection, provider: Provider, now: datetime
+    ) -> None:
+        wait = self.deps.refresh.narrowing_wait(connection, now)
+        if wait is None:
+            return
+        seconds = max(1, round(wait.total_seconds()))
+        raise RefreshRateLimited(
+            f"a token narrowed to other scopes was asked of {provider.name} moments ago, or "
+            f"the provider is failing; no narrower token is asked for {seconds} s",
+            connection_id=connection.id,
+            retry_after_seconds=str(seconds),
+        )
 
     async def _redeem(
         self,
