@@ -220,6 +220,27 @@ async def test_a_discovery_refetch_that_moves_the_token_endpoint_waits_too(
     assert elsewhere.uses[refresh_token] == 1
 
 
+async def test_a_connection_started_before_the_move_sends_no_code_to_the_new_host(
+    services: Services, app: AppServer, home: RotatingProvider, elsewhere: RotatingProvider
+) -> None:
+    """A public client's code with its PKCE verifier would redeem at the real
+    provider: whoever holds both holds the user's grant."""
+    created = await register(services, _provider(home, public=True))
+    started = await start(services, f"{app.url}/done", provider_name="rotating")
+    moved = await update(
+        services,
+        created.id,
+        providers_pb2.Provider(token_url=f"{elsewhere.url}/token"),
+        "token_url",
+    )
+    assert moved.endpoints_pending
+    landing = await browse(started.auth_url)
+    query = parse_qs(urlsplit(str(landing.url)).query)
+    assert query["status"] == ["error"], landing.url
+    assert query["error"] == ["provider_endpoints_pending"]
+    assert elsewhere.code_exchanges == 0 and home.code_exchanges == 0
+
+
 async def test_without_connections_holding_tokens_a_move_applies_at_once(
     services: Services, home: RotatingProvider, elsewhere: RotatingProvider
 ) -> None:

@@ -13,7 +13,8 @@ set, is served as its OpenID Connect discovery document. ``granted_scope``,
 when set, is the ``scope`` of every token answer whatever was asked (a
 provider that ignores a narrower ask); ``asked_scopes`` records the ``scope``
 of each refresh (None when absent). ``failing`` answers every refresh with
-503, as a provider in an outage.
+503, as a provider in an outage. ``code_exchanges`` counts authorization
+code grants, whatever the answer.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class RotatingProvider(LoopbackServer):
         self.granted_scope: str | None = None
         self.asked_scopes: list[str | None] = []
         self.failing = False
+        self.code_exchanges = 0
         self._live: set[str] = set()
         self._codes: set[str] = set()
         super().__init__(_Handler)
@@ -79,6 +81,7 @@ class RotatingProvider(LoopbackServer):
 
     def redeem(self, code: str) -> bool:
         with self.lock:
+            self.code_exchanges += 1
             found = code in self._codes
             self._codes.discard(code)
         return found
@@ -137,7 +140,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(200, {})
         elif path != "/token":
             self._answer(404, {"error": "not_found"})
-        elif form.get("grant_type") == "authorization_code" and provider.redeem(form["code"]):
+        elif form.get("grant_type") == "authorization_code" and provider.redeem(
+            form.get("code", "")
+        ):
             self._answer(200, provider.issue())
         elif form.get("grant_type") == "refresh_token" and provider.failing:
             with provider.lock:

@@ -316,12 +316,21 @@ class ConnectionRepository:
         )
         return int(getattr(result, "rowcount", 0)) == 1
 
-    async def any_holding_tokens(self, provider_id: str) -> bool:
-        """Whether some connection of the provider holds credentials."""
+    async def any_live(self, provider_id: str, now: datetime) -> bool:
+        """Whether some connection of the provider holds credentials, or waits
+        for its authorization code."""
         found = await self._session.execute(
             select(connections.c.id)
             .where(connections.c.provider_id == provider_id)
-            .where(connections.c.credentials_sealed.is_not(None))
+            .where(
+                or_(
+                    connections.c.credentials_sealed.is_not(None),
+                    and_(
+                        connections.c.status == ConnectionStatus.PENDING,
+                        connections.c.pending_until > now,
+                    ),
+                )
+            )
             .limit(1)
         )
         return found.first() is not None

@@ -158,7 +158,7 @@ async def get_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
     async with deps.uow() as uow:
         # A re-fetch that moves a token endpoint is an endpoint change like an update's.
         moved = token_endpoint_moves(provider, refreshed)
-        refreshed = await _hold_moved_endpoints(uow, provider, refreshed, moved)
+        refreshed = await _hold_moved_endpoints(uow, provider, refreshed, moved, now)
         # If an admin changed the provider meanwhile, their version wins.
         if not await uow.providers.update(refreshed, None, read_at=provider.updated_at):
             return await _load(uow, provider.id)
@@ -171,14 +171,13 @@ async def get_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
 
 
 async def _hold_moved_endpoints(
-    uow: BrokerUnitOfWork, current: Provider, updated: Provider, moved: list[str]
+    uow: BrokerUnitOfWork, current: Provider, updated: Provider, moved: list[str], now: datetime
 ) -> Provider:
-    """Moved token endpoints of a provider whose connections hold tokens wait
-    for confirmation: whoever may change a provider must not thereby be able
-    to send every refresh token to a host of their choosing."""
-    if current.endpoints_pending or (
-        moved and await uow.connections.any_holding_tokens(current.id)
-    ):
+    """Moved token endpoints of a provider whose connections hold tokens (or
+    wait for a code) wait for confirmation: whoever may change a provider must
+    not thereby be able to send every refresh token, or an authorization code
+    with its PKCE verifier, to a host of their choosing."""
+    if current.endpoints_pending or (moved and await uow.connections.any_live(current.id, now)):
         return replace(updated, endpoints_pending=True)
     return updated
 
@@ -265,7 +264,7 @@ async def update_provider(
     )
     async with deps.uow() as uow:
         updated = await _hold_moved_endpoints(
-            uow, current, updated, token_endpoint_moves(current, updated)
+            uow, current, updated, token_endpoint_moves(current, updated), now
         )
         if not await uow.providers.update(updated, secret, read_at=current.updated_at):
             raise _changed_meanwhile(current)
