@@ -32,7 +32,8 @@
     │   ├── ConnectionExceedsAgentScopes reason CONNECTION_EXCEEDS_AGENT_SCOPES
     │   ├── UserWorkspaceNotOwned       reason USER_WORKSPACE_NOT_OWNED (metadata: workspace_id)
     │   ├── TokenBroaderThanSession     reason TOKEN_BROADER_THAN_SESSION (metadata: token_scopes)
-    │   └── BrowserMismatch             reason BROWSER_MISMATCH
+    │   ├── BrowserMismatch             reason BROWSER_MISMATCH
+    │   └── ConfirmationNeedsAnotherAdmin reason CONFIRMATION_NEEDS_ANOTHER_ADMIN
     ├── NotFound                        NOT_FOUND
     │   ├── ProviderNotFound            reason PROVIDER_NOT_FOUND
     │   ├── ConnectionNotFound          reason CONNECTION_NOT_FOUND
@@ -98,6 +99,7 @@ __all__ = [
     "ChangeFeedUnavailable",
     "ConcurrentModification",
     "ConfirmationInvalid",
+    "ConfirmationNeedsAnotherAdmin",
     "ConnectionAmbiguous",
     "ConnectionExceedsAgentScopes",
     "ConnectionNotActive",
@@ -499,6 +501,13 @@ class BrowserMismatch(PermissionDenied):
     (connection injection, RFC 9700 §4.7)."""
 
     reason = "BROWSER_MISMATCH"
+
+
+class ConfirmationNeedsAnotherAdmin(PermissionDenied):
+    """The admin key that moved a provider's token endpoints may not also
+    confirm the move (NEXUS_ENDPOINT_CONFIRMATION=another_admin)."""
+
+    reason = "CONFIRMATION_NEEDS_ANOTHER_ADMIN"
 
 
 class CaptureAttemptsExhausted(FailedPrecondition):

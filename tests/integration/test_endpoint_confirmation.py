@@ -25,7 +25,7 @@ from google.protobuf import json_format
 from nexus.broker.v1 import audit_pb2, providers_pb2
 from nexus.gateway.v1 import gateway_pb2_grpc
 
-from tests.conftest import Services
+from tests.conftest import ADMIN_KEY, Services
 from tests.integration.helpers import ADMIN, expect_error, peek
 from tests.integration.test_connections import (
     browse,
@@ -43,10 +43,18 @@ PAUSED = grpc.StatusCode.FAILED_PRECONDITION
 REASON = "PROVIDER_ENDPOINTS_PENDING"
 
 
+REVIEWER = (("x-api-key", "reviewer-key-0123456789abcdef0123456789abcdef"),)
+
+
 @pytest.fixture
 def service_overrides() -> dict[str, str]:
-    # Every use of a discovering provider re-fetches its document.
-    return {"NEXUS_DISCOVERY_MAX_AGE_SECONDS": "0"}
+    return {
+        # Every use of a discovering provider re-fetches its document.
+        "NEXUS_DISCOVERY_MAX_AGE_SECONDS": "0",
+        # Production's default: the admin key that moved endpoints cannot confirm them.
+        "NEXUS_ENDPOINT_CONFIRMATION": "another_admin",
+        "NEXUS_ADMIN_API_KEYS": f"tests:{ADMIN_KEY},reviewer:{REVIEWER[0][1]}",
+    }
 
 
 @pytest.fixture
@@ -90,9 +98,11 @@ def _registry(services: Services) -> gateway_pb2_grpc.ProviderServiceStub:
     return gateway_pb2_grpc.ProviderServiceStub(services.gateway)
 
 
-async def _confirm(services: Services, provider_id: str) -> providers_pb2.Provider:
+async def _confirm(
+    services: Services, provider_id: str, admin: tuple[tuple[str, str], ...] = REVIEWER
+) -> providers_pb2.Provider:
     return await _registry(services).ConfirmProviderEndpoints(
-        providers_pb2.ConfirmProviderEndpointsRequest(id=provider_id), metadata=ADMIN
+        providers_pb2.ConfirmProviderEndpointsRequest(id=provider_id), metadata=admin
     )
 
 
@@ -162,6 +172,13 @@ async def test_a_moved_token_url_gets_no_refresh_token_until_confirmed(
     await expect_error(start(services, f"{app.url}/done", provider_name="rotating"), PAUSED, REASON)
     assert elsewhere.refresh_calls == 0 and home.refresh_calls == 0
 
+    # The key that moved them cannot confirm them: a second admin must.
+    await expect_error(
+        _confirm(services, created.id, ADMIN),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "CONFIRMATION_NEEDS_ANOTHER_ADMIN",
+    )
+    assert (await _get(services, created.id)).endpoints_pending
     confirmed = await _confirm(services, created.id)
     assert not confirmed.endpoints_pending
     await _refresh_reaches(services, connection_id)
@@ -173,6 +190,7 @@ async def test_a_moved_token_url_gets_no_refresh_token_until_confirmed(
     assert change["client_secret_given"] is not public
     (confirm,) = (e for e in actions if e["action"] == "provider.endpoints_confirm")
     assert confirm["endpoints"]["token_url"] == f"{elsewhere.url}/token"
+    assert confirm["moved_by"] == "admin:tests"
 
 
 async def test_a_discovery_refetch_that_moves_the_token_endpoint_waits_too(
@@ -215,7 +233,8 @@ async def test_a_discovery_refetch_that_moves_the_token_endpoint_waits_too(
         "new": f"{elsewhere.url}/token",
     }
 
-    await _confirm(services, created.id)
+    # Nobody moved them by hand: any admin may confirm.
+    await _confirm(services, created.id, ADMIN)
     await _refresh_reaches(services, connection_id)
     assert elsewhere.uses[refresh_token] == 1
 

@@ -353,7 +353,7 @@ class ConnectionRepository:
             # Their provider's moved token endpoints await confirmation.
             .where(
                 connections.c.provider_id.not_in(
-                    select(providers.c.id).where(providers.c.endpoints_pending)
+                    select(providers.c.id).where(providers.c.endpoints_moved_by.is_not(None))
                 )
             )
             .order_by(connections.c.next_refresh_at)

@@ -56,9 +56,9 @@ providers = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("deleted_at", DateTime(timezone=True), nullable=True),
-    # Its token endpoints moved while connections held tokens: refreshes wait
-    # for an admin to confirm the move.
-    Column("endpoints_pending", Boolean, nullable=False, server_default=false()),
+    # Who moved its token endpoints while connections held tokens: refreshes
+    # wait for an admin to confirm the move.
+    Column("endpoints_moved_by", String(255), nullable=True),
     # Names are unique among live providers only; a deleted name can be reused.
     Index(
         "uq_providers_live_name",

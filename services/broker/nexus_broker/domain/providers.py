@@ -23,6 +23,7 @@ from .urls import url_problem
 
 __all__ = [
     "AUTH_TYPES",
+    "DISCOVERY",
     "ENDPOINT_FIELDS",
     "NAME_PATTERN",
     "SETTABLE_FIELDS",
@@ -97,6 +98,8 @@ ENDPOINT_FIELDS = (
     "user_info_endpoint",
     "api_base_url",
 )
+# Who moves endpoints that a discovery re-fetch moved.
+DISCOVERY = "discovery"
 # The effective endpoints that receive a connection's tokens (and the client
 # secret): refresh grants and code exchanges, and RFC 7009 revocations.
 TOKEN_ENDPOINTS = ("token_url", "revocation_url")
@@ -111,9 +114,9 @@ class Provider:
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None
-    # Its token endpoints moved while connections held tokens: nothing goes
-    # there until an admin confirms the move.
-    endpoints_pending: bool = False
+    # Who moved its token endpoints while connections held tokens (an audit
+    # actor, or DISCOVERY): nothing goes there until an admin confirms the move.
+    endpoints_moved_by: str | None = None
 
     @property
     def name(self) -> str:
@@ -122,6 +125,10 @@ class Provider:
     @property
     def state(self) -> str:
         return ProviderState.DELETED if self.deleted_at else ProviderState.ACTIVE
+
+    @property
+    def endpoints_pending(self) -> bool:
+        return self.endpoints_moved_by is not None
 
     @property
     def params(self) -> ProviderParams:

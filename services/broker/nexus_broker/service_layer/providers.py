@@ -11,6 +11,7 @@ from typing import Any
 from nexus_common import (
     AuditEvent,
     ConcurrentModification,
+    ConfirmationNeedsAnotherAdmin,
     DiscoveryDocumentInvalid,
     OutboundAddressNotAllowed,
     OutboundPolicy,
@@ -18,6 +19,7 @@ from nexus_common import (
     ProviderDeleted,
     ProviderNotFound,
     ValidationFailed,
+    current_actor,
     page_size,
 )
 
@@ -26,6 +28,7 @@ from ..adapters.repository import ProviderQuery
 from ..domain.discovery import Discovery, DiscoveryStatus, parse_discovery_document
 from ..domain.providers import (
     AUTH_TYPES,
+    DISCOVERY,
     SETTABLE_FIELDS,
     TOKEN_ENDPOINTS,
     Provider,
@@ -61,6 +64,9 @@ class RegistryDeps:
     discovery_max_age_seconds: float
     pages: PageTokens
     outbound: OutboundPolicy
+    # NEXUS_ENDPOINT_CONFIRMATION=another_admin: whoever moved a provider's
+    # token endpoints cannot confirm the move too.
+    confirm_by_another_admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,7 @@ async def get_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
     async with deps.uow() as uow:
         # A re-fetch that moves a token endpoint is an endpoint change like an update's.
         moved = token_endpoint_moves(provider, refreshed)
-        refreshed = await _hold_moved_endpoints(uow, provider, refreshed, moved, now)
+        refreshed = await _hold_moved_endpoints(uow, provider, refreshed, moved, now, DISCOVERY)
         # If an admin changed the provider meanwhile, their version wins.
         if not await uow.providers.update(refreshed, None, read_at=provider.updated_at):
             return await _load(uow, provider.id)
@@ -171,14 +177,19 @@ async def get_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
 
 
 async def _hold_moved_endpoints(
-    uow: BrokerUnitOfWork, current: Provider, updated: Provider, moved: list[str], now: datetime
+    uow: BrokerUnitOfWork,
+    current: Provider,
+    updated: Provider,
+    moved: list[str],
+    now: datetime,
+    mover: str,
 ) -> Provider:
     """Moved token endpoints of a provider whose connections hold tokens (or
     wait for a code) wait for confirmation: whoever may change a provider must
     not thereby be able to send every refresh token, or an authorization code
     with its PKCE verifier, to a host of their choosing."""
-    if current.endpoints_pending or (moved and await uow.connections.any_live(current.id, now)):
-        return replace(updated, endpoints_pending=True)
+    if moved and (current.endpoints_pending or await uow.connections.any_live(current.id, now)):
+        return replace(updated, endpoints_moved_by=mover)
     return updated
 
 
@@ -264,7 +275,7 @@ async def update_provider(
     )
     async with deps.uow() as uow:
         updated = await _hold_moved_endpoints(
-            uow, current, updated, token_endpoint_moves(current, updated), now
+            uow, current, updated, token_endpoint_moves(current, updated), now, current_actor()
         )
         if not await uow.providers.update(updated, secret, read_at=current.updated_at):
             raise _changed_meanwhile(current)
@@ -319,7 +330,14 @@ async def confirm_endpoints(id_or_name: str, deps: RegistryDeps) -> Provider:
             raise ProviderDeleted(f"provider {provider.name!r} is deleted and cannot be changed")
         if not provider.endpoints_pending:
             return provider
-        confirmed = replace(provider, endpoints_pending=False, updated_at=now)
+        if deps.confirm_by_another_admin and provider.endpoints_moved_by == current_actor():
+            raise ConfirmationNeedsAnotherAdmin(
+                f"the token endpoints of provider {provider.name!r} were moved with this "
+                "admin key; another admin key must confirm the move "
+                "(NEXUS_ENDPOINT_CONFIRMATION=another_admin)",
+                id=provider.id,
+            )
+        confirmed = replace(provider, endpoints_moved_by=None, updated_at=now)
         if not await uow.providers.update(confirmed, None, read_at=provider.updated_at):
             raise _changed_meanwhile(provider)
         await uow.audit.add(
@@ -328,6 +346,7 @@ async def confirm_endpoints(id_or_name: str, deps: RegistryDeps) -> Provider:
                 _resource(confirmed),
                 now,
                 name=confirmed.name,
+                moved_by=provider.endpoints_moved_by,
                 # What the connections' tokens go to from now on.
                 endpoints={name: confirmed.endpoints()[name] for name in TOKEN_ENDPOINTS},
             )

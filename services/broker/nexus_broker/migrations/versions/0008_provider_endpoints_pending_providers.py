@@ -1,8 +1,9 @@
 """Moved token endpoints wait for an admin's confirmation.
 
-``endpoints_pending``: the provider's token or revocation endpoint changed
-(by an update or a discovery re-fetch) while connections held tokens; no
-refresh, code exchange or revocation goes there until ConfirmProviderEndpoints.
+``endpoints_moved_by``: who changed the provider's token or revocation
+endpoint (an admin's audit name, or "discovery" for a re-fetch) while
+connections held tokens or awaited a code; no refresh, code exchange or
+revocation goes there until ConfirmProviderEndpoints clears it.
 
 Revision ID: 0008
 Revises: 0007
@@ -21,11 +22,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("providers") as batch:
-        batch.add_column(
-            sa.Column("endpoints_pending", sa.Boolean, nullable=False, server_default=sa.false())
-        )
+        batch.add_column(sa.Column("endpoints_moved_by", sa.String(255), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("providers") as batch:
-        batch.drop_column("endpoints_pending")
+        batch.drop_column("endpoints_moved_by")
