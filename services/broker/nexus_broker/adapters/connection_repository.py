@@ -316,6 +316,18 @@ class ConnectionRepository:
         )
         return int(getattr(result, "rowcount", 0)) == 1
 
+    async def note_narrowing(self, lease: Lease, now: datetime) -> bool:
+        """Record a refresh grant for a narrowed token, while ``lease`` holds;
+        nothing else of the row is written."""
+        self._writes.connection(lease.connection_id)
+        result = await self._session.execute(
+            update(connections)
+            .where(connections.c.id == lease.connection_id)
+            .where(connections.c.lease_owner == lease.fence)
+            .values(last_narrowed_at=now)
+        )
+        return int(getattr(result, "rowcount", 0)) == 1
+
     async def any_live(self, provider_id: str, now: datetime) -> bool:
         """Whether some connection of the provider holds credentials, or waits
         for its authorization code."""

@@ -131,9 +131,8 @@ class Refresher:
                 )
             self._check_narrowing_limit(connection, provider, now)
             # Counted before the call: a failed one was a provider call too.
-            connection = replace(connection, updated_at=now, last_narrowed_at=now)
             async with self.deps.uow() as uow:
-                counted = await uow.connections.save(connection, lease=lease)
+                counted = await uow.connections.note_narrowing(lease, now)
                 await uow.commit()
             if not counted:
                 raise ProviderUnavailable(
@@ -151,7 +150,7 @@ class Refresher:
             if fresh.refresh_token and fresh.refresh_token != tokens.refresh_token:
                 async with self.deps.uow() as uow:
                     saved = await uow.connections.save(
-                        connection,
+                        replace(connection, updated_at=now, last_narrowed_at=now),
                         lease=lease,
                         tokens=replace(tokens, refresh_token=fresh.refresh_token),
                     )
