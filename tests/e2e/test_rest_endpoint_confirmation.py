@@ -25,8 +25,7 @@ REVIEWER_KEY = "nxa_reviewer_0123456789abcdef0123456789"
 @pytest.fixture(scope="module")
 def stack_env() -> dict[str, str]:
     return {
-        "NEXUS_ADMIN_API_KEYS": "dev:nxa_mover_0123456789abcdef0123456789,"
-        f"reviewer:{REVIEWER_KEY}",
+        "NEXUS_ADMIN_API_KEYS": f"dev:nxa_mover_0123456789abcdef0123456789,reviewer:{REVIEWER_KEY}",
         "NEXUS_ENDPOINT_CONFIRMATION": "another_admin",
     }
 
