@@ -98,7 +98,7 @@ ENDPOINT_FIELDS = (
     "user_info_endpoint",
     "api_base_url",
 )
-# Who moves endpoints that a discovery re-fetch moved.
+# Named as the mover when a discovery re-fetch moved the endpoints.
 DISCOVERY = "discovery"
 # The effective endpoints that receive a connection's tokens (and the client
 # secret): refresh grants and code exchanges, and RFC 7009 revocations.
@@ -178,7 +178,7 @@ class Provider:
         if self.endpoints_pending:
             raise ProviderEndpointsPending(
                 f"the token endpoints of provider {self.name!r} changed and await an "
-                "admin's confirmation (POST /v1/providers/{id}:confirmEndpoints); until "
+                f"admin's confirmation (POST /v1/providers/{self.id}:confirmEndpoints); until "
                 "then Nexus sends no token there: tokens still valid keep working",
                 provider=self.name,
             )
