@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from nexus_broker.domain.sessions import NarrowedToken
+from nexus_broker.domain.sessions import NarrowedToken, scopes_beyond
 from nexus_common import AdminPrincipal, AgentPrincipal, NexusError, Principal
 from nexus_policy.domain.access import (
     Action,
@@ -149,3 +149,18 @@ def test_a_narrowed_token_is_shared_until_it_nears_expiry_and_the_session_ends_w
     assert not fresh.usable_for(quarter, NOW, NOW + timedelta(seconds=1), skew)
     # No expiry given by the provider: nothing says when it stops working.
     assert not NarrowedToken("c1", "a1", "t", NOW, None).usable_for(quarter, NOW, None, skew)
+
+
+@pytest.mark.parametrize(
+    ("asked", "answered", "beyond"),
+    [
+        (("read",), (), ()),  # RFC 6749 §5.1: no scope in the answer means as asked
+        (("read",), ("read",), ()),
+        (("read",), ("read", "write"), ("write",)),  # the provider ignored the narrowing
+        (("read", "write"), ("read",), ()),  # granted less: nothing beyond
+    ],
+)
+def test_a_narrowing_answer_is_judged_by_its_scope(
+    asked: tuple[str, ...], answered: tuple[str, ...], beyond: tuple[str, ...]
+) -> None:
+    assert scopes_beyond(asked, answered) == beyond
