@@ -35,7 +35,8 @@
     │   ├── UserWorkspaceNotOwned       reason USER_WORKSPACE_NOT_OWNED (metadata: workspace_id)
     │   ├── TokenBroaderThanSession     reason TOKEN_BROADER_THAN_SESSION (metadata: token_scopes)
     │   ├── BrowserMismatch             reason BROWSER_MISMATCH
-    │   └── ServiceMethodNotAllowed     reason SERVICE_METHOD_NOT_ALLOWED (metadata: service)
+    │   ├── ServiceMethodNotAllowed     reason SERVICE_METHOD_NOT_ALLOWED (metadata: service)
+    │   └── ConfirmationNeedsAnotherAdmin reason CONFIRMATION_NEEDS_ANOTHER_ADMIN
     ├── NotFound                        NOT_FOUND
     │   ├── ProviderNotFound            reason PROVIDER_NOT_FOUND
     │   ├── ConnectionNotFound          reason CONNECTION_NOT_FOUND
@@ -49,6 +50,7 @@
     │   ├── ProviderDeleted             reason PROVIDER_DELETED
     │   ├── SecretRequiredForEndpointChange
     │   │                   reason SECRET_REQUIRED_FOR_ENDPOINT_CHANGE (metadata: fields)
+    │   ├── ProviderEndpointsPending    reason PROVIDER_ENDPOINTS_PENDING (metadata: provider)
     │   ├── ConnectionNotActive         reason CONNECTION_NOT_ACTIVE (metadata: status)
     │   ├── RefreshNotSupported         reason REFRESH_NOT_SUPPORTED
     │   ├── ConnectionReauthRequired    reason CONNECTION_REAUTH_REQUIRED
@@ -102,6 +104,7 @@ __all__ = [
     "ChangeFeedUnavailable",
     "ConcurrentModification",
     "ConfirmationInvalid",
+    "ConfirmationNeedsAnotherAdmin",
     "ConfirmationRequired",
     "ConnectionAmbiguous",
     "ConnectionExceedsAgentScopes",
@@ -126,6 +129,7 @@ __all__ = [
     "PermissionDenied",
     "ProviderAlreadyExists",
     "ProviderDeleted",
+    "ProviderEndpointsPending",
     "ProviderNotBound",
     "ProviderNotFound",
     "ProviderUnavailable",
@@ -349,6 +353,13 @@ class SecretRequiredForEndpointChange(FailedPrecondition):
     reason = "SECRET_REQUIRED_FOR_ENDPOINT_CHANGE"
 
 
+class ProviderEndpointsPending(FailedPrecondition):
+    """A provider's token endpoints moved while it had connections: nothing
+    is sent there until an admin confirms the move (``:confirmEndpoints``)."""
+
+    reason = "PROVIDER_ENDPOINTS_PENDING"
+
+
 class RequestTooLarge(NexusError):
     reason = "REQUEST_TOO_LARGE"
     grpc_status = "RESOURCE_EXHAUSTED"
@@ -524,6 +535,13 @@ class BrowserMismatch(PermissionDenied):
     (connection injection, RFC 9700 §4.7)."""
 
     reason = "BROWSER_MISMATCH"
+
+
+class ConfirmationNeedsAnotherAdmin(PermissionDenied):
+    """The admin key that moved a provider's token endpoints may not also
+    confirm the move (NEXUS_ENDPOINT_CONFIRMATION=another_admin)."""
+
+    reason = "CONFIRMATION_NEEDS_ANOTHER_ADMIN"
 
 
 class CaptureAttemptsExhausted(FailedPrecondition):

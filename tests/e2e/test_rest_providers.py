@@ -288,3 +288,20 @@ async def test_native_grpc_passes_through_envoy(stack: Stack) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await registry.ListProviders(providers_pb2.ListProvidersRequest())
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_confirm_endpoints_is_an_admin_custom_method(rest: httpx.Client, stack: Stack) -> None:
+    created = rest.post(
+        "/v1/providers", headers=admin(stack), json={**json.loads(SALESFORCE), "name": "moving"}
+    )
+    assert created.status_code == 200, created.text
+    assert created.json()["endpoints_pending"] is False
+    path = f"/v1/providers/{created.json()['id']}:confirmEndpoints"
+    refused = rest.post(path, headers={"X-API-Key": "not-a-key"})
+    assert refused.status_code == 401 and error_reason(refused) == "UNAUTHENTICATED"
+    # Nothing waits (no connection holds tokens), so confirming changes nothing.
+    confirmed = rest.post(path, headers={"X-API-Key": stack.admin_key})
+    assert confirmed.status_code == 200, confirmed.text
+    assert confirmed.json() == created.json()
+    missing = rest.post("/v1/providers/nobody:confirmEndpoints", headers=admin(stack))
+    assert missing.status_code == 404 and error_reason(missing) == "PROVIDER_NOT_FOUND"

@@ -110,6 +110,9 @@ async def test_with_the_secret_the_move_succeeds_and_is_audited_without_it(
     change = json_format.MessageToDict(change_event.details)
     assert change == {
         "name": "salesforce",
+        "source": "update",
+        # No connection holds tokens, so nothing waits for a confirmation.
+        "endpoints_pending": False,
         "endpoints": {
             "token_url": {
                 "old": "https://login.salesforce.com/services/oauth2/token",

@@ -8,7 +8,13 @@ next refresh's answer back for that many seconds (the token counts as sent
 the moment it arrives); ``drip_next_refresh`` sends the next refresh's answer
 a byte at a time over that many seconds, which no per-read timeout catches;
 ``before_refresh_answer`` runs, once, just before the next refresh is
-answered. Revocations (RFC 7009) are recorded in order.
+answered. Revocations (RFC 7009) are recorded in order. ``discovery``, when
+set, is served as its OpenID Connect discovery document. ``granted_scope``,
+when set, is the ``scope`` of every token answer whatever was asked (a
+provider that ignores a narrower ask); ``asked_scopes`` records the ``scope``
+of each refresh (None when absent). ``failing`` answers every refresh with
+503, as a provider in an outage. ``code_exchanges`` counts authorization
+code grants, whatever the answer.
 """
 
 from __future__ import annotations
@@ -38,6 +44,11 @@ class RotatingProvider(LoopbackServer):
         self.drip_next_refresh = 0.0
         self.refresh_arrived = threading.Event()
         self.before_refresh_answer: Callable[[], None] | None = None
+        self.discovery: dict[str, object] | None = None
+        self.granted_scope: str | None = None
+        self.asked_scopes: list[str | None] = []
+        self.failing = False
+        self.code_exchanges = 0
         self._live: set[str] = set()
         self._codes: set[str] = set()
         super().__init__(_Handler)
@@ -52,12 +63,15 @@ class RotatingProvider(LoopbackServer):
         with self.lock:
             self._live.add(refresh)
             self.issued.append((access, refresh))
-        return {
+        answer: dict[str, object] = {
             "access_token": access,
             "token_type": "Bearer",
             "refresh_token": refresh,
             "expires_in": self.expires_in,
         }
+        if self.granted_scope is not None:
+            answer["scope"] = self.granted_scope
+        return answer
 
     def new_code(self) -> str:
         code = secrets.token_hex(8)
@@ -67,6 +81,7 @@ class RotatingProvider(LoopbackServer):
 
     def redeem(self, code: str) -> bool:
         with self.lock:
+            self.code_exchanges += 1
             found = code in self._codes
             self._codes.discard(code)
         return found
@@ -76,10 +91,11 @@ class RotatingProvider(LoopbackServer):
             drip, self.drip_next_refresh = self.drip_next_refresh, 0.0
         return drip
 
-    def spend(self, refresh_token: str) -> bool:
+    def spend(self, refresh_token: str, scope: str | None = None) -> bool:
         """Count a use; True when the token was live (and is spent now)."""
         with self.lock:
             self.uses[refresh_token] += 1
+            self.asked_scopes.append(scope)
             stall, self.stall_next_refresh = self.stall_next_refresh, 0.0
             hook, self.before_refresh_answer = self.before_refresh_answer, None
         self.refresh_arrived.set()
@@ -99,6 +115,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        document = owner(self).discovery
+        if url.path == "/.well-known/openid-configuration" and document is not None:
+            self._answer(200, document)
+            return
         if url.path != "/authorize":
             self._answer(404, {"error": "not_found"})
             return
@@ -120,9 +140,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(200, {})
         elif path != "/token":
             self._answer(404, {"error": "not_found"})
-        elif form.get("grant_type") == "authorization_code" and provider.redeem(form["code"]):
+        elif form.get("grant_type") == "authorization_code" and provider.redeem(
+            form.get("code", "")
+        ):
             self._answer(200, provider.issue())
-        elif form.get("grant_type") == "refresh_token" and provider.spend(form["refresh_token"]):
+        elif form.get("grant_type") == "refresh_token" and provider.failing:
+            with provider.lock:
+                provider.uses[form.get("refresh_token", "")] += 1
+                provider.asked_scopes.append(form.get("scope"))
+            self._answer(503, {"error": "temporarily_unavailable"})
+        elif form.get("grant_type") == "refresh_token" and provider.spend(
+            form["refresh_token"], form.get("scope")
+        ):
             self._answer(200, provider.issue(), drip=provider.take_drip())
         else:
             self._answer(400, {"error": "invalid_grant"})

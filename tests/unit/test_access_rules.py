@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from nexus_broker.domain.sessions import NarrowedToken
+from nexus_broker.domain.sessions import NarrowedToken, scopes_beyond
 from nexus_common import AdminPrincipal, AgentPrincipal, NexusError, Principal
 from nexus_policy.domain.access import (
     Action,
@@ -183,12 +183,32 @@ def test_an_unbound_agent_gets_the_deployments_rule() -> None:
     )
 
 
-def test_a_narrowed_token_is_shared_only_while_it_outlives_the_session() -> None:
-    hour, quarter = timedelta(hours=1), timedelta(minutes=15)
+def test_a_narrowed_token_is_shared_until_it_nears_expiry_and_the_session_ends_with_it() -> None:
+    hour, quarter, skew = timedelta(hours=1), timedelta(minutes=15), timedelta(seconds=30)
     fresh = NarrowedToken("c1", "a1", "t", NOW, NOW + hour)
-    assert fresh.usable_for(quarter, NOW, None)
-    assert not fresh.usable_for(quarter, NOW + hour - quarter / 2, None)
+    assert fresh.usable_for(quarter, NOW, None, skew)
+    # A session longer than what is left of the token still shares it, and ends with it.
+    assert fresh.usable_for(hour, NOW + quarter, None, skew)
+    assert fresh.usable_for(quarter, NOW + hour - 2 * skew, None, skew)
+    assert not fresh.usable_for(quarter, NOW + hour - skew, None, skew)
+    # A session shorter than the skew needs only its own lifetime.
+    assert fresh.usable_for(timedelta(seconds=10), NOW + hour - skew, None, skew)
     # Minted before the agent's sessions were ended: never handed out again.
-    assert not fresh.usable_for(quarter, NOW, NOW + timedelta(seconds=1))
+    assert not fresh.usable_for(quarter, NOW, NOW + timedelta(seconds=1), skew)
     # No expiry given by the provider: nothing says when it stops working.
-    assert not NarrowedToken("c1", "a1", "t", NOW, None).usable_for(quarter, NOW, None)
+    assert not NarrowedToken("c1", "a1", "t", NOW, None).usable_for(quarter, NOW, None, skew)
+
+
+@pytest.mark.parametrize(
+    ("asked", "answered", "beyond"),
+    [
+        (("read",), (), ()),  # RFC 6749 §5.1: no scope in the answer means as asked
+        (("read",), ("read",), ()),
+        (("read",), ("read", "write"), ("write",)),  # the provider ignored the narrowing
+        (("read", "write"), ("read",), ()),  # granted less: nothing beyond
+    ],
+)
+def test_a_narrowing_answer_is_judged_by_its_scope(
+    asked: tuple[str, ...], answered: tuple[str, ...], beyond: tuple[str, ...]
+) -> None:
+    assert scopes_beyond(asked, answered) == beyond

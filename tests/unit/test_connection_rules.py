@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -158,3 +159,37 @@ def test_connection_confirmation_takes_only_its_two_values(value: str) -> None:
     env["NEXUS_CONNECTION_CONFIRMATION"] = value
     with pytest.raises(ConfigError, match="NEXUS_CONNECTION_CONFIRMATION"):
         BrokerSettings.from_env(env)
+
+
+ACTIVE = Connection(
+    id="c1",
+    workspace_id="w",
+    provider_id="p",
+    scopes=("read",),
+    return_url="https://app.example/done",
+    status=ConnectionStatus.ACTIVE,
+    created_at=NOW,
+    updated_at=NOW,
+)
+
+
+@pytest.mark.parametrize(
+    ("fields", "wait_seconds"),
+    [
+        ({}, None),
+        ({"last_narrowed_at": NOW - timedelta(seconds=10)}, 20),
+        ({"last_narrowed_at": NOW - timedelta(seconds=30)}, None),
+        # A forced refresh moments ago does not hold a narrowing back, nor the reverse.
+        ({"last_refreshed_at": NOW}, None),
+        # The provider's backoff holds whoever asks.
+        ({"refresh_failures": 1, "next_refresh_at": NOW + timedelta(seconds=300)}, 300),
+        ({"refresh_failures": 0, "next_refresh_at": NOW + timedelta(seconds=300)}, None),
+    ],
+)
+def test_a_narrowing_waits_like_a_forced_refresh(
+    fields: dict[str, object], wait_seconds: int | None
+) -> None:
+    policy = RefreshPolicy(forced_interval_seconds=30)
+    wait = policy.narrowing_wait(replace(ACTIVE, **fields), NOW)
+    assert wait == (None if wait_seconds is None else timedelta(seconds=wait_seconds))
+    assert policy.forced_refresh_wait(replace(ACTIVE, last_narrowed_at=NOW), NOW) is None

@@ -5,10 +5,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from nexus_broker.domain.discovery import DiscoveryStatus, parse_discovery_document
+from nexus_broker.domain.discovery import Discovery, DiscoveryStatus, parse_discovery_document
 from nexus_broker.domain.params import parse_params
-from nexus_broker.domain.providers import ProviderSpec, validate_spec
-from nexus_common import DiscoveryDocumentInvalid, ValidationFailed
+from nexus_broker.domain.providers import (
+    Provider,
+    ProviderSpec,
+    token_endpoint_moves,
+    validate_spec,
+)
+from nexus_common import DiscoveryDocumentInvalid, ProviderEndpointsPending, ValidationFailed
 
 from tests.samples import SALESFORCE_SPEC
 
@@ -166,3 +171,50 @@ def test_invalid_discovery_documents_are_refused(changes: dict[str, Any]) -> Non
     document = {k: v for k, v in {**GOOD_DOCUMENT, **changes}.items() if v is not None}
     with pytest.raises(DiscoveryDocumentInvalid):
         parse_discovery_document("https://issuer.example", document, NOW)
+
+
+def _provider(**spec: Any) -> Provider:
+    return Provider(
+        id="p1",
+        spec=replace(SALESFORCE, **spec),
+        has_client_secret=True,
+        discovery=Discovery(),
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "moved"),
+    [
+        ({"token_url": "https://elsewhere.example/token"}, ["token_url"]),
+        ({"revocation_url": "https://elsewhere.example/revoke"}, ["revocation_url"]),
+        # These receive no token, and stay under the secret rule alone.
+        ({"auth_url": "https://elsewhere.example/authorize"}, []),
+        ({"jwks_uri": "https://elsewhere.example/jwks"}, []),
+        ({"description": "moved"}, []),
+    ],
+)
+def test_only_endpoints_that_receive_tokens_count_as_token_endpoint_moves(
+    change: dict[str, str], moved: list[str]
+) -> None:
+    assert token_endpoint_moves(_provider(), _provider(**change)) == moved
+
+
+def test_a_discovered_endpoint_that_moves_is_a_token_endpoint_move() -> None:
+    def found(token_endpoint: str) -> Provider:
+        discovered = Discovery(status=DiscoveryStatus.COMPLETE, token_endpoint=token_endpoint)
+        return replace(_provider(token_url=""), discovery=discovered)
+
+    assert token_endpoint_moves(
+        found("https://idp.example/token"), found("https://elsewhere.example/token")
+    ) == ["token_url"]
+
+
+def test_a_provider_with_a_pending_move_refuses_to_send_tokens() -> None:
+    _provider().require_endpoints_confirmed()
+    pending = replace(_provider(), endpoints_moved_by="admin:alice")
+    with pytest.raises(ProviderEndpointsPending) as caught:
+        pending.require_endpoints_confirmed()
+    assert caught.value.reason == "PROVIDER_ENDPOINTS_PENDING"
+    assert "/v1/providers/p1:confirmEndpoints" in caught.value.message

@@ -134,6 +134,7 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
         discovery_retry_seconds=settings.discovery_retry_seconds,
         discovery_max_age_seconds=settings.discovery_max_age_seconds,
         pages=PageTokens(settings.internal_token.encode(), "broker"),
+        confirm_by_another_admin=settings.endpoint_confirmation_by_another_admin,
     )
     connections = ConnectionDeps(
         registry=deps,

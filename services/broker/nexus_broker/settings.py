@@ -45,6 +45,9 @@ class BrokerSettings:
     # connection waits for the app's ConfirmConnection, and a request asking not
     # to is refused; optional: only those that ask for it wait.
     confirmation_always: bool
+    # NEXUS_ENDPOINT_CONFIRMATION=another_admin: a provider's moved token
+    # endpoints are confirmed by another admin key than the one that moved them.
+    endpoint_confirmation_by_another_admin: bool
     clock_skew_seconds: float
     provider_timeout_seconds: float
     jwks_min_refetch_seconds: float
@@ -146,6 +149,7 @@ class BrokerSettings:
             jwks_cache_seconds=env.seconds("NEXUS_JWKS_CACHE_SECONDS", 60.0, low=0, high=3600),
             session_retention_seconds=env.number("NEXUS_SESSION_RETENTION_SECONDS", 7 * 86400.0),
             broader_session_tokens_by_default=env.deployment() == Deployment.DEVELOPMENT,
+            endpoint_confirmation_by_another_admin=_endpoint_confirmation(env),
             cache_max_age_seconds=env.seconds(
                 "NEXUS_CACHE_MAX_AGE_SECONDS", 10.0, low=0, high=3600
             ),
@@ -195,6 +199,14 @@ def _keyring(env: Env) -> Keyring:
     if not primary.isdigit() or int(primary) not in keyring.versions:
         raise ConfigError("NEXUS_KEYRING_PRIMARY must be one of the versions in NEXUS_KEYRING")
     return Keyring.from_spec(spec, int(primary))
+
+
+def _endpoint_confirmation(env: Env) -> bool:
+    default = "another_admin" if env.deployment() == Deployment.PRODUCTION else "any_admin"
+    value = env.text("NEXUS_ENDPOINT_CONFIRMATION", default).strip().lower()
+    if value not in ("any_admin", "another_admin"):
+        raise ConfigError("NEXUS_ENDPOINT_CONFIRMATION must be 'any_admin' or 'another_admin'")
+    return value == "another_admin"
 
 
 def _state_key(value: str) -> bytes:

@@ -74,6 +74,11 @@ class ProviderServicer(gateway_pb2_grpc.ProviderServiceServicer):
     ) -> providers_pb2.Provider:
         return await self._broker.call(self._stub.DeleteProvider, request)
 
+    async def ConfirmProviderEndpoints(
+        self, request: providers_pb2.ConfirmProviderEndpointsRequest, context: Context
+    ) -> providers_pb2.Provider:
+        return await self._broker.call(self._stub.ConfirmProviderEndpoints, request)
+
 
 class AuditServicer(gateway_pb2_grpc.AuditServiceServicer):
     def __init__(self, broker: InternalClient) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..domain.connections import Connection, ConnectionStatus, Lease, TokenSet
-from .orm import authorization_attempts, connections
+from .orm import authorization_attempts, connections, providers
 from .writes import Writes
 
 __all__ = [
@@ -32,6 +32,7 @@ _TIMES = (
     "token_expires_at",
     "last_refreshed_at",
     "next_refresh_at",
+    "last_narrowed_at",
 )
 
 
@@ -319,6 +320,37 @@ class ConnectionRepository:
         )
         return int(getattr(result, "rowcount", 0)) == 1
 
+    async def note_narrowing(self, lease: Lease, now: datetime) -> bool:
+        """Record a refresh grant for a narrowed token, while ``lease`` holds;
+        nothing else of the row is written."""
+        self._writes.connection(lease.connection_id)
+        result = await self._session.execute(
+            update(connections)
+            .where(connections.c.id == lease.connection_id)
+            .where(connections.c.lease_owner == lease.fence)
+            .values(last_narrowed_at=now)
+        )
+        return int(getattr(result, "rowcount", 0)) == 1
+
+    async def any_live(self, provider_id: str, now: datetime) -> bool:
+        """Whether some connection of the provider holds credentials, or waits
+        for its authorization code."""
+        found = await self._session.execute(
+            select(connections.c.id)
+            .where(connections.c.provider_id == provider_id)
+            .where(
+                or_(
+                    connections.c.credentials_sealed.is_not(None),
+                    and_(
+                        connections.c.status == ConnectionStatus.PENDING,
+                        connections.c.pending_until > now,
+                    ),
+                )
+            )
+            .limit(1)
+        )
+        return found.first() is not None
+
     async def claim_due(
         self, now: datetime, until: datetime, fence: str, limit: int
     ) -> list[tuple[Connection, Callable[[], TokenSet | None]]]:
@@ -334,6 +366,12 @@ class ConnectionRepository:
             select(connections.c.id)
             .where(connections.c.status == ConnectionStatus.ACTIVE)
             .where(connections.c.next_refresh_at <= now, free)
+            # Their provider's moved token endpoints await confirmation.
+            .where(
+                connections.c.provider_id.not_in(
+                    select(providers.c.id).where(providers.c.endpoints_moved_by.is_not(None))
+                )
+            )
             .order_by(connections.c.next_refresh_at)
             .limit(limit)
             .with_for_update(skip_locked=True)

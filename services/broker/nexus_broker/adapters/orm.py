@@ -56,6 +56,9 @@ providers = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("deleted_at", DateTime(timezone=True), nullable=True),
+    # Who moved its token endpoints while connections held tokens: refreshes
+    # wait for an admin to confirm the move.
+    Column("endpoints_moved_by", String(255), nullable=True),
     # Names are unique among live providers only; a deleted name can be reused.
     Index(
         "uq_providers_live_name",
@@ -100,6 +103,8 @@ connections = Table(
     Column("next_refresh_at", DateTime(timezone=True), nullable=True),
     Column("refresh_failures", Integer, nullable=False, default=0),
     Column("last_error", Text, nullable=False, default=""),
+    # The last refresh grant for a narrowed token: rate-limited like forced refreshes.
+    Column("last_narrowed_at", DateTime(timezone=True), nullable=True),
     # A refresh in progress: whoever holds an unexpired lease refreshes; others wait.
     # lease_owner holds the claim's fence (broker id and a per-claim nonce).
     Column("lease_until", DateTime(timezone=True), nullable=True),

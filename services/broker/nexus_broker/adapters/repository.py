@@ -83,6 +83,7 @@ class ProviderRepository:
             created_at=utc(row.created_at),
             updated_at=utc(row.updated_at),
             deleted_at=utc(row.deleted_at),
+            endpoints_moved_by=row.endpoints_moved_by,
         )
 
     def _row_values(self, provider: Provider) -> dict[str, Any]:
@@ -93,6 +94,7 @@ class ProviderRepository:
             created_at=provider.created_at,
             updated_at=provider.updated_at,
             deleted_at=provider.deleted_at,
+            endpoints_moved_by=provider.endpoints_moved_by,
         )
         return values
 

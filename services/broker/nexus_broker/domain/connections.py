@@ -109,6 +109,8 @@ class Connection:
     last_error: str = ""
     # The app's tenant of the workspace: only its users reach it on their behalf.
     tenant_id: str = ""
+    # The last refresh grant asking for fewer scopes (a session's narrowed token).
+    last_narrowed_at: datetime | None = None
 
     def granted_scopes(self, tokens: TokenSet | None) -> tuple[str, ...]:
         """What the provider granted; RFC 6749 §5.1: a token response without
@@ -150,17 +152,27 @@ class RefreshPolicy:
     expiry_skew_seconds: float = 30.0
     min_backoff_seconds: float = 5.0
     max_backoff_seconds: float = 900.0
-    # At most one forced refresh per connection in this window, whoever asks.
+    # At most one forced refresh, and one narrowing, per connection in this
+    # window, whoever asks.
     forced_interval_seconds: float = 30.0
 
     def forced_refresh_wait(self, connection: Connection, now: datetime) -> timedelta | None:
         """How long a forced refresh must wait, or None when it may go ahead:
         a token refreshed moments ago is fresh, and a failing provider keeps
         its backoff whoever asks."""
+        return self._wait(connection.last_refreshed_at, connection, now)
+
+    def narrowing_wait(self, connection: Connection, now: datetime) -> timedelta | None:
+        """How long a refresh grant for a narrowed token must wait: as a forced
+        refresh, it is a provider call that callers could otherwise make at will."""
+        return self._wait(connection.last_narrowed_at, connection, now)
+
+    def _wait(
+        self, last: datetime | None, connection: Connection, now: datetime
+    ) -> timedelta | None:
         waits = []
-        if connection.last_refreshed_at is not None:
-            window = timedelta(seconds=self.forced_interval_seconds)
-            waits.append(connection.last_refreshed_at + window - now)
+        if last is not None:
+            waits.append(last + timedelta(seconds=self.forced_interval_seconds) - now)
         if connection.refresh_failures and connection.next_refresh_at is not None:
             waits.append(connection.next_refresh_at - now)
         wait = max(waits, default=timedelta(0))

@@ -11,7 +11,11 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
-from nexus_common import SecretRequiredForEndpointChange, ValidationFailed
+from nexus_common import (
+    ProviderEndpointsPending,
+    SecretRequiredForEndpointChange,
+    ValidationFailed,
+)
 
 from .discovery import Discovery, DiscoveryStatus
 from .params import ProviderParams, parse_params
@@ -19,15 +23,18 @@ from .urls import url_problem
 
 __all__ = [
     "AUTH_TYPES",
+    "DISCOVERY",
     "ENDPOINT_FIELDS",
     "NAME_PATTERN",
     "SETTABLE_FIELDS",
+    "TOKEN_ENDPOINTS",
     "AuthType",
     "Provider",
     "ProviderSpec",
     "ProviderState",
     "check_secret_follows_endpoints",
     "endpoint_changes",
+    "token_endpoint_moves",
     "validate_spec",
 ]
 
@@ -91,6 +98,11 @@ ENDPOINT_FIELDS = (
     "user_info_endpoint",
     "api_base_url",
 )
+# Named as the mover when a discovery re-fetch moved the endpoints.
+DISCOVERY = "discovery"
+# The effective endpoints that receive a connection's tokens (and the client
+# secret): refresh grants and code exchanges, and RFC 7009 revocations.
+TOKEN_ENDPOINTS = ("token_url", "revocation_url")
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,9 @@ class Provider:
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None
+    # Who moved its token endpoints while connections held tokens (an audit
+    # actor, or DISCOVERY): nothing goes there until an admin confirms the move.
+    endpoints_moved_by: str | None = None
 
     @property
     def name(self) -> str:
@@ -110,6 +125,10 @@ class Provider:
     @property
     def state(self) -> str:
         return ProviderState.DELETED if self.deleted_at else ProviderState.ACTIVE
+
+    @property
+    def endpoints_pending(self) -> bool:
+        return self.endpoints_moved_by is not None
 
     @property
     def params(self) -> ProviderParams:
@@ -153,6 +172,16 @@ class Provider:
             "jwks_uri": self.jwks_uri,
             "user_info_endpoint": self.user_info_endpoint,
         }
+
+    def require_endpoints_confirmed(self) -> None:
+        """Refuse to send a token or secret to endpoints that await confirmation."""
+        if self.endpoints_pending:
+            raise ProviderEndpointsPending(
+                f"the token endpoints of provider {self.name!r} changed and await an "
+                f"admin's confirmation (POST /v1/providers/{self.id}:confirmEndpoints); until "
+                "then Nexus sends no token there: tokens still valid keep working",
+                provider=self.name,
+            )
 
     def discovery_due(
         self, now: datetime, retry_after_seconds: float, max_age_seconds: float
@@ -287,6 +316,11 @@ def validate_spec(spec: ProviderSpec, *, has_secret: bool) -> ProviderSpec:
 def endpoint_changes(current: ProviderSpec, updated: ProviderSpec) -> list[str]:
     """The endpoint fields whose value an update changes."""
     return [name for name in ENDPOINT_FIELDS if getattr(current, name) != getattr(updated, name)]
+
+
+def token_endpoint_moves(before: Provider, after: Provider) -> list[str]:
+    """The effective token endpoints (given or discovered) that differ."""
+    return [name for name in TOKEN_ENDPOINTS if getattr(before, name) != getattr(after, name)]
 
 
 def check_secret_follows_endpoints(

@@ -21,6 +21,7 @@ __all__ = [
     "SessionLimits",
     "UserStamp",
     "is_uuid",
+    "scopes_beyond",
     "session_claims",
     "validate_request",
 ]
@@ -89,13 +90,24 @@ class NarrowedToken:
     expires_at: datetime | None
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
-    def usable_for(self, lifetime: timedelta, now: datetime, not_before: datetime | None) -> bool:
-        """Good for a whole session of ``lifetime``, and minted after the agent's
-        sessions were last ended. A token whose expiry the provider did not say
-        is never shared: nothing tells when it stops working."""
+    def usable_for(
+        self, lifetime: timedelta, now: datetime, not_before: datetime | None, skew: timedelta
+    ) -> bool:
+        """Good for a session of ``lifetime``, or, when the session would
+        outlive it, for more than ``skew``: the session then ends with the token
+        (a new narrowing for each long session would be a provider call each).
+        Never one minted before the agent's sessions were last ended, nor one
+        whose expiry the provider did not say: nothing tells when it stops working."""
         if not_before is not None and self.created_at < not_before:
             return False
-        return self.expires_at is not None and self.expires_at - now >= lifetime
+        return self.expires_at is not None and self.expires_at - now > min(lifetime, skew)
+
+
+def scopes_beyond(asked: tuple[str, ...], answered: tuple[str, ...]) -> tuple[str, ...]:
+    """What a token answer grants beyond the scopes asked. RFC 6749 §5.1: an
+    answer without ``scope`` granted what was asked; §3.3: the server may
+    grant otherwise, so a provider that ignores a narrower ask says so here."""
+    return tuple(sorted(set(answered) - set(asked)))
 
 
 def is_uuid(value: str) -> bool:

@@ -101,6 +101,7 @@ def provider_to_proto(provider: Provider) -> providers_pb2.Provider:
         create_time=timestamp(provider.created_at),
         update_time=timestamp(provider.updated_at),
         delete_time=timestamp(provider.deleted_at),
+        endpoints_pending=provider.endpoints_pending,
     )
 
 

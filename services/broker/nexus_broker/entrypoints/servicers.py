@@ -65,6 +65,11 @@ class ProviderRegistryServicer(providers_pb2_grpc.ProviderRegistryServiceService
     ) -> providers_pb2.Provider:
         return provider_to_proto(await providers.delete_provider(request.id, self._deps))
 
+    async def ConfirmProviderEndpoints(
+        self, request: providers_pb2.ConfirmProviderEndpointsRequest, context: Context
+    ) -> providers_pb2.Provider:
+        return provider_to_proto(await providers.confirm_endpoints(request.id, self._deps))
+
     async def ListProviderMetadata(
         self, request: providers_pb2.ListProviderMetadataRequest, context: Context
     ) -> providers_pb2.ListProviderMetadataResponse:

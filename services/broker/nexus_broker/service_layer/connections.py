@@ -157,6 +157,8 @@ async def _usable_provider(provider_id: str, provider_name: str, deps: Connectio
     provider = await get_provider(provider_id or provider_name, deps.registry)
     if provider.deleted_at:
         raise ProviderDeleted(f"provider {provider.name!r} is deleted and cannot start connections")
+    # A new connection's code and verifier would go to the moved token endpoint.
+    provider.require_endpoints_confirmed()
     if provider.spec.auth_type == AuthType.NEXUS:
         raise ValidationFailed(
             f"{provider.name} is a nexus provider: Nexus issues its tokens, "
@@ -533,6 +535,17 @@ async def complete_authorization(response: AuthorizationResponse, deps: Connecti
             connection, attempt, deps, now, status=ConnectionStatus.FAILED, error=reason
         )
         return _outcome_url(failed)
+    if provider.endpoints_pending:
+        # Started before the move: its code must not go to the moved token endpoint.
+        failed = await _finish(
+            connection,
+            attempt,
+            deps,
+            now,
+            status=ConnectionStatus.FAILED,
+            error="provider_endpoints_pending",
+        )
+        return _outcome_url(failed)
     async with deps.uow() as uow:
         client = await client_credentials(uow, provider)
     try:
@@ -756,6 +769,8 @@ async def _revoke_at_provider(
     the refresh lease; a note for last_error when the provider did not confirm."""
     if tokens is None or not provider.revocation_url:
         return ""
+    if provider.endpoints_pending:
+        return "not revoked at the provider: its moved endpoints await confirmation"
     held = tokens
     try:
         await deps.leases.call(

@@ -11,6 +11,7 @@ from typing import Any
 from nexus_common import (
     AuditEvent,
     ConcurrentModification,
+    ConfirmationNeedsAnotherAdmin,
     DiscoveryDocumentInvalid,
     OutboundAddressNotAllowed,
     OutboundPolicy,
@@ -19,6 +20,7 @@ from nexus_common import (
     ProviderNotFound,
     ResealPage,
     ValidationFailed,
+    current_actor,
     page_size,
 )
 
@@ -27,11 +29,14 @@ from ..adapters.repository import ProviderQuery
 from ..domain.discovery import Discovery, DiscoveryStatus, parse_discovery_document
 from ..domain.providers import (
     AUTH_TYPES,
+    DISCOVERY,
     SETTABLE_FIELDS,
+    TOKEN_ENDPOINTS,
     Provider,
     ProviderSpec,
     check_secret_follows_endpoints,
     endpoint_changes,
+    token_endpoint_moves,
     validate_spec,
 )
 from .endpoints import check_discovered_endpoints, check_spec_endpoints
@@ -40,6 +45,7 @@ from .unit_of_work import BrokerUnitOfWork
 __all__ = [
     "ProviderPage",
     "RegistryDeps",
+    "confirm_endpoints",
     "create_provider",
     "delete_provider",
     "get_provider",
@@ -59,6 +65,9 @@ class RegistryDeps:
     discovery_max_age_seconds: float
     pages: PageTokens
     outbound: OutboundPolicy
+    # NEXUS_ENDPOINT_CONFIRMATION=another_admin: whoever moved a provider's
+    # token endpoints cannot confirm the move too.
+    confirm_by_another_admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,11 +163,35 @@ async def get_provider(id_or_name: str, deps: RegistryDeps) -> Provider:
         return provider
     refreshed = replace(provider, discovery=discovery)
     async with deps.uow() as uow:
+        # A re-fetch that moves a token endpoint is an endpoint change like an update's.
+        moved = token_endpoint_moves(provider, refreshed)
+        refreshed = await _hold_moved_endpoints(uow, provider, refreshed, moved, now, DISCOVERY)
         # If an admin changed the provider meanwhile, their version wins.
         if not await uow.providers.update(refreshed, None, read_at=provider.updated_at):
             return await _load(uow, provider.id)
+        if moved:
+            await uow.audit.add(
+                _endpoint_change(provider, refreshed, now, source="discovery", given=False)
+            )
         await uow.commit()
     return refreshed
+
+
+async def _hold_moved_endpoints(
+    uow: BrokerUnitOfWork,
+    current: Provider,
+    updated: Provider,
+    moved: list[str],
+    now: datetime,
+    mover: str,
+) -> Provider:
+    """Moved token endpoints of a provider whose connections hold tokens (or
+    wait for a code) wait for confirmation: whoever may change a provider must
+    not thereby be able to send every refresh token, or an authorization code
+    with its PKCE verifier, to a host of their choosing."""
+    if moved and (current.endpoints_pending or await uow.connections.any_live(current.id, now)):
+        return replace(updated, endpoints_moved_by=mover)
+    return updated
 
 
 async def list_providers(
@@ -242,6 +275,9 @@ async def update_provider(
         updated_at=now,
     )
     async with deps.uow() as uow:
+        updated = await _hold_moved_endpoints(
+            uow, current, updated, token_endpoint_moves(current, updated), now, current_actor()
+        )
         if not await uow.providers.update(updated, secret, read_at=current.updated_at):
             raise _changed_meanwhile(current)
         await uow.audit.add(
@@ -253,14 +289,18 @@ async def update_provider(
                 **_audit_view(patch),
             )
         )
-        if moved:
-            await uow.audit.add(_endpoint_change(current, updated, changed, now))
+        if moved or token_endpoint_moves(current, updated):
+            await uow.audit.add(
+                _endpoint_change(
+                    current, updated, now, source="update", given="client_secret" in changed
+                )
+            )
         await uow.commit()
     return updated
 
 
 def _endpoint_change(
-    current: Provider, updated: Provider, changed: set[str], now: datetime
+    current: Provider, updated: Provider, now: datetime, *, source: str, given: bool
 ) -> AuditEvent:
     before, after = current.endpoints(), updated.endpoints()
     return AuditEvent.record(
@@ -268,6 +308,7 @@ def _endpoint_change(
         _resource(updated),
         now,
         name=updated.name,
+        source=source,
         endpoints={
             name: {"old": before[name], "new": after[name]}
             for name in before
@@ -275,8 +316,44 @@ def _endpoint_change(
             or getattr(current.spec, name) != getattr(updated.spec, name)
         },
         # Whether the request gave a client secret; never the secret itself.
-        client_secret_given="client_secret" in changed,
+        client_secret_given=given,
+        endpoints_pending=updated.endpoints_pending,
     )
+
+
+async def confirm_endpoints(id_or_name: str, deps: RegistryDeps) -> Provider:
+    """The second step of an endpoint move: from now on refreshes, code
+    exchanges and revocations go to the provider's current endpoints."""
+    now = deps.clock()
+    async with deps.uow() as uow:
+        provider = await _load(uow, id_or_name)
+        if provider.deleted_at:
+            raise ProviderDeleted(f"provider {provider.name!r} is deleted and cannot be changed")
+        if not provider.endpoints_pending:
+            return provider
+        if deps.confirm_by_another_admin and provider.endpoints_moved_by == current_actor():
+            raise ConfirmationNeedsAnotherAdmin(
+                f"the token endpoints of provider {provider.name!r} were moved with this "
+                "admin key; another admin key must confirm the move "
+                "(NEXUS_ENDPOINT_CONFIRMATION=another_admin)",
+                id=provider.id,
+            )
+        confirmed = replace(provider, endpoints_moved_by=None, updated_at=now)
+        if not await uow.providers.update(confirmed, None, read_at=provider.updated_at):
+            raise _changed_meanwhile(provider)
+        await uow.audit.add(
+            AuditEvent.record(
+                "provider.endpoints_confirm",
+                _resource(confirmed),
+                now,
+                name=confirmed.name,
+                moved_by=provider.endpoints_moved_by,
+                # What the connections' tokens go to from now on.
+                endpoints={name: confirmed.endpoints()[name] for name in TOKEN_ENDPOINTS},
+            )
+        )
+        await uow.commit()
+    return confirmed
 
 
 async def delete_provider(id_or_name: str, deps: RegistryDeps) -> Provider:

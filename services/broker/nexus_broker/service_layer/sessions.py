@@ -13,8 +13,12 @@ What a session hands out is never broader than it says:
 - the connection's grant is exactly what was asked: the connection's token;
 - the provider narrows (``supports_scope_narrowing``): a token from a refresh
   grant asking only the session's scopes, shared by the agent's sessions that
-  ask the same until it nears expiry;
-- otherwise the session is refused (``TOKEN_BROADER_THAN_SESSION``), unless
+  ask the same until it nears expiry (a session ends with it). A narrowing is
+  a provider call, so it is limited per connection as forced refreshes are and
+  never made while the provider backs off; and its answer's ``scope`` is
+  checked: a provider that granted more than asked did not narrow;
+- otherwise (and when a narrowing must wait) the session is refused
+  (``TOKEN_BROADER_THAN_SESSION``, or ``REFRESH_RATE_LIMITED``), unless
   the provider allows broader tokens (``allow_broader_session_tokens``, whose
   default is ``NEXUS_ENVIRONMENT``'s), and then ``token_scopes`` says what the
   token really carries.
@@ -45,6 +49,7 @@ from nexus_common import (
     Principal,
     ProviderDeleted,
     ProviderUnavailable,
+    RefreshRateLimited,
     ResourceServerPrincipal,
     ScopeNotGranted,
     ScopeNotOffered,
@@ -67,6 +72,7 @@ from ..domain.sessions import (
     SessionKind,
     SessionLimits,
     is_uuid,
+    scopes_beyond,
     session_claims,
     validate_request,
 )
@@ -217,15 +223,25 @@ async def _narrowed(
     lifetime: timedelta,
     grant: AccessGrant,
     deps: SessionDeps,
-) -> NarrowedToken:
-    """A token narrowed to ``scopes``: a shared one good for the whole session,
-    else a new one from a refresh grant (which the connection never stores)."""
+) -> NarrowedToken | None:
+    """A token narrowed to ``scopes``: a shared one still good (the session
+    ends with it), else a new one from a refresh grant (which the connection
+    never stores). None when the provider granted more than was asked."""
     async with deps.connections.uow() as uow:
         cached = await uow.narrowed.find(connection.id, agent_id, scopes)
     now = deps.connections.now()
-    if cached is not None and cached.usable_for(lifetime, now, grant.sessions_valid_after):
+    skew = timedelta(seconds=deps.connections.refresh.expiry_skew_seconds)
+    if cached is not None and cached.usable_for(lifetime, now, grant.sessions_valid_after, skew):
         return cached
     fresh = await deps.refresher.narrowed(connection.id, scopes)
+    beyond = scopes_beyond(scopes, fresh.scope)
+    if beyond:
+        log.warning(
+            "connection %s: the provider ignored a narrower scope and granted %s too",
+            connection.id,
+            " ".join(beyond),
+        )
+        return None
     token = NarrowedToken(connection.id, agent_id, fresh.access_token, now, fresh.expires_at)
     async with deps.connections.uow() as uow:
         await uow.narrowed.add(token, scopes)
@@ -254,11 +270,24 @@ async def _provider_credential(
     narrower = set(scopes) < set(granted)
     if narrower and provider.params.supports_scope_narrowing:
         require_active(connection, provider, deps.connections.now())
-        token = await _narrowed(connection, request.agent_id, scopes, lifetime, grant, deps)
-        return _Credential(connection, token.access_token, token.expires_at, scopes, token.id)
+        try:
+            token = await _narrowed(connection, request.agent_id, scopes, lifetime, grant, deps)
+        except RefreshRateLimited:
+            # Asked moments ago for other scopes: a broader token, said so, may do.
+            if not _broader_allowed(provider, deps):
+                raise
+            token = None
+        if token is not None:
+            return _Credential(connection, token.access_token, token.expires_at, scopes, token.id)
+        # Not narrowed after all: the rule for providers that cannot narrow applies.
     if narrower and not _broader_allowed(provider, deps):
+        cannot = (
+            "granted more than the narrower scopes asked"
+            if provider.params.supports_scope_narrowing
+            else "cannot narrow its tokens"
+        )
         raise TokenBroaderThanSession(
-            f"{provider.name} cannot narrow its tokens, and the connection's token carries "
+            f"{provider.name} {cannot}, and the connection's token carries "
             f"{' '.join(sorted(granted))}, more than the {' '.join(scopes)} asked for. Ask for "
             "all of the connection's scopes, or an admin sets the provider's params: "
             '"supports_scope_narrowing": true if it can issue narrower tokens on refresh, '
@@ -504,7 +533,7 @@ async def _revocation(
         return None
     connection = await uow.connections.get(token.connection_id)
     provider = await uow.providers.get(connection.provider_id) if connection else None
-    if provider is None or not provider.revocation_url:
+    if provider is None or not provider.revocation_url or provider.endpoints_pending:
         return None
     if not provider.params.revoke_narrowed_tokens:
         return None

@@ -23,6 +23,7 @@ from nexus_common import (
     ConnectionReauthRequired,
     Internal,
     Principal,
+    ProviderEndpointsPending,
     ProviderUnavailable,
     RefreshNotSupported,
     RefreshRateLimited,
@@ -122,10 +123,20 @@ class Refresher:
             now = self.deps.now()
             # Revoked (or needing the user) while this broker waited for the lease.
             require_active(connection, provider, now)
+            provider.require_endpoints_confirmed()
             if tokens is None or not tokens.refresh_token:
                 raise SessionNotSupported(
                     f"{provider.name} issued no refresh token for this connection, so "
                     "Nexus cannot narrow its scopes"
+                )
+            self._check_narrowing_limit(connection, provider, now)
+            # Counted before the call: a failed one was a provider call too.
+            async with self.deps.uow() as uow:
+                counted = await uow.connections.note_narrowing(lease, now)
+                await uow.commit()
+            if not counted:
+                raise ProviderUnavailable(
+                    "another broker took over this connection's refresh meanwhile; retry"
                 )
             try:
                 fresh = await self._redeem(
@@ -139,7 +150,7 @@ class Refresher:
             if fresh.refresh_token and fresh.refresh_token != tokens.refresh_token:
                 async with self.deps.uow() as uow:
                     saved = await uow.connections.save(
-                        replace(connection, updated_at=now),
+                        replace(connection, updated_at=now, last_narrowed_at=now),
                         lease=lease,
                         tokens=replace(tokens, refresh_token=fresh.refresh_token),
                     )
@@ -150,6 +161,20 @@ class Refresher:
                         "another broker took over this connection's refresh meanwhile; retry"
                     )
             return fresh
+
+    def _check_narrowing_limit(
+        self, connection: Connection, provider: Provider, now: datetime
+    ) -> None:
+        wait = self.deps.refresh.narrowing_wait(connection, now)
+        if wait is None:
+            return
+        seconds = max(1, round(wait.total_seconds()))
+        raise RefreshRateLimited(
+            f"a token narrowed to other scopes was asked of {provider.name} moments ago, or "
+            f"the provider is failing; no narrower token is asked for {seconds} s",
+            connection_id=connection.id,
+            retry_after_seconds=str(seconds),
+        )
 
     async def _redeem(
         self,
@@ -258,6 +283,8 @@ class Refresher:
         record (and so the lease is still held)."""
         if connection.status != ConnectionStatus.ACTIVE:
             return False  # revoked (or needing the user) since it was found due
+        if provider.endpoints_pending:
+            return False  # nothing goes to moved endpoints before they are confirmed
         now = self.deps.now()
         if tokens is not None and not tokens.refresh_token and not tokens.expires_within(now, 0):
             return False  # nothing to refresh and nothing wrong: a token that is still good
@@ -360,7 +387,7 @@ class Refresher:
         rotated = bool(fresh.refresh_token) and fresh.refresh_token != spent.refresh_token
         revoked = False
         now = self.deps.now()
-        if rotated and provider.revocation_url:
+        if rotated and provider.revocation_url and not provider.endpoints_pending:
             try:
                 async with asyncio.timeout(self.leases.call_seconds):
                     await revoke_tokens(
@@ -548,6 +575,7 @@ async def _release(
         return None
     else:
         if tokens is None or tokens.expires_within(now, 0):
+            provider.require_endpoints_confirmed()
             raise ProviderUnavailable(
                 f"the token expired and {provider.name} could not refresh it: "
                 f"{connection.last_error or 'try again'}"
@@ -614,6 +642,17 @@ async def refresh_connection(
             "be refreshed; its current credentials stay in use",
             connection_id=connection_id,
         )
+    try:
+        provider.require_endpoints_confirmed()
+    except ProviderEndpointsPending as paused:
+        await audit_denial(
+            deps,
+            "refresh.denied",
+            f"connections/{connection_id}",
+            paused,
+            workspace_id=connection.workspace_id,
+        )
+        raise
     wait = deps.refresh.forced_refresh_wait(connection, now)
     if wait is not None:
         seconds = max(1, round(wait.total_seconds()))

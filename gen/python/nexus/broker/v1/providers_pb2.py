@@ -28,7 +28,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnexus/broker/v1/providers.proto\x12\x0fnexus.broker.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfa\x05\n\x08Provider\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08\x63\x61tegory\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\tauth_type\x18\x05 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\x17\n\tclient_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12 \n\rclient_secret\x18\x07 \x01(\tB\x04\xe2\x41\x01\x04H\x00\x88\x01\x01\x12\x1f\n\x11has_client_secret\x18\x08 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08\x61uth_url\x18\t \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\ttoken_url\x18\n \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06issuer\x18\x0b \x01(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x10\x65nable_discovery\x18\x0c \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06scopes\x18\r \x03(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0c\x61pi_base_url\x18\x0e \x01(\tB\x04\xe2\x41\x01\x01\x12 \n\x12user_info_endpoint\x18\x0f \x01(\tB\x04\xe2\x41\x01\x01\x12-\n\x06params\x18\x10 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\x12\x16\n\x08jwks_uri\x18\x11 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0erevocation_url\x18\x12 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\tdiscovery\x18\x13 \x01(\x0b\x32\x1a.nexus.broker.v1.DiscoveryB\x04\xe2\x41\x01\x03\x12\x13\n\x05state\x18\x14 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x64\x65lete_time\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\x10\n\x0e_client_secret\"\xa6\x02\n\tDiscovery\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12.\n\nfetch_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16\x61uthorization_endpoint\x18\x04 \x01(\t\x12\x16\n\x0etoken_endpoint\x18\x05 \x01(\t\x12\x19\n\x11userinfo_endpoint\x18\x06 \x01(\t\x12\x10\n\x08jwks_uri\x18\x07 \x01(\t\x12\x1b\n\x13revocation_endpoint\x18\x08 \x01(\t\x12\x18\n\x10scopes_supported\x18\t \x03(\t\x12-\n%token_endpoint_auth_methods_supported\x18\n \x03(\t\"J\n\x15\x43reateProviderRequest\x12\x31\n\x08provider\x18\x01 \x01(\x0b\x32\x19.nexus.broker.v1.ProviderB\x04\xe2\x41\x01\x02\"&\n\x12GetProviderRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x96\x01\n\x14ListProvidersRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08\x63\x61tegory\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tauth_type\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cshow_deleted\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01\"^\n\x15ListProvidersResponse\x12,\n\tproviders\x18\x01 \x03(\x0b\x32\x19.nexus.broker.v1.Provider\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x81\x01\n\x15UpdateProviderRequest\x12\x31\n\x08provider\x18\x01 \x01(\x0b\x32\x19.nexus.broker.v1.ProviderB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\")\n\x15\x44\x65leteProviderRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x1d\n\x1bListProviderMetadataRequest\"V\n\x1cListProviderMetadataResponse\x12\x36\n\nauth_types\x18\x01 \x03(\x0b\x32\".nexus.broker.v1.AuthTypeProviders\"[\n\x11\x41uthTypeProviders\x12\x11\n\tauth_type\x18\x01 \x01(\t\x12\x33\n\tproviders\x18\x02 \x03(\x0b\x32 .nexus.broker.v1.ProviderSummary\"}\n\x0fProviderSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x19\n\x11\x63redential_fields\x18\x06 \x03(\t2\xbc\x04\n\x17ProviderRegistryService\x12S\n\x0e\x43reateProvider\x12&.nexus.broker.v1.CreateProviderRequest\x1a\x19.nexus.broker.v1.Provider\x12M\n\x0bGetProvider\x12#.nexus.broker.v1.GetProviderRequest\x1a\x19.nexus.broker.v1.Provider\x12^\n\rListProviders\x12%.nexus.broker.v1.ListProvidersRequest\x1a&.nexus.broker.v1.ListProvidersResponse\x12S\n\x0eUpdateProvider\x12&.nexus.broker.v1.UpdateProviderRequest\x1a\x19.nexus.broker.v1.Provider\x12S\n\x0e\x44\x65leteProvider\x12&.nexus.broker.v1.DeleteProviderRequest\x1a\x19.nexus.broker.v1.Provider\x12s\n\x14ListProviderMetadata\x12,.nexus.broker.v1.ListProviderMetadataRequest\x1a-.nexus.broker.v1.ListProviderMetadataResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnexus/broker/v1/providers.proto\x12\x0fnexus.broker.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x06\n\x08Provider\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08\x63\x61tegory\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\tauth_type\x18\x05 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\x17\n\tclient_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12 \n\rclient_secret\x18\x07 \x01(\tB\x04\xe2\x41\x01\x04H\x00\x88\x01\x01\x12\x1f\n\x11has_client_secret\x18\x08 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08\x61uth_url\x18\t \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\ttoken_url\x18\n \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06issuer\x18\x0b \x01(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x10\x65nable_discovery\x18\x0c \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06scopes\x18\r \x03(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0c\x61pi_base_url\x18\x0e \x01(\tB\x04\xe2\x41\x01\x01\x12 \n\x12user_info_endpoint\x18\x0f \x01(\tB\x04\xe2\x41\x01\x01\x12-\n\x06params\x18\x10 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\x12\x16\n\x08jwks_uri\x18\x11 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0erevocation_url\x18\x12 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\tdiscovery\x18\x13 \x01(\x0b\x32\x1a.nexus.broker.v1.DiscoveryB\x04\xe2\x41\x01\x03\x12\x13\n\x05state\x18\x14 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x64\x65lete_time\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1f\n\x11\x65ndpoints_pending\x18\x18 \x01(\x08\x42\x04\xe2\x41\x01\x03\x42\x10\n\x0e_client_secret\"\xa6\x02\n\tDiscovery\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12.\n\nfetch_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1e\n\x16\x61uthorization_endpoint\x18\x04 \x01(\t\x12\x16\n\x0etoken_endpoint\x18\x05 \x01(\t\x12\x19\n\x11userinfo_endpoint\x18\x06 \x01(\t\x12\x10\n\x08jwks_uri\x18\x07 \x01(\t\x12\x1b\n\x13revocation_endpoint\x18\x08 \x01(\t\x12\x18\n\x10scopes_supported\x18\t \x03(\t\x12-\n%token_endpoint_auth_methods_supported\x18\n \x03(\t\"J\n\x15\x43reateProviderRequest\x12\x31\n\x08provider\x18\x01 \x01(\x0b\x32\x19.nexus.broker.v1.ProviderB\x04\xe2\x41\x01\x02\"&\n\x12GetProviderRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x96\x01\n\x14ListProvidersRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08\x63\x61tegory\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tauth_type\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0cshow_deleted\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x01\"^\n\x15ListProvidersResponse\x12,\n\tproviders\x18\x01 \x03(\x0b\x32\x19.nexus.broker.v1.Provider\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x81\x01\n\x15UpdateProviderRequest\x12\x31\n\x08provider\x18\x01 \x01(\x0b\x32\x19.nexus.broker.v1.ProviderB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\")\n\x15\x44\x65leteProviderRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x1d\n\x1bListProviderMetadataRequest\"3\n\x1f\x43onfirmProviderEndpointsRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"V\n\x1cListProviderMetadataResponse\x12\x36\n\nauth_types\x18\x01 \x03(\x0b\x32\".nexus.broker.v1.AuthTypeProviders\"[\n\x11\x41uthTypeProviders\x12\x11\n\tauth_type\x18\x01 \x01(\t\x12\x33\n\tproviders\x18\x02 \x03(\x0b\x32 .nexus.broker.v1.ProviderSummary\"}\n\x0fProviderSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x19\n\x11\x63redential_fields\x18\x06 \x03(\t2\xa5\x05\n\x17ProviderRegistryService\x12S\n\x0e\x43reateProvider\x12&.nexus.broker.v1.CreateProviderRequest\x1a\x19.nexus.broker.v1.Provider\x12M\n\x0bGetProvider\x12#.nexus.broker.v1.GetProviderRequest\x1a\x19.nexus.broker.v1.Provider\x12^\n\rListProviders\x12%.nexus.broker.v1.ListProvidersRequest\x1a&.nexus.broker.v1.ListProvidersResponse\x12S\n\x0eUpdateProvider\x12&.nexus.broker.v1.UpdateProviderRequest\x1a\x19.nexus.broker.v1.Provider\x12S\n\x0e\x44\x65leteProvider\x12&.nexus.broker.v1.DeleteProviderRequest\x1a\x19.nexus.broker.v1.Provider\x12s\n\x14ListProviderMetadata\x12,.nexus.broker.v1.ListProviderMetadataRequest\x1a-.nexus.broker.v1.ListProviderMetadataResponse\x12g\n\x18\x43onfirmProviderEndpoints\x12\x30.nexus.broker.v1.ConfirmProviderEndpointsRequest\x1a\x19.nexus.broker.v1.Providerb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -81,6 +81,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVIDER'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_PROVIDER'].fields_by_name['delete_time']._loaded_options = None
   _globals['_PROVIDER'].fields_by_name['delete_time']._serialized_options = b'\342A\001\003'
+  _globals['_PROVIDER'].fields_by_name['endpoints_pending']._loaded_options = None
+  _globals['_PROVIDER'].fields_by_name['endpoints_pending']._serialized_options = b'\342A\001\003'
   _globals['_CREATEPROVIDERREQUEST'].fields_by_name['provider']._loaded_options = None
   _globals['_CREATEPROVIDERREQUEST'].fields_by_name['provider']._serialized_options = b'\342A\001\002'
   _globals['_GETPROVIDERREQUEST'].fields_by_name['id']._loaded_options = None
@@ -101,30 +103,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEPROVIDERREQUEST'].fields_by_name['update_mask']._serialized_options = b'\342A\001\001'
   _globals['_DELETEPROVIDERREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_DELETEPROVIDERREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_CONFIRMPROVIDERENDPOINTSREQUEST'].fields_by_name['id']._loaded_options = None
+  _globals['_CONFIRMPROVIDERENDPOINTSREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_PROVIDER']._serialized_start=183
-  _globals['_PROVIDER']._serialized_end=945
-  _globals['_DISCOVERY']._serialized_start=948
-  _globals['_DISCOVERY']._serialized_end=1242
-  _globals['_CREATEPROVIDERREQUEST']._serialized_start=1244
-  _globals['_CREATEPROVIDERREQUEST']._serialized_end=1318
-  _globals['_GETPROVIDERREQUEST']._serialized_start=1320
-  _globals['_GETPROVIDERREQUEST']._serialized_end=1358
-  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1361
-  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1511
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1513
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1607
-  _globals['_UPDATEPROVIDERREQUEST']._serialized_start=1610
-  _globals['_UPDATEPROVIDERREQUEST']._serialized_end=1739
-  _globals['_DELETEPROVIDERREQUEST']._serialized_start=1741
-  _globals['_DELETEPROVIDERREQUEST']._serialized_end=1782
-  _globals['_LISTPROVIDERMETADATAREQUEST']._serialized_start=1784
-  _globals['_LISTPROVIDERMETADATAREQUEST']._serialized_end=1813
-  _globals['_LISTPROVIDERMETADATARESPONSE']._serialized_start=1815
-  _globals['_LISTPROVIDERMETADATARESPONSE']._serialized_end=1901
-  _globals['_AUTHTYPEPROVIDERS']._serialized_start=1903
-  _globals['_AUTHTYPEPROVIDERS']._serialized_end=1994
-  _globals['_PROVIDERSUMMARY']._serialized_start=1996
-  _globals['_PROVIDERSUMMARY']._serialized_end=2121
-  _globals['_PROVIDERREGISTRYSERVICE']._serialized_start=2124
-  _globals['_PROVIDERREGISTRYSERVICE']._serialized_end=2696
+  _globals['_PROVIDER']._serialized_end=978
+  _globals['_DISCOVERY']._serialized_start=981
+  _globals['_DISCOVERY']._serialized_end=1275
+  _globals['_CREATEPROVIDERREQUEST']._serialized_start=1277
+  _globals['_CREATEPROVIDERREQUEST']._serialized_end=1351
+  _globals['_GETPROVIDERREQUEST']._serialized_start=1353
+  _globals['_GETPROVIDERREQUEST']._serialized_end=1391
+  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1394
+  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1544
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1546
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1640
+  _globals['_UPDATEPROVIDERREQUEST']._serialized_start=1643
+  _globals['_UPDATEPROVIDERREQUEST']._serialized_end=1772
+  _globals['_DELETEPROVIDERREQUEST']._serialized_start=1774
+  _globals['_DELETEPROVIDERREQUEST']._serialized_end=1815
+  _globals['_LISTPROVIDERMETADATAREQUEST']._serialized_start=1817
+  _globals['_LISTPROVIDERMETADATAREQUEST']._serialized_end=1846
+  _globals['_CONFIRMPROVIDERENDPOINTSREQUEST']._serialized_start=1848
+  _globals['_CONFIRMPROVIDERENDPOINTSREQUEST']._serialized_end=1899
+  _globals['_LISTPROVIDERMETADATARESPONSE']._serialized_start=1901
+  _globals['_LISTPROVIDERMETADATARESPONSE']._serialized_end=1987
+  _globals['_AUTHTYPEPROVIDERS']._serialized_start=1989
+  _globals['_AUTHTYPEPROVIDERS']._serialized_end=2080
+  _globals['_PROVIDERSUMMARY']._serialized_start=2082
+  _globals['_PROVIDERSUMMARY']._serialized_end=2207
+  _globals['_PROVIDERREGISTRYSERVICE']._serialized_start=2210
+  _globals['_PROVIDERREGISTRYSERVICE']._serialized_end=2887
 # @@protoc_insertion_point(module_scope)

@@ -50,6 +50,7 @@ class Provider(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     DELETE_TIME_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_PENDING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned UUID."""
     name: _builtins.str
@@ -78,6 +79,12 @@ class Provider(_message.Message):
     revocation_url: _builtins.str
     state: _builtins.str
     """"active" or "deleted"."""
+    endpoints_pending: _builtins.bool
+    """True when its token_url or revocation_url (given or discovered) moved while
+    connections held tokens: until ConfirmProviderEndpoints, Nexus sends no
+    refresh token, code or client secret there (refreshes answer
+    PROVIDER_ENDPOINTS_PENDING; access tokens still valid keep working).
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -118,10 +125,11 @@ class Provider(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         delete_time: _timestamp_pb2.Timestamp | None = ...,
+        endpoints_pending: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_client_secret", b"_client_secret", "client_secret", b"client_secret", "create_time", b"create_time", "delete_time", b"delete_time", "discovery", b"discovery", "params", b"params", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_client_secret", b"_client_secret", "api_base_url", b"api_base_url", "auth_type", b"auth_type", "auth_url", b"auth_url", "category", b"category", "client_id", b"client_id", "client_secret", b"client_secret", "create_time", b"create_time", "delete_time", b"delete_time", "description", b"description", "discovery", b"discovery", "enable_discovery", b"enable_discovery", "has_client_secret", b"has_client_secret", "id", b"id", "issuer", b"issuer", "jwks_uri", b"jwks_uri", "name", b"name", "params", b"params", "revocation_url", b"revocation_url", "scopes", b"scopes", "state", b"state", "token_url", b"token_url", "update_time", b"update_time", "user_info_endpoint", b"user_info_endpoint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_client_secret", b"_client_secret", "api_base_url", b"api_base_url", "auth_type", b"auth_type", "auth_url", b"auth_url", "category", b"category", "client_id", b"client_id", "client_secret", b"client_secret", "create_time", b"create_time", "delete_time", b"delete_time", "description", b"description", "discovery", b"discovery", "enable_discovery", b"enable_discovery", "endpoints_pending", b"endpoints_pending", "has_client_secret", b"has_client_secret", "id", b"id", "issuer", b"issuer", "jwks_uri", b"jwks_uri", "name", b"name", "params", b"params", "revocation_url", b"revocation_url", "scopes", b"scopes", "state", b"state", "token_url", b"token_url", "update_time", b"update_time", "user_info_endpoint", b"user_info_endpoint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__client_secret: _TypeAlias = _typing.Literal["client_secret"]  # noqa: Y015
     _WhichOneofArgType__client_secret: _TypeAlias = _typing.Literal["_client_secret", b"_client_secret"]  # noqa: Y015
@@ -338,6 +346,26 @@ class ListProviderMetadataRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListProviderMetadataRequest: _TypeAlias = ListProviderMetadataRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmProviderEndpointsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The provider's id, or the name of a live provider."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmProviderEndpointsRequest: _TypeAlias = ConfirmProviderEndpointsRequest  # noqa: Y015
 
 @_typing.final
 class ListProviderMetadataResponse(_message.Message):

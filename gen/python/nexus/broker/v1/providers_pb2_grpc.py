@@ -66,6 +66,11 @@ class ProviderRegistryServiceStub:
                 request_serializer=nexus_dot_broker_dot_v1_dot_providers__pb2.ListProviderMetadataRequest.SerializeToString,
                 response_deserializer=nexus_dot_broker_dot_v1_dot_providers__pb2.ListProviderMetadataResponse.FromString,
                 _registered_method=True)
+        self.ConfirmProviderEndpoints = channel.unary_unary(
+                '/nexus.broker.v1.ProviderRegistryService/ConfirmProviderEndpoints',
+                request_serializer=nexus_dot_broker_dot_v1_dot_providers__pb2.ConfirmProviderEndpointsRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_providers__pb2.Provider.FromString,
+                _registered_method=True)
 
 
 class ProviderRegistryServiceServicer:
@@ -109,6 +114,12 @@ class ProviderRegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConfirmProviderEndpoints(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProviderRegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +152,11 @@ def add_ProviderRegistryServiceServicer_to_server(servicer, server):
                     servicer.ListProviderMetadata,
                     request_deserializer=nexus_dot_broker_dot_v1_dot_providers__pb2.ListProviderMetadataRequest.FromString,
                     response_serializer=nexus_dot_broker_dot_v1_dot_providers__pb2.ListProviderMetadataResponse.SerializeToString,
+            ),
+            'ConfirmProviderEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmProviderEndpoints,
+                    request_deserializer=nexus_dot_broker_dot_v1_dot_providers__pb2.ConfirmProviderEndpointsRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_providers__pb2.Provider.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +323,33 @@ class ProviderRegistryService:
             '/nexus.broker.v1.ProviderRegistryService/ListProviderMetadata',
             nexus_dot_broker_dot_v1_dot_providers__pb2.ListProviderMetadataRequest.SerializeToString,
             nexus_dot_broker_dot_v1_dot_providers__pb2.ListProviderMetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmProviderEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.broker.v1.ProviderRegistryService/ConfirmProviderEndpoints',
+            nexus_dot_broker_dot_v1_dot_providers__pb2.ConfirmProviderEndpointsRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_providers__pb2.Provider.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,7 @@ class ProviderRegistryServiceStub:
     UpdateProvider: _grpc.UnaryUnaryMultiCallable[_providers_pb2.UpdateProviderRequest, _providers_pb2.Provider]
     DeleteProvider: _grpc.UnaryUnaryMultiCallable[_providers_pb2.DeleteProviderRequest, _providers_pb2.Provider]
     ListProviderMetadata: _grpc.UnaryUnaryMultiCallable[_providers_pb2.ListProviderMetadataRequest, _providers_pb2.ListProviderMetadataResponse]
+    ConfirmProviderEndpoints: _grpc.UnaryUnaryMultiCallable[_providers_pb2.ConfirmProviderEndpointsRequest, _providers_pb2.Provider]
 
 @_typing.type_check_only
 class ProviderRegistryServiceAsyncStub(ProviderRegistryServiceStub):
@@ -55,6 +56,7 @@ class ProviderRegistryServiceAsyncStub(ProviderRegistryServiceStub):
     UpdateProvider: _aio.UnaryUnaryMultiCallable[_providers_pb2.UpdateProviderRequest, _providers_pb2.Provider]  # type: ignore[assignment]
     DeleteProvider: _aio.UnaryUnaryMultiCallable[_providers_pb2.DeleteProviderRequest, _providers_pb2.Provider]  # type: ignore[assignment]
     ListProviderMetadata: _aio.UnaryUnaryMultiCallable[_providers_pb2.ListProviderMetadataRequest, _providers_pb2.ListProviderMetadataResponse]  # type: ignore[assignment]
+    ConfirmProviderEndpoints: _aio.UnaryUnaryMultiCallable[_providers_pb2.ConfirmProviderEndpointsRequest, _providers_pb2.Provider]  # type: ignore[assignment]
 
 class ProviderRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """The broker owns the provider registry. The gateway re-exposes these RPCs to
@@ -102,5 +104,12 @@ class ProviderRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _providers_pb2.ListProviderMetadataRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_providers_pb2.ListProviderMetadataResponse, _abc.Awaitable[_providers_pb2.ListProviderMetadataResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ConfirmProviderEndpoints(
+        self,
+        request: _providers_pb2.ConfirmProviderEndpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_providers_pb2.Provider, _abc.Awaitable[_providers_pb2.Provider]]: ...
 
 def add_ProviderRegistryServiceServicer_to_server(servicer: ProviderRegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

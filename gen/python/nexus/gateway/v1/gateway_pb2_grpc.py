@@ -78,6 +78,11 @@ class ProviderServiceStub:
                 request_serializer=nexus_dot_broker_dot_v1_dot_providers__pb2.DeleteProviderRequest.SerializeToString,
                 response_deserializer=nexus_dot_broker_dot_v1_dot_providers__pb2.Provider.FromString,
                 _registered_method=True)
+        self.ConfirmProviderEndpoints = channel.unary_unary(
+                '/nexus.gateway.v1.ProviderService/ConfirmProviderEndpoints',
+                request_serializer=nexus_dot_broker_dot_v1_dot_providers__pb2.ConfirmProviderEndpointsRequest.SerializeToString,
+                response_deserializer=nexus_dot_broker_dot_v1_dot_providers__pb2.Provider.FromString,
+                _registered_method=True)
 
 
 class ProviderServiceServicer:
@@ -129,6 +134,15 @@ class ProviderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConfirmProviderEndpoints(self, request, context):
+        """The second step of moving a provider's token endpoints (endpoints_pending):
+        from now on its connections' refresh tokens go to its current token_url
+        and revocation_url. Does nothing when no move is pending.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProviderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +174,11 @@ def add_ProviderServiceServicer_to_server(servicer, server):
             'DeleteProvider': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteProvider,
                     request_deserializer=nexus_dot_broker_dot_v1_dot_providers__pb2.DeleteProviderRequest.FromString,
+                    response_serializer=nexus_dot_broker_dot_v1_dot_providers__pb2.Provider.SerializeToString,
+            ),
+            'ConfirmProviderEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmProviderEndpoints,
+                    request_deserializer=nexus_dot_broker_dot_v1_dot_providers__pb2.ConfirmProviderEndpointsRequest.FromString,
                     response_serializer=nexus_dot_broker_dot_v1_dot_providers__pb2.Provider.SerializeToString,
             ),
     }
@@ -331,6 +350,33 @@ class ProviderService:
             target,
             '/nexus.gateway.v1.ProviderService/DeleteProvider',
             nexus_dot_broker_dot_v1_dot_providers__pb2.DeleteProviderRequest.SerializeToString,
+            nexus_dot_broker_dot_v1_dot_providers__pb2.Provider.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmProviderEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.gateway.v1.ProviderService/ConfirmProviderEndpoints',
+            nexus_dot_broker_dot_v1_dot_providers__pb2.ConfirmProviderEndpointsRequest.SerializeToString,
             nexus_dot_broker_dot_v1_dot_providers__pb2.Provider.FromString,
             options,
             channel_credentials,

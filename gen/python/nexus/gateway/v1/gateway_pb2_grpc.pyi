@@ -56,6 +56,11 @@ class ProviderServiceStub:
     UpdateProvider: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.UpdateProviderRequest, _providers_pb2.Provider]
     DeleteProvider: _grpc.UnaryUnaryMultiCallable[_providers_pb2.DeleteProviderRequest, _providers_pb2.Provider]
     """Soft delete: the provider stays readable by id but cannot start new connections."""
+    ConfirmProviderEndpoints: _grpc.UnaryUnaryMultiCallable[_providers_pb2.ConfirmProviderEndpointsRequest, _providers_pb2.Provider]
+    """The second step of moving a provider's token endpoints (endpoints_pending):
+    from now on its connections' refresh tokens go to its current token_url
+    and revocation_url. Does nothing when no move is pending.
+    """
 
 @_typing.type_check_only
 class ProviderServiceAsyncStub(ProviderServiceStub):
@@ -78,6 +83,11 @@ class ProviderServiceAsyncStub(ProviderServiceStub):
     UpdateProvider: _aio.UnaryUnaryMultiCallable[_gateway_pb2.UpdateProviderRequest, _providers_pb2.Provider]  # type: ignore[assignment]
     DeleteProvider: _aio.UnaryUnaryMultiCallable[_providers_pb2.DeleteProviderRequest, _providers_pb2.Provider]  # type: ignore[assignment]
     """Soft delete: the provider stays readable by id but cannot start new connections."""
+    ConfirmProviderEndpoints: _aio.UnaryUnaryMultiCallable[_providers_pb2.ConfirmProviderEndpointsRequest, _providers_pb2.Provider]  # type: ignore[assignment]
+    """The second step of moving a provider's token endpoints (endpoints_pending):
+    from now on its connections' refresh tokens go to its current token_url
+    and revocation_url. Does nothing when no move is pending.
+    """
 
 class ProviderServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public provider registry. Every method needs an admin key (`X-API-Key`).
@@ -133,6 +143,17 @@ class ProviderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_providers_pb2.Provider, _abc.Awaitable[_providers_pb2.Provider]]:
         """Soft delete: the provider stays readable by id but cannot start new connections."""
+
+    @_abc_1.abstractmethod
+    def ConfirmProviderEndpoints(
+        self,
+        request: _providers_pb2.ConfirmProviderEndpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_providers_pb2.Provider, _abc.Awaitable[_providers_pb2.Provider]]:
+        """The second step of moving a provider's token endpoints (endpoints_pending):
+        from now on its connections' refresh tokens go to its current token_url
+        and revocation_url. Does nothing when no move is pending.
+        """
 
 def add_ProviderServiceServicer_to_server(servicer: ProviderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
