@@ -18,6 +18,9 @@ class Elsewhere(LoopbackServer):
         self.seen: list[dict[str, str]] = []
 
         class Handler(BaseHTTPRequestHandler):
+            # WebSocket clients read only HTTP/1.1 answers to their handshake.
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args: object) -> None:
                 pass
 
@@ -39,6 +42,9 @@ class Redirector(LoopbackServer):
 
     def __init__(self, to: str, status: int = 302) -> None:
         class Handler(BaseHTTPRequestHandler):
+            # WebSocket clients read only HTTP/1.1 answers to their handshake.
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args: object) -> None:
                 pass
 
