@@ -37,8 +37,9 @@ class NexusClient:
             token = nexus.get_token_by_connection_id(connection_id)
 
     Give ``http`` to send through your own ``httpx.Client`` (a proxy, mTLS, a
-    custom transport); you then own it and close it yourself. Failures raise
-    ``NexusError`` subclasses.
+    custom transport); you then own it and close it yourself. Its
+    ``follow_redirects`` is not used: a redirect is never followed, since it
+    would carry the key elsewhere. Failures raise ``NexusError`` subclasses.
     """
 
     def __init__(self, options: NexusClientOptions, *, http: httpx.Client | None = None) -> None:
@@ -150,7 +151,9 @@ class NexusClient:
 
     def _send(self, call: _calls.Call[T]) -> T:
         with map_transport_errors(self.options.origin):
-            response = self._http.send(call.request)
+            # Also for a client given to us that follows redirects: httpx
+            # drops only Authorization on another origin, never X-API-Key.
+            response = self._http.send(call.request, follow_redirects=False)
         return call.read(response)
 
 
@@ -265,5 +268,6 @@ class AsyncNexusClient:
 
     async def _send(self, call: _calls.Call[T]) -> T:
         with map_transport_errors(self.options.origin):
-            response = await self._http.send(call.request)
+            # Also for a client given to us; see NexusClient._send.
+            response = await self._http.send(call.request, follow_redirects=False)
         return call.read(response)

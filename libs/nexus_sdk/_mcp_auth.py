@@ -14,10 +14,18 @@ does is not decided here: Nexus's backend (``BACKEND_AUTH_URL``) validates the
 same token again when a tool opens an on-behalf-of session, and reports the
 user's permissions. A deployer whose tokens are opaque plugs any mcp
 ``TokenVerifier`` instead (RFC 7662 introspection, say).
+
+Such a verifier is not trusted to check the audience unless it says so: the
+mcp bearer middleware then refuses every token whose ``AccessToken.resource``
+(RFC 8707) is not this server's URL, so a verifier that only asks "is this a
+valid token?" cannot admit a token issued for another resource. A verifier
+that checks ``aud`` itself declares ``checks_audience = True``, as
+``JwtTokenVerifier`` does.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -26,7 +34,7 @@ from typing import Any
 
 import httpx
 import jwt
-from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 
 __all__ = ["DEFAULT_ALGORITHMS", "JwtTokenVerifier", "ProtectedResource"]
@@ -39,6 +47,9 @@ DEFAULT_ALGORITHMS = ("ES256", "RS256", "EdDSA")
 # again, but not on every forged token.
 DEFAULT_JWKS_REFETCH_SECONDS = 30.0
 CLOCK_LEEWAY_SECONDS = 30
+# A JWK Set holds a few keys of a few hundred bytes; a larger body is refused
+# unread rather than held in memory (as nexus_common's JwksVerifier).
+MAX_JWKS_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -53,13 +64,14 @@ class ProtectedResource:
     url: str
     authorization_server: str
 
-    def auth_settings(self) -> AuthSettings:
-        # The token's audience is checked by the verifier (JwtTokenVerifier or
-        # the deployer's), not by comparing RFC 8707 resource indicators.
+    def auth_settings(self, verifier: TokenVerifier | None = None) -> AuthSettings:
+        """For ``MCPServer(auth=...)``. Tokens are held to this server's URL as
+        their RFC 8707 resource unless ``verifier`` declares ``checks_audience``."""
+        checks_audience = getattr(verifier, "checks_audience", False) is True
         return AuthSettings(
             issuer_url=self.authorization_server,  # type: ignore[arg-type]
             resource_server_url=self.url,  # type: ignore[arg-type]
-            validate_token_resource=False,
+            validate_token_resource=not checks_audience,
         )
 
 
@@ -70,8 +82,13 @@ class JwtTokenVerifier:
     expects this server's resource URL. The JWK Set is fetched with ``http``
     (an ``httpx.AsyncClient`` you own) or a client of our own, without
     following redirects; again when a token names a key it does not hold, at
-    most every ``refetch_interval_seconds``.
+    most every ``refetch_interval_seconds``. A body over ``MAX_JWKS_BYTES``
+    is refused, and the keys held before are kept.
     """
+
+    # It passes ``audience`` to the JWT check (RFC 7519 §4.1.3), so the mcp
+    # middleware need not compare resource indicators, which JWTs rarely carry.
+    checks_audience = True
 
     def __init__(
         self,
@@ -139,12 +156,11 @@ class JwtTokenVerifier:
         self._fetched_at = time.monotonic()
         try:
             if self._http is not None:
-                response = await self._http.get(self.jwks_url, timeout=self._timeout)
+                body = await self._read(self._http)
             else:
                 async with httpx.AsyncClient(timeout=self._timeout) as http:
-                    response = await http.get(self.jwks_url)
-            response.raise_for_status()
-            published = response.json()
+                    body = await self._read(http)
+            published = json.loads(body)
             if not isinstance(published, dict):
                 raise ValueError("a JWK Set is a JSON object")
             keys = jwt.PyJWKSet.from_dict(published).keys
@@ -155,6 +171,19 @@ class JwtTokenVerifier:
             )
             return
         self._keys = {key.key_id: key for key in keys if key.key_id}
+
+    async def _read(self, http: httpx.AsyncClient) -> bytes:
+        """The JWK Set's body, read no further than ``MAX_JWKS_BYTES``."""
+        async with http.stream(
+            "GET", self.jwks_url, timeout=self._timeout, follow_redirects=False
+        ) as response:
+            response.raise_for_status()
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_JWKS_BYTES:
+                    raise ValueError("the JWK Set is larger than MAX_JWKS_BYTES")
+        return bytes(body)
 
     def __repr__(self) -> str:
         return f"JwtTokenVerifier(issuer={self.issuer!r}, audience={self.audience!r})"

@@ -96,7 +96,7 @@ class NexusMCP:
     @property
     def auth_settings(self) -> AuthSettings:
         """For ``MCPServer(auth=...)``: the metadata and the 401 challenge."""
-        return self.resource.auth_settings()
+        return self.resource.auth_settings(self.token_verifier)
 
     def on_behalf_of_user(
         self,

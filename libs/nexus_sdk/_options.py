@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["AGENT_KEY_ENV", "API_KEY_ENV", "NexusClientOptions"]
+__all__ = ["AGENT_KEY_ENV", "API_KEY_ENV", "NexusClientOptions", "is_loopback_host"]
 
 AGENT_KEY_ENV = "NEXUS_AGENT_KEY"
 API_KEY_ENV = "NEXUS_API_KEY"
@@ -23,7 +24,9 @@ class NexusClientOptions:
     Giving both is refused: the gateway would act on the admin key, and an
     agent silently running with admin rights is the mistake to prevent.
 
-    Keys never appear in ``repr()``, ``str()`` or logs.
+    Keys never appear in ``repr()``, ``str()`` or logs. Plain ``http://`` is
+    accepted only to this machine (``localhost``, 127.0.0.0/8, ``::1``): a key
+    sent in clear to any other host is readable on the way.
     """
 
     gateway_url: str
@@ -35,6 +38,11 @@ class NexusClientOptions:
         parts = urlsplit(self.gateway_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("gateway_url must be an http:// or https:// URL with a host")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ValueError(
+                "gateway_url must use https: plain http is allowed only to localhost, "
+                "127.0.0.0/8 or ::1, because the key would travel unencrypted"
+            )
         if parts.query or parts.fragment:
             raise ValueError("gateway_url must not have a query or a fragment")
         if parts.username is not None or parts.password is not None:
@@ -83,3 +91,13 @@ class NexusClientOptions:
             f"agent_key={shown(self.agent_key)}, api_key={shown(self.api_key)}, "
             f"timeout_seconds={self.timeout_seconds!r})"
         )
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address: where plain http may carry a key."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -22,7 +22,9 @@ closes the link for a protocol error.
 the connection's current credentials as metadata, renewed in the background.
 
 Credentials never appear in logs or errors, and neither does an endpoint's
-query string (an API key may travel there).
+query string (an API key may travel there). They go only over TLS (``wss://``,
+a secure gRPC channel), except plain ``ws://`` to this machine, and never
+follow a redirect to another origin.
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ from ._client import AsyncNexusClient
 from ._errors import NexusAuthError, NexusInvalidRequestError, NexusNotFoundError
 from ._extras import requires_extra
 from ._models import TokenPayload
+from ._options import is_loopback_host
 
 with requires_extra("bridge"):
     import grpc
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
     from websockets.asyncio.client import ClientConnection, connect
     from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+    from websockets.uri import WebSocketURI, parse_uri
 
 __all__ = [
     "Bridge",
@@ -222,6 +226,30 @@ class _Refused(Exception):
     """The endpoint refused the credentials (HTTP 401 or 403)."""
 
 
+class _CrossOriginRedirect(Exception):
+    """The endpoint redirected the handshake to another origin."""
+
+
+class _SameOriginConnect(connect):
+    """websockets' ``connect``, following a redirect only within the origin.
+
+    On another origin websockets drops only ``Authorization``, ``Cookie`` and
+    ``Proxy-Authorization``; a connection's credentials may be any header
+    (``X-Api-Key``), which would go to whoever the endpoint names.
+    """
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        current = self.ws_uri
+        target = super().process_redirect(exc)
+        if isinstance(target, str) and _origin(parse_uri(target)) != _origin(current):
+            return _CrossOriginRedirect()
+        return target
+
+
+def _origin(uri: WebSocketURI) -> tuple[bool, str, int]:
+    return uri.secure, uri.host, uri.port
+
+
 class Bridge:
     def __init__(
         self,
@@ -251,6 +279,12 @@ class Bridge:
     ) -> None:
         """Keep a WebSocket to ``url`` open with ``connection_id``'s credentials,
         until cancelled; see the module's documentation."""
+        parts = urlsplit(url)
+        if parts.scheme.lower() == "ws" and not is_loopback_host(parts.hostname or ""):
+            raise BridgeError(
+                f"{_redacted(url)}: credentials go only over wss:// "
+                "(plain ws:// only to localhost, 127.0.0.0/8 or ::1)"
+            )
         link = _WebSocketLink(self, connection_id, url, handler)
         self._metrics.watch(connection_id)
         try:
@@ -378,7 +412,7 @@ class Bridge:
         if applied.body:
             raise BridgeError("these credentials go in a request body, which a WebSocket lacks")
         try:
-            return await connect(
+            return await _SameOriginConnect(
                 _with_query(url, applied.query),
                 additional_headers=applied.headers,
                 open_timeout=self.options.open_timeout,
@@ -388,6 +422,11 @@ class Bridge:
             )
         except InvalidURI as exc:
             raise BridgeError(f"not a WebSocket URL: {_redacted(url)}") from exc
+        except _CrossOriginRedirect as exc:
+            raise BridgeError(
+                f"{_redacted(url)} redirected the WebSocket to another origin, where its "
+                "credentials are not sent; use the URL it redirects to"
+            ) from exc
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403):

@@ -26,7 +26,10 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from tests.e2e.test_rest_sessions import connect, ok
+from tests.e2e.test_typescript_sdk import captured_connection
+from tests.support.app_server import GOOD_API_KEY, AppServer
 from tests.support.oidc_server import OidcServer, behave, start_oidc_server
+from tests.support.redirects import Elsewhere, Redirector
 from tools.devstack import Stack
 
 # Provider tokens live 6 s; the Bridge renews 2 s before expiry.
@@ -307,6 +310,75 @@ async def test_an_agent_not_bound_to_the_connections_workspace_gets_no_bridge(
     # Not its connection reads as absent to the agent; the audit has WORKSPACE_NOT_BOUND.
     assert isinstance(cause, NexusNotFoundError) and cause.reason == "CONNECTION_NOT_FOUND"
     assert stream.opened == []
+
+
+@pytest.fixture(scope="module")
+def header_key_connection(stack: Stack, app: AppServer) -> str:
+    """A connection whose key goes in an X-Api-Key header, which websockets
+    does not drop on a redirect to another origin (it drops Authorization)."""
+    admin = {"X-API-Key": stack.admin_key}
+    with httpx.Client(base_url=stack.rest_url, headers=admin, timeout=30) as rest:
+        return captured_connection(
+            rest,
+            app,
+            {
+                "name": "weather-stream",
+                "auth_type": "api_key",
+                "api_base_url": app.url,
+                "user_info_endpoint": "/api/me",
+                "params": {
+                    "credential_schema": {
+                        "fields": [{"name": "api_key", "in": "header", "key": "X-Api-Key"}]
+                    }
+                },
+            },
+            {"api_key": GOOD_API_KEY},
+        )
+
+
+async def test_a_websocket_redirect_to_another_origin_gets_no_credentials(
+    client: AsyncNexusClient, header_key_connection: str
+) -> None:
+    with Elsewhere() as elsewhere, Redirector(ws(elsewhere.url)) as endpoint:
+        bridge = Bridge(client, options=OPTIONS)
+        with pytest.raises(BridgeError, match="another origin") as refused:
+            await asyncio.wait_for(
+                bridge.maintain_websocket(
+                    header_key_connection, ws(endpoint.url) + "/stream?key=1", Recorder()
+                ),
+                30,
+            )
+    assert elsewhere.seen == []
+    assert "key=1" not in str(refused.value)
+
+
+async def test_plain_ws_to_another_host_is_refused_before_any_credentials_are_fetched(
+    stack: Stack, setup: Setup
+) -> None:
+    fetched: list[str] = []
+    hooks = {"request": [lambda request: _note(fetched, request)]}
+    options = NexusClientOptions(gateway_url=stack.rest_url, agent_key=setup.agent_key)
+    async with (
+        httpx.AsyncClient(event_hooks=hooks) as http,
+        AsyncNexusClient(options, http=http) as nexus,
+    ):
+        bridge = Bridge(nexus, options=OPTIONS)
+        with pytest.raises(BridgeError, match="wss://"):
+            await asyncio.wait_for(
+                bridge.maintain_websocket(
+                    setup.connection_id, "ws://stream.nexus-test.invalid/stream", Recorder()
+                ),
+                30,
+            )
+    assert fetched == []
+
+
+async def _note(fetched: list[str], request: httpx.Request) -> None:
+    fetched.append(request.url.path)
+
+
+def ws(url: str) -> str:
+    return url.replace("http://", "ws://", 1)
 
 
 class CheckingHealth(health.aio.HealthServicer):

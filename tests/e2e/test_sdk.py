@@ -37,6 +37,7 @@ from nexus_sdk import (
 from tests.e2e.agent_guide import Guide
 from tests.support.backend_auth_server import BackendAuthServer
 from tests.support.oidc_server import OidcServer, stats
+from tests.support.redirects import Elsewhere, Redirector
 from tools.devstack import Stack, free_port
 
 
@@ -568,6 +569,61 @@ async def test_an_undocumented_success_or_a_redirect_is_unexpected(answer: httpx
             )
     assert caught.value.status == answer.status_code
     assert "captive" not in str(caught.value) and "elsewhere" not in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_to_another_origin_gets_no_key_even_through_a_following_client(
+    status: int,
+) -> None:
+    """httpx drops Authorization on another origin but keeps X-API-Key; the
+    SDK follows no redirect, whatever the caller's client is set to do."""
+    with Elsewhere() as elsewhere, Redirector(elsewhere.url, status) as gateway:
+        options = NexusClientOptions(gateway_url=gateway.url, api_key="nxa_admin-key")
+        with (
+            httpx.Client(follow_redirects=True) as http,
+            NexusClient(options, http=http) as nexus,
+            pytest.raises(NexusUnexpectedError) as caught,
+        ):
+            nexus.get_token_by_connection_id("conn_01HXYZ")
+        assert caught.value.status == status
+        assert elsewhere.seen == []
+
+
+async def test_a_redirect_to_another_origin_gets_no_key_from_the_async_client() -> None:
+    with Elsewhere() as elsewhere, Redirector(elsewhere.url) as gateway:
+        for options in (
+            NexusClientOptions(gateway_url=gateway.url, api_key="nxa_admin-key"),
+            NexusClientOptions(gateway_url=gateway.url, agent_key="nxag_agent-key"),
+        ):
+            async with (
+                httpx.AsyncClient(follow_redirects=True) as http,
+                AsyncNexusClient(options, http=http) as nexus,
+            ):
+                with pytest.raises(NexusUnexpectedError):
+                    await nexus.get_token_by_connection_id("conn_01HXYZ")
+        assert elsewhere.seen == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://nexus.example.com",
+        "http://10.0.0.8:8080",
+        "http://127.0.0.1.nip.io",
+        "http://[::ffff:127.0.0.1]:8080",
+        "http://localhost.example.com",
+    ],
+)
+def test_plain_http_is_refused_to_any_host_but_this_machine(url: str, no_env_keys: None) -> None:
+    with pytest.raises(ValueError, match="https"):
+        NexusClientOptions(gateway_url=url, agent_key="nxag_k")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080", "http://127.8.9.10", "http://[::1]:8080", "http://LOCALHOST"]
+)
+def test_plain_http_to_this_machine_is_allowed(url: str, no_env_keys: None) -> None:
+    assert NexusClientOptions(gateway_url=url, agent_key="nxag_k").gateway_url == url
 
 
 # Ids cannot change the path, and secrets never show

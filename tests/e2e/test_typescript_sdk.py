@@ -34,7 +34,7 @@ EXPECTED = {
     "api.test.js": 3,
     "connections.test.js": 8,
     "docs.test.js": 2,
-    "errors.test.js": 16,
+    "errors.test.js": 18,
     "sessions.test.js": 9,
 }
 SUMMARY = re.compile(r"^# (tests|pass|fail|cancelled|skipped|todo) (\d+)$", re.MULTILINE)

@@ -6,7 +6,7 @@
 
 import * as calls from './calls.js';
 import type { AgentSessionRequest, Answer, Call, JwkSet, OboSessionRequest } from './calls.js';
-import { transportError } from './errors.js';
+import { NexusUnexpectedError, transportError } from './errors.js';
 import type { AgentSession, Connection, TokenPayload } from './models.js';
 import { Settings, type NexusClientOptions } from './options.js';
 import type { Introspection } from './rfc7662.js';
@@ -121,6 +121,15 @@ export class NexusClient {
     let answer: Answer;
     try {
       const response = await settings.fetch(settings.baseUrl + call.path, init);
+      if (response.redirected) {
+        // An injected fetch that ignored `redirect: 'manual'`: what answered
+        // is not the gateway, so its answer is not used.
+        await response.body?.cancel();
+        throw new NexusUnexpectedError(
+          `the fetch given to NexusClient followed a redirect away from ${settings.origin}; ` +
+            "it must keep redirect: 'manual'",
+        );
+      }
       answer = {
         status: response.status,
         statusText: response.statusText,

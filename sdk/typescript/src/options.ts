@@ -6,7 +6,9 @@
  * is given they are read from `NEXUS_AGENT_KEY` and `NEXUS_API_KEY`, so agent
  * code never has to carry a key in source. Giving both is refused: the gateway
  * would act on the admin key, and an agent silently running with admin rights
- * is the mistake to prevent. The same rules as the Python SDK's `_options.py`.
+ * is the mistake to prevent. Plain `http://` is accepted only to this machine:
+ * a key sent in clear elsewhere is readable on the way. The same rules as the
+ * Python SDK's `_options.py`.
  */
 
 export const AGENT_KEY_ENV = 'NEXUS_AGENT_KEY';
@@ -25,7 +27,8 @@ export interface NexusClientOptions {
   /**
    * Send through this `fetch` instead of the global one (a proxy's dispatcher,
    * mTLS, instrumentation). It is given `redirect: 'manual'` and must keep it:
-   * following a redirect would send the caller's key elsewhere.
+   * following a redirect would send the caller's key elsewhere, and an answer
+   * it reached through one is refused.
    */
   readonly fetch?: typeof globalThis.fetch | undefined;
 }
@@ -109,6 +112,12 @@ function parseGatewayUrl(gatewayUrl: unknown): URL {
   if (!url.hostname) {
     throw new TypeError('gatewayUrl must be an http:// or https:// URL with a host');
   }
+  if (url.protocol === 'http:' && !isLoopbackHost(url.hostname)) {
+    throw new TypeError(
+      'gatewayUrl must use https: plain http is allowed only to localhost, 127.0.0.0/8 or ::1, ' +
+        'because the key would travel unencrypted',
+    );
+  }
   if (url.search || url.hash || /[?#]/.test(gatewayUrl)) {
     throw new TypeError('gatewayUrl must not have a query or a fragment');
   }
@@ -117,6 +126,12 @@ function parseGatewayUrl(gatewayUrl: unknown): URL {
     throw new TypeError('gatewayUrl must not hold credentials; use agentKey or apiKey');
   }
   return url;
+}
+
+/** `localhost` or a loopback address, as the WHATWG URL parser writes a host. */
+function isLoopbackHost(hostname: string): boolean {
+  // IPv4 is always four decimal numbers there (127.1 becomes 127.0.0.1), IPv6 compressed.
+  return hostname === 'localhost' || hostname === '[::1]' || /^127(\.\d{1,3}){3}$/.test(hostname);
 }
 
 function fromEnvironment(name: string): string | undefined {

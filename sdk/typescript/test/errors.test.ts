@@ -286,6 +286,65 @@ test('an undocumented success or a redirect is unexpected, and a redirect is not
   assert.equal(followed, 0);
 });
 
+test('a redirect to another origin gets no key, even from a fetch that follows it', async () => {
+  // Another port is another origin: it records the headers of whatever reaches it.
+  const seen: Array<Record<string, unknown>> = [];
+  const elsewhere = await serve((request, response) => {
+    seen.push({ ...request.headers });
+    response.writeHead(200, { 'Content-Type': 'application/json' });
+    response.end('{"access_token": "from-elsewhere", "token_type": "Bearer"}');
+  });
+  const gateway = await serve((request, response) => {
+    response.writeHead(302, { Location: `${elsewhere.url}${request.url ?? '/'}` }).end();
+  });
+  try {
+    for (const key of [{ apiKey: 'nxa_admin-key' }, { agentKey: 'nxag_agent-key' }]) {
+      const plain = new NexusClient({ gatewayUrl: gateway.url, ...key });
+      await assert.rejects(plain.getTokenByConnectionId('conn_01HXYZ'), NexusUnexpectedError);
+    }
+    assert.deepEqual(seen, []);
+    // A fetch of the caller's that follows anyway: its answer is not taken for the gateway's.
+    const following = new NexusClient({
+      gatewayUrl: gateway.url,
+      apiKey: 'nxa_admin-key',
+      fetch: async (input, init) => fetch(input, { ...init, redirect: 'follow' }),
+    });
+    await assert.rejects(following.getTokenByConnectionId('conn_01HXYZ'), (error: unknown) => {
+      assert.ok(error instanceof NexusUnexpectedError);
+      assert.match(error.message, /followed a redirect/);
+      return true;
+    });
+  } finally {
+    await gateway.close();
+    await elsewhere.close();
+  }
+});
+
+test('plain http is refused to any host but this machine', () => {
+  for (const gatewayUrl of [
+    'http://nexus.example.com',
+    'http://10.0.0.8:8080',
+    'http://127.0.0.1.nip.io',
+    'http://[::ffff:127.0.0.1]:8080',
+    'http://localhost.example.com',
+  ]) {
+    assert.throws(() => new NexusClient({ gatewayUrl, agentKey: 'nxag_k' }), {
+      name: 'TypeError',
+      message: /https/,
+    });
+  }
+  for (const gatewayUrl of [
+    'http://127.0.0.1:8080',
+    'http://127.8.9.10',
+    'http://127.1',
+    'http://[::1]:8080',
+    'http://[0:0::1]',
+    'http://LOCALHOST',
+  ]) {
+    assert.equal(new NexusClient({ gatewayUrl, agentKey: 'nxag_k' }).gatewayUrl, gatewayUrl);
+  }
+});
+
 test('dot segments, empty ids and non-strings are refused before any request', async () => {
   const seen: string[] = [];
   const nexus = new NexusClient({

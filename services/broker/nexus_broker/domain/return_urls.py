@@ -4,10 +4,19 @@ An entry is ``scheme://host[:port]``; ``scheme://*.example.com`` also admits
 any subdomain (not the bare domain), and ``:*`` any port (for loopback dev).
 Anything else must match scheme, host
 and port exactly, so an open redirect through Nexus is impossible.
+
+A URL is judged as the browser that follows it parses it (the WHATWG URL
+Standard), not as ``urlsplit`` does where the two differ: for http(s) a
+backslash ends the host as ``/`` does (``https://evil.com\\.app.example.com``
+goes to ``evil.com``), tabs and newlines are removed anywhere, and a host may
+be percent-decoded or IDNA-mapped. Such URLs are refused outright rather than
+parsed twice: a return URL holds no whitespace, control character,
+backslash or user information, and its host is plain ASCII.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -17,19 +26,35 @@ __all__ = ["ReturnUrlPolicy", "append_query", "origin_of"]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # A host as a CSP source expression may hold it: a DNS name or an IP literal.
 _PLAIN_HOST = re.compile(r"[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\]")
+# WHATWG URL §4.4 removes tab and newline anywhere and strips C0 controls and
+# spaces at the ends, and for special schemes ends a host at a backslash as at
+# "/". Refusing them all leaves one reading of the URL.
+_UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f\\]")
+# scheme://host[:port] then the end or a path, query or fragment. No "@" can
+# precede the host, so user information (even empty) is refused.
+_AUTHORITY = re.compile(
+    r"(?P<scheme>https?)://(?P<host>[^/?#:@\[\]]+|\[[^/?#@\]]*\])"
+    r"(?::(?P<port>[0-9]{1,5}))?(?=[/?#]|$)",
+    re.IGNORECASE | re.ASCII,
+)
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
-    try:
-        parts = urlsplit(url)
-        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
-    except ValueError:
+    if _UNSAFE.search(url):
         return None
-    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or port is None:
+    found = _AUTHORITY.match(url)
+    if found is None:
         return None
-    if parts.username or parts.password:
+    scheme, host = found["scheme"].lower(), found["host"].lower()
+    port = int(found["port"]) if found["port"] else _DEFAULT_PORTS[scheme]
+    if not _PLAIN_HOST.fullmatch(host) or not 0 < port < 65536:
         return None
-    return parts.scheme, parts.hostname.lower(), port
+    if host.startswith("["):
+        try:
+            host = str(ipaddress.IPv6Address(host[1:-1]))
+        except ValueError:
+            return None
+    return scheme, host, port
 
 
 class ReturnUrlPolicy:
@@ -72,8 +97,6 @@ def origin_of(url: str) -> str:
     scheme, host, port = origin
     if ":" in host:
         host = f"[{host}]"
-    if not _PLAIN_HOST.fullmatch(host):
-        return ""
     return f"{scheme}://{host}" + ("" if port == _DEFAULT_PORTS[scheme] else f":{port}")
 
 

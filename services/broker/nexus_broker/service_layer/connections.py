@@ -395,18 +395,20 @@ async def _finish(
     status: str,
     error: str = "",
     confirmation: str | None = None,
+    claimed: bool = False,
     **stored: Any,
 ) -> Connection:
     """Consume the attempt and record the outcome in one transaction, so a
-    replayed state can never overwrite what the first use stored. An
-    unconfirmed outcome keeps its ``confirmation`` code's hash, and has until
+    replayed state can never overwrite what the first use stored; a
+    ``claimed`` attempt was consumed already, by ``_claim``. An unconfirmed
+    outcome keeps its ``confirmation`` code's hash, and has until
     ``pending_ttl`` from now to be confirmed."""
     pending_until = now + deps.pending_ttl if status == ConnectionStatus.UNCONFIRMED else None
     finished = replace(
         connection, status=status, updated_at=now, pending_until=pending_until, last_error=error
     )
     async with deps.uow() as uow:
-        if not await uow.attempts.consume(attempt.id, now):
+        if not claimed and not await uow.attempts.consume(attempt.id, now):
             raise StateInvalid(
                 "this authorization link was already used; start the connection again"
             )
@@ -426,6 +428,7 @@ async def _succeed(
     now: datetime,
     *,
     browser: bool,
+    claimed: bool = False,
     **stored: Any,
 ) -> tuple[Connection, str]:
     """Store what the provider or the user gave, and return where the browser
@@ -434,7 +437,13 @@ async def _succeed(
     finished may not be its user's (RFC 9700 §4.7)."""
     if not (browser and attempt.confirmation_required):
         activated = await _finish(
-            connection, attempt, deps, now, status=ConnectionStatus.ACTIVE, **stored
+            connection,
+            attempt,
+            deps,
+            now,
+            status=ConnectionStatus.ACTIVE,
+            claimed=claimed,
+            **stored,
         )
         return activated, _outcome_url(activated)
     confirmation = secrets.token_urlsafe(32)
@@ -445,6 +454,7 @@ async def _succeed(
         now,
         status=ConnectionStatus.UNCONFIRMED,
         confirmation=confirmation,
+        claimed=claimed,
         **stored,
     )
     return unconfirmed, append_query(
@@ -546,6 +556,7 @@ async def complete_authorization(response: AuthorizationResponse, deps: Connecti
             error="provider_endpoints_pending",
         )
         return _outcome_url(failed)
+    await _claim(attempt, deps, now)
     async with deps.uow() as uow:
         client = await client_credentials(uow, provider)
     try:
@@ -571,7 +582,13 @@ async def complete_authorization(response: AuthorizationResponse, deps: Connecti
             "token_exchange_failed" if isinstance(exc, TokenEndpointError) else "invalid_id_token"
         )
         failed = await _finish(
-            connection, attempt, deps, now, status=ConnectionStatus.FAILED, error=reason
+            connection,
+            attempt,
+            deps,
+            now,
+            status=ConnectionStatus.FAILED,
+            error=reason,
+            claimed=True,
         )
         return _outcome_url(failed)
     _, url = await _succeed(
@@ -585,9 +602,22 @@ async def complete_authorization(response: AuthorizationResponse, deps: Connecti
         deps,
         now,
         browser=True,
+        claimed=True,
         tokens=tokens,
     )
     return url
+
+
+async def _claim(attempt: Attempt, deps: ConnectionDeps, now: datetime) -> None:
+    """Consume the attempt, committed, before its code is redeemed: of
+    callbacks replayed at once by the bound browser only one gets past here,
+    so the code is sent to the token endpoint once (RFC 6749 §4.1.2, §10.5)."""
+    async with deps.uow() as uow:
+        if not await uow.attempts.consume(attempt.id, now):
+            raise StateInvalid(
+                "this authorization link was already used; start the connection again"
+            )
+        await uow.commit()
 
 
 @dataclass(frozen=True)

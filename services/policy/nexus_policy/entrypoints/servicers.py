@@ -111,12 +111,17 @@ def _change(request: agents_pb2.UpdateAgentRequest) -> agents.AgentChange:
         )
     if not paths:
         raise ValidationFailed("the update changes nothing", field="update_mask")
+    if "enabled" in paths and not given.HasField("enabled"):
+        # AIP-134 would write the field's default; for a switch that guards
+        # access, a value the caller did not send must not decide either way.
+        raise ValidationFailed(
+            "update_mask names enabled but the agent gives no enabled value; send true or false",
+            field="agent.enabled",
+        )
     return agents.AgentChange(
         description=given.description if "description" in paths else None,
         allowed_scopes=tuple(given.allowed_scopes) if "allowed_scopes" in paths else None,
-        enabled=(given.enabled if given.HasField("enabled") else True)
-        if "enabled" in paths
-        else None,
+        enabled=given.enabled if "enabled" in paths else None,
         set_bindings="bindings" in paths,
         bindings=_bindings(given),
     )
