@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from nexus_common import ChangeListener, LoadingCache
+from psycopg.conninfo import conninfo_to_dict
 
 from tests.support.tcp_proxy import TcpProxy
 
@@ -177,3 +178,16 @@ async def test_a_listener_whose_connection_goes_silent_reports_a_gap_and_listens
             assert seen.notices == [("nexus_test", "connection:c1")]
         finally:
             await listener.close()
+
+
+def test_the_listeners_connection_finds_a_dead_peer_unless_its_url_says_otherwise() -> None:
+    from nexus_common._listen import _conninfo
+
+    options = conninfo_to_dict(_conninfo("postgresql+psycopg://nexus@db:5432/nexus"))
+    assert options["keepalives"] == "1" and options["tcp_user_timeout"] == "10000"
+    assert options["application_name"] == "nexus change listener"
+    assert (options["host"], options["dbname"]) == ("db", "nexus")
+    chosen = conninfo_to_dict(
+        _conninfo("postgresql://nexus@db/nexus?keepalives_idle=30&application_name=mine")
+    )
+    assert (chosen["keepalives_idle"], chosen["application_name"]) == ("30", "mine")

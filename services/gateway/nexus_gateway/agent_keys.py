@@ -13,13 +13,15 @@ change.
 A key the policy service refused as unknown is remembered too, for a short
 while (``unknown_key_seconds``), so that a client repeating a wrong key, or
 spraying them, costs the policy service one lookup per key and interval, not
-one per request. Any agent change forgets every refusal (the change may be
+one per request; calls for one key that arrive while it is being asked about
+share that one question. Any agent change forgets every refusal (the change may be
 the key that was just made), as does a gap in the feed, and a refusal that
 raced a change is not remembered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Callable
@@ -109,6 +111,10 @@ class AgentKeys:
         self._digests: dict[str, set[bytes]] = {}
         self._asking: dict[bytes, int] = {}
         self._indexed = 0
+        # The policy call running for each key: callers arriving meanwhile share
+        # it, so that a burst of one wrong key costs one lookup too. A change
+        # heard forgets them, and whoever asks after it asks again.
+        self._in_flight: dict[bytes, asyncio.Future[_Holder]] = {}
 
     async def agent_of(self, key: str) -> str:
         """The agent holding ``key``; raises the policy service's refusal."""
@@ -127,7 +133,7 @@ class AgentKeys:
         self._asking[digest] = self._asking.get(digest, 0) + 1
         epoch = self._refusals.epoch
         try:
-            holder = await self._ask(key)
+            holder = await self._ask_once(digest, key)
         except RemoteError as error:
             if error.reason == Unauthenticated.reason:
                 self._refusals.keep(digest, str(error), epoch)
@@ -145,6 +151,21 @@ class AgentKeys:
             held.add(digest)
             self._indexed += 1
         return holder
+
+    async def _ask_once(self, digest: bytes, key: str) -> _Holder:
+        asked = self._in_flight.get(digest)
+        if asked is None:
+            asked = self._in_flight[digest] = asyncio.ensure_future(self._ask(key))
+
+            def done(future: asyncio.Future[_Holder]) -> None:
+                if self._in_flight.get(digest) is future:
+                    del self._in_flight[digest]
+                if not future.cancelled():
+                    future.exception()  # seen here, when every caller stopped waiting
+
+            asked.add_done_callback(done)
+        # Shielded: one caller giving up does not end the call the others wait on.
+        return await asyncio.shield(asked)
 
     def _forget(self) -> None:
         self._digests.clear()
@@ -167,13 +188,16 @@ class AgentKeys:
         self._indexed -= len(digests)
         self._cache.invalidate(*digests, *self._asking)
         self._refusals.forget()
+        self._in_flight.clear()
 
     def suspend(self) -> None:
         self._cache.suspend()
         self._refusals.suspend()
+        self._in_flight.clear()
         self._forget()
 
     def resume(self) -> None:
         self._cache.resume()
         self._refusals.resume()
+        self._in_flight.clear()
         self._forget()
