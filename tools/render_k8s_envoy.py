@@ -43,6 +43,8 @@ __all__ = [
     "ADMIN_PORT",
     "DESCRIPTOR",
     "GATEWAY_CA",
+    "GATEWAY_TLS",
+    "GRPC_CLUSTER",
     "HEALTH_PORT",
     "OPENAPI",
     "PUBLIC_PORT",
@@ -107,7 +109,7 @@ HEALTH_LISTENER = f"""\
 
 """
 
-_GRPC_CLUSTER = """\
+GRPC_CLUSTER = """\
         explicit_http_config:
           http2_protocol_options: {}
     load_assignment:
@@ -168,7 +170,7 @@ _REPLACEMENTS = (
         f"socket_address: {{ address: {GATEWAY_HOST}, port_value: 8081 }}",
     ),
     ("\n  clusters:\n", 1, f"\n{HEALTH_LISTENER}  clusters:\n"),
-    (_GRPC_CLUSTER, 1, GATEWAY_TLS),
+    (GRPC_CLUSTER, 1, GATEWAY_TLS),
 )
 
 
