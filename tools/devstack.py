@@ -3,6 +3,10 @@
 ``make run`` calls this with fixed ports; the end-to-end tests call
 ``Stack`` with free ports. Dev secrets (admin key, internal token, keyring)
 are generated once into the data directory, which git ignores.
+
+``make run`` speaks plaintext between the services. ``Stack(tls=True)`` runs them
+as deploy/k8s does: mutual TLS with a certificate each (a dev CA made into the
+data directory by ``tools.devcerts``), and TLS from Envoy to the gateway.
 """
 
 from __future__ import annotations
@@ -105,9 +109,14 @@ def dev_secrets(data_dir: Path) -> dict[str, str]:
     return values
 
 
-def render_envoy_config(ports: Mapping[str, int], *, rate_limited: bool = True) -> str:
-    """envoy.yaml on these ports; without its rate limits for a bench, which loads one
-    address and one key far past them on purpose."""
+def render_envoy_config(
+    ports: Mapping[str, int], gateway_ca: Path | None = None, *, rate_limited: bool = True
+) -> str:
+    """envoy/envoy.yaml on ``ports``; with ``gateway_ca``, gRPC to the gateway is TLS
+    checked against it, exactly as deploy/k8s has it; without its rate limits for a
+    bench, which loads one address and one key far past them on purpose."""
+    from tools import render_k8s_envoy
+
     text = ENVOY_CONFIG.read_text()
     for name, default in ENVOY_PORTS.items():
         marker = f"port_value: {default}"
@@ -119,6 +128,11 @@ def render_envoy_config(ports: Mapping[str, int], *, rate_limited: bool = True) 
             raise RuntimeError(f"envoy.yaml must contain {RATE_LIMITS_ON!r} exactly once")
         off = RATE_LIMITS_ON.replace("numerator: 100", "numerator: 0")
         text = text.replace(RATE_LIMITS_ON, off)
+    if gateway_ca is not None:
+        text = text.replace(
+            render_k8s_envoy.GRPC_CLUSTER,
+            render_k8s_envoy.GATEWAY_TLS.replace(render_k8s_envoy.GATEWAY_CA, str(gateway_ca)),
+        )
     return text
 
 
@@ -130,6 +144,7 @@ class Stack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # Envoy's per-key and per-address limits (a bench turns them off).
     rate_limited: bool = True
+    tls: bool = False
 
     @property
     def admin_key(self) -> str:
@@ -165,10 +180,27 @@ class Stack:
             **self.env,
         }
 
+    @property
+    def certs(self) -> Path:
+        return self.data_dir / "certs"
+
     def _own_env(self, service: str, env: Mapping[str, str]) -> Mapping[str, str]:
-        """The shared settings, plus the metrics address when this service has one."""
+        """The shared settings, plus the metrics address when this service has one,
+        and its own certificate with ``tls``."""
+        own = dict(env)
         port = self.ports.get(f"{service}_metrics")
-        return env if port is None else {**env, "NEXUS_METRICS_LISTEN": f"127.0.0.1:{port}"}
+        if port is not None:
+            own["NEXUS_METRICS_LISTEN"] = f"127.0.0.1:{port}"
+        if self.tls:
+            cert, key = str(self.certs / f"{service}.pem"), str(self.certs / f"{service}-key.pem")
+            own.update(
+                NEXUS_TLS_CERT_FILE=cert,
+                NEXUS_TLS_KEY_FILE=key,
+                NEXUS_TLS_CA_FILE=str(self.certs / "ca.pem"),
+            )
+            if service == "gateway":
+                own.update(NEXUS_GATEWAY_TLS_CERT_FILE=cert, NEXUS_GATEWAY_TLS_KEY_FILE=key)
+        return own
 
     def metrics_url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.ports[f'{service}_metrics']}/metrics"
@@ -200,8 +232,21 @@ class Stack:
             time.sleep(0.1)
         raise RuntimeError(f"{name} did not become ready:\n{self.log_tail(name)}")
 
-    def _grpc_ready(self, port: int) -> bool:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    def _channel(self, port: int, service: str) -> grpc.Channel:
+        """A channel to ``service``, presenting the gateway's certificate with ``tls``."""
+        if not self.tls:
+            return grpc.insecure_channel(f"127.0.0.1:{port}")
+        credentials = grpc.ssl_channel_credentials(
+            (self.certs / "ca.pem").read_bytes(),
+            (self.certs / "gateway-key.pem").read_bytes(),
+            (self.certs / "gateway.pem").read_bytes(),
+        )
+        return grpc.secure_channel(
+            f"127.0.0.1:{port}", credentials, options=[("grpc.ssl_target_name_override", service)]
+        )
+
+    def _grpc_ready(self, port: int, service: str) -> bool:
+        with self._channel(port, service) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=1
@@ -224,12 +269,22 @@ class Stack:
         env = self._service_env()
         self.env = {key: env[key] for key in env if key.startswith("NEXUS_")}
         python = sys.executable
+        if self.tls:
+            from tools.devcerts import write_set
+
+            write_set(self.certs)
         try:
             for name in SERVICES:
                 self._spawn(name, [python, "-m", f"nexus_{name}"], self._own_env(name, env))
-                self._wait(name, functools.partial(self._grpc_ready, self.ports[name]))
+                self._wait(name, functools.partial(self._grpc_ready, self.ports[name], name))
             config = self.data_dir / "envoy.yaml"
-            config.write_text(render_envoy_config(self.ports, rate_limited=self.rate_limited))
+            config.write_text(
+                render_envoy_config(
+                    self.ports,
+                    self.certs / "ca.pem" if self.tls else None,
+                    rate_limited=self.rate_limited,
+                )
+            )
             envoy = str(Path(python).parent / "envoy")
             self._spawn(
                 "envoy",

@@ -11,7 +11,10 @@ drift; only what differs in a cluster changes:
 * the descriptor and the OpenAPI document are read from the emptyDir the init
   container fills from the Nexus image (``/descriptor/nexus.pb``, ``/descriptor/openapi.json``);
 * a small listener on :9902 exposes only admin's ``GET /ready`` (the probes)
-  and ``GET /stats/prometheus``.
+  and ``GET /stats/prometheus``;
+* gRPC to the gateway is TLS: Envoy checks the gateway's certificate against the
+  services' CA (``/etc/nexus/tls/ca.crt``, from Secret ``nexus-tls-envoy``), so the admin
+  and agent keys it forwards do not cross the pod network in clear.
 
 ``python tools/render_k8s_envoy.py`` rewrites the file; ``--check`` exits 1
 when the committed file is stale (the deploy tests run the same comparison).
@@ -32,10 +35,16 @@ GATEWAY_HOST = "gateway-headless"
 PUBLIC_PORT = 8080
 HEALTH_PORT = 9902
 ADMIN_PORT = 9901
+GATEWAY_CA = "/etc/nexus/tls/ca.crt"
+# The name the gateway's certificate carries (tools/devcerts: DNS SAN ``gateway``).
+GATEWAY_NAME = "gateway"
 
 __all__ = [
     "ADMIN_PORT",
     "DESCRIPTOR",
+    "GATEWAY_CA",
+    "GATEWAY_TLS",
+    "GRPC_CLUSTER",
     "HEALTH_PORT",
     "OPENAPI",
     "PUBLIC_PORT",
@@ -57,7 +66,9 @@ HEADER = f"""\
 #   * the descriptor is {DESCRIPTOR} and the OpenAPI document {OPENAPI}, copied from the
 #     Nexus image by an init container;
 #   * listener `envoy_health` on :{HEALTH_PORT} proxies only GET /ready (probes) and
-#     GET /stats/prometheus to the admin interface.
+#     GET /stats/prometheus to the admin interface;
+#   * cluster `gateway` speaks TLS, and accepts only a certificate for `{GATEWAY_NAME}` signed
+#     by {GATEWAY_CA} (Secret nexus-tls-envoy).
 """
 
 _HCM = (
@@ -98,6 +109,32 @@ HEALTH_LISTENER = f"""\
 
 """
 
+GRPC_CLUSTER = """\
+        explicit_http_config:
+          http2_protocol_options: {}
+    load_assignment:
+      cluster_name: gateway
+"""
+
+GATEWAY_TLS = f"""\
+        explicit_http_config:
+          http2_protocol_options: {{}}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: {GATEWAY_NAME}
+        common_tls_context:
+          alpn_protocols: [h2]
+          validation_context:
+            trusted_ca: {{ filename: {GATEWAY_CA} }}
+            match_typed_subject_alt_names:
+            - san_type: DNS
+              matcher: {{ exact: {GATEWAY_NAME} }}
+    load_assignment:
+      cluster_name: gateway
+"""
+
 ADMIN_CLUSTER = f"""\
   - name: envoy_admin
     type: STATIC
@@ -133,6 +170,7 @@ _REPLACEMENTS = (
         f"socket_address: {{ address: {GATEWAY_HOST}, port_value: 8081 }}",
     ),
     ("\n  clusters:\n", 1, f"\n{HEALTH_LISTENER}  clusters:\n"),
+    (GRPC_CLUSTER, 1, GATEWAY_TLS),
 )
 
 

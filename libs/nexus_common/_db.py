@@ -142,11 +142,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 @dataclass(frozen=True)
 class Migrations:
-    """One service's Alembic scripts and the version table they record in.
-    Each service has its own version table, so services may share one database."""
+    """One service's Alembic scripts, the version table they record in, and the
+    tables they make. Each service has its own version table, so services may
+    share one database."""
 
     script_location: Path
     version_table: str
+    tables: tuple[str, ...] = ()
 
     def _config(self) -> Config:
         config = Config()
@@ -182,14 +184,39 @@ class Migrations:
             log.warning("schema is at %s, not at %s", sorted(current) or "nothing", sorted(heads))
         return current == heads
 
-    def command(self, args: list[str], url: str) -> int:
-        """``migrate`` upgrades and exits 0; ``migrate --check`` exits 0 only
+    def grant(self, url: str, role: str) -> None:
+        """Give ``role``, the service's run-time PostgreSQL role, what it needs of
+        this service's tables and no more: rows to read and write, and the
+        schema version to read (``migrate --check``). It owns nothing, so it
+        can alter or drop nothing, and it sees no other service's tables."""
+        engine = sa_create_engine(sync_url(url), poolclass=NullPool)
+        try:
+            with engine.begin() as connection:
+                quote = connection.dialect.identifier_preparer.quote
+                grantee = quote(role)
+                tables = ", ".join(quote(table) for table in self.tables)
+                connection.exec_driver_sql(
+                    f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE {tables} TO {grantee}"
+                )
+                connection.exec_driver_sql(
+                    f"GRANT SELECT ON TABLE {quote(self.version_table)} TO {grantee}"
+                )
+        finally:
+            engine.dispose()
+
+    def command(self, args: list[str], url: str, runtime_role: str = "") -> int:
+        """``migrate`` upgrades, grants ``runtime_role`` (PostgreSQL) its rights
+        on this service's tables, and exits 0; ``migrate --check`` exits 0 only
         when the schema is already at head."""
         if args == ["--check"]:
             return 0 if self.is_current(url) else 1
         if args:
             raise SystemExit("usage: migrate [--check]")
         self.upgrade(url)
+        if runtime_role:
+            if not sync_url(url).startswith("postgresql"):
+                raise SystemExit("a run-time database role needs PostgreSQL")
+            self.grant(url, runtime_role)
         return 0
 
 

@@ -13,6 +13,7 @@ import yaml
 
 from tests.deploy import k8s
 from tools import render_k8s_envoy as render_tool
+from tools.devcerts import write_set
 
 
 def _config(text: str) -> dict[str, Any]:
@@ -37,11 +38,13 @@ def _validate(envoy: Path, config_text: str, tmp_path: Path) -> subprocess.Compl
     shutil.copyfile(k8s.ROOT / "envoy" / "nexus.pb", descriptor)
     openapi = descriptor.parent / "openapi.json"
     shutil.copyfile(k8s.ROOT / "envoy" / "openapi.json", openapi)
+    ca = write_set(tmp_path / "certs", ("gateway",)).pem
+    (tmp_path / "ca.crt").write_bytes(ca)
     config = tmp_path / "envoy.yaml"
     config.write_text(
-        config_text.replace(render_tool.DESCRIPTOR, str(descriptor)).replace(
-            render_tool.OPENAPI, str(openapi)
-        )
+        config_text.replace(render_tool.DESCRIPTOR, str(descriptor))
+        .replace(render_tool.OPENAPI, str(openapi))
+        .replace(render_tool.GATEWAY_CA, str(tmp_path / "ca.crt"))
     )
     (container,) = k8s.pod("envoy").containers
     args = list(container["args"])
@@ -106,7 +109,9 @@ def test_k8s_envoy_reaches_every_ready_gateway_pod_through_dns() -> None:
         assert address["port_value"] in {p["port"] for p in service["spec"]["ports"]}
         assert address["port_value"] in gateway_ports
         assert cluster[name]["dns_lookup_family"] == "V4_PREFERRED"
-        changed = {"type", "load_assignment", "dns_lookup_family"}
+        # Only gRPC to the gateway gains TLS; the browser pages stay plain HTTP in the pod.
+        changed = {"type", "load_assignment", "dns_lookup_family", "transport_socket"}
+        assert ("transport_socket" in cluster[name]) == (name == "gateway")
         rest = {k: v for k, v in cluster[name].items() if k not in changed}
         assert rest == {k: v for k, v in dev[name].items() if k not in changed}
 

@@ -452,13 +452,22 @@ def test_replicas_never_migrate_and_wait_for_the_schema(service: str) -> None:
     assert k8s.config_env().get("NEXUS_AUTO_MIGRATE", "false") == "false"
     (wait,) = pod.init_containers
     assert f"python -m nexus_{service} migrate --check" in " ".join(wait["command"])
-    assert {"DATABASE_URL"} <= k8s.provided(wait)
+    # The run-time role reads the schema's version; the migration role is the Job's alone.
+    own_url = f"NEXUS_{service.upper()}_DATABASE_URL"
+    assert {own_url} <= k8s.provided(wait) and {own_url} <= k8s.provided(container)
+    assert "DATABASE_URL" not in k8s.env_names(wait) | k8s.env_names(container)
+    assert k8s.config_env()[f"NEXUS_{service.upper()}_DATABASE_ROLE"] == f"nexus_{service}"
 
 
 def test_gateway_and_envoy_have_no_database() -> None:
     for name in ("gateway", "envoy"):
         for container in k8s.pod(name).all_containers:
-            assert not {"DATABASE_URL", "NEXUS_KEYRING"} & k8s.env_names(container)
+            assert not {
+                "DATABASE_URL",
+                "NEXUS_BROKER_DATABASE_URL",
+                "NEXUS_POLICY_DATABASE_URL",
+                "NEXUS_KEYRING",
+            } & k8s.env_names(container)
 
 
 def test_one_job_runs_every_migration_one_after_the_other() -> None:

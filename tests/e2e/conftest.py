@@ -63,10 +63,18 @@ def stack_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+def stack_tls() -> bool:
+    """Whether a test module's stack runs as deploy/k8s does: mutual TLS between the
+    services, TLS from Envoy to the gateway."""
+    return False
+
+
+@pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory,
     backend: BackendAuthServer,
     stack_env: dict[str, str],
+    stack_tls: bool,
 ) -> Iterator[Stack]:
     url, drop = fresh_database(postgres_url())
     ports = {name: free_port() for name in DEV_PORTS}
@@ -83,6 +91,7 @@ def stack(
             "NEXUS_FORCED_REFRESH_INTERVAL_SECONDS": "0",
             **stack_env,
         },
+        tls=stack_tls,
     ).start()
     try:
         yield running

@@ -12,6 +12,8 @@ from nexus_common import (
     Caller,
     CallerProofInvalid,
     CallerProofs,
+    ServiceIdentityRequired,
+    ServiceMethodNotAllowed,
     Unauthenticated,
     admin_authenticator,
     internal_authenticator,
@@ -91,3 +93,18 @@ def test_a_proof_expires_and_the_previous_token_still_verifies() -> None:
     now[0] += 61
     with pytest.raises(CallerProofInvalid):
         rotated.verify("admin:ops", "/m", proof)
+
+
+async def test_with_mutual_tls_a_call_needs_a_service_certificate_allowed_its_method() -> None:
+    authenticate = internal_authenticator(
+        ApiKeySet({"internal": "tok"}), CallerProofs("tok"), mutual_tls=True
+    )
+    token = {INTERNAL_TOKEN_HEADER: "tok"}
+    end_sessions = "/nexus.broker.v1.SessionService/EndAgentSessions"
+    assert await authenticate(end_sessions, token, "policy") == Caller("service", "policy")
+    with pytest.raises(ServiceIdentityRequired):
+        await authenticate(end_sessions, token, None)
+    with pytest.raises(ServiceMethodNotAllowed):
+        await authenticate(end_sessions, token, "gateway")
+    with pytest.raises(Unauthenticated):
+        await authenticate(end_sessions, {}, "policy")

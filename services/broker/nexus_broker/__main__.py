@@ -33,7 +33,7 @@ from .server import MIGRATIONS, BrokerCore, create_broker, create_core, migrate_
 from .service_layer.connections import ConnectionDeps, expire_unconfirmed
 from .service_layer.providers import reseal_secrets
 from .service_layer.sessions import purge_sessions
-from .settings import BrokerSettings
+from .settings import BrokerSettings, database_role
 
 log = logging.getLogger("nexus.broker")
 
@@ -112,7 +112,9 @@ def _migrate(args: list[str]) -> int:
     # Only the database URL: the migration job is given no other secret.
     env = Env(os.environ)
     configure_logging("broker", env.text("NEXUS_LOG_LEVEL", "INFO"))
-    return MIGRATIONS.command(args, env.database_url("NEXUS_BROKER_DATABASE_URL"))
+    return MIGRATIONS.command(
+        args, env.database_url("NEXUS_BROKER_DATABASE_URL"), database_role(os.environ)
+    )
 
 
 def main(argv: list[str]) -> None:

@@ -32,6 +32,7 @@ from nexus_common import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from .adapters import orm
 from .adapters.credential_check import CredentialChecker
 from .adapters.grant_rows import GrantRows
 from .adapters.group_commit import GroupCommit
@@ -57,7 +58,9 @@ from .settings import BrokerSettings
 
 __all__ = ["Broker", "BrokerCore", "create_broker", "create_core", "migrate_database"]
 
-MIGRATIONS = Migrations(Path(__file__).parent / "migrations", "alembic_version_broker")
+MIGRATIONS = Migrations(
+    Path(__file__).parent / "migrations", "alembic_version_broker", tuple(orm.metadata.tables)
+)
 SERVICE_NAMES = (
     providers_pb2.DESCRIPTOR.services_by_name["ProviderRegistryService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditLogService"].full_name,

@@ -20,7 +20,13 @@ from nexus_common import (
 from .domain.connections import RefreshPolicy
 from .domain.sessions import SessionLimits
 
-__all__ = ["BrokerSettings"]
+__all__ = ["BrokerSettings", "database_role"]
+
+
+def database_role(environ: Mapping[str, str]) -> str:
+    """``NEXUS_BROKER_DATABASE_ROLE``: the PostgreSQL role the broker runs as, to
+    which ``migrate`` grants the broker's tables (empty: grant nothing)."""
+    return Env(environ).text("NEXUS_BROKER_DATABASE_ROLE", "")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import sys
 from nexus_common import Env, configure_logging, run_service, run_until_signalled, tracing
 
 from .server import MIGRATIONS, create_policy, migrate_database
-from .settings import PolicySettings
+from .settings import PolicySettings, database_role
 
 log = logging.getLogger("nexus.policy")
 
@@ -50,7 +50,9 @@ def _migrate(args: list[str]) -> int:
     # Only the database URL: the migration job is given no other secret.
     env = Env(os.environ)
     configure_logging("policy", env.text("NEXUS_LOG_LEVEL", "INFO"))
-    return MIGRATIONS.command(args, env.database_url("NEXUS_POLICY_DATABASE_URL"))
+    return MIGRATIONS.command(
+        args, env.database_url("NEXUS_POLICY_DATABASE_URL"), database_role(os.environ)
+    )
 
 
 def main(argv: list[str]) -> None:

@@ -22,6 +22,7 @@ from nexus_common import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from .adapters import orm
 from .adapters.backend_auth import BackendAuthClient, LocalVerification
 from .adapters.broker_sessions import BrokerSessions
 from .adapters.repository import PolicyUnitOfWork
@@ -35,7 +36,9 @@ from .settings import BackendAuthSettings, PolicySettings
 
 __all__ = ["AGENTS_CHANNEL", "Policy", "create_policy", "migrate_database"]
 
-MIGRATIONS = Migrations(Path(__file__).parent / "migrations", "alembic_version_policy")
+MIGRATIONS = Migrations(
+    Path(__file__).parent / "migrations", "alembic_version_policy", tuple(orm.metadata.tables)
+)
 # What the agents' triggers NOTIFY (migration 0004), with the agent's id.
 AGENTS_CHANNEL = "nexus_agents"
 SERVICE_NAMES = (

@@ -21,7 +21,13 @@ from nexus_common import (
     ServiceTls,
 )
 
-__all__ = ["BackendAuthSettings", "PolicySettings"]
+__all__ = ["BackendAuthSettings", "PolicySettings", "database_role"]
+
+
+def database_role(environ: Mapping[str, str]) -> str:
+    """``NEXUS_POLICY_DATABASE_ROLE``: the PostgreSQL role the policy service runs
+    as, to which ``migrate`` grants its tables (empty: grant nothing)."""
+    return Env(environ).text("NEXUS_POLICY_DATABASE_ROLE", "")
 
 
 @dataclass(frozen=True)

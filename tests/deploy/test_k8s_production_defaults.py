@@ -154,9 +154,9 @@ def test_every_service_runs_mutual_tls_with_its_own_certificate(service: str) ->
         assert mount["readOnly"] is True
 
 
-def test_internal_services_speak_no_cleartext_http2_to_their_clients() -> None:
+def test_no_nexus_service_speaks_cleartext_http2_to_its_clients() -> None:
     for doc in rendered():
-        if doc["kind"] == "Service" and doc["metadata"]["name"] in {"broker", "policy"}:
+        if doc["kind"] == "Service" and doc["metadata"]["name"] != "envoy":
             for port in doc["spec"]["ports"]:
                 assert port.get("appProtocol") != "kubernetes.io/h2c", doc["metadata"]["name"]
 
@@ -164,11 +164,17 @@ def test_internal_services_speak_no_cleartext_http2_to_their_clients() -> None:
 def test_the_example_tls_secrets_hold_no_values_and_name_what_the_pods_mount() -> None:
     examples = k8s.load(k8s.EXAMPLE_TLS)
     assert {doc["metadata"]["name"] for doc in examples} == {
-        f"nexus-tls-{service}" for service in k8s.SERVICES
+        f"nexus-tls-{service}" for service in (*k8s.SERVICES, "envoy")
     }
     for doc in examples:
         assert "data" not in doc
-        assert doc["stringData"] == {"tls.crt": "", "tls.key": "", "ca.crt": ""}
+        # Envoy holds the CA alone: it presents no certificate.
+        keys = (
+            {"ca.crt"}
+            if doc["metadata"]["name"] == "nexus-tls-envoy"
+            else {"tls.crt", "tls.key", "ca.crt"}
+        )
+        assert doc["stringData"] == dict.fromkeys(keys, "")
     assert not [d for d in rendered() if d["kind"] == "Secret"], "the base applies no Secret"
     mounted = {
         PurePosixPath(value).name
@@ -177,3 +183,26 @@ def test_the_example_tls_secrets_hold_no_values_and_name_what_the_pods_mount() -
         if name in TLS_SETTINGS
     }
     assert mounted == {"tls.crt", "tls.key", "ca.crt"}
+
+
+def test_envoy_reaches_the_gateway_over_tls_it_checks() -> None:
+    (envoy_config,) = (
+        yaml.safe_load(data["envoy.yaml"])
+        for name, data in _config_maps().items()
+        if name.startswith("envoy-config-")
+    )
+    (gateway,) = (c for c in envoy_config["static_resources"]["clusters"] if c["name"] == "gateway")
+    context = gateway["transport_socket"]["typed_config"]
+    validation = context["common_tls_context"]["validation_context"]
+    assert validation["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": "gateway"}}
+    ]
+    ca = PurePosixPath(validation["trusted_ca"]["filename"])
+    spec = _pod_specs()["envoy"]
+    (container,) = spec["containers"]
+    (mount,) = (m for m in container["volumeMounts"] if PurePosixPath(m["mountPath"]) in ca.parents)
+    (volume,) = (v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "nexus-tls-envoy"
+    gateway_env = effective_env(_pod_specs()["gateway"]["containers"][0])
+    assert isinstance(gateway_env.get("NEXUS_GATEWAY_TLS_CERT_FILE"), str)
+    assert isinstance(gateway_env.get("NEXUS_GATEWAY_TLS_KEY_FILE"), str)
