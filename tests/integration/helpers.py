@@ -10,9 +10,11 @@ import pytest
 import sqlalchemy as sa
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from nexus.broker.v1 import providers_pb2
 from nexus_common import sync_url
 
 from tests.conftest import ADMIN_KEY
+from tests.support.rotating_provider import RotatingProvider
 
 ADMIN = (("x-api-key", ADMIN_KEY),)
 
@@ -37,3 +39,18 @@ def peek(database_url: str) -> sa.Engine:
     url = sync_url(database_url)
     timeout = {"timeout": 30} if url.startswith("sqlite") else {}
     return sa.create_engine(url, connect_args=timeout)
+
+
+def rotating(provider: RotatingProvider, client_secret: str = "s3cret") -> providers_pb2.Provider:  # noqa: S107 - the tests' provider
+    """The provider ``rotating``, served by ``provider``; a public client when
+    ``client_secret`` is empty."""
+    return providers_pb2.Provider(
+        name="rotating",
+        auth_type="oauth2",
+        client_id="nexus-client",
+        client_secret=client_secret,
+        auth_url=f"{provider.url}/authorize",
+        token_url=f"{provider.url}/token",
+        revocation_url=f"{provider.url}/revoke",
+        scopes=["contacts:read"],
+    )

@@ -41,7 +41,7 @@ from nexus_common import (
 )
 
 from tests.conftest import INTERNAL_TOKEN, Services
-from tests.integration.helpers import ADMIN, expect_error, peek
+from tests.integration.helpers import ADMIN, expect_error, peek, rotating
 from tests.integration.test_connections import (
     browse,
     connections,
@@ -75,16 +75,7 @@ async def connect(services: Services, app: AppServer, provider: RotatingProvider
     with contextlib.suppress(grpc.aio.AioRpcError):  # registered by an earlier call
         await register(
             services,
-            providers_pb2.Provider(
-                name="rotating",
-                auth_type="oauth2",
-                client_id="nexus-client",
-                client_secret="s3cret",
-                auth_url=f"{provider.url}/authorize",
-                token_url=f"{provider.url}/token",
-                revocation_url=f"{provider.url}/revoke",
-                scopes=["contacts:read"],
-            ),
+            rotating(provider),
         )
     started = await start(services, f"{app.url}/done", provider_name="rotating")
     landing = await browse(started.auth_url)

@@ -26,7 +26,7 @@ from nexus.broker.v1 import audit_pb2, providers_pb2
 from nexus.gateway.v1 import gateway_pb2_grpc
 
 from tests.conftest import ADMIN_KEY, Services
-from tests.integration.helpers import ADMIN, expect_error, peek
+from tests.integration.helpers import ADMIN, expect_error, peek, rotating
 from tests.integration.test_connections import (
     browse,
     force_refresh,
@@ -71,19 +71,9 @@ def elsewhere() -> Iterator[RotatingProvider]:
 
 
 def _provider(home: RotatingProvider, *, public: bool) -> providers_pb2.Provider:
-    provider = providers_pb2.Provider(
-        name="rotating",
-        auth_type="oauth2",
-        client_id="nexus-client",
-        auth_url=f"{home.url}/authorize",
-        token_url=f"{home.url}/token",
-        revocation_url=f"{home.url}/revoke",
-        scopes=["contacts:read"],
-    )
+    provider = rotating(home, "" if public else "s3cret")
     if public:
         provider.params.update({"token_endpoint_auth_method": "none"})
-    else:
-        provider.client_secret = "s3cret"
     return provider
 
 

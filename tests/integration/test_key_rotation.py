@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 import sqlalchemy as sa
-from nexus.broker.v1 import providers_pb2
 from nexus_broker.domain.connections import Connection, ConnectionStatus, Lease, TokenSet
 from nexus_broker.server import BrokerCore, create_core
 from nexus_broker.service_layer.tokens import release_token
@@ -29,7 +28,7 @@ from nexus_broker.settings import BrokerSettings
 from nexus_common import Keyring, generate_key_spec
 
 from tests.conftest import Services
-from tests.integration.helpers import peek
+from tests.integration.helpers import peek, rotating
 from tests.integration.test_connections import force_refresh, register
 from tests.support.postgres import fresh_database, postgres_url
 from tests.support.rotating_provider import RotatingProvider
@@ -83,16 +82,7 @@ async def seed(services: Services, provider: RotatingProvider, count: int) -> li
     the second, is due for the refresh loop."""
     registered = await register(
         services,
-        providers_pb2.Provider(
-            name="rotating",
-            auth_type="oauth2",
-            client_id="nexus-client",
-            client_secret="s3cret",
-            auth_url=f"{provider.url}/authorize",
-            token_url=f"{provider.url}/token",
-            revocation_url=f"{provider.url}/revoke",
-            scopes=["contacts:read"],
-        ),
+        rotating(provider),
     )
     now = datetime.now(UTC)
     ids = sorted(str(uuid.uuid4()) for _ in range(count))

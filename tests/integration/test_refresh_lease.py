@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import sqlalchemy as sa
 from google.protobuf import json_format
-from nexus.broker.v1 import audit_pb2, connections_pb2, providers_pb2
+from nexus.broker.v1 import audit_pb2, connections_pb2
 from nexus.gateway.v1 import gateway_pb2_grpc
 from nexus_broker.server import BrokerCore, create_core
 from nexus_broker.service_layer.tokens import release_token
@@ -28,7 +28,7 @@ from nexus_broker.settings import BrokerSettings
 from nexus_common import generate_key_spec
 
 from tests.conftest import Services
-from tests.integration.helpers import ADMIN, peek
+from tests.integration.helpers import ADMIN, peek, rotating
 from tests.integration.test_connections import (
     browse,
     check,
@@ -91,16 +91,7 @@ async def connect(services: Services, app: AppServer, provider: RotatingProvider
     the expiry skew) and after 1 s for the refresh loop (its half-life)."""
     await register(
         services,
-        providers_pb2.Provider(
-            name="rotating",
-            auth_type="oauth2",
-            client_id="nexus-client",
-            client_secret="s3cret",
-            auth_url=f"{provider.url}/authorize",
-            token_url=f"{provider.url}/token",
-            revocation_url=f"{provider.url}/revoke",
-            scopes=["contacts:read"],
-        ),
+        rotating(provider),
     )
     provider.expires_in = 2
     started = await start(services, f"{app.url}/done", provider_name="rotating")
