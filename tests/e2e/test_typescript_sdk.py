@@ -35,7 +35,7 @@ EXPECTED = {
     "connections.test.js": 8,
     "docs.test.js": 2,
     "errors.test.js": 18,
-    "sessions.test.js": 9,
+    "sessions.test.js": 10,
 }
 SUMMARY = re.compile(r"^# (tests|pass|fail|cancelled|skipped|todo) (\d+)$", re.MULTILINE)
 
@@ -143,6 +143,7 @@ def node_environment(
             permissions=["acme:gliding", "acme:treasury"],
             tenant_id="acme-eu",
             clearance_level="secret",
+            workspaces=["user_sarah"],
         ),
         "NEXUS_TS_UNPERMITTED_USER_TOKEN": backend.issue_token("bob", permissions=["acme:flaring"]),
     }

@@ -46,6 +46,15 @@ export interface AgentSessionRequest {
   readonly workspaceId?: string | undefined;
 }
 
+/** An agent session for an agent serving several signed-in users (an MCP server, say). */
+export interface OwnedAgentSessionRequest extends AgentSessionRequest {
+  /**
+   * The calling user's token, as BACKEND_AUTH_URL accepts it: the connection must then be
+   * that user's. The session still acts as the agent, with its scopes.
+   */
+  readonly ownerContextToken?: string | undefined;
+}
+
 /** What `requestOboSession` takes: an agent session's fields and the user's token. */
 export interface OboSessionRequest extends AgentSessionRequest {
   /** The user's token, as the customer's backend (BACKEND_AUTH_URL) accepts it. */
@@ -85,8 +94,11 @@ export function checkConnection(connectionId: string): Call<Connection> {
   return { method: 'GET', path, auth: true, read: reader(connection) };
 }
 
-export function createAgentSession(request: AgentSessionRequest): Call<AgentSession> {
+export function createAgentSession(request: OwnedAgentSessionRequest): Call<AgentSession> {
   const body = sessionBody(request);
+  if (request.ownerContextToken !== undefined && request.ownerContextToken !== null) {
+    body['owner_context_token'] = request.ownerContextToken;
+  }
   return {
     method: 'POST',
     path: '/v1/agent-sessions',

@@ -5,7 +5,7 @@
  */
 
 import * as calls from './calls.js';
-import type { AgentSessionRequest, Answer, Call, JwkSet, OboSessionRequest } from './calls.js';
+import type { Answer, Call, JwkSet, OboSessionRequest, OwnedAgentSessionRequest } from './calls.js';
 import { NexusUnexpectedError, transportError } from './errors.js';
 import type { AgentSession, Connection, TokenPayload } from './models.js';
 import { Settings, type NexusClientOptions } from './options.js';
@@ -70,7 +70,7 @@ export class NexusClient {
    * scopes. `ttl` (seconds) defaults to the gateway's; the connection is the
    * one named, else the only active one for the provider (and workspace).
    */
-  async requestAgentSession(request: AgentSessionRequest): Promise<AgentSession> {
+  async requestAgentSession(request: OwnedAgentSessionRequest): Promise<AgentSession> {
     return this.#send(calls.createAgentSession(request));
   }
 

@@ -18,7 +18,13 @@
  */
 
 export { AppliedCredentials, UnsupportedStrategy, applyCredentials } from './apply.js';
-export type { AgentSessionRequest, Jwk, JwkSet, OboSessionRequest } from './calls.js';
+export type {
+  AgentSessionRequest,
+  Jwk,
+  JwkSet,
+  OboSessionRequest,
+  OwnedAgentSessionRequest,
+} from './calls.js';
 export { NexusClient } from './client.js';
 export {
   NexusAuthError,

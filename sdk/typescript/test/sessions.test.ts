@@ -10,7 +10,13 @@ import assert from 'node:assert/strict';
 import { webcrypto } from 'node:crypto';
 import { test } from 'node:test';
 
-import { NexusAuthError, NexusClient, type AgentSession, type JwkSet } from '@nexus-broker/sdk';
+import {
+  NexusAuthError,
+  NexusClient,
+  NexusNotFoundError,
+  type AgentSession,
+  type JwkSet,
+} from '@nexus-broker/sdk';
 
 import { asAgent, stack, userinfoStatus } from './support.js';
 
@@ -75,6 +81,30 @@ test('a read-only session reaches the provider, is active until closed, and clos
   const closed = await crm.introspectSession(session.sessionToken);
   assert.deepEqual([closed.active, closed.claims, closed.scopes], [false, {}, []]);
   await crm.closeAgentSession(session.sessionId);
+});
+
+test("an agent serving a user reaches that user's connection, and another's reads as absent", async () => {
+  const asked = {
+    agentId: 'crm-agent',
+    provider: 'salesforce',
+    scopes: ['crm:contacts:read'],
+    connectionId: stack.connectionId,
+  };
+  const owned = await crm.requestAgentSession({
+    ...asked,
+    ownerContextToken: stack.permittedUserToken,
+  });
+  try {
+    assert.equal(owned.connectionId, stack.connectionId);
+    assert.equal(owned.actingFor, ''); // the agent's own session, confined to the user's
+  } finally {
+    await crm.closeAgentSession(owned.sessionId);
+  }
+  await assert.rejects(
+    crm.requestAgentSession({ ...asked, ownerContextToken: stack.unpermittedUserToken }),
+    (error: unknown) =>
+      error instanceof NexusNotFoundError && error.reason === 'CONNECTION_NOT_FOUND',
+  );
 });
 
 test('the crm agent cannot widen its scopes', async () => {

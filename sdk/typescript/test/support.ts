@@ -35,7 +35,8 @@ export const stack = {
   appUrl: need('NEXUS_TS_APP_URL'),
   /** The loopback OAuth server standing in for Salesforce. */
   idpIssuer: need('NEXUS_TS_IDP_ISSUER'),
-  /** A user with acme:gliding and acme:treasury, tenant acme-eu, clearance secret. */
+  /** A user with acme:gliding and acme:treasury, tenant acme-eu, clearance secret, who
+   * owns sarah's workspace. */
   permittedUserToken: need('NEXUS_TS_PERMITTED_USER_TOKEN'),
   /** A user with acme:flaring only. */
   unpermittedUserToken: need('NEXUS_TS_UNPERMITTED_USER_TOKEN'),
