@@ -317,13 +317,17 @@ def main() -> None:
         name: int(os.environ.get(f"NEXUS_DEV_{name.upper()}_PORT", default))
         for name, default in DEV_PORTS.items()
     }
-    stack = Stack(data_dir, ports)
+    # NEXUS_DEV_TLS=true: the services' hops as deploy/k8s runs them (certificates in
+    # the data directory's certs/, the gateway's gRPC port then speaks TLS too).
+    tls = os.environ.get("NEXUS_DEV_TLS", "").strip().lower() in {"1", "true", "yes", "on"}
+    stack = Stack(data_dir, ports, tls=tls)
     stack.start()
+    tls_note = f" (TLS, CA {stack.certs / 'ca.pem'})" if tls else ""
     print(
         f"""
 Nexus is running (SQLite in {data_dir}, logs in {data_dir / "logs"}).
   REST (Envoy):     {stack.rest_url}
-  gRPC (gateway):   {stack.gateway_target}
+  gRPC (gateway):   {stack.gateway_target}{tls_note}
   Envoy admin:      http://127.0.0.1:{stack.ports["envoy_admin"]}
   Metrics:          {stack.metrics_url("gateway")} (gateway)
                     {stack.metrics_url("broker")} (broker)
