@@ -42,7 +42,7 @@ tests/support/mcp_inspector/node_modules/.installed: tests/support/mcp_inspector
 	touch $@
 
 run: install
-	$(PY) tools/devstack.py
+	$(PY) -m tools.devstack
 
 # Generated code (and envoy/openapi.json, the REST surface) is committed; `check-protos` fails
 # when it is stale.

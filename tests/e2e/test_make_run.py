@@ -45,7 +45,7 @@ def test_run_prints_addresses_and_key_then_stops_everything_on_ctrl_c(tmp_path: 
         **{f"NEXUS_DEV_{name.upper()}_PORT": str(port) for name, port in ports.items()},
     }
     process = subprocess.Popen(
-        [sys.executable, "tools/devstack.py"],
+        [sys.executable, "-m", "tools.devstack"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -97,6 +97,9 @@ def agent_key(stack: Stack, guide: Guide, idp: OidcServer, secrets: Secrets) -> 
                 },
             )
         )
+        # A new revocation endpoint on a provider whose connections hold tokens
+        # waits for an admin's confirmation before anything is sent there.
+        ok(rest.post(f"/v1/providers/{salesforce['id']}:confirmEndpoints"))
     key = str(registered["agent_key"])
     secrets.add(key, guide.crm_key, guide.ops_key)
     return key

@@ -37,7 +37,12 @@ BOUND_SECONDS = 2.0
 # Far longer than any test: what is refused in time is refused because of a notice.
 BACKSTOP_SECONDS = 60
 INTERNAL = (("x-nexus-internal-token", INTERNAL_TOKEN),)
-REFUSED = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
+# A connection outside the agent's bindings reads to it as absent (NOT_FOUND).
+REFUSED = {
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.NOT_FOUND,
+}
 AGENT = "crm-agent"
 
 
@@ -307,5 +312,5 @@ async def test_a_denial_is_asked_again_each_time_so_each_is_audited(
     for _ in range(3):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await _get_token(stack, alice, key)
-        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # not its workspace
     assert _policy_calls()["AuthorizeAccess"] == before + 3
