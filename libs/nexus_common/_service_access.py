@@ -51,6 +51,7 @@ SERVICE_METHODS: Mapping[str, frozenset[str]] = {
         "UpdateProvider",
         "DeleteProvider",
         "ListProviderMetadata",
+        "ConfirmProviderEndpoints",
     )
     | _methods(audit_pb2.DESCRIPTOR, "AuditLogService", "ListAuditEvents")
     | _methods(
