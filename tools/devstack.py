@@ -112,9 +112,10 @@ def dev_secrets(data_dir: Path) -> dict[str, str]:
 def render_envoy_config(
     ports: Mapping[str, int], gateway_ca: Path | None = None, *, rate_limited: bool = True
 ) -> str:
-    """envoy/envoy.yaml on ``ports``; with ``gateway_ca``, gRPC to the gateway is TLS
-    checked against it, exactly as deploy/k8s has it; without its rate limits for a
-    bench, which loads one address and one key far past them on purpose."""
+    """envoy/envoy.yaml on ``ports``; with ``gateway_ca``, gRPC and the browser pages
+    to the gateway are TLS checked against it, exactly as deploy/k8s has it; without
+    its rate limits for a bench, which loads one address and one key far past them on
+    purpose."""
     from tools import render_k8s_envoy
 
     text = ENVOY_CONFIG.read_text()
@@ -129,10 +130,7 @@ def render_envoy_config(
         off = RATE_LIMITS_ON.replace("numerator: 100", "numerator: 0")
         text = text.replace(RATE_LIMITS_ON, off)
     if gateway_ca is not None:
-        text = text.replace(
-            render_k8s_envoy.GRPC_CLUSTER,
-            render_k8s_envoy.GATEWAY_TLS.replace(render_k8s_envoy.GATEWAY_CA, str(gateway_ca)),
-        )
+        text = render_k8s_envoy.tls_to_gateway(text, str(gateway_ca))
     return text
 
 

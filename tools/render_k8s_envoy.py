@@ -12,9 +12,10 @@ drift; only what differs in a cluster changes:
   container fills from the Nexus image (``/descriptor/nexus.pb``, ``/descriptor/openapi.json``);
 * a small listener on :9902 exposes only admin's ``GET /ready`` (the probes)
   and ``GET /stats/prometheus``;
-* gRPC to the gateway is TLS: Envoy checks the gateway's certificate against the
-  services' CA (``/etc/nexus/tls/ca.crt``, from Secret ``nexus-tls-envoy``), so the admin
-  and agent keys it forwards do not cross the pod network in clear.
+* gRPC and the browser pages to the gateway are TLS: Envoy checks the gateway's
+  certificate against the services' CA (``/etc/nexus/tls/ca.crt``, from Secret
+  ``nexus-tls-envoy``), so neither the admin and agent keys it forwards nor the
+  authorization codes and API keys the pages carry cross the pod network in clear.
 
 ``python tools/render_k8s_envoy.py`` rewrites the file; ``--check`` exits 1
 when the committed file is stale (the deploy tests run the same comparison).
@@ -43,14 +44,13 @@ __all__ = [
     "ADMIN_PORT",
     "DESCRIPTOR",
     "GATEWAY_CA",
-    "GATEWAY_TLS",
-    "GRPC_CLUSTER",
     "HEALTH_PORT",
     "OPENAPI",
     "PUBLIC_PORT",
     "SOURCE",
     "TARGET",
     "render",
+    "tls_to_gateway",
 ]
 
 HEADER = f"""\
@@ -67,8 +67,8 @@ HEADER = f"""\
 #     Nexus image by an init container;
 #   * listener `envoy_health` on :{HEALTH_PORT} proxies only GET /ready (probes) and
 #     GET /stats/prometheus to the admin interface;
-#   * cluster `gateway` speaks TLS, and accepts only a certificate for `{GATEWAY_NAME}` signed
-#     by {GATEWAY_CA} (Secret nexus-tls-envoy).
+#   * clusters `gateway` and `gateway_http` speak TLS, and accept only a certificate for
+#     `{GATEWAY_NAME}` signed by {GATEWAY_CA} (Secret nexus-tls-envoy).
 """
 
 _HCM = (
@@ -109,31 +109,55 @@ HEALTH_LISTENER = f"""\
 
 """
 
-GRPC_CLUSTER = """\
+
+def _plain(protocol: str, cluster: str) -> str:
+    """A gateway cluster's tail in envoy/envoy.yaml: its protocol, then its endpoints."""
+    return f"""\
         explicit_http_config:
-          http2_protocol_options: {}
+          {protocol}: {{}}
     load_assignment:
-      cluster_name: gateway
+      cluster_name: {cluster}
 """
 
-GATEWAY_TLS = f"""\
+
+def _tls(protocol: str, alpn: str, cluster: str, ca: str) -> str:
+    """That tail with TLS to the gateway, accepting only its certificate signed by ``ca``."""
+    return f"""\
         explicit_http_config:
-          http2_protocol_options: {{}}
+          {protocol}: {{}}
     transport_socket:
       name: envoy.transport_sockets.tls
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
         sni: {GATEWAY_NAME}
         common_tls_context:
-          alpn_protocols: [h2]
+          alpn_protocols: [{alpn}]
           validation_context:
-            trusted_ca: {{ filename: {GATEWAY_CA} }}
+            trusted_ca: {{ filename: {ca} }}
             match_typed_subject_alt_names:
             - san_type: DNS
               matcher: {{ exact: {GATEWAY_NAME} }}
     load_assignment:
-      cluster_name: gateway
+      cluster_name: {cluster}
 """
+
+
+# (protocol options, ALPN, cluster): gRPC over HTTP/2, the browser pages over HTTP/1.1.
+_GATEWAY_CLUSTERS = (
+    ("http2_protocol_options", "h2", "gateway"),
+    ("http_protocol_options", "http/1.1", "gateway_http"),
+)
+
+
+def tls_to_gateway(text: str, ca: str) -> str:
+    """``text`` with both gateway clusters speaking TLS checked against ``ca``."""
+    for protocol, alpn, cluster in _GATEWAY_CLUSTERS:
+        plain = _plain(protocol, cluster)
+        if text.count(plain) != 1:
+            raise ValueError(f"envoy/envoy.yaml must contain {plain!r} once")
+        text = text.replace(plain, _tls(protocol, alpn, cluster, ca))
+    return text
+
 
 ADMIN_CLUSTER = f"""\
   - name: envoy_admin
@@ -170,7 +194,6 @@ _REPLACEMENTS = (
         f"socket_address: {{ address: {GATEWAY_HOST}, port_value: 8081 }}",
     ),
     ("\n  clusters:\n", 1, f"\n{HEALTH_LISTENER}  clusters:\n"),
-    (GRPC_CLUSTER, 1, GATEWAY_TLS),
 )
 
 
@@ -187,6 +210,7 @@ def render(source: str) -> str:
         if found != count:
             raise ValueError(f"envoy/envoy.yaml must contain {old!r} {count} time(s), not {found}")
         text = text.replace(old, new)
+    text = tls_to_gateway(text, GATEWAY_CA)
     if not text.endswith("\n"):
         text += "\n"
     return HEADER + text + ADMIN_CLUSTER

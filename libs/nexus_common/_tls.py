@@ -91,6 +91,9 @@ class ServerTls:
 
     cert: bytes
     key: bytes = field(repr=False)
+    # Where they were read from: an HTTP server loads them by path.
+    cert_file: str = ""
+    key_file: str = ""
 
     @classmethod
     def from_env(cls, env: Env, cert_setting: str, key_setting: str) -> ServerTls | None:
@@ -98,7 +101,7 @@ class ServerTls:
         if not _all_or_none(env, names):
             return None
         cert, key = (_read(env, name) for name in names)
-        return cls(cert, key)
+        return cls(cert, key, env.text(cert_setting), env.text(key_setting))
 
     def server_credentials(self) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials([(self.key, self.cert)])

@@ -109,9 +109,10 @@ def test_k8s_envoy_reaches_every_ready_gateway_pod_through_dns() -> None:
         assert address["port_value"] in {p["port"] for p in service["spec"]["ports"]}
         assert address["port_value"] in gateway_ports
         assert cluster[name]["dns_lookup_family"] == "V4_PREFERRED"
-        # Only gRPC to the gateway gains TLS; the browser pages stay plain HTTP in the pod.
+        # Both gateway clusters gain TLS, and nothing else of theirs changes.
         changed = {"type", "load_assignment", "dns_lookup_family", "transport_socket"}
-        assert ("transport_socket" in cluster[name]) == (name == "gateway")
+        assert "transport_socket" not in dev[name]
+        assert "transport_socket" in cluster[name]
         rest = {k: v for k, v in cluster[name].items() if k not in changed}
         assert rest == {k: v for k, v in dev[name].items() if k not in changed}
 

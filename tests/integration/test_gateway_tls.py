@@ -1,11 +1,14 @@
-"""The gateway's public gRPC listener with TLS on (NEXUS_GATEWAY_TLS_*): clients that
-speak plaintext are refused, and clients with keys, not certificates, are served."""
+"""The gateway's public listeners with TLS on (NEXUS_GATEWAY_TLS_*), gRPC and the browser
+pages alike: clients that speak plaintext are refused, and clients with keys, not
+certificates, are served."""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from nexus.gateway.v1 import gateway_pb2_grpc
 from nexus.policy.v1 import agents_pb2
@@ -55,3 +58,16 @@ async def test_the_public_listener_serves_tls_only_and_asks_no_client_certificat
             request, metadata=ADMIN
         )
     assert list(listed.agents) == []
+
+
+async def test_the_browser_pages_are_served_over_tls_only(services: Services, certs: Path) -> None:
+    port = services.browser_url.rpartition(":")[2]
+    with pytest.raises(httpx.TransportError):
+        async with httpx.AsyncClient() as plaintext:
+            await plaintext.get(f"http://127.0.0.1:{port}/v1/connect/unknown")
+    trusted = ssl.create_default_context(cafile=certs / "ca.pem")
+    async with httpx.AsyncClient(verify=trusted) as browser:
+        page = await browser.get(f"https://localhost:{port}/v1/connect/unknown")
+    # The gateway's own page, reached over a handshake the services' CA vouches for.
+    assert page.status_code == 400
+    assert "text/html" in page.headers["content-type"]

@@ -33,6 +33,7 @@ from nexus_common import (
     InternalClient,
     NexusError,
     RequestTooLarge,
+    ServerTls,
     ValidationFailed,
     current_caller,
 )
@@ -275,7 +276,7 @@ class _EmbeddedUvicorn(uvicorn.Server):
 class BrowserServer:
     """Serves the browser app on a socket bound now, so port 0 works in tests."""
 
-    def __init__(self, app: Starlette, address: str) -> None:
+    def __init__(self, app: Starlette, address: str, tls: ServerTls | None = None) -> None:
         host, _, port = address.rpartition(":")
         self.socket = socket.create_server((host, int(port)), reuse_port=False)
         self.port: int = self.socket.getsockname()[1]
@@ -286,6 +287,10 @@ class BrowserServer:
                 lifespan="off",
                 access_log=False,
                 timeout_graceful_shutdown=5,
+                # With the gateway's certificate, the browser pages (authorization
+                # codes, captured API keys) do not cross the pod network in clear.
+                ssl_certfile=tls.cert_file if tls else None,
+                ssl_keyfile=tls.key_file if tls else None,
             )
         )
 

@@ -99,5 +99,6 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
     browser = BrowserServer(
         create_browser_app(broker, secure_cookies=settings.public_base_url.startswith("https://")),
         settings.http_listen,
+        settings.public_tls,
     )
     return Gateway(server, browser, broker, policy, feed)

@@ -44,7 +44,8 @@ class GatewaySettings:
     # NEXUS_TLS_*: the certificate the gateway presents to broker and policy
     # (None: plaintext, `make run`).
     tls: ServiceTls | None = field(default=None, repr=False)
-    # NEXUS_GATEWAY_TLS_*: TLS on the public gRPC listener (None: plaintext).
+    # NEXUS_GATEWAY_TLS_*: TLS on the public gRPC listener and the browser pages'
+    # HTTP listener (None: plaintext).
     public_tls: ServerTls | None = field(default=None, repr=False)
     # Proves to broker and policy the caller each call is for.
     caller_proofs: CallerProofs = field(default_factory=lambda: CallerProofs(""), repr=False)
