@@ -84,6 +84,8 @@ def service_env(database_url: str, keyring_spec: str, **extra: str) -> dict[str,
         "NEXUS_REFRESH_MAX_BACKOFF_SECONDS": "0.5",
         # As `make run`; tests of production's defaults set "production".
         "NEXUS_ENVIRONMENT": "development",
+        # The services talk over loopback; the tests of mutual TLS give certificates.
+        "NEXUS_ALLOW_PLAINTEXT": "true",
         # The OAuth servers, apps and backends of the tests listen on loopback; production
         # allows no address that is not public.
         "NEXUS_OUTBOUND_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,

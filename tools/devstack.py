@@ -175,6 +175,9 @@ class Stack:
             # stack's own listeners (Envoy's admin port would let a token_url stop Envoy).
             "NEXUS_OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
             "NEXUS_OUTBOUND_DENIED_PORTS": ",".join(str(p) for p in sorted(self.ports.values())),
+            # Without ``tls`` every hop is loopback plaintext on purpose, also when a
+            # test runs the stack as production.
+            **({} if self.tls else {"NEXUS_ALLOW_PLAINTEXT": "true"}),
             **self.env,
         }
 

@@ -7,8 +7,13 @@ SAN, e.g. ``broker``), wherever the address resolved to. The identity a server
 acts on is the client certificate's SPIFFE ID, the URI SAN
 ``spiffe://nexus/<service>`` (``tools/devcerts`` makes such certificates).
 
-The gateway's public listener may have TLS of its own (``NEXUS_GATEWAY_TLS_*``):
-its clients are agents and backends with keys, not certificates.
+The gateway's public listeners may have TLS of their own (``NEXUS_GATEWAY_TLS_*``):
+their clients are agents, backends and browsers with keys, not certificates.
+
+In production (``NEXUS_ENVIRONMENT``) a service refuses to start without its
+certificates: in plaintext the internal token alone lets anyone on the pod
+network claim any caller. ``NEXUS_ALLOW_PLAINTEXT=true`` says, explicitly, that
+something else (a service mesh's mTLS) protects the hops.
 
 Files are read once, at start: a rotated certificate takes a rolling restart.
 """
@@ -20,9 +25,10 @@ from pathlib import Path
 
 import grpc
 
-from ._settings import ConfigError, Env
+from ._settings import ConfigError, Deployment, Env
 
 __all__ = [
+    "PLAINTEXT_OPT_OUT",
     "SERVICE_ID_PREFIX",
     "ServerTls",
     "ServiceTls",
@@ -43,11 +49,24 @@ def _read(env: Env, name: str) -> bytes:
     return data
 
 
-def _all_or_none(env: Env, names: tuple[str, ...]) -> bool:
+PLAINTEXT_OPT_OUT = "NEXUS_ALLOW_PLAINTEXT"
+
+
+def _configured(env: Env, names: tuple[str, ...], what: str) -> bool:
+    """Whether TLS is configured by ``names``: all of them or none, and none only
+    outside production unless the deployment opted out explicitly."""
     given = [name for name in names if env.text(name, "")]
     if given and len(given) != len(names):
         raise ConfigError(f"set all of {', '.join(names)} or none")
-    return bool(given)
+    if given:
+        return True
+    if env.deployment() == Deployment.PRODUCTION and not env.flag(PLAINTEXT_OPT_OUT, False):
+        raise ConfigError(
+            f"NEXUS_ENVIRONMENT=production needs {what}: set {', '.join(names)}, or "
+            f"{PLAINTEXT_OPT_OUT}=true where something else (a service mesh) encrypts "
+            "and authenticates these connections"
+        )
+    return False
 
 
 @dataclass(frozen=True)
@@ -63,7 +82,7 @@ class ServiceTls:
     @classmethod
     def from_env(cls, env: Env) -> ServiceTls | None:
         """Mutual TLS when all three files are set; plaintext (``make run``) when none is."""
-        if not _all_or_none(env, cls._SETTINGS):
+        if not _configured(env, cls._SETTINGS, "mutual TLS between the services"):
             return None
         cert, key, ca = (_read(env, name) for name in cls._SETTINGS)
         return cls(cert, key, ca)
@@ -98,7 +117,7 @@ class ServerTls:
     @classmethod
     def from_env(cls, env: Env, cert_setting: str, key_setting: str) -> ServerTls | None:
         names = (cert_setting, key_setting)
-        if not _all_or_none(env, names):
+        if not _configured(env, names, "TLS on the public listeners"):
             return None
         cert, key = (_read(env, name) for name in names)
         return cls(cert, key, env.text(cert_setting), env.text(key_setting))

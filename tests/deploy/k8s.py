@@ -153,7 +153,13 @@ _LIB_READS = {
     "internal_tokens()": {"NEXUS_INTERNAL_TOKEN", "NEXUS_INTERNAL_TOKEN_PREVIOUS"},
     "database_url(": {"DATABASE_URL"},
     "deployment()": {"NEXUS_ENVIRONMENT"},
-    "ServiceTls.from_env(": {"NEXUS_TLS_CERT_FILE", "NEXUS_TLS_KEY_FILE", "NEXUS_TLS_CA_FILE"},
+    "ServiceTls.from_env(": {
+        "NEXUS_TLS_CERT_FILE",
+        "NEXUS_TLS_KEY_FILE",
+        "NEXUS_TLS_CA_FILE",
+        "NEXUS_ALLOW_PLAINTEXT",
+        "NEXUS_ENVIRONMENT",
+    },
 }
 _NAME = re.compile(r'"((?:NEXUS_|DATABASE_URL|BACKEND_AUTH_URL)[A-Z0-9_]*)"')
 

@@ -99,6 +99,7 @@ WEAKENING: dict[str, Callable[[str], bool]] = {
     "NEXUS_FORCED_REFRESH_INTERVAL_SECONDS": lambda v: float(v) <= 0,
     "NEXUS_JWKS_MIN_REFETCH_SECONDS": lambda v: float(v) <= 0,
     "NEXUS_CLOCK_SKEW_SECONDS": lambda v: float(v) > 300,
+    "NEXUS_ALLOW_PLAINTEXT": lambda v: v.lower() in {"1", "true", "yes", "on"},
 }
 
 
@@ -121,6 +122,7 @@ def test_the_weakening_rules_catch_what_they_name() -> None:
     """The table above can fail: each rule refuses the value that would weaken its default."""
     assert WEAKENING["NEXUS_ENVIRONMENT"]("development")
     assert WEAKENING["NEXUS_CONNECTION_CONFIRMATION"]("optional")
+    assert WEAKENING["NEXUS_ALLOW_PLAINTEXT"]("true")
     assert WEAKENING["NEXUS_OUTBOUND_ALLOWED_NETWORKS"]("10.0.0.0/8,127.0.0.1/32")
     assert WEAKENING["NEXUS_OUTBOUND_ALLOWED_NETWORKS"]("0.0.0.0/0")
     assert not WEAKENING["NEXUS_OUTBOUND_ALLOWED_NETWORKS"]("10.20.0.0/16")

@@ -4,7 +4,7 @@ import pytest
 from nexus_common import ConfigError
 from nexus_gateway.settings import MIN_ADMIN_KEY_LENGTH, GatewaySettings
 
-BASE = {"NEXUS_INTERNAL_TOKEN": "t" * 32}
+BASE = {"NEXUS_INTERNAL_TOKEN": "t" * 32, "NEXUS_ALLOW_PLAINTEXT": "true"}
 LONG_ENOUGH = "nxa_" + "k" * (MIN_ADMIN_KEY_LENGTH - 4)
 
 

@@ -4,7 +4,11 @@ import pytest
 from nexus_common import ConfigError
 from nexus_policy.settings import PolicySettings
 
-BASE = {"NEXUS_INTERNAL_TOKEN": "t" * 32, "NEXUS_POLICY_DATABASE_URL": "sqlite://"}
+BASE = {
+    "NEXUS_INTERNAL_TOKEN": "t" * 32,
+    "NEXUS_POLICY_DATABASE_URL": "sqlite://",
+    "NEXUS_ALLOW_PLAINTEXT": "true",
+}
 
 
 def test_without_a_backend_obo_is_off() -> None:

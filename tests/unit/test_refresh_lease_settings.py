@@ -9,6 +9,7 @@ BASE = {
     "NEXUS_BROKER_DATABASE_URL": "sqlite://",
     "NEXUS_KEYRING": generate_key_spec(1),
     "NEXUS_STATE_KEY": "s" * 32,
+    "NEXUS_ALLOW_PLAINTEXT": "true",
 }
 
 

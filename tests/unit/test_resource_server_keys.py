@@ -29,6 +29,7 @@ CREATE_PROVIDER = "/nexus.gateway.v1.ProviderService/CreateProvider"
 BASE = {
     "NEXUS_INTERNAL_TOKEN": "t" * 32,
     "NEXUS_ADMIN_API_KEYS": f"ops:{ADMIN_KEY}",
+    "NEXUS_ALLOW_PLAINTEXT": "true",
 }
 
 

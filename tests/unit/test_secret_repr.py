@@ -27,6 +27,8 @@ from nexus_policy.domain.agents import issue_key
 from nexus_policy.settings import PolicySettings
 
 KEYRING = generate_key_spec(7)
+# Not a secret: lets the settings load without certificates.
+PLAINTEXT = {"NEXUS_ALLOW_PLAINTEXT": "true"}
 SECRETS = {
     "NEXUS_INTERNAL_TOKEN": "internal-token-SECRET-1",
     "NEXUS_INTERNAL_TOKEN_PREVIOUS": "internal-token-SECRET-2",
@@ -61,14 +63,14 @@ def _assert_hidden(obj: object, *secrets: str) -> None:
 def test_settings_show_no_secret(
     settings: type[BrokerSettings] | type[GatewaySettings] | type[PolicySettings],
 ) -> None:
-    loaded = settings.from_env(SECRETS)
+    loaded = settings.from_env(SECRETS | PLAINTEXT)
     _assert_hidden(loaded)
     # Still useful: non-secret settings are shown.
     assert "listen=" in repr(loaded)
 
 
 def test_policy_backend_settings_show_no_credentials() -> None:
-    backend = PolicySettings.from_env(SECRETS).backend_auth
+    backend = PolicySettings.from_env(SECRETS | PLAINTEXT).backend_auth
     assert backend is not None
     _assert_hidden(backend)
 
