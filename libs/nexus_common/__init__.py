@@ -142,7 +142,7 @@ from ._server import (
     run_until_signalled,
 )
 from ._service_access import CALLER_ASSERTING, SERVICE_METHODS, check_service_call
-from ._settings import ConfigError, Deployment, Env
+from ._settings import PEER_SILENCE_SECONDS, ConfigError, Deployment, Env
 from ._tls import SERVICE_ID_PREFIX, ServerTls, ServiceTls, peer_service
 from ._tracing import outbound_span, pass_trace_context, tracing
 
@@ -156,6 +156,7 @@ __all__ = [
     "ERROR_DOMAIN",
     "INTERNAL_TOKEN_HEADER",
     "MAX_MESSAGE_BYTES",
+    "PEER_SILENCE_SECONDS",
     "PUBLIC_METHOD_PREFIXES",
     "SERVICE_ID_PREFIX",
     "SERVICE_METHODS",

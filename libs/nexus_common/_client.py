@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 from ._auth import CALLER_HEADER, CALLER_PROOF_HEADER, INTERNAL_TOKEN_HEADER, current_caller
 from ._caller_proof import CallerProofs
 from ._errors import DependencyUnavailable, Internal, NexusError, RemoteError
+from ._settings import PEER_SILENCE_SECONDS
 from ._tls import ServiceTls
 from ._tracing import client_span, client_status
 
@@ -30,12 +31,26 @@ Response = TypeVar("Response")
 
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
-# A target that resolves to several addresses (`dns:///` on a headless Service)
-# gets a connection to each, and calls take turns. gRPC's default, pick_first,
-# would send every call over one long-lived HTTP/2 connection to one replica.
-_CHANNEL_OPTIONS = [
-    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
-]
+
+def _channel_options(keepalive_seconds: float) -> list[tuple[str, Any]]:
+    """A target that resolves to several addresses (`dns:///` on a headless
+    Service) gets a connection to each, and calls take turns: gRPC's default,
+    pick_first, would send every call over one long-lived HTTP/2 connection to
+    one replica. A connection silent for ``keepalive_seconds`` is pinged, and
+    closed when the ping is unanswered as long again (gRPC core's keepalive):
+    one that died without a word (a NAT or a proxy that forgot it) is replaced
+    rather than holding the calls and the change feed until TCP gives up,
+    which takes many minutes. The servers admit such pings (``build_server``)."""
+    ms = int(keepalive_seconds * 1000)
+    return [
+        ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+        ("grpc.keepalive_time_ms", ms),
+        ("grpc.keepalive_timeout_ms", ms),
+        # What gRPC core enforces on an unanswered ping (its default is a minute).
+        ("grpc.http2.ping_timeout_ms", ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 def _retry_delay(details: list[Any]) -> float | None:
@@ -69,14 +84,16 @@ class InternalClient:
         *,
         tls: ServiceTls | None = None,
         proofs: CallerProofs | None = None,
+        keepalive_seconds: float = PEER_SILENCE_SECONDS,
     ) -> None:
         self.service = service
         # No client interceptors: grpc.aio runs intercepted calls on a much
         # slower path; the client span is made in ``_invoke`` instead.
+        options = _channel_options(keepalive_seconds)
         self.channel = (
-            tls.channel(service, target, _CHANNEL_OPTIONS)
+            tls.channel(service, target, options)
             if tls is not None
-            else grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            else grpc.aio.insecure_channel(target, options=options)
         )
         self._token = token
         self._timeout = timeout

@@ -42,7 +42,7 @@ class ChangeFeed(Follower):
         *,
         on_gap: Callable[[], None],
         on_ready: Callable[[], None],
-        idle_seconds: float = 15.0,
+        idle_seconds: float,
         retry_seconds: Sequence[float] = RETRY_SECONDS,
     ) -> None:
         super().__init__(

@@ -25,7 +25,7 @@ from ._interceptors import (
     UnaryInterceptor,
 )
 from ._metrics import MetricsInterceptor, serve_metrics
-from ._settings import Env
+from ._settings import PEER_SILENCE_SECONDS, Env
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -99,6 +99,7 @@ def build_server(
     credentials: grpc.ServerCredentials | None = None,
     reflection_enabled: bool = True,
     health_listen: str = "",
+    keepalive_seconds: float = PEER_SILENCE_SECONDS,
 ) -> NexusServer:
     """Build a server with the shared interceptor chain; port 0 picks a free port.
 
@@ -110,7 +111,10 @@ def build_server(
     the services to anyone who asks (tools use it on the public gateway; the
     internal services keep their surface to themselves). ``health_listen``
     serves the health service alone, in plaintext: Kubernetes' gRPC probes
-    speak no TLS.
+    speak no TLS. Clients' keepalive pings are admitted every half
+    ``keepalive_seconds`` (the services ping at that interval, see
+    ``InternalClient``): gRPC's own minimum, five minutes, would answer them
+    with GOAWAY.
     """
     if metrics is None:
         metrics = Env(os.environ).flag("NEXUS_METRICS", True)
@@ -132,6 +136,8 @@ def build_server(
             ("grpc.so_reuseport", 0),
             ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
             ("grpc.max_connection_age_grace_ms", int(_MAX_CONNECTION_AGE_GRACE * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", int(keepalive_seconds * 500)),
         ],
     )
     for register in registrars:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["ConfigError", "Deployment", "Env"]
+__all__ = ["PEER_SILENCE_SECONDS", "ConfigError", "Deployment", "Env"]
+
+# NEXUS_LISTENER_HEARTBEAT_SECONDS unless set; a peer silent for three
+# heartbeats is judged dead (``Env.peer_silence_seconds``).
+_LISTENER_HEARTBEAT_SECONDS = 2.0
+_MISSED_HEARTBEATS = 3
+PEER_SILENCE_SECONDS = _MISSED_HEARTBEATS * _LISTENER_HEARTBEAT_SECONDS
 
 
 class Deployment:
@@ -98,7 +104,16 @@ class Env:
         """How often a replica's ``LISTEN`` connection carries it a heartbeat; one
         not back within as long is a gap, so a connection that died without a
         word is found within twice this."""
-        return self.seconds("NEXUS_LISTENER_HEARTBEAT_SECONDS", 2.0, low=0.05, high=60)
+        return self.seconds(
+            "NEXUS_LISTENER_HEARTBEAT_SECONDS", _LISTENER_HEARTBEAT_SECONDS, low=0.05, high=60
+        )
+
+    def peer_silence_seconds(self) -> float:
+        """How long a connection to another service may stay silent before it is
+        judged dead: a change feed is then a gap (the policy service sends a
+        heartbeat down it every listener heartbeat, so three were missed), and a
+        gRPC connection's keepalive ping goes out, unanswered as long again."""
+        return _MISSED_HEARTBEATS * self.listener_heartbeat_seconds()
 
     def deployment(self) -> str:
         value = self.text("NEXUS_ENVIRONMENT", Deployment.PRODUCTION).lower()

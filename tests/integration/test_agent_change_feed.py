@@ -31,6 +31,7 @@ from tests.integration.test_sessions import bearer, connect_crm, register_crm
 from tests.support.app_server import AppServer
 from tests.support.metrics import sample_sum
 from tests.support.oidc_server import OidcServer
+from tests.support.tcp_proxy import TcpProxy
 
 # What a change may take to be honoured by the gateway and the broker.
 BOUND_SECONDS = 2.0
@@ -298,6 +299,49 @@ async def test_while_the_feed_is_down_nothing_is_served_from_cache(
                 assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error.details()
                 break
             raise AssertionError("a disabled agent was served from a cache")
+
+
+async def _until(condition: Any, seconds: float) -> float:
+    """Seconds until ``condition()`` holds; fails past ``seconds``."""
+    started = time.monotonic()
+    async with asyncio.timeout(seconds):
+        while True:
+            if condition():
+                return time.monotonic() - started
+            await asyncio.sleep(0.01)
+
+
+async def test_a_feed_whose_connection_goes_silent_is_a_gap_and_heals(stack: Stack) -> None:
+    """A gateway follows a policy replica through a TCP proxy that then stops
+    forwarding without a word, as a NAT that forgot the connection: within three
+    heartbeats its caches are off, and once a keepalive ping has gone unanswered
+    the dead connection is replaced and the feed is heard again."""
+    from nexus_gateway.server import create_gateway
+    from nexus_gateway.settings import GatewaySettings
+
+    heartbeat = {"NEXUS_LISTENER_HEARTBEAT_SECONDS": "0.2"}
+    policy = await _start_policy(stack.env | heartbeat | {"NEXUS_POLICY_LISTEN": "127.0.0.1:0"})
+    with TcpProxy("127.0.0.1", policy.server.port) as proxy:
+        env = stack.env | heartbeat
+        env |= {
+            "NEXUS_POLICY_TARGET": f"127.0.0.1:{proxy.port}",
+            "NEXUS_GATEWAY_LISTEN": "127.0.0.1:0",
+            "NEXUS_GATEWAY_HTTP_LISTEN": "127.0.0.1:0",
+        }
+        gateway = create_gateway(GatewaySettings.from_env(env))
+        try:
+            await gateway.start_caches(wait_seconds=5)
+            # Healthy, its keepalive pings are admitted: the feed stays up.
+            with pytest.raises(TimeoutError):
+                await _until(lambda: not gateway.feed.ready, 2.0)
+            proxy.stall()
+            assert await _until(lambda: not gateway.feed.ready, BOUND_SECONDS) > 0.3
+            await _until(lambda: gateway.feed.ready, 15)
+            assert proxy.accepted >= 2
+        finally:
+            await gateway.close()
+            await policy.server.stop(0)
+            await policy.close()
 
 
 async def test_a_denial_is_asked_again_each_time_so_each_is_audited(

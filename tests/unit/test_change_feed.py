@@ -29,7 +29,7 @@ class Peer:
             yield message
 
 
-def _feed(peer: Peer, events: list[str], **options: float) -> ChangeFeed:
+def _feed(peer: Peer, events: list[str], idle_seconds: float = 15.0) -> ChangeFeed:
     return ChangeFeed(
         "test",
         "nexus_agents",
@@ -38,7 +38,7 @@ def _feed(peer: Peer, events: list[str], **options: float) -> ChangeFeed:
         on_gap=lambda: events.append("gap"),
         on_ready=lambda: events.append("ready"),
         retry_seconds=(0.01,),
-        **options,
+        idle_seconds=idle_seconds,
     )
 
 
@@ -98,7 +98,7 @@ async def _next(watch: AsyncIterator[str | None]) -> str | None:
 
 
 async def test_a_replica_that_does_not_listen_refuses_and_ends_watches() -> None:
-    changes = AgentChanges(listening=False)
+    changes = AgentChanges(listening=False, heartbeat_seconds=5)
     with pytest.raises(ChangeFeedUnavailable):
         await _next(changes.watch())
     changes.heard()
@@ -112,7 +112,7 @@ async def test_a_replica_that_does_not_listen_refuses_and_ends_watches() -> None
 
 
 async def test_a_watcher_too_far_behind_is_ended_not_buffered_without_limit() -> None:
-    changes = AgentChanges(listening=True, max_backlog=2)
+    changes = AgentChanges(listening=True, heartbeat_seconds=5, max_backlog=2)
     watch = changes.watch()
     assert await _next(watch) is None
     for agent_id in ("a1", "a2", "a3"):

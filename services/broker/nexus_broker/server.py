@@ -172,6 +172,7 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
         settings.internal_token,
         settings.policy_timeout_seconds,
         tls=settings.tls,
+        keepalive_seconds=settings.peer_silence_seconds,
     )
     decisions = PolicyClient(policy, cache_max_age_seconds=settings.cache_max_age_seconds)
     feed = ChangeFeed(
@@ -181,6 +182,7 @@ def create_core(settings: BrokerSettings) -> BrokerCore:
         decisions.changed,
         on_gap=decisions.suspend,
         on_ready=decisions.resume,
+        idle_seconds=settings.peer_silence_seconds,
     )
     session_deps = SessionDeps(
         connections=connections,
@@ -227,5 +229,6 @@ def create_broker(settings: BrokerSettings) -> Broker:
         credentials=settings.tls.server_credentials() if settings.tls else None,
         reflection_enabled=False,
         health_listen=settings.health_listen,
+        keepalive_seconds=settings.peer_silence_seconds,
     )
     return Broker(server, core)

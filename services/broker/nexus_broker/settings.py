@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from nexus_common import (
     DEFAULT_MAX_BODY_BYTES,
+    PEER_SILENCE_SECONDS,
     ApiKeySet,
     CallerProofs,
     ConfigError,
@@ -88,6 +89,9 @@ class BrokerSettings:
     # NEXUS_LISTENER_HEARTBEAT_SECONDS: how soon a dead LISTEN connection is
     # found (within twice this); caching is off until it is heard again.
     listener_heartbeat_seconds: float = 2.0
+    # Silence that makes the policy's change feed a gap (caching off) and
+    # sends a keepalive ping on a connection to another service.
+    peer_silence_seconds: float = PEER_SILENCE_SECONDS
     # Most audit rows one group commit writes; as many more may wait for it.
     audit_batch_max: int = 256
     # NEXUS_TLS_*: mutual TLS with the other services (None: plaintext, `make run`).
@@ -160,6 +164,7 @@ class BrokerSettings:
                 "NEXUS_CACHE_MAX_AGE_SECONDS", 10.0, low=0, high=3600
             ),
             listener_heartbeat_seconds=env.listener_heartbeat_seconds(),
+            peer_silence_seconds=env.peer_silence_seconds(),
             audit_batch_max=_audit_batch_max(env),
             tls=ServiceTls.from_env(env),
             caller_proofs=CallerProofs(current, accepted.values()),

@@ -53,6 +53,7 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
         settings.upstream_timeout_seconds,
         tls=settings.tls,
         proofs=settings.caller_proofs,
+        keepalive_seconds=settings.peer_silence_seconds,
     )
     policy = InternalClient(
         "policy",
@@ -61,6 +62,7 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
         settings.upstream_timeout_seconds,
         tls=settings.tls,
         proofs=settings.caller_proofs,
+        keepalive_seconds=settings.peer_silence_seconds,
     )
     providers = ProviderServicer(broker)
     audit = AuditServicer(broker)
@@ -79,6 +81,7 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
         agent_keys.changed,
         on_gap=agent_keys.suspend,
         on_ready=agent_keys.resume,
+        idle_seconds=settings.peer_silence_seconds,
     )
     server = build_server(
         address=settings.listen,
@@ -95,6 +98,7 @@ def create_gateway(settings: GatewaySettings) -> Gateway:
         ),
         credentials=settings.public_tls.server_credentials() if settings.public_tls else None,
         health_listen=settings.health_listen,
+        keepalive_seconds=settings.peer_silence_seconds,
     )
     browser = BrowserServer(
         create_browser_app(broker, secure_cookies=settings.public_base_url.startswith("https://")),

@@ -6,7 +6,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from nexus_common import ApiKeySet, CallerProofs, ConfigError, Env, ServerTls, ServiceTls
+from nexus_common import (
+    PEER_SILENCE_SECONDS,
+    ApiKeySet,
+    CallerProofs,
+    ConfigError,
+    Env,
+    ServerTls,
+    ServiceTls,
+)
 
 __all__ = ["MIN_ADMIN_KEY_LENGTH", "GatewaySettings"]
 
@@ -56,6 +64,9 @@ class GatewaySettings:
     # it bounds only a refusal whose agent change went unheard; any change
     # heard forgets every refusal at once.
     unknown_key_cache_seconds: float = 10.0
+    # Silence that makes the policy's change feed a gap (caching off) and
+    # sends a keepalive ping on a connection to another service.
+    peer_silence_seconds: float = PEER_SILENCE_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
@@ -93,6 +104,7 @@ class GatewaySettings:
             unknown_key_cache_seconds=env.seconds(
                 "NEXUS_UNKNOWN_KEY_CACHE_SECONDS", 10.0, low=0, high=300
             ),
+            peer_silence_seconds=env.peer_silence_seconds(),
         )
 
 

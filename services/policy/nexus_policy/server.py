@@ -107,14 +107,23 @@ def create_policy(settings: PolicySettings) -> Policy:
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     http = outbound_client(settings.outbound, httpx.Timeout(settings.outbound.deadline_seconds))
     broker = InternalClient(
-        "broker", settings.broker_target, settings.internal_token, 5.0, tls=settings.tls
+        "broker",
+        settings.broker_target,
+        settings.internal_token,
+        5.0,
+        tls=settings.tls,
+        keepalive_seconds=settings.peer_silence_seconds,
     )
 
     def uow() -> PolicyUnitOfWork:
         return PolicyUnitOfWork(sessions)
 
     shared = listens(settings.database_url)
-    changes = AgentChanges(listening=not shared)
+    # Heard by the gateway and the broker every listener heartbeat while nothing
+    # changes: a stream silent for three is judged dead (peer_silence_seconds).
+    changes = AgentChanges(
+        listening=not shared, heartbeat_seconds=settings.listener_heartbeat_seconds
+    )
     agents = AgentCache(
         uow, settings.cache_max_age_seconds, hears_others=shared, changed=changes.changed
     )
@@ -143,6 +152,7 @@ def create_policy(settings: PolicySettings) -> Policy:
         credentials=settings.tls.server_credentials() if settings.tls else None,
         reflection_enabled=False,
         health_listen=settings.health_listen,
+        keepalive_seconds=settings.peer_silence_seconds,
     )
 
     def gap() -> None:

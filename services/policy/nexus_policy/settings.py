@@ -70,6 +70,8 @@ class PolicySettings:
     # found (within twice this); agents are not cached, and watches end, until
     # it is heard again.
     listener_heartbeat_seconds: float
+    # Silence on a connection to another service that sends a keepalive ping.
+    peer_silence_seconds: float
     # Where BACKEND_AUTH_URL and the user tokens' JWKS may be; each call's total deadline.
     outbound: OutboundPolicy
     # NEXUS_TLS_*: mutual TLS with the other services (None: plaintext, `make run`).
@@ -99,6 +101,7 @@ class PolicySettings:
             allow_unbound_agents=env.deployment() == Deployment.DEVELOPMENT,
             cache_max_age_seconds=_cache_max_age(env),
             listener_heartbeat_seconds=env.listener_heartbeat_seconds(),
+            peer_silence_seconds=env.peer_silence_seconds(),
             outbound=OutboundPolicy.parse(
                 allowed_networks=env.text("NEXUS_OUTBOUND_ALLOWED_NETWORKS", ""),
                 denied_ports=env.text("NEXUS_OUTBOUND_DENIED_PORTS", ""),

@@ -46,7 +46,7 @@ class _Watcher:
 
 class AgentChanges:
     def __init__(
-        self, *, listening: bool, heartbeat_seconds: float = 5.0, max_backlog: int = 10_000
+        self, *, listening: bool, heartbeat_seconds: float, max_backlog: int = 10_000
     ) -> None:
         self._listening = listening
         self._heartbeat = heartbeat_seconds
