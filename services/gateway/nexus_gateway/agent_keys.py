@@ -131,13 +131,8 @@ class AgentKeys:
 
     async def _load(self, digest: bytes, key: str) -> _Holder:
         self._asking[digest] = self._asking.get(digest, 0) + 1
-        epoch = self._refusals.epoch
         try:
             holder = await self._ask_once(digest, key)
-        except RemoteError as error:
-            if error.reason == Unauthenticated.reason:
-                self._refusals.keep(digest, str(error), epoch)
-            raise
         finally:
             left = self._asking.pop(digest) - 1
             if left:
@@ -155,7 +150,9 @@ class AgentKeys:
     async def _ask_once(self, digest: bytes, key: str) -> _Holder:
         asked = self._in_flight.get(digest)
         if asked is None:
-            asked = self._in_flight[digest] = asyncio.ensure_future(self._ask(key))
+            asked = self._in_flight[digest] = asyncio.ensure_future(
+                self._ask_remembering(digest, key, self._refusals.epoch)
+            )
 
             def done(future: asyncio.Future[_Holder]) -> None:
                 if self._in_flight.get(digest) is future:
@@ -166,6 +163,16 @@ class AgentKeys:
             asked.add_done_callback(done)
         # Shielded: one caller giving up does not end the call the others wait on.
         return await asyncio.shield(asked)
+
+    async def _ask_remembering(self, digest: bytes, key: str, epoch: int) -> _Holder:
+        """The policy's answer; a refusal is remembered before the shared call
+        ends, so a caller arriving as it ends finds it rather than asking again."""
+        try:
+            return await self._ask(key)
+        except RemoteError as error:
+            if error.reason == Unauthenticated.reason:
+                self._refusals.keep(digest, str(error), epoch)
+            raise
 
     def _forget(self) -> None:
         self._digests.clear()
