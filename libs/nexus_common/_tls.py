@@ -28,7 +28,6 @@ import grpc
 from ._settings import ConfigError, Deployment, Env
 
 __all__ = [
-    "PLAINTEXT_OPT_OUT",
     "SERVICE_ID_PREFIX",
     "ServerTls",
     "ServiceTls",
@@ -49,7 +48,7 @@ def _read(env: Env, name: str) -> bytes:
     return data
 
 
-PLAINTEXT_OPT_OUT = "NEXUS_ALLOW_PLAINTEXT"
+_PLAINTEXT_OPT_OUT = "NEXUS_ALLOW_PLAINTEXT"
 
 
 def _configured(env: Env, names: tuple[str, ...], what: str) -> bool:
@@ -60,10 +59,10 @@ def _configured(env: Env, names: tuple[str, ...], what: str) -> bool:
         raise ConfigError(f"set all of {', '.join(names)} or none")
     if given:
         return True
-    if env.deployment() == Deployment.PRODUCTION and not env.flag(PLAINTEXT_OPT_OUT, False):
+    if env.deployment() == Deployment.PRODUCTION and not env.flag(_PLAINTEXT_OPT_OUT, False):
         raise ConfigError(
             f"NEXUS_ENVIRONMENT=production needs {what}: set {', '.join(names)}, or "
-            f"{PLAINTEXT_OPT_OUT}=true where something else (a service mesh) encrypts "
+            f"{_PLAINTEXT_OPT_OUT}=true where something else (a service mesh) encrypts "
             "and authenticates these connections"
         )
     return False
